@@ -1,0 +1,91 @@
+"""Writes a readable summary of the final metrics (JSON + Markdown) next to the logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _group(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``{"<stage>/<set>": {metric: value}}`` from flat ``stage/set/metric`` keys."""
+    grouped: dict[str, dict[str, float]] = {}
+    for key, value in sorted(metrics.items()):
+        head, _, metric = key.rpartition("/")
+        grouped.setdefault(head or "(global)", {})[metric] = value
+    return grouped
+
+
+class MetricsSummary(Callback):
+    """At the end of fit/validate/test, writes ``<log_dir>/metrics_summary.{json,md}`` and prints the table.
+
+    Per-class IoU entries (``iou_*``) are kept in the JSON and left out of the table.
+    """
+
+    def __init__(self, filename: str = "metrics_summary", print_table: bool = True) -> None:
+        self.filename = filename
+        self.print_table = print_table
+
+    def _directory(self, trainer: L.Trainer) -> Path:
+        return Path(trainer.log_dir or trainer.default_root_dir)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, stage: str) -> None:
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        grouped = _group(metrics)
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        payload: dict[str, Any] = {
+            "stage": stage,
+            "epoch": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "best_checkpoint": best,
+            "metrics": grouped,
+        }
+        directory = self._directory(trainer)
+        _atomic_write_text(directory / f"{self.filename}.json", json.dumps(payload, indent=2, sort_keys=True))
+        lines = [f"# Metrics after {stage} (epoch {trainer.current_epoch}, step {trainer.global_step})", ""]
+        if best:
+            lines += [f"Best checkpoint: `{best}`", ""]
+        for head, values in grouped.items():
+            shown = {k: v for k, v in values.items() if not k.startswith("iou_")}
+            if not shown:
+                continue
+            lines += [f"## {head}", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {'nan' if math.isnan(v) else f'{v:.4f}'} |" for k, v in shown.items()]
+            lines.append("")
+        text = "\n".join(lines)
+        _atomic_write_text(directory / f"{self.filename}.md", text)
+        if self.print_table:
+            print(f"\n{text}\nSummary written to {directory / (self.filename + '.md')}")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Summarise the last validation and training metrics."""
+        self._write(trainer, "fit")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Summarise a stand-alone ``validate`` run."""
+        if trainer.state.fn == "validate":
+            self._write(trainer, "validate")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Summarise a ``test`` run."""
+        self._write(trainer, "test")

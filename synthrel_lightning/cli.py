@@ -1,0 +1,89 @@
+"""Command line: ``python -m synthrel_lightning {fit,validate,test,predict,generate,correlate,calibrate}``.
+
+``fit``/``validate``/``test``/``predict`` are LightningCLI subcommands over
+:class:`~synthrel_lightning.models.OODSegmenter` (or any LightningModule) and any
+LightningDataModule; with no ``--config`` and no ``--model``/``--data`` option
+they run the embedded demo (``synthrel_lightning/configs/demo.yaml``).
+``generate``, ``correlate`` and ``calibrate`` are tools with their own options
+(``python -m synthrel_lightning <tool> --help``).
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from pathlib import Path
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+"""The embedded demo's configuration, used when ``fit`` gets no config."""
+
+TOOLS: dict[str, str] = {
+    "generate": "synthrel_lightning.synthesis.generate",
+    "correlate": "synthrel_lightning.correlate",
+    "calibrate": "synthrel_lightning.calibration",
+}
+"""Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
+
+TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _needs_demo_config(args: list[str]) -> bool:
+    if not args or args[0] not in TRAINER_SUBCOMMANDS:
+        return False
+    rest = args[1:]
+    if any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config") for a in rest):
+        return not any(a == "--config" or a.startswith(("--config=", "--model", "--data")) for a in rest)
+    return not any(a == "--config" or a.startswith(("--config=", "--model", "--data", "-c")) for a in rest)
+
+
+def _usage() -> str:
+    return (
+        "usage: python -m synthrel_lightning {fit,validate,test,predict,generate,correlate,calibrate} [options]\n\n"
+        "  fit|validate|test|predict   LightningCLI over OODSegmenter; no --config runs the embedded demo\n"
+        "  generate                    build an outlier bank / synthetic evaluation set with Stable Diffusion\n"
+        "  correlate                   evaluate a model zoo on paired synthetic/real sets and correlate the scores\n"
+        "  calibrate                   fit a temperature on a named set and save a calibrated checkpoint\n\n"
+        "Run any subcommand with --help for its options."
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``python -m synthrel_lightning`` and the ``synthrel`` script."""
+    args = list(sys.argv[1:] if args is None else args)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    if args[0] in TOOLS:
+        import_module(TOOLS[args[0]]).main(args[1:])
+        return
+    if args[0] not in TRAINER_SUBCOMMANDS:
+        raise SystemExit(f"unknown subcommand {args[0]!r}\n\n{_usage()}")
+    if _needs_demo_config(args):
+        args = [args[0], "--config", str(DEMO_CONFIG), *args[1:]]
+    run_lightning_cli(args)
+
+
+def run_lightning_cli(args: list[str]) -> None:
+    """Run LightningCLI on ``args`` (subcommand first)."""
+    from lightning.pytorch.cli import LightningCLI
+
+    import lightning as L
+
+    from synthrel_lightning.models import OODSegmenter
+
+    class SynthrelCLI(LightningCLI):
+        """LightningCLI with our defaults: seeded, config saving safe for sweeps."""
+
+        def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+            parser.set_defaults({"model.class_path": f"{OODSegmenter.__module__}.{OODSegmenter.__name__}"})
+
+    SynthrelCLI(
+        model_class=L.LightningModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        seed_everything_default=0,
+        # Sweep agents re-use run folders; never fail because a config.yaml exists.
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )

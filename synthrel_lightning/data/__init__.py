@@ -1,0 +1,43 @@
+"""Datasets (Cityscapes, OOD benchmarks, shifted domains, demo scenes), transforms and DataModules.
+
+Exports resolve lazily, so importing one dataset does not import Lightning or albumentations.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "DatasetError": "synthrel_lightning.data.io",
+    "read_image": "synthrel_lightning.data.io",
+    "read_label": "synthrel_lightning.data.io",
+    "SegmentationDataset": "synthrel_lightning.data.base",
+    "CityscapesDataset": "synthrel_lightning.data.cityscapes",
+    "RoadAnomalyDataset": "synthrel_lightning.data.benchmarks",
+    "SMIYCDataset": "synthrel_lightning.data.benchmarks",
+    "FishyscapesLostAndFoundDataset": "synthrel_lightning.data.benchmarks",
+    "ACDCDataset": "synthrel_lightning.data.shifted",
+    "DarkZurichDataset": "synthrel_lightning.data.shifted",
+    "SegmentationTransform": "synthrel_lightning.data.transforms",
+    "train_transform": "synthrel_lightning.data.transforms",
+    "eval_transform": "synthrel_lightning.data.transforms",
+    "denormalize": "synthrel_lightning.data.transforms",
+    "write_demo_cityscapes": "synthrel_lightning.data.demo",
+    "TransformedDataset": "synthrel_lightning.data.datamodule",
+    "SegmentationDataModule": "synthrel_lightning.data.datamodule",
+    "CityscapesOODDataModule": "synthrel_lightning.data.datamodule",
+    "DemoDataModule": "synthrel_lightning.data.datamodule",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

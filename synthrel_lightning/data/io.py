@@ -1,0 +1,171 @@
+"""Robust reading of images and label maps, with errors that name the file and the problem."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "DatasetError",
+    "read_image",
+    "read_label",
+    "check_same_size",
+    "check_label_values",
+    "describe_values",
+]
+
+PathLike = str | os.PathLike[str]
+
+# Modes PIL may hand back for a colour photograph; all convert losslessly enough to RGB.
+_COLOUR_MODES = {"RGB", "P", "CMYK", "YCbCr", "LAB", "HSV"}
+# Single-channel integer modes a label map can be stored in.
+_LABEL_INT_MODES = {"L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+class DatasetError(ValueError):
+    """A dataset file or folder is missing, unreadable or inconsistent (the message names it)."""
+
+
+def _open_fully(path: Path, what: str) -> Image.Image:
+    """Open ``path`` with PIL and force a full decode so corrupt/truncated files fail here."""
+    if not path.is_file():
+        if path.exists():
+            raise DatasetError(f"{what} {path} is not a regular file")
+        raise DatasetError(f"{what} {path} not found")
+    try:
+        img = Image.open(path)
+        # Image.open only parses the header; load() decodes every pixel, which is what
+        # exposes truncated or corrupt payloads.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except UnidentifiedImageError as exc:
+        raise DatasetError(f"{what} {path} is not a readable image file (unknown or corrupt format): {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DatasetError(
+            f"{what} {path} is corrupt or truncated ({type(exc).__name__}: {exc}); re-download or re-extract it"
+        ) from exc
+    return img
+
+
+def read_image(path: PathLike, allow_grayscale: bool = False) -> np.ndarray:
+    """Read a colour image as a uint8 ``(H, W, 3)`` RGB array (png/jpg/webp/...)."""
+    path = Path(path)
+    img = _open_fully(path, "image")
+    mode = img.mode
+    if mode == "RGBA" or mode == "LA" or mode == "PA":
+        alpha = np.asarray(img.getchannel("A"))
+        if alpha.min() < 255:
+            raise DatasetError(
+                f"image {path} has a transparent alpha channel (mode {mode}); expected an opaque RGB image"
+            )
+        img = img.convert("RGB" if mode != "LA" else "L")
+        mode = img.mode
+    if mode in ("L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        if not allow_grayscale:
+            raise DatasetError(
+                f"image {path} has 1 channel (PIL mode {mode!r}); expected a 3-channel RGB image "
+                "(is a label map stored in the image folder?)"
+            )
+        if mode not in ("L", "1"):
+            raise DatasetError(f"image {path} has a {mode!r} high-bit-depth grayscale format; expected 8-bit RGB")
+        img = img.convert("L")
+        arr = np.asarray(img, dtype=np.uint8)
+        return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
+    if mode not in _COLOUR_MODES:
+        raise DatasetError(f"image {path} has unsupported PIL mode {mode!r}; expected an 8-bit RGB image")
+    if mode != "RGB":
+        img = img.convert("RGB")
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise DatasetError(f"image {path} decoded to shape {arr.shape}; expected (H, W, 3)")
+    return np.ascontiguousarray(arr)
+
+
+def read_label(path: PathLike) -> np.ndarray:
+    """Read a single-channel label map as a uint8 ``(H, W)`` array of class values.
+
+    Palette PNGs give their palette indices (the class ids), 16/32-bit maps are accepted
+    when every value fits in 0..255, and an RGB(A) file is accepted only when its three
+    channels are identical (a grey map saved as colour); a colour-coded map is an error.
+    """
+    path = Path(path)
+    img = _open_fully(path, "label")
+    mode = img.mode
+    if mode in _LABEL_INT_MODES:
+        arr = np.asarray(img)
+        if arr.dtype == bool:
+            arr = arr.astype(np.uint8)
+        if arr.ndim != 2:
+            raise DatasetError(f"label {path} decoded to shape {arr.shape}; expected a single-channel (H, W) map")
+        if arr.dtype != np.uint8:
+            if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
+                bad = np.unique(arr[(arr < 0) | (arr > 255)])
+                raise DatasetError(
+                    f"label {path} (PIL mode {mode!r}) holds values {describe_values(bad)} outside 0..255; "
+                    "expected class ids that fit in 8 bits (is this an instance-id map?)"
+                )
+            arr = arr.astype(np.uint8)
+        return np.ascontiguousarray(arr)
+    if mode in ("RGB", "RGBA", "LA"):
+        arr = np.asarray(img)
+        if mode in ("RGBA", "LA") and arr[..., -1].min() < 255:
+            raise DatasetError(f"label {path} has a transparent alpha channel (mode {mode}); expected a single-channel map")
+        first = arr[..., 0]
+        channels = arr.shape[2] - (1 if mode in ("RGBA", "LA") else 0)
+        if all(np.array_equal(first, arr[..., c]) for c in range(1, channels)):
+            return np.ascontiguousarray(first.astype(np.uint8))
+        raise DatasetError(
+            f"label {path} has {channels} differing colour channels (PIL mode {mode!r}); expected a "
+            "single-channel map of class ids (a colour-coded visualisation cannot be used as a label)"
+        )
+    raise DatasetError(f"label {path} has unsupported PIL mode {mode!r}; expected a single-channel integer map")
+
+
+def check_same_size(image: np.ndarray, label: np.ndarray, image_path: PathLike, label_path: PathLike) -> None:
+    """Raise :class:`DatasetError` naming both files unless ``label`` has the image's height and width."""
+    ih, iw = image.shape[:2]
+    lh, lw = label.shape[:2]
+    if (ih, iw) != (lh, lw):
+        raise DatasetError(
+            f"label {label_path} is {lw}x{lh} (WxH) but image {image_path} is {iw}x{ih}; "
+            "a label must have exactly its image's size"
+        )
+
+
+def describe_values(values: Iterable[int], limit: int = 20) -> str:
+    """Compact text for a set of integers, with runs collapsed: ``0..18, 255``."""
+    vals = sorted({int(v) for v in values})
+    runs: list[str] = []
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        runs.append(str(vals[i]) if i == j else (f"{vals[i]}, {vals[j]}" if j == i + 1 else f"{vals[i]}..{vals[j]}"))
+        i = j + 1
+    if len(runs) > limit:
+        runs = [*runs[:limit], f"... ({len(vals)} values)"]
+    return "{" + ", ".join(runs) + "}"
+
+
+def check_label_values(label: np.ndarray, allowed: Iterable[int], path: PathLike, what: str = "label values") -> None:
+    """Raise :class:`DatasetError` naming ``path``, the stray values and the allowed ones if any value is not allowed."""
+    allowed_set = {int(v) for v in allowed}
+    if label.dtype == np.uint8:
+        present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
+    else:
+        present = np.unique(label)
+    stray = sorted(int(v) for v in present if int(v) not in allowed_set)
+    if stray:
+        counts = {v: int(np.count_nonzero(label == v)) for v in stray[:5]}
+        where = ", ".join(f"{v}: {n} px" for v, n in counts.items())
+        raise DatasetError(
+            f"label {path} contains unexpected {what} {describe_values(stray)} ({where}); "
+            f"expected only {describe_values(allowed_set)}"
+        )

@@ -1,0 +1,271 @@
+"""The OOD segmenter: any segmenter + composable loss terms + OOD score + streaming metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from synthrel_lightning.labels import NUM_CLASSES, OOD_POSITIVE, TRAIN_ID_NAMES, VOID_ID
+from synthrel_lightning.losses import CrossEntropy, LossTerm
+
+log = logging.getLogger(__name__)
+
+
+class OODSegmenter(L.LightningModule):
+    """Semantic segmenter trained for reliability: in-distribution accuracy, OOD detection, calibration.
+
+    Args:
+        segmenter: any module mapping images (B,3,H,W) to logits (B,K,h,w); logits are
+            upsampled (bilinear) to the label size. See :mod:`synthrel_lightning.models.segmenters`.
+        num_classes: K, the number of in-distribution classes.
+        losses: weighted loss terms summed into the objective (default: cross-entropy).
+        ood_score: name of the OOD score used in evaluation and prediction
+            (see :data:`synthrel_lightning.scores.SCORE_NAMES`).
+        optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``).
+        scheduler: optional learning-rate scheduler factory.
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics.
+        calibration_bins: bins of the top-1 ECE.
+        val_set_names / test_set_names: names of the evaluation dataloaders, used in
+            logged keys ``val/<name>/<metric>``; by default taken from the datamodule
+            (``val_set_names``/``test_set_names``), else ``val_0``, ``val_1``...
+        class_names: names of the K classes (for per-class IoU keys).
+        summary: write ``metrics_summary.{json,md}`` after fit/validate/test.
+        prediction_dir: where ``predict`` writes prediction and score maps
+            (default ``<log_dir>/predictions``).
+    """
+
+    def __init__(
+        self,
+        segmenter: nn.Module,
+        num_classes: int = NUM_CLASSES,
+        losses: list[LossTerm] | None = None,
+        ood_score: str = "energy",
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: str = "epoch",
+        ood_metric_mode: str = "binned",
+        calibration_bins: int = 15,
+        val_set_names: list[str] | None = None,
+        test_set_names: list[str] | None = None,
+        class_names: list[str] | None = None,
+        summary: bool = True,
+        prediction_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        from synthrel_lightning.scores import build_scorer
+
+        self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler"])
+        self.segmenter = segmenter
+        self.num_classes = int(num_classes)
+        self.losses = nn.ModuleList(losses if losses is not None else [CrossEntropy()])
+        if len(self.losses) == 0:
+            raise ValueError("OODSegmenter: losses must hold at least one LossTerm")
+        for term in self.losses:
+            if not isinstance(term, LossTerm):
+                raise TypeError(f"OODSegmenter: losses must be LossTerm instances, got {type(term).__name__}")
+        self.ood_score = ood_score
+        self.scorer = build_scorer(ood_score)
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        self.scheduler_interval = scheduler_interval
+        self.ood_metric_mode = ood_metric_mode
+        self.calibration_bins = calibration_bins
+        self.set_names: dict[str, list[str] | None] = {"val": val_set_names, "test": test_set_names}
+        self.class_names = list(class_names) if class_names is not None else (
+            list(TRAIN_ID_NAMES) if self.num_classes == NUM_CLASSES else [f"class_{i}" for i in range(self.num_classes)]
+        )
+        self.summary = summary
+        self.prediction_dir = prediction_dir
+        self.register_buffer("temperature", torch.ones(()))
+        # Evaluation metrics per (stage, set name), created on first use.
+        self.eval_metrics = nn.ModuleDict()
+        self._seen: dict[str, dict[str, bool]] = {}
+
+    # ----------------------------------------------------------------- inference
+    def raw_logits(self, images: Tensor) -> Tensor:
+        """Logits (B,K,H,W) at the input resolution, before temperature scaling."""
+        logits = self.segmenter(images)
+        if isinstance(logits, dict):  # e.g. torchvision segmentation models
+            logits = logits["out"]
+        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"OODSegmenter: the segmenter returned shape {tuple(logits.shape)}; expected (B, {self.num_classes}, h, w)"
+            )
+        if logits.shape[-2:] != images.shape[-2:]:
+            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Temperature-scaled logits (B,K,H,W) at the input resolution."""
+        return self.raw_logits(images) / self.temperature
+
+    def score(self, logits: Tensor) -> Tensor:
+        """OOD score map (B,H,W) of temperature-scaled logits; higher = more OOD."""
+        return self.scorer(logits)
+
+    # ------------------------------------------------------------------ training
+    def compute_losses(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """The weighted total (``loss``) and each unweighted term (``loss_<name>``)."""
+        parts: dict[str, Tensor] = {}
+        total = logits.new_zeros(())
+        for term in self.losses:
+            value = term(logits, target)
+            key = f"loss_{term.name}"
+            while key in parts:
+                key += "_"
+            parts[key] = value
+            total = total + term.weight * value
+        parts["loss"] = total
+        return parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """One optimisation step on a batch dict with ``image`` and ``label``."""
+        images, target = batch["image"], batch["label"]
+        logits = self.raw_logits(images)
+        parts = self.compute_losses(logits, target)
+        if not torch.isfinite(parts["loss"]):
+            raise FloatingPointError(
+                f"OODSegmenter: non-finite training loss at step {self.global_step}: "
+                + ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+            )
+        bs = images.shape[0]
+        self.log("train/loss", parts["loss"], prog_bar=True, batch_size=bs)
+        for key, value in parts.items():
+            if key != "loss":
+                self.log(f"train/{key}", value, batch_size=bs)
+        if hasattr(self.scorer, "update_statistics"):
+            self.scorer.update_statistics(logits.detach(), target)
+        return parts["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        """Finalise training-data statistics of stateful OOD scores (standardized max-logit)."""
+        if hasattr(self.scorer, "finalize"):
+            self.scorer.finalize()
+
+    # ---------------------------------------------------------------- evaluation
+    def _set_name(self, stage: str, dataloader_idx: int) -> str:
+        names = self.set_names.get(stage)
+        if names is None and self._trainer is not None and self.trainer.datamodule is not None:
+            names = getattr(self.trainer.datamodule, f"{stage}_set_names", None)
+        if names is not None and dataloader_idx < len(names):
+            return str(names[dataloader_idx])
+        return f"{stage}_{dataloader_idx}"
+
+    def _metrics_for(self, stage: str, name: str) -> nn.ModuleDict:
+        key = f"{stage}__{name}"
+        if key not in self.eval_metrics:
+            from synthrel_lightning.metrics import CalibrationMetrics, PixelOODMetrics, SegmentationIoU
+
+            self.eval_metrics[key] = nn.ModuleDict(
+                {
+                    "seg": SegmentationIoU(num_classes=self.num_classes, class_names=self.class_names),
+                    "ood": PixelOODMetrics(mode=self.ood_metric_mode),
+                    "cal": CalibrationMetrics(num_bins=self.calibration_bins),
+                }
+            ).to(self.device)
+            self._seen[key] = {"seg": False, "ood": False}
+        return self.eval_metrics[key]
+
+    def _eval_step(self, stage: str, batch: dict[str, Any], dataloader_idx: int) -> None:
+        name = self._set_name(stage, dataloader_idx)
+        metrics = self._metrics_for(stage, name)
+        seen = self._seen[f"{stage}__{name}"]
+        images = batch["image"]
+        logits = self(images)
+        label = batch.get("label")
+        if label is not None and bool((label < self.num_classes).any()):
+            metrics["seg"].update(logits, label)
+            metrics["cal"].update(logits, label)
+            seen["seg"] = True
+        ood = batch.get("ood")
+        if ood is not None and bool((ood != VOID_ID).any()):
+            metrics["ood"].update(self.score(logits), ood)
+            seen["ood"] = True
+        if ood is not None and bool((ood == OOD_POSITIVE).any()):
+            seen["ood_positive"] = True
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Update the named set's streaming metrics."""
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Update the named set's streaming metrics."""
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _log_epoch(self, stage: str) -> None:
+        for key, metrics in self.eval_metrics.items():
+            st, name = key.split("__", 1)
+            if st != stage:
+                continue
+            seen = self._seen.get(key, {})
+            # Each process may have seen different frames: agree before syncing metric states.
+            flags = torch.tensor([seen.get("seg", False), seen.get("ood", False)], device=self.device, dtype=torch.float32)
+            flags = self.all_gather(flags).reshape(-1, 2).amax(0) if self.trainer.world_size > 1 else flags
+            values: dict[str, Tensor] = {}
+            if flags[0] > 0:
+                values.update(metrics["seg"].compute())
+                values.update(metrics["cal"].compute())
+            if flags[1] > 0:
+                if metrics["ood"].is_computable():
+                    values.update(metrics["ood"].compute())
+                else:
+                    log.warning(
+                        "%s/%s: OOD metrics skipped: the set has no OOD pixels or no in-distribution pixels", stage, name
+                    )
+            for metric_name, value in values.items():
+                self.log(f"{stage}/{name}/{metric_name}", value, sync_dist=False, add_dataloader_idx=False)
+            for m in metrics.values():
+                m.reset()
+            self._seen[key] = {"seg": False, "ood": False}
+
+    def on_validation_epoch_end(self) -> None:
+        """Compute and log every named set's metrics over the whole set."""
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        """Compute and log every named set's metrics over the whole set."""
+        self._log_epoch("test")
+
+    # ---------------------------------------------------------------- prediction
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Prediction (argmax train ids), OOD score map and frame names for a batch."""
+        logits = self(batch["image"])
+        return {
+            "name": batch.get("name"),
+            "prediction": logits.argmax(1).to(torch.uint8),
+            "score": self.score(logits).float(),
+        }
+
+    # ----------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> Any:
+        """The configured optimizer (and scheduler) over the trainable parameters."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.scheduler_interval}
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            config["monitor"] = "train/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def configure_callbacks(self) -> Sequence[L.Callback]:
+        """Parts this module relies on: epoch-keyed data seeding, the summary, the prediction writer."""
+        from synthrel_lightning.callbacks.epoch_sync import DataEpochSync
+        from synthrel_lightning.callbacks.prediction_writer import PredictionWriter
+        from synthrel_lightning.callbacks.summary import MetricsSummary
+
+        parts: list[L.Callback] = [DataEpochSync(), PredictionWriter(self.prediction_dir)]
+        if self.summary:
+            parts.append(MetricsSummary())
+        return parts

@@ -1,0 +1,186 @@
+"""Tiny randomly initialised Stable Diffusion pipelines (inpainting, ControlNet) built offline from configs.
+
+They have the real diffusers/transformers classes and the real data flow of the full
+models at a size that runs in well under a second per call on a CPU: used by the
+tests, the demo and the wrapper-overhead benchmark. Their outputs are noise-like
+images, not objects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "build_tiny_tokenizer",
+    "build_tiny_components",
+    "build_tiny_inpaint_pipeline",
+    "build_tiny_controlnet_pipeline",
+    "build_tiny_controlnet",
+    "save_tiny_pipeline",
+]
+
+_TINY_BLOCKS = (32, 64)
+_CROSS_DIM = 32
+
+
+def _byte_characters() -> list[str]:
+    """The 256 printable characters GPT-2/CLIP byte-level BPE uses for the 256 byte values."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def build_tiny_tokenizer(folder: str | os.PathLike[str] | None = None) -> Any:
+    """A byte-level CLIPTokenizer (no merges) written to ``folder`` (a temp folder if None) and loaded offline."""
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="tiny_clip_tok_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    tokens = ["<|startoftext|>", "<|endoftext|>"]
+    for ch in _byte_characters():
+        tokens += [ch, ch + "</w>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    # Without model_max_length the tokenizer pads prompts to 1e30 tokens.
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+
+
+def build_tiny_controlnet(seed: int = 0) -> Any:
+    """A tiny ControlNetModel matching the tiny UNet's block sizes."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    return ControlNetModel(
+        block_out_channels=_TINY_BLOCKS,
+        layers_per_block=2,
+        in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=_CROSS_DIM,
+        conditioning_embedding_out_channels=(16, 32),
+        norm_num_groups=32,
+    )
+
+
+def build_tiny_components(seed: int = 0, unet_in_channels: int = 9) -> dict[str, Any]:
+    """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a tiny SD model (``unet_in_channels`` 9 = inpainting)."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=_TINY_BLOCKS,
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=unet_in_channels,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=_CROSS_DIM,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+    )
+    tokenizer = build_tiny_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=_CROSS_DIM,
+            intermediate_size=37,
+            layer_norm_eps=1e-5,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def build_tiny_inpaint_pipeline(seed: int = 0, controlnet: bool = False) -> Any:
+    """A tiny StableDiffusionInpaintPipeline (or StableDiffusionControlNetInpaintPipeline) with random weights."""
+    from diffusers import StableDiffusionControlNetInpaintPipeline, StableDiffusionInpaintPipeline
+
+    parts = build_tiny_components(seed, unet_in_channels=9)
+    common = dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if controlnet:
+        pipe = StableDiffusionControlNetInpaintPipeline(**parts, controlnet=build_tiny_controlnet(seed + 3), **common)
+    else:
+        pipe = StableDiffusionInpaintPipeline(**parts, **common)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def build_tiny_controlnet_pipeline(seed: int = 0) -> Any:
+    """A tiny text-to-image StableDiffusionControlNetPipeline (label-map conditioning) with random weights."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    parts = build_tiny_components(seed, unet_in_channels=4)
+    pipe = StableDiffusionControlNetPipeline(
+        **parts,
+        controlnet=build_tiny_controlnet(seed + 3),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_tiny_pipeline(folder: str | os.PathLike[str], kind: str = "inpaint", seed: int = 0) -> Path:
+    """Build a tiny pipeline (``kind`` "inpaint" or "controlnet") and ``save_pretrained`` it to ``folder``.
+
+    For "controlnet" the base pipeline is saved in ``folder`` and its ControlNet in
+    ``folder/controlnet`` so both load through ``from_pretrained`` like hub checkpoints.
+    """
+    folder = Path(folder)
+    if kind == "inpaint":
+        build_tiny_inpaint_pipeline(seed).save_pretrained(str(folder))
+    elif kind == "controlnet":
+        pipe = build_tiny_controlnet_pipeline(seed)
+        pipe.controlnet.save_pretrained(str(folder / "controlnet"))
+        from diffusers import StableDiffusionPipeline
+
+        base = StableDiffusionPipeline(
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            unet=pipe.unet,
+            scheduler=pipe.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        base.save_pretrained(str(folder))
+    else:
+        raise ValueError(f"save_tiny_pipeline: kind must be 'inpaint' or 'controlnet', got {kind!r}")
+    return folder
