@@ -2,8 +2,9 @@
 
 ``fit``/``validate``/``test``/``predict`` are LightningCLI subcommands over
 :class:`~synthrel_lightning.models.OODSegmenter` (or any LightningModule) and any
-LightningDataModule; with no ``--config`` and no ``--model``/``--data`` option
-they run the embedded demo (``synthrel_lightning/configs/demo.yaml``).
+LightningDataModule; with no ``--config``
+they start from the embedded demo's configuration (``synthrel_lightning/configs/demo.yaml``),
+which later options override.
 ``generate``, ``correlate`` and ``calibrate`` are tools with their own options
 (``python -m synthrel_lightning <tool> --help``).
 """
@@ -28,12 +29,10 @@ TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _needs_demo_config(args: list[str]) -> bool:
+    """True for a trainer subcommand given no ``--config``: the demo config becomes its base."""
     if not args or args[0] not in TRAINER_SUBCOMMANDS:
         return False
-    rest = args[1:]
-    if any(a in ("-h", "--help", "--print_config") or a.startswith("--print_config") for a in rest):
-        return not any(a == "--config" or a.startswith(("--config=", "--model", "--data")) for a in rest)
-    return not any(a == "--config" or a.startswith(("--config=", "--model", "--data", "-c")) for a in rest)
+    return not any(a in ("--config", "-c") or a.startswith("--config=") for a in args[1:])
 
 
 def _usage() -> str:

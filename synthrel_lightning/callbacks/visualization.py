@@ -163,8 +163,8 @@ class OODVisualization(Callback):
                 "name": str(names[i]) if names is not None else f"{batch_idx}_{i}",
             })
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Send the collected panels to the loggers."""
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Send the collected panels to the loggers (after the epoch's metrics are in ``callback_metrics``)."""
         if not self._active(trainer) or not self._samples:
             return
         from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -181,7 +181,7 @@ class OODVisualization(Callback):
                         self.logged.append(f"tensorboard:{tag}")
                 handled = True
             elif isinstance(logger, WandbLogger):
-                self._log_wandb(logger, step)
+                self._log_wandb(trainer, logger)
                 handled = True
         if not handled:
             root = Path(trainer.loggers[0].log_dir) if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None) else Path(trainer.default_root_dir)
@@ -193,7 +193,7 @@ class OODVisualization(Callback):
                     save_rgb_png(panel(s["image"], s["gt"], s["prediction"], s["score"]), path)
                     self.logged.append(str(path))
 
-    def _log_wandb(self, logger: Any, step: int) -> None:
+    def _log_wandb(self, trainer: L.Trainer, logger: Any) -> None:
         import wandb
 
         class_labels = {i: n for i, n in enumerate(TRAIN_ID_NAMES[:NUM_CLASSES])}
@@ -215,12 +215,7 @@ class OODVisualization(Callback):
             logger.experiment.log({key: images}, commit=False)
             self.logged.append(f"wandb:{key}")
         rows = []
-        metrics = logger_metrics = {}
-        try:
-            logger_metrics = dict(getattr(self, "_trainer_metrics", {}))
-        except Exception:  # pragma: no cover
-            logger_metrics = {}
-        metrics = logger_metrics
+        metrics = {k.split("/dataloader_idx_")[0]: v for k, v in trainer.callback_metrics.items()}
         for key, value in sorted(metrics.items()):
             parts = key.split("/")
             if len(parts) == 3 and parts[0] == self.stage:

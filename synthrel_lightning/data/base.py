@@ -193,7 +193,8 @@ class SegmentationDataset(Dataset[Sample]):
         return sample
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, frames={len(self)}, skipped={len(self.skipped)})"
+        frames = len(getattr(self, "frames", ()))
+        return f"{type(self).__name__}(root={str(self.root)!r}, frames={frames}, skipped={len(self.skipped)})"
 
 
 def void_like(image: np.ndarray) -> np.ndarray:

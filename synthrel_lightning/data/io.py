@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -31,6 +30,21 @@ class DatasetError(ValueError):
     """A dataset file or folder is missing, unreadable or inconsistent (the message names it)."""
 
 
+def _decode(path: Path) -> Image.Image:
+    """Open and fully decode ``path``, closing the file if decoding fails."""
+    img: Image.Image | None = None
+    try:
+        img = Image.open(path)
+        # Image.open only parses the header; load() decodes every pixel, which is what
+        # exposes truncated or corrupt payloads.
+        img.load()
+    except BaseException:
+        if img is not None:
+            img.close()
+        raise
+    return img
+
+
 def _open_fully(path: Path, what: str) -> Image.Image:
     """Open ``path`` with PIL and force a full decode so corrupt/truncated files fail here."""
     if not path.is_file():
@@ -38,19 +52,13 @@ def _open_fully(path: Path, what: str) -> Image.Image:
             raise DatasetError(f"{what} {path} is not a regular file")
         raise DatasetError(f"{what} {path} not found")
     try:
-        img = Image.open(path)
-        # Image.open only parses the header; load() decodes every pixel, which is what
-        # exposes truncated or corrupt payloads.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
+        return _decode(path)
     except UnidentifiedImageError as exc:
         raise DatasetError(f"{what} {path} is not a readable image file (unknown or corrupt format): {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DatasetError(
             f"{what} {path} is corrupt or truncated ({type(exc).__name__}: {exc}); re-download or re-extract it"
         ) from exc
-    return img
 
 
 def read_image(path: PathLike, allow_grayscale: bool = False) -> np.ndarray:
@@ -75,13 +83,13 @@ def read_image(path: PathLike, allow_grayscale: bool = False) -> np.ndarray:
         if mode not in ("L", "1"):
             raise DatasetError(f"image {path} has a {mode!r} high-bit-depth grayscale format; expected 8-bit RGB")
         img = img.convert("L")
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.array(img, dtype=np.uint8)
         return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
     if mode not in _COLOUR_MODES:
         raise DatasetError(f"image {path} has unsupported PIL mode {mode!r}; expected an 8-bit RGB image")
     if mode != "RGB":
         img = img.convert("RGB")
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3:
         raise DatasetError(f"image {path} decoded to shape {arr.shape}; expected (H, W, 3)")
     return np.ascontiguousarray(arr)
@@ -98,7 +106,7 @@ def read_label(path: PathLike) -> np.ndarray:
     img = _open_fully(path, "label")
     mode = img.mode
     if mode in _LABEL_INT_MODES:
-        arr = np.asarray(img)
+        arr = np.array(img)
         if arr.dtype == bool:
             arr = arr.astype(np.uint8)
         if arr.ndim != 2:
@@ -113,7 +121,7 @@ def read_label(path: PathLike) -> np.ndarray:
             arr = arr.astype(np.uint8)
         return np.ascontiguousarray(arr)
     if mode in ("RGB", "RGBA", "LA"):
-        arr = np.asarray(img)
+        arr = np.array(img)
         if mode in ("RGBA", "LA") and arr[..., -1].min() < 255:
             raise DatasetError(f"label {path} has a transparent alpha channel (mode {mode}); expected a single-channel map")
         first = arr[..., 0]

@@ -120,7 +120,7 @@ class SegmentationTransform:
         return result
 
     def _image_tensor(self, image: np.ndarray | Tensor) -> Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))) if isinstance(image, np.ndarray) else image
+        t = _as_tensor(image.transpose(2, 0, 1)) if isinstance(image, np.ndarray) else image
         if t.ndim != 3 or t.shape[0] != 3:
             raise ValueError(f"SegmentationTransform: pipeline produced an image of shape {tuple(t.shape)}; expected 3 channels")
         return t.float().contiguous()
@@ -143,8 +143,14 @@ def _flatten(steps: Sequence[Any]) -> list[Any]:
     return out
 
 
+def _as_tensor(arr: np.ndarray) -> Tensor:
+    # Untouched inputs come back as they went in, possibly read-only; torch needs writable memory.
+    arr = np.ascontiguousarray(arr)
+    return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
+
+
 def _mask_tensor(mask: np.ndarray | Tensor) -> Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(mask)) if isinstance(mask, np.ndarray) else mask
+    t = _as_tensor(mask) if isinstance(mask, np.ndarray) else mask
     if t.ndim == 3 and t.shape[-1] == 1:
         t = t[..., 0]
     return t.long()

@@ -1,6 +1,36 @@
-"""Training-loss terms: cross-entropy, outlier exposure and calibration terms."""
+"""Training-loss terms: cross-entropy, outlier exposure and calibration terms.
+
+Each term is a :class:`LossTerm` with a ``weight``; a segmenter sums ``weight * term``.
+In a LightningCLI recipe::
+
+    losses:
+      - class_path: synthrel_lightning.losses.CrossEntropy
+      - class_path: synthrel_lightning.losses.EnergyHinge
+        init_args: {weight: 0.1}
+"""
 
 from synthrel_lightning.losses.base import LossTerm
+from synthrel_lightning.losses.calibration_terms import FocalLoss, LabelSmoothingCE, MarginLabelSmoothing
 from synthrel_lightning.losses.cross_entropy import CrossEntropy
+from synthrel_lightning.losses.outlier_exposure import (
+    EnergyHinge,
+    MaxScoreMargin,
+    PositiveEnergy,
+    RbARejection,
+    UniformOutlierExposure,
+    meta_ood_losses,
+)
 
-__all__ = ["LossTerm", "CrossEntropy"]
+__all__ = [
+    "LossTerm",
+    "CrossEntropy",
+    "UniformOutlierExposure",
+    "meta_ood_losses",
+    "EnergyHinge",
+    "RbARejection",
+    "MaxScoreMargin",
+    "PositiveEnergy",
+    "LabelSmoothingCE",
+    "FocalLoss",
+    "MarginLabelSmoothing",
+]

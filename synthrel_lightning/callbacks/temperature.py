@@ -1,0 +1,128 @@
+"""Post-hoc temperature scaling as a Lightning callback: fit T on a named set, store it in the module."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+
+from synthrel_lightning.calibration import PAPER_GRID, collect_logits, datamodule_loader, fit_temperature, named_loader
+
+log = logging.getLogger(__name__)
+
+_WHEN = ("fit_end", "validation_end")
+
+
+class TemperatureScaling(Callback):
+    """Fits one global temperature on a validation set and writes it into ``pl_module.temperature``.
+
+    The module must have a scalar buffer ``temperature`` (it divides its logits by it)
+    and ideally ``raw_logits(images)`` (logits before that division; else ``module(images)``
+    is used, which must then be unscaled). Because the buffer is in the ``state_dict``,
+    the fitted T persists in checkpoints saved afterwards.
+
+    Args:
+        set_name: name of the validation dataloader to fit on (the datamodule's
+            ``val_set_names``; ``val_<i>`` without them); ``None`` when there is one loader.
+        dataloader: a loader to fit on instead of a named validation set.
+        method: ``"nll"`` or ``"ece_grid"`` (see :func:`synthrel_lightning.calibration.fit_temperature`).
+        when: ``"fit_end"`` (once, after training; checkpoints saved during training do not
+            hold T) or ``"validation_end"`` (after every validation epoch except the sanity
+            check, before ModelCheckpoint saves, so saved checkpoints hold the T of that epoch).
+        grid, num_bins, max_pixels, seed: fitting options of ``fit_temperature``.
+        max_batches: fit on at most this many batches of the loader.
+
+    The fit runs on global rank 0 over the whole loader and T is broadcast to all processes.
+    T is logged as ``calibration/temperature``.
+    """
+
+    def __init__(
+        self,
+        set_name: str | None = None,
+        dataloader: Any | None = None,
+        method: str = "nll",
+        when: str = "fit_end",
+        grid: tuple[float, float, float] = PAPER_GRID,
+        num_bins: int = 15,
+        max_pixels: int = 2_000_000,
+        max_batches: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if when not in _WHEN:
+            raise ValueError(f"TemperatureScaling: when must be one of {_WHEN}, got {when!r}")
+        if method not in ("nll", "ece_grid"):
+            raise ValueError(f"TemperatureScaling: method must be 'nll' or 'ece_grid', got {method!r}")
+        self.set_name = set_name
+        self.dataloader = dataloader
+        self.method = method
+        self.when = when
+        self.grid = tuple(grid)
+        self.num_bins = num_bins
+        self.max_pixels = max_pixels
+        self.max_batches = max_batches
+        self.seed = seed
+        self.temperature: float | None = None
+        """The last fitted temperature."""
+
+    def _loader(self, trainer: L.Trainer) -> Any:
+        if self.dataloader is not None:
+            return self.dataloader
+        dm = trainer.datamodule
+        if dm is not None:
+            return datamodule_loader(dm, self.set_name, "TemperatureScaling")
+        return named_loader(trainer.val_dataloaders, None, self.set_name, "TemperatureScaling")
+
+    def fit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        """Fit T (on rank 0, broadcast to all) and write it into ``pl_module.temperature``."""
+        buffer = getattr(pl_module, "temperature", None)
+        if not isinstance(buffer, Tensor) or buffer.numel() != 1:
+            raise AttributeError(
+                f"TemperatureScaling: {type(pl_module).__name__} needs a scalar tensor buffer 'temperature' "
+                "(register_buffer('temperature', torch.ones(()))) that divides its logits"
+            )
+        value = 0.0
+        if trainer.is_global_zero:
+            # Fitting needs autograd (LBFGS) even inside Lightning's inference-mode loops.
+            with torch.inference_mode(False):
+                value = fit_temperature(
+                    collect_logits(pl_module, self._loader(trainer), max_batches=self.max_batches),
+                    method=self.method, grid=self.grid, num_bins=self.num_bins,  # type: ignore[arg-type]
+                    max_pixels=self.max_pixels, seed=self.seed,
+                )
+        value = float(trainer.strategy.broadcast(value, src=0))
+        with torch.no_grad():
+            buffer.fill_(value)
+        self.temperature = value
+        log.info("TemperatureScaling: T=%.4f (%s on %s)", value, self.method, self.set_name or "the validation set")
+        return value
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """With ``when="validation_end"``: refit T after each validation epoch."""
+        if self.when != "validation_end" or trainer.sanity_checking:
+            return
+        value = self.fit(trainer, pl_module)
+        pl_module.log("calibration/temperature", value, add_dataloader_idx=False, sync_dist=False)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """With ``when="fit_end"``: fit T once training is over."""
+        if self.when != "fit_end":
+            return
+        value = self.fit(trainer, pl_module)
+        # self.log is not available in on_fit_end; write to the loggers directly.
+        for logger in trainer.loggers:
+            logger.log_metrics({"calibration/temperature": value}, step=trainer.global_step)
+            logger.save()
+        trainer.callback_metrics["calibration/temperature"] = torch.tensor(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The last fitted temperature (restored with the trainer's checkpoint)."""
+        return {"temperature": self.temperature}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the last fitted temperature."""
+        self.temperature = state_dict.get("temperature")

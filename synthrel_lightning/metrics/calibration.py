@@ -1,0 +1,179 @@
+"""Streaming calibration metrics for segmentation: ECE, adaptive ECE, Brier score, NLL.
+
+Everything is kept as per-bin sums (never per-pixel lists), so memory is constant.
+
+* ``ece``: top-1 expected calibration error with ``num_bins`` equal-width
+  confidence bins ``[i/B, (i+1)/B)`` (the last one closed), exact.
+* ``adaptive_ece``: equal-mass ECE (``num_bins`` bins holding the same number of
+  pixels). Approximation: the confidences are histogrammed on a fine, log-scale
+  grid of ``u = 1 - confidence`` (64 bins per power of two for ``u`` in
+  ``[2**-24, 1)``, i.e. bins narrower than 1.6 % of ``u``, and one bin for
+  ``u < 2**-24``, which float32 cannot resolve anyway); equal-mass boundaries
+  are placed on the cumulative counts, and a fine bin that straddles a boundary
+  is split in proportion to its count (its pixels are treated as exchangeable,
+  the same as a random tie-break of an exact sort). Typical error vs the exact
+  sort-based value: < 1e-3.
+* ``brier``: multi-class Brier score ``sum_k (p_k - y_k)^2`` averaged over pixels.
+* ``nll``: mean negative log-likelihood of the true class.
+* ``accuracy``: top-1 pixel accuracy.
+
+Ignored pixels: ``ignore_index``, 254 (OOD), and every id outside ``[0, K)``.
+Logits are expected already temperature-scaled.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from synthrel_lightning.labels import OOD_ID, VOID_ID
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+_FINE_MBITS = 6  # 64 sub-bins per octave of u = 1 - confidence
+_FINE_OCTAVES = 24  # u in [2**-24, 1): float32 cannot tell confidences closer to 1 apart
+_FINE_BINS = (_FINE_OCTAVES << _FINE_MBITS) + 1
+
+
+def _fine_bin(confidence: Tensor) -> Tensor:
+    """Fine log-scale bin of ``u = 1 - confidence`` (0 = smallest u, i.e. most confident)."""
+    u = (1.0 - confidence.float()).clamp_min(0.0).contiguous()
+    shift = 23 - _FINE_MBITS
+    idx = (u.view(torch.int32) >> shift) - ((127 - _FINE_OCTAVES) << _FINE_MBITS) + 1
+    return idx.clamp_(0, _FINE_BINS - 1).to(torch.int64)
+
+
+def equal_mass_ece(count: Tensor, conf_sum: Tensor, correct_sum: Tensor, num_bins: int) -> Tensor:
+    """Adaptive ECE from a fine histogram (counts, confidence sums, correct counts), splitting straddling bins proportionally."""
+    count = count.double()
+    total = count.sum()
+    hi = count.cumsum(0)
+    lo = hi - count
+    edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64, device=count.device) * total
+    # overlap[b, f]: how many pixels of fine bin f fall into equal-mass bin b
+    overlap = (torch.minimum(hi[None], edges[1:, None]) - torch.maximum(lo[None], edges[:-1, None])).clamp_min(0)
+    frac = overlap / count.clamp_min(1)[None]
+    gap = (frac @ correct_sum.double() - frac @ conf_sum.double()).abs()
+    return gap.sum() / total
+
+
+class CalibrationMetrics(Metric):
+    """Streaming top-1 ECE, adaptive ECE, Brier score, NLL and accuracy over non-ignored pixels.
+
+    ``update(logits (B, K, H, W), target (B, H, W) train ids)``; see the module
+    docstring for definitions and the adaptive-ECE approximation.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, num_bins: int = 15, ignore_index: int = VOID_ID, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if num_bins < 1:
+            raise ValueError(f"CalibrationMetrics: num_bins must be >= 1, got {num_bins}")
+        self.num_bins = int(num_bins)
+        self.ignore_index = int(ignore_index)
+        self.add_state("bin_count", default=torch.zeros(num_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("bin_conf", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("bin_correct", default=torch.zeros(num_bins, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("fine_count", default=torch.zeros(_FINE_BINS, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("fine_conf", default=torch.zeros(_FINE_BINS, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("fine_correct", default=torch.zeros(_FINE_BINS, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("brier_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("nll_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """Add a batch of (temperature-scaled) logits ``(B, K, H, W)`` and train-id targets ``(B, H, W)``."""
+        if not isinstance(logits, Tensor) or logits.ndim != 4 or not logits.is_floating_point():
+            raise ValueError(
+                f"CalibrationMetrics: logits must be a float (B, K, H, W) tensor, got "
+                f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}"
+            )
+        if target.shape != (logits.shape[0], *logits.shape[2:]):
+            raise ValueError(
+                f"CalibrationMetrics: target shape {tuple(target.shape)} does not match logits' (B, H, W) "
+                f"{(logits.shape[0], *logits.shape[2:])}"
+            )
+        if target.is_floating_point():
+            raise ValueError(f"CalibrationMetrics: target must hold integer train ids, got {target.dtype}")
+        k = logits.shape[1]
+        target = target.to(logits.device).long()
+        valid = (target >= 0) & (target < k) & (target != self.ignore_index) & (target != OOD_ID)
+        z = logits.movedim(1, -1)[valid].float()  # (N, K)
+        y = target[valid]
+        logp = z.log_softmax(dim=-1)
+        logp_max, pred = logp.max(dim=-1)
+        conf = logp_max.exp()
+        correct = (pred == y).long()
+        logp_y = logp.gather(-1, y[:, None]).squeeze(-1)
+        p = logp.exp()
+        # sum_k (p_k - y_k)^2 = sum_k p_k^2 - 2 p_y + 1
+        brier = (p * p).sum(-1) - 2 * logp_y.exp() + 1
+        self.brier_sum += brier.sum(dtype=torch.float64)
+        self.nll_sum += (-logp_y).sum(dtype=torch.float64)
+
+        coarse = (conf * self.num_bins).long().clamp_(0, self.num_bins - 1)
+        self.bin_count += torch.bincount(coarse, minlength=self.num_bins)
+        self.bin_correct.index_add_(0, coarse, correct)
+        self.bin_conf.index_add_(0, coarse, conf.double())
+        fine = _fine_bin(conf)
+        self.fine_count += torch.bincount(fine, minlength=_FINE_BINS)
+        self.fine_correct.index_add_(0, fine, correct)
+        self.fine_conf.index_add_(0, fine, conf.double())
+
+    def _total(self) -> int:
+        return int(self.bin_count.sum())
+
+    def compute(self) -> dict[str, Tensor]:
+        """``ece``, ``adaptive_ece``, ``brier``, ``nll`` and ``accuracy`` over all pixels seen."""
+        n = self._total()
+        if n == 0:
+            raise ValueError("CalibrationMetrics: no valid (non-ignored, in-distribution) pixel was seen")
+        ece = (self.bin_correct.double() - self.bin_conf).abs().sum() / n
+        return {
+            "ece": ece,
+            "adaptive_ece": equal_mass_ece(self.fine_count, self.fine_conf, self.fine_correct, self.num_bins),
+            "brier": self.brier_sum / n,
+            "nll": self.nll_sum / n,
+            "accuracy": self.bin_correct.sum().double() / n,
+        }
+
+    def reliability_diagram(self, title: str | None = None) -> Figure:
+        """Matplotlib Figure of per-bin accuracy vs confidence (equal-width bins) with the pixel share per bin."""
+        from matplotlib.figure import Figure  # no pyplot: works headless, leaves the user's backend alone
+
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            count = self.bin_count.detach().double().cpu()
+            conf = self.bin_conf.detach().cpu()
+            correct = self.bin_correct.detach().double().cpu()
+        width = 1.0 / self.num_bins
+        centers = (torch.arange(self.num_bins, dtype=torch.float64) + 0.5) * width
+        acc = torch.where(count > 0, correct / count.clamp_min(1), torch.zeros_like(count))
+        mean_conf = torch.where(count > 0, conf / count.clamp_min(1), centers)
+        share = count / count.sum().clamp_min(1)
+
+        fig = Figure(figsize=(5, 6))
+        ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        ax.bar(centers, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
+        ax.bar(centers, mean_conf - acc, bottom=acc, width=width, edgecolor="tab:red", color="tab:red",
+               alpha=0.3, label="gap")
+        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(loc="upper left")
+        if count.sum() > 0:
+            ece = float((correct - conf).abs().sum() / count.sum())
+            ax.set_title((title + "\n" if title else "") + f"ECE {ece:.4f}")
+        elif title:
+            ax.set_title(title)
+        ax_hist.bar(centers, share, width=width, edgecolor="black", color="tab:gray")
+        ax_hist.set_xlabel("confidence")
+        ax_hist.set_ylabel("share of pixels")
+        fig.tight_layout()
+        return fig

@@ -1,0 +1,96 @@
+"""Streaming semantic-segmentation IoU from a dataset-level confusion matrix."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
+
+
+def _key(name: str) -> str:
+    return "iou_" + name.strip().lower().replace(" ", "_").replace("-", "_")
+
+
+class SegmentationIoU(Metric):
+    """Per-class IoU and mIoU over the whole dataset (confusion-matrix based).
+
+    ``update(preds_or_logits, target)``: either logits ``(B, K, H, W)`` (argmax is
+    taken) or predicted ids ``(B, H, W)``; target ``(B, H, W)`` train ids. Pixels
+    whose target is ``ignore_index``, 254 (OOD) or any id outside ``[0, K)`` are
+    ignored. ``compute()`` returns ``miou`` and ``iou_<class name>`` (spaces ->
+    underscores). A class absent from both predictions and targets has IoU NaN
+    and is excluded from ``miou`` (the mean over the classes that occur).
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        num_classes: int = NUM_CLASSES,
+        ignore_index: int = VOID_ID,
+        class_names: Sequence[str] | None = TRAIN_ID_NAMES,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise ValueError(f"SegmentationIoU: num_classes must be >= 2, got {num_classes}")
+        if class_names is None or len(class_names) != num_classes:
+            if class_names is not None and class_names is not TRAIN_ID_NAMES:
+                raise ValueError(
+                    f"SegmentationIoU: class_names has {len(class_names)} names for num_classes={num_classes}"
+                )
+            class_names = [str(i) for i in range(num_classes)]
+        keys = [_key(n) for n in class_names]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"SegmentationIoU: class_names give duplicate keys: {keys}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.class_names = list(class_names)
+        self._keys = keys
+        self.add_state(
+            "confmat", default=torch.zeros(num_classes, num_classes, dtype=torch.int64), dist_reduce_fx="sum"
+        )
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        """Add a batch: logits ``(B, K, H, W)`` or predicted ids ``(B, H, W)``, and target ids ``(B, H, W)``."""
+        k = self.num_classes
+        if preds.is_floating_point():
+            if preds.ndim != target.ndim + 1 or preds.shape[1] != k:
+                raise ValueError(
+                    f"SegmentationIoU: float preds are taken as logits (B, {k}, H, W); got {tuple(preds.shape)} "
+                    f"for target {tuple(target.shape)}"
+                )
+            preds = preds.argmax(dim=1)
+        if preds.shape != target.shape:
+            raise ValueError(
+                f"SegmentationIoU: preds shape {tuple(preds.shape)} does not match target shape {tuple(target.shape)}"
+            )
+        if target.is_floating_point():
+            raise ValueError(f"SegmentationIoU: target must hold integer train ids, got {target.dtype}")
+        target = target.to(preds.device).long()
+        preds = preds.long()
+        valid = (target >= 0) & (target < k) & (target != self.ignore_index)
+        bad_pred = valid & ((preds < 0) | (preds >= k))
+        if bool(bad_pred.any()):
+            raise ValueError(
+                f"SegmentationIoU: predicted ids {torch.unique(preds[bad_pred]).tolist()[:10]} outside 0..{k - 1}"
+            )
+        # invalid pixels go to one extra slot instead of being masked out
+        idx = torch.where(valid, target * k + preds, k * k)
+        self.confmat += torch.bincount(idx.flatten(), minlength=k * k + 1)[: k * k].view(k, k)
+
+    def compute(self) -> dict[str, Tensor]:
+        """``miou`` and ``iou_<name>`` per class (NaN for classes absent from predictions and targets)."""
+        cm = self.confmat.double()
+        tp = cm.diagonal()
+        union = cm.sum(0) + cm.sum(1) - tp
+        iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+        out = {"miou": iou.nanmean()}
+        out.update({key: iou[i] for i, key in enumerate(self._keys)})
+        return out

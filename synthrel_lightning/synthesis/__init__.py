@@ -1,0 +1,56 @@
+"""Synthetic outliers: where objects go, how they are made, the on-disk bank, and mixing them into training.
+
+Names are imported lazily so ``import synthrel_lightning.synthesis`` stays cheap (diffusers
+and transformers are only imported by the inpainting code that needs them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY: dict[str, str] = {
+    # placement
+    "Placement": "placement",
+    "PlacementSampler": "placement",
+    # bank
+    "OutlierEntry": "bank",
+    "OutlierBank": "bank",
+    "CorruptEntryError": "bank",
+    "BankWriteError": "bank",
+    # paste sources
+    "OutlierSource": "sources",
+    "ProceduralObjectSource": "sources",
+    "CocoObjectSource": "sources",
+    "BankSource": "sources",
+    "fill_bank": "sources",
+    "decode_coco_rle": "sources",
+    "polygons_to_mask": "sources",
+    # mixing
+    "OutlierMixer": "mixing",
+    "OutlierMixingDataset": "mixing",
+    "paste_object": "mixing",
+    # background generation
+    "OutlierBankRefresh": "refresh",
+    "ProducerSpec": "sources",
+    "produce_into_bank": "sources",
+    # tiny offline pipelines (tests, demo)
+    "build_tiny_inpaint_pipeline": "tiny",
+    "build_tiny_controlnet_pipeline": "tiny",
+    "save_tiny_pipeline": "tiny",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,320 @@
+"""Outlier-exposure loss terms against direct per-pixel computations, plus gradient directions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+from jsonargparse import ArgumentParser
+
+from synthrel_lightning.labels import OOD_ID, VOID_ID
+from synthrel_lightning.losses import (
+    CrossEntropy,
+    EnergyHinge,
+    LossTerm,
+    MaxScoreMargin,
+    PositiveEnergy,
+    RbARejection,
+    UniformOutlierExposure,
+    meta_ood_losses,
+)
+
+K = 4
+
+
+def make_batch(seed: int = 0, scale: float = 1.0, with_ood: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 logits (2,K,3,5) and a target mixing inliers, OOD and void pixels."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, K, 3, 5, generator=g, dtype=torch.float64) * scale
+    target = torch.randint(0, K, (2, 3, 5), generator=g)
+    if with_ood:
+        target[0, 0, :3] = OOD_ID
+        target[1, 2, 1:] = OOD_ID
+    target[0, 2, 4] = VOID_ID
+    target[1, 0, 0] = VOID_ID
+    return logits, target
+
+
+def pixels(logits: torch.Tensor, target: torch.Tensor):
+    """Yield (list of K logits, label) per pixel."""
+    b, _, h, w = logits.shape
+    for i in range(b):
+        for y in range(h):
+            for x in range(w):
+                yield [float(v) for v in logits[i, :, y, x]], int(target[i, y, x])
+
+
+def lse(z: list[float]) -> float:
+    m = max(z)
+    return m + math.log(sum(math.exp(v - m) for v in z))
+
+
+def sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def ref_oe(logits, target) -> float:
+    return mean([-sum(v - lse(z) for v in z) / K for z, t in pixels(logits, target) if t == OOD_ID])
+
+
+def ref_energy(logits, target, m_in, m_out) -> float:
+    li = [max(-lse(z) - m_in, 0.0) ** 2 for z, t in pixels(logits, target) if t < K]
+    lo = [max(m_out + lse(z), 0.0) ** 2 for z, t in pixels(logits, target) if t == OOD_ID]
+    return mean(li) + mean(lo)
+
+
+def ref_rba(logits, target, mode, ood_margin, inlier_weight, inlier_margin) -> float:
+    f = (lambda x: math.log1p(math.exp(x))) if mode == "softplus" else (lambda x: max(x, 0.0))
+    lo = [f(sum(sigmoid(v) for v in z) - ood_margin) for z, t in pixels(logits, target) if t == OOD_ID]
+    li = [f(inlier_margin - sum(sigmoid(v) for v in z)) for z, t in pixels(logits, target) if t < K]
+    return mean(lo) + inlier_weight * mean(li)
+
+
+def ref_max_score(logits, target, margin, inlier_weight) -> float:
+    def d(z):
+        return 1.0 - math.exp(max(z) - lse(z))
+
+    lo = [max(margin - d(z), 0.0) ** 2 for z, t in pixels(logits, target) if t == OOD_ID]
+    li = [d(z) ** 2 for z, t in pixels(logits, target) if t < K]
+    return mean(lo) + inlier_weight * mean(li)
+
+
+def ref_positive_energy(logits, target) -> float:
+    return mean([max(lse(z), 0.0) for z, t in pixels(logits, target) if t == OOD_ID])
+
+
+CASES = [
+    (UniformOutlierExposure(), lambda z, t: ref_oe(z, t)),
+    (EnergyHinge(), lambda z, t: ref_energy(z, t, -12.0, -6.0)),
+    (EnergyHinge(m_in=-2.0, m_out=-1.0), lambda z, t: ref_energy(z, t, -2.0, -1.0)),
+    (RbARejection(), lambda z, t: ref_rba(z, t, "softplus", 0.0, 0.0, 1.0)),
+    (RbARejection(mode="hinge", ood_margin=1.5, inlier_weight=0.5, inlier_margin=2.5),
+     lambda z, t: ref_rba(z, t, "hinge", 1.5, 0.5, 2.5)),
+    (MaxScoreMargin(), lambda z, t: ref_max_score(z, t, 1.0, 1.0)),
+    (MaxScoreMargin(margin=0.5, inlier_weight=0.0), lambda z, t: ref_max_score(z, t, 0.5, 0.0)),
+    (PositiveEnergy(), lambda z, t: ref_positive_energy(z, t)),
+]
+
+
+@pytest.mark.parametrize("term,reference", CASES, ids=lambda c: type(c).__name__ if isinstance(c, LossTerm) else "")
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_matches_direct_computation(term: LossTerm, reference, scale: float) -> None:
+    logits, target = make_batch(seed=int(scale), scale=scale)
+    value = term(logits, target)
+    assert value.ndim == 0
+    assert value.item() == pytest.approx(reference(logits, target), rel=1e-9, abs=1e-12)
+
+
+OOD_ONLY = [UniformOutlierExposure, PositiveEnergy, lambda: RbARejection(), lambda: MaxScoreMargin(inlier_weight=0.0),
+            lambda: EnergyHinge(m_in=100.0, m_out=200.0)]
+
+
+@pytest.mark.parametrize("factory", OOD_ONLY)
+def test_ood_terms_without_ood_pixels_give_a_graph_keeping_zero(factory) -> None:
+    logits, target = make_batch(with_ood=False)
+    logits.requires_grad_(True)
+    value = factory()(logits, target)
+    assert value.item() == 0.0
+    assert value.requires_grad
+    value.backward()
+    assert logits.grad is not None and torch.count_nonzero(logits.grad) == 0
+
+
+@pytest.mark.parametrize("term", [c[0] for c in CASES])
+def test_bad_input_is_rejected_with_clear_errors(term: LossTerm) -> None:
+    logits, target = make_batch()
+    with pytest.raises(ValueError, match="shape"):
+        term(logits, target[:, :2])
+    with pytest.raises(TypeError, match="integer"):
+        term(logits, target.double())
+    bad = target.clone()
+    bad[0, 1, 1] = K  # a train id the logits do not have
+    with pytest.raises(ValueError, match=rf"\[{K}\]"):
+        term(logits, bad)
+
+
+@pytest.mark.parametrize("term", [c[0] for c in CASES])
+def test_extreme_logits_stay_finite(term: LossTerm) -> None:
+    logits, target = make_batch(scale=1e4)
+    logits = logits.float().requires_grad_(True)
+    value = term(logits, target)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
+
+
+def _sgd_step(term: LossTerm, logits: torch.Tensor, target: torch.Tensor, lr: float) -> tuple[float, float, torch.Tensor]:
+    z = logits.clone().requires_grad_(True)
+    before = term(z, target)
+    before.backward()
+    with torch.no_grad():
+        stepped = z - lr * z.grad
+    return before.item(), term(stepped, target).item(), stepped
+
+
+def _ood_mean(values: torch.Tensor, target: torch.Tensor) -> float:
+    return values[target == OOD_ID].mean().item()
+
+
+def _energy(z: torch.Tensor) -> torch.Tensor:
+    return -torch.logsumexp(z, dim=1)
+
+
+def test_outlier_exposure_step_raises_ood_entropy() -> None:
+    logits, target = make_batch(scale=3.0)
+    before, after, stepped = _sgd_step(UniformOutlierExposure(), logits, target, lr=1.0)
+
+    def entropy(z):
+        p = torch.softmax(z, 1)
+        return -(p * torch.log_softmax(z, 1)).sum(1)
+
+    assert after < before
+    assert _ood_mean(entropy(stepped), target) > _ood_mean(entropy(logits), target)
+
+
+def test_energy_hinge_step_separates_energies() -> None:
+    logits, target = make_batch()
+    term = EnergyHinge(m_in=-5.0, m_out=2.0)  # both hinges active for these logits
+    before, after, stepped = _sgd_step(term, logits, target, lr=0.5)
+    assert after < before
+    assert _ood_mean(_energy(stepped), target) > _ood_mean(_energy(logits), target)
+    inl = target < K
+    assert _energy(stepped)[inl].mean() < _energy(logits)[inl].mean()
+
+
+def test_positive_energy_step_raises_ood_energy() -> None:
+    logits, target = make_batch(scale=2.0)
+    before, after, stepped = _sgd_step(PositiveEnergy(), logits, target, lr=0.5)
+    assert after < before
+    assert _ood_mean(_energy(stepped), target) > _ood_mean(_energy(logits), target)
+
+
+def test_rba_step_lowers_ood_class_scores_and_raises_rba_score() -> None:
+    logits, target = make_batch()
+    term = RbARejection(inlier_weight=1.0, inlier_margin=3.0)
+    before, after, stepped = _sgd_step(term, logits, target, lr=1.0)
+    s = lambda z: torch.sigmoid(z).sum(1)  # noqa: E731
+    assert after < before
+    assert _ood_mean(-s(stepped), target) > _ood_mean(-s(logits), target)  # RbA OOD score rises on OOD
+    assert s(stepped)[target < K].mean() > s(logits)[target < K].mean()
+
+
+def test_max_score_margin_step_lowers_ood_confidence() -> None:
+    logits, target = make_batch(scale=3.0)
+    before, after, stepped = _sgd_step(MaxScoreMargin(), logits, target, lr=1.0)
+    msp = lambda z: torch.softmax(z, 1).amax(1)  # noqa: E731
+    assert after < before
+    assert _ood_mean(msp(stepped), target) < _ood_mean(msp(logits), target)
+    assert msp(stepped)[target < K].mean() > msp(logits)[target < K].mean()
+
+
+def test_meta_ood_weights_reproduce_the_lambda_mixture() -> None:
+    logits, target = make_batch()
+    terms = meta_ood_losses(lam=0.9)
+    assert [type(t) for t in terms] == [CrossEntropy, UniformOutlierExposure]
+    total = sum(t.weight * t(logits, target) for t in terms)
+    ce = mean([lse(z) - z[t] for z, t in pixels(logits, target) if t < K])
+    assert total.item() == pytest.approx(0.1 * ce + 0.9 * ref_oe(logits, target), rel=1e-9)
+    with pytest.raises(ValueError, match="lam"):
+        meta_ood_losses(lam=1.5)
+
+
+def test_energy_hinge_estimates_margins_from_inlier_energies() -> None:
+    logits, target = make_batch(scale=3.0)
+    term = EnergyHinge(estimate_margins=True, in_quantile=0.75, margin_gap=4.0, momentum=0.5)
+    energies = _energy(logits)[target < K].float()
+    q1 = torch.quantile(energies, 0.75).item()
+    value = term(logits, target)
+    assert term.m_in.item() == pytest.approx(q1, rel=1e-6)
+    assert term.m_out.item() == pytest.approx(q1 + 4.0, rel=1e-6)
+    # The returned loss uses the margins of this step.
+    assert value.item() == pytest.approx(ref_energy(logits, target, term.m_in.item(), term.m_out.item()), rel=1e-6)
+
+    logits2, _ = make_batch(seed=7, scale=5.0)
+    q2 = torch.quantile(_energy(logits2)[target < K].float(), 0.75).item()
+    term(logits2, target)
+    assert term.m_in.item() == pytest.approx(0.5 * q1 + 0.5 * q2, rel=1e-6)
+    assert int(term.num_updates) == 2
+
+    term.eval()
+    frozen = term.m_in.clone()
+    term(make_batch(seed=3, scale=9.0)[0], target)
+    assert torch.equal(term.m_in, frozen)
+
+    state = term.state_dict()
+    assert set(state) == {"m_in", "m_out", "num_updates"}
+    restored = EnergyHinge(estimate_margins=True)
+    restored.load_state_dict(state)
+    assert restored.m_in.item() == term.m_in.item()
+
+
+def test_energy_hinge_margins_stop_after_freeze_and_carry_no_gradient() -> None:
+    logits, target = make_batch(scale=3.0)
+    term = EnergyHinge(estimate_margins=True, freeze_after=1)
+    z = logits.clone().requires_grad_(True)
+    term(z, target).backward()
+    first = term.m_in.item()
+    assert not term.m_in.requires_grad
+    term(make_batch(seed=5, scale=8.0)[0], target)
+    assert term.m_in.item() == first
+    assert int(term.num_updates) == 1
+
+
+def test_energy_hinge_rejects_inverted_margins() -> None:
+    with pytest.raises(ValueError, match="m_in"):
+        EnergyHinge(m_in=0.0, m_out=-1.0)
+
+
+def test_terms_are_configurable_from_yaml() -> None:
+    parser = ArgumentParser()
+    parser.add_argument("--losses", type=list[LossTerm])
+    config = yaml.safe_load(
+        """
+losses:
+  - class_path: synthrel_lightning.losses.CrossEntropy
+  - class_path: synthrel_lightning.losses.EnergyHinge
+    init_args: {weight: 0.1, estimate_margins: true, in_quantile: 0.8}
+  - class_path: synthrel_lightning.losses.RbARejection
+    init_args: {mode: hinge}
+"""
+    )
+    cfg = parser.parse_object(config)
+    terms = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(cfg).losses
+    assert [type(t).__name__ for t in terms] == ["CrossEntropy", "EnergyHinge", "RbARejection"]
+    assert terms[1].weight == 0.1 and terms[1].estimate_margins and terms[1].in_quantile == 0.8
+    assert terms[2].mode == "hinge"
+    assert [t.name for t in terms] == ["cross_entropy", "energy_hinge", "rba_rejection"]
+
+
+def _distributed_worker(rank: int, world: int, init_file: str, results: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        # Rank 0 sees 4 inlier pixels with energy -10, rank 1 sees 12 with energy -2
+        # (logits whose logsumexp is exactly -E: one class at -E, the rest very negative).
+        n = 4 if rank == 0 else 12
+        energy = -10.0 if rank == 0 else -2.0
+        logits = torch.full((1, K, 1, n), -1e4)
+        logits[:, 0] = -energy
+        target = torch.zeros(1, 1, n, dtype=torch.long)
+        term = EnergyHinge(estimate_margins=True, in_quantile=0.5, margin_gap=3.0)
+        term(logits, target)
+        torch.save({"m_in": term.m_in.item(), "m_out": term.m_out.item()}, f"{results}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_energy_hinge_margins_are_averaged_across_processes(tmp_path) -> None:
+    world = 2
+    torch.multiprocessing.spawn(
+        _distributed_worker, args=(world, str(tmp_path / "init"), str(tmp_path / "out")), nprocs=world, join=True
+    )
+    expected = (4 * -10.0 + 12 * -2.0) / 16  # count-weighted mean of the per-process quantiles
+    for rank in range(world):
+        got = torch.load(tmp_path / f"out.{rank}")
+        assert got["m_in"] == pytest.approx(expected)
+        assert got["m_out"] == pytest.approx(expected + 3.0)
