@@ -454,7 +454,7 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--config", action=ActionConfigFile, help="training recipe (YAML) with model and data")
     parser.add_subclass_arguments(L.LightningModule, "model", required=True, help="the model, as in the recipe")
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="the data, as in the recipe")
-    parser.set_defaults({"model.class_path": "synthrel_lightning.models.OODSegmenter"})
+    parser.set_defaults({"model": {"class_path": "synthrel_lightning.models.OODSegmenter"}})
     parser.add_function_arguments(calibrate, skip={"model", "data"})
     for ignored in ("trainer", "optimizer", "lr_scheduler"):
         parser.add_argument(f"--{ignored}", type=Any, default=None, help="ignored (read from training recipes)")

@@ -68,15 +68,7 @@ def run_lightning_cli(args: list[str]) -> None:
 
     import lightning as L
 
-    from synthrel_lightning.models import OODSegmenter
-
-    class SynthrelCLI(LightningCLI):
-        """LightningCLI with our defaults: seeded, config saving safe for sweeps."""
-
-        def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
-            parser.set_defaults({"model.class_path": f"{OODSegmenter.__module__}.{OODSegmenter.__name__}"})
-
-    SynthrelCLI(
+    LightningCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
         subclass_mode_model=True,

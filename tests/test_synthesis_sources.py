@@ -199,3 +199,25 @@ def test_produce_into_bank_counts_failures(tmp_path: Path) -> None:
     assert (st["produced"], st["skipped"]) == (3, 6)
     bad = produce_into_bank(ProducerSpec("no.such.Producer"), tmp_path, 2, seed=0, namespace="t2")
     assert bad["produced"] == 0 and "no.such.Producer" in bad["fatal"]
+
+
+@pytest.mark.slow
+def test_inpainting_source_fills_a_bank_with_the_tiny_pipeline(tmp_path: Path, cityscapes_mini: Path) -> None:
+    from synthrel_lightning.synthesis.placement import PlacementSampler
+    from synthrel_lightning.synthesis.sources import InpaintingSource
+    from synthrel_lightning.synthesis.tiny import save_tiny_pipeline
+
+    save_tiny_pipeline(tmp_path / "tiny")
+    src = InpaintingSource(
+        frames_root=cityscapes_mini,
+        split="val",
+        engine={"model_id": str(tmp_path / "tiny"), "dtype": "float32", "num_inference_steps": 2, "resolution": 64, "device": "cpu"},
+        placement=PlacementSampler(size_range=(32, 64), reference_width=256),
+        vocabulary=["zebra"],
+    )
+    bank = OutlierBank(tmp_path / "bank")
+    keys = fill_bank(src, bank, 2, seed=0)
+    assert len(keys) == 2 and bank.verify() == []
+    e = bank.get(keys[0])
+    assert e.name == "zebra" and e.prompt == "A photo of a zebra" and e.metadata["frame"] == "frankfurt_000000_000294"
+    assert e.rgb.shape[:2] == e.alpha.shape and 32 <= e.rgb.shape[0] <= 64

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from synthrel_lightning.data.base import Sample, Transform
+from synthrel_lightning.synthesis.mixing import OutlierMixer, OutlierMixingDataset
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class SegmentationDataModule(L.LightningDataModule):
         train_set: Dataset[Sample] | None = None,
         val_sets: Mapping[str, Dataset[Sample]] | None = None,
         test_sets: Mapping[str, Dataset[Sample]] | None = None,
-        outliers: Callable[..., Sample] | None = None,
+        outliers: OutlierMixer | None = None,
         train_transform: Transform | None = None,
         eval_transform: Transform | None = None,
         batch_size: int = 8,
@@ -89,8 +91,6 @@ class SegmentationDataModule(L.LightningDataModule):
         self.build_sets()
         if self.train_set is not None:
             if self.outliers is not None:
-                from synthrel_lightning.synthesis.mixing import OutlierMixingDataset
-
                 self._train = OutlierMixingDataset(self.train_set, self.outliers, transform=self.train_transform)
             else:
                 self._train = TransformedDataset(self.train_set, self.train_transform)
@@ -122,7 +122,7 @@ class SegmentationDataModule(L.LightningDataModule):
             shuffle=train,
             drop_last=train and len(dataset) >= self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
             # Not persistent: workers must re-read the dataset after set_epoch().
             persistent_workers=False,
         )
@@ -175,8 +175,8 @@ class CityscapesOODDataModule(SegmentationDataModule):
         name: str = "cityscapes",
         train_split: str = "train",
         val_split: str = "val",
-        outliers: Callable[..., Sample] | None = None,
-        val_outliers: Callable[..., Sample] | None = None,
+        outliers: OutlierMixer | None = None,
+        val_outliers: OutlierMixer | None = None,
         extra_val_sets: dict[str, Dataset[Sample]] | None = None,
         extra_test_sets: dict[str, Dataset[Sample]] | None = None,
         crop_size: tuple[int, int] = (512, 1024),
@@ -230,8 +230,6 @@ class CityscapesOODDataModule(SegmentationDataModule):
         val = CityscapesDataset(self.root, split=self.val_split, on_error=self.on_error, max_samples=self.max_val_samples)  # type: ignore[arg-type]
         sets: dict[str, Dataset[Sample]] = {self.name: val}
         if self.val_outliers is not None:
-            from synthrel_lightning.synthesis.mixing import OutlierMixingDataset
-
             # Fixed epoch: the synthetic evaluation set is the same at every validation.
             sets[f"{self.name}_objects"] = OutlierMixingDataset(val, self.val_outliers, transform=None)
         sets.update(self.extra_val_sets)
@@ -251,11 +249,13 @@ class DemoDataModule(CityscapesOODDataModule):
         num_val: int = 16,
         image_size: tuple[int, int] = (128, 256),
         scene_seed: int = 0,
-        outliers: Callable[..., Sample] | None = None,
-        val_outliers: Callable[..., Sample] | None = None,
+        outliers: OutlierMixer | None = None,
+        val_outliers: OutlierMixer | None = None,
         extra_val_sets: dict[str, Dataset[Sample]] | None = None,
         crop_size: tuple[int, int] = (128, 256),
         scale_range: tuple[float, float] = (0.75, 1.5),
+        train_transform: Transform | None = None,
+        eval_transform: Transform | None = None,
         batch_size: int = 8,
         eval_batch_size: int = 8,
         num_workers: int = 0,
@@ -269,6 +269,8 @@ class DemoDataModule(CityscapesOODDataModule):
             extra_val_sets=extra_val_sets,
             crop_size=crop_size,
             scale_range=scale_range,
+            train_transform=train_transform,
+            eval_transform=eval_transform,
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,

@@ -23,8 +23,7 @@ def check_binary_inputs(scores: Tensor, target: Tensor, ignore_index: int, who: 
     if target.dtype == torch.bool:
         target = target.to(torch.uint8)
     valid = target != ignore_index
-    # t & ~1 is non-zero exactly for values other than 0 and 1 (negatives included)
-    bad_target = (target.bitwise_and(~1) != 0) & valid
+    bad_target = ((target < 0) | (target > 1)) & valid
     n_bad, all_finite = torch.stack([bad_target.sum(), torch.isfinite(scores).all().long()]).tolist()
     if n_bad:
         values = torch.unique(target[bad_target]).tolist()

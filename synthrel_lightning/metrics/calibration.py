@@ -156,6 +156,7 @@ class CalibrationMetrics(Metric):
         acc = torch.where(count > 0, correct / count.clamp_min(1), torch.zeros_like(count))
         mean_conf = torch.where(count > 0, conf / count.clamp_min(1), centers)
         share = count / count.sum().clamp_min(1)
+        centers, acc, mean_conf, share = (t.numpy() for t in (centers, acc, mean_conf, share))
 
         fig = Figure(figsize=(5, 6))
         ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})

@@ -109,6 +109,14 @@ class OODSegmenter(L.LightningModule):
         """Temperature-scaled logits (B,K,H,W) at the input resolution."""
         return self.raw_logits(images) / self.temperature
 
+    def set_ood_score(self, name: str) -> None:
+        """Switch the OOD score used by evaluation and prediction (e.g. to compare scores on one model)."""
+        from synthrel_lightning.scores import build_scorer
+
+        self.scorer = build_scorer(name).to(self.device)
+        self.ood_score = name
+        self.hparams["ood_score"] = name
+
     def score(self, logits: Tensor) -> Tensor:
         """OOD score map (B,H,W) of temperature-scaled logits; higher = more OOD."""
         return self.scorer(logits)

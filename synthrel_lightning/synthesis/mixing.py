@@ -11,7 +11,7 @@ the same data.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -61,7 +61,7 @@ def paste_object(
     # Integer blend (uint16): exact enough for 8-bit output and ~3x cheaper than float32.
     a = alpha.astype(np.uint16)[..., None]
     region[...] = ((rgb.astype(np.uint16) * a + region.astype(np.uint16) * (255 - a) + 127) // 255).astype(np.uint8)
-    hard = alpha > int(round(alpha_threshold * 255))
+    hard = alpha > int(np.floor(alpha_threshold * 255))  # alpha/255 > threshold
     if entry.label_value == OOD_ID:
         label[y0 : y0 + height, x0 : x0 + width][hard] = ood_value
         ood[y0 : y0 + height, x0 : x0 + width][hard] = OOD_POSITIVE
@@ -196,7 +196,7 @@ class OutlierMixer:
                 f"OutlierMixer(mode='replace') needs whole synthetic frames, got an {entry.kind!r} entry "
                 f"({entry.name!r} from {entry.source!r}); use BankSource(bank, kinds=('frame',)) or pass frames="
             )
-        hard = entry.alpha > int(round(self.alpha_threshold * 255))
+        hard = entry.alpha > int(np.floor(self.alpha_threshold * 255))
         if entry.label is not None:
             label = entry.label.copy()
         else:
@@ -209,7 +209,7 @@ class OutlierMixer:
             ood[label == self.ood_value] = OOD_POSITIVE
         ood[hard] = OOD_POSITIVE if entry.label_value == OOD_ID else OOD_NEGATIVE
         self.stats["mixed"] += 1
-        name = entry.metadata.get("frame_name") or f"synthetic/{entry.source or entry.name}"
+        name = f"synthetic/{entry.metadata.get('frame') or entry.source or entry.name}"
         return {"image": entry.rgb.copy(), "label": label, "ood": ood, "name": str(name)}
 
 

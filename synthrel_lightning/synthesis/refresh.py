@@ -31,11 +31,6 @@ __all__ = ["OutlierBankRefresh", "ProducerSpec"]
 log = logging.getLogger(__name__)
 
 
-def _child_main(producer: Any, bank_root: str, n: int, seed: int, namespace: str, device: str | None, max_failures: int, q: Any) -> None:
-    """Entry point of the background process (module level: spawn must import it)."""
-    produce_into_bank(producer, bank_root, n, seed, namespace, device=device, max_consecutive_failures=max_failures, report=q.put)
-
-
 @dataclass
 class _Job:
     epoch: int
@@ -62,6 +57,7 @@ class OutlierBankRefresh(Callback):
         seed: base seed; item i of epoch e on rank r uses (seed, namespace, rank, epoch, i).
         wait_on_fit_end_s: how long the end of fitting waits for running jobs before stopping them.
         max_consecutive_failures: a job gives up after this many failures in a row.
+        log_name: logged as ``train/<log_name>_size``, ``_generated``, ``_failures``.
     """
 
     def __init__(
@@ -78,6 +74,7 @@ class OutlierBankRefresh(Callback):
         namespace: str = "refresh",
         wait_on_fit_end_s: float = 0.0,
         max_consecutive_failures: int = 5,
+        log_name: str = "bank",
     ) -> None:
         if refresh_fraction < 0:
             raise ValueError(f"refresh_fraction must be >= 0, got {refresh_fraction!r}")
@@ -97,6 +94,7 @@ class OutlierBankRefresh(Callback):
         self.namespace = str(namespace)
         self.wait_on_fit_end_s = float(wait_on_fit_end_s)
         self.max_consecutive_failures = int(max_consecutive_failures)
+        self.log_name = str(log_name)
         self._jobs: list[_Job] = []
         self.totals: dict[str, int] = {"launched": 0, "produced": 0, "skipped": 0, "failed": 0, "crashed_jobs": 0}
         """Counts over finished jobs: launched jobs, produced/skipped/failed items, jobs that died."""
@@ -148,9 +146,11 @@ class OutlierBankRefresh(Callback):
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         namespace = f"{self.namespace}-r{trainer.global_rank}-e{epoch}"
+        # The target lives in sources.py so the child does not import Lightning (seconds per start).
         proc = ctx.Process(
-            target=_child_main,
-            args=(self.producer, str(self.bank_root), n, self.seed, namespace, self.device, self.max_consecutive_failures, q),
+            target=produce_into_bank,
+            args=(self.producer, str(self.bank_root), n, self.seed, namespace),
+            kwargs={"device": self.device, "max_consecutive_failures": self.max_consecutive_failures, "report": q.put},
             daemon=True,
             name=f"outlier-bank-refresh-e{epoch}",
         )
@@ -197,9 +197,9 @@ class OutlierBankRefresh(Callback):
             if n > 0:
                 self._launch(trainer, trainer.current_epoch, n)
         metrics = {
-            "train/bank_size": float(size),
-            "train/bank_generated": float(self.totals["produced"]),
-            "train/bank_failures": float(self.totals["failed"] + self.totals["crashed_jobs"]),
+            f"train/{self.log_name}_size": float(size),
+            f"train/{self.log_name}_generated": float(self.totals["produced"]),
+            f"train/{self.log_name}_failures": float(self.totals["failed"] + self.totals["crashed_jobs"]),
         }
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True, sync_dist=False)
 
@@ -215,6 +215,11 @@ class OutlierBankRefresh(Callback):
         """Never leave a background process behind."""
         if self._jobs:
             self.stop(0.0)
+
+    @property
+    def state_key(self) -> str:
+        """Unique per bank and namespace, so several refreshers can share a trainer."""
+        return self._generate_state_key(bank_root=str(self.bank_root), namespace=self.namespace)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters survive a resume (the bank itself is on disk)."""

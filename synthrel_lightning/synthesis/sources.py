@@ -6,6 +6,8 @@ serve), so the mixer, :func:`fill_bank` and the background refresh treat them al
 
 from __future__ import annotations
 
+import abc
+
 import importlib
 import inspect
 import json
@@ -13,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -26,6 +28,7 @@ __all__ = [
     "ProceduralObjectSource",
     "CocoObjectSource",
     "BankSource",
+    "InpaintingSource",
     "fill_bank",
     "ProducerSpec",
     "produce_into_bank",
@@ -36,13 +39,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@runtime_checkable
-class OutlierSource(Protocol):
-    """Anything that draws outliers from a NumPy generator."""
+class OutlierSource(abc.ABC):
+    """Base of everything that draws outliers from a NumPy generator.
 
+    Subclass it (and implement :meth:`sample`) to plug a new source into
+    :class:`~synthrel_lightning.synthesis.OutlierMixer` from Python or YAML.
+    """
+
+    @abc.abstractmethod
     def sample(self, rng: np.random.Generator) -> OutlierEntry | None:
         """One outlier (or None when the source is empty)."""
-        ...
 
 
 def _feather(mask: np.ndarray, radius: float) -> np.ndarray:
@@ -55,7 +61,7 @@ def _feather(mask: np.ndarray, radius: float) -> np.ndarray:
     return np.asarray(img.filter(ImageFilter.GaussianBlur(radius)), dtype=np.uint8)
 
 
-class ProceduralObjectSource:
+class ProceduralObjectSource(OutlierSource):
     """Random coloured shapes with textures and feathered alpha (ellipses, polygons, stripes, noise)."""
 
     SHAPES: tuple[str, ...] = ("ellipse", "polygon", "star", "blob")
@@ -218,7 +224,7 @@ def polygons_to_mask(polygons: Iterable[Sequence[float]], height: int, width: in
     return np.asarray(img, dtype=bool)
 
 
-class CocoObjectSource:
+class CocoObjectSource(OutlierSource):
     """Cuts objects out of any COCO-format instance-segmentation dataset (polygon or RLE masks)."""
 
     def __init__(
@@ -321,7 +327,7 @@ class CocoObjectSource:
         return self.get(int(rng.integers(len(self.annotations))))
 
 
-class BankSource:
+class BankSource(OutlierSource):
     """Serves banked outliers; the bank is opened lazily in each process (DataLoader workers)."""
 
     def __init__(self, bank: OutlierBank | str | os.PathLike, kinds: Sequence[str] = ("object",)) -> None:
@@ -498,3 +504,64 @@ def produce_into_bank(
         _report()
     _report()
     return status
+
+
+class InpaintingSource(OutlierSource):
+    """Makes outliers by inpainting objects into real frames with the inpainting engine (the GPU producer).
+
+    Draws a frame from ``frames`` (a dataset of raw samples; or a Cityscapes root with
+    ``frames_root``/``split``), a box from ``placement``, an object from ``vocabulary``,
+    and returns the engine's entry (``kind`` "object" crop or whole "frame"). Built inside
+    the background process of :class:`~synthrel_lightning.synthesis.refresh.OutlierBankRefresh`
+    via a :class:`ProducerSpec`, so the diffusion model lives on ``device`` there.
+    """
+
+    def __init__(
+        self,
+        frames: Any = None,
+        frames_root: str | os.PathLike | None = None,
+        split: str = "train",
+        engine: dict[str, Any] | Any = None,
+        vocabulary: Sequence[str] | None = None,
+        placement: Any = None,
+        kind: str = "object",
+        device: str | None = None,
+    ) -> None:
+        if frames is None and frames_root is None:
+            raise ValueError("InpaintingSource needs frames (a dataset of raw samples) or frames_root (a Cityscapes root)")
+        if kind not in ("object", "frame"):
+            raise ValueError(f"InpaintingSource kind must be 'object' or 'frame', got {kind!r}")
+        if frames is None:
+            from synthrel_lightning.data.cityscapes import CityscapesDataset
+
+            frames = CityscapesDataset(frames_root, split=split)  # type: ignore[arg-type]
+        from synthrel_lightning.synthesis.engine import InpaintingEngine
+        from synthrel_lightning.synthesis.placement import PlacementSampler
+        from synthrel_lightning.synthesis.vocabulary import PAPER_OBJECTS
+
+        if engine is None or isinstance(engine, dict):
+            args = dict(engine or {})
+            if device is not None:
+                args.setdefault("device", device)
+            engine = InpaintingEngine(**args)
+        self.frames = frames
+        self.engine = engine
+        self.vocabulary = tuple(vocabulary) if vocabulary else PAPER_OBJECTS
+        self.placement = placement if placement is not None else PlacementSampler()
+        self.kind = kind
+
+    def sample(self, rng: np.random.Generator) -> OutlierEntry:
+        """One inpainted object; raises RuntimeError when the engine rejects it (the caller counts it)."""
+        i = int(rng.integers(len(self.frames)))
+        raw = self.frames[i]
+        label = raw.get("label")
+        where = self.placement.sample(label, rng, shape=raw["image"].shape[:2])
+        if where is None:
+            raise RuntimeError(f"no placement for frame {raw.get('name', i)!r}")
+        obj = self.vocabulary[int(rng.integers(len(self.vocabulary)))]
+        seed = int(rng.integers(2**31 - 1))
+        result = self.engine.synthesize(raw["image"], where, obj, seed, label=label)
+        if not result.ok:
+            raise RuntimeError(f"inpainting {obj!r} into {raw.get('name', i)!r} was rejected: {result.reason}")
+        result.metadata.setdefault("frame", raw.get("name", str(i)))
+        return result.to_entry(self.kind, base_label=label)

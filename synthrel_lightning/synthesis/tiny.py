@@ -21,6 +21,8 @@ __all__ = [
     "build_tiny_controlnet_pipeline",
     "build_tiny_controlnet",
     "save_tiny_pipeline",
+    "build_tiny_owlv2",
+    "build_tiny_sam",
 ]
 
 _TINY_BLOCKS = (32, 64)
@@ -40,20 +42,26 @@ def _byte_characters() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def build_tiny_tokenizer(folder: str | os.PathLike[str] | None = None) -> Any:
-    """A byte-level CLIPTokenizer (no merges) written to ``folder`` (a temp folder if None) and loaded offline."""
+def build_tiny_tokenizer(folder: str | os.PathLike[str] | None = None, specials_first: bool = True, model_max_length: int = 77) -> Any:
+    """A byte-level CLIPTokenizer (no merges) written to ``folder`` (a temp folder if None) and loaded offline.
+
+    ``specials_first=False`` puts ``<|startoftext|>``/``<|endoftext|>`` at the end of the vocabulary,
+    as in real CLIP (OWL models treat a query whose first token id is 0 as padding).
+    """
     from transformers import CLIPTokenizer
 
     folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="tiny_clip_tok_"))
     folder.mkdir(parents=True, exist_ok=True)
-    tokens = ["<|startoftext|>", "<|endoftext|>"]
+    specials = ["<|startoftext|>", "<|endoftext|>"]
+    tokens = []
     for ch in _byte_characters():
         tokens += [ch, ch + "</w>"]
+    tokens = specials + tokens if specials_first else tokens + specials
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     # Without model_max_length the tokenizer pads prompts to 1e30 tokens.
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77)
+    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=model_max_length)
 
 
 def build_tiny_controlnet(seed: int = 0) -> Any:
@@ -184,3 +192,51 @@ def save_tiny_pipeline(folder: str | os.PathLike[str], kind: str = "inpaint", se
     else:
         raise ValueError(f"save_tiny_pipeline: kind must be 'inpaint' or 'controlnet', got {kind!r}")
     return folder
+
+
+def build_tiny_owlv2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
+    """A tiny random Owlv2ForObjectDetection and its Owlv2Processor (offline tokenizer)."""
+    import torch
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    tok = build_tiny_tokenizer(specials_first=False, model_max_length=16)
+    n = len(tok)
+    config = Owlv2Config(
+        text_config=dict(
+            vocab_size=n, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+            max_position_embeddings=16, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1,
+        ),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=image_size, patch_size=16),
+        projection_dim=32,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Owlv2ForObjectDetection(config).eval()
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tok)
+    return model, processor
+
+
+def build_tiny_sam(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
+    """A tiny random SamModel and its SamProcessor."""
+    import torch
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+
+    config = SamConfig(
+        vision_config=dict(
+            hidden_size=32, output_channels=16, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+            patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=8,
+        ),
+        prompt_encoder_config=dict(hidden_size=16, image_size=image_size, patch_size=8, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = SamModel(config).eval()
+    low = image_size // 4
+    processor = SamProcessor(
+        image_processor=SamImageProcessor(
+            size={"longest_edge": image_size},
+            pad_size={"height": image_size, "width": image_size},
+            mask_size={"longest_edge": low},
+            mask_pad_size={"height": low, "width": low},
+        )
+    )
+    return model, processor

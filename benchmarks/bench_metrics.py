@@ -1,0 +1,145 @@
+"""Benchmark: streaming binned PixelOODMetrics vs torchmetrics' exact AUROC / AP / ROC.
+
+Streams synthetic but realistic frames (energy scores from upsampled random
+logits, ~2 % OOD pixels in blobs, a void band) through both, timing only the
+metric calls (update + compute), and reports wall time, metric-state memory,
+process peak RSS and the agreement of the values, as a markdown table.
+
+    python benchmarks/bench_metrics.py --frames 50 --height 1024 --width 2048
+    python benchmarks/bench_metrics.py --frames 4 --height 256 --width 512   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def make_frame(seed: int, height: int, width: int, ood_fraction: float, num_classes: int = 19):
+    """Energy scores (H, W) and a 0/1/255 target (H, W) for one synthetic frame."""
+    g = torch.Generator().manual_seed(seed)
+    low = (max(height // 8, 4), max(width // 8, 4))
+    logits = torch.randn(1, num_classes, *low, generator=g) * 4.0 + 6.0 * torch.rand(1, 1, *low, generator=g)
+    blobs = F.interpolate(torch.rand(1, 1, low[0] // 2, low[1] // 2, generator=g), size=low, mode="bilinear")
+    ood_low = blobs > torch.quantile(blobs.flatten(), 1.0 - ood_fraction)
+    logits = torch.where(ood_low, logits * 0.5 - 2.0, logits)
+    logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    logits += torch.randn(logits.shape, generator=g)
+    scores = -torch.logsumexp(logits, dim=1)[0]
+    ood = F.interpolate(ood_low.float(), size=(height, width), mode="nearest")[0, 0] > 0.5
+    target = ood.to(torch.uint8)
+    target[: height // 12] = 255
+    return scores, target
+
+
+def state_bytes(metric) -> int:
+    """Bytes held by a torchmetrics Metric's (or MetricCollection's) states."""
+    metrics = metric.values() if hasattr(metric, "values") else [metric]
+    total = 0
+    seen: set[int] = set()
+    for m in metrics:
+        for name in m._defaults:
+            value = getattr(m, name)
+            for t in value if isinstance(value, list) else [value]:
+                if id(t) not in seen:  # compute groups share states
+                    seen.add(id(t))
+                    total += t.numel() * t.element_size()
+    return total
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_binned(frames: int, args) -> dict:
+    from synthrel_lightning.metrics import PixelOODMetrics
+
+    metric = PixelOODMetrics()
+    elapsed = 0.0
+    for i in range(frames):
+        scores, target = make_frame(i, args.height, args.width, args.ood_fraction)
+        t0 = time.perf_counter()
+        metric.update(scores, target)
+        elapsed += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = {k: float(v) for k, v in metric.compute().items()}
+    elapsed += time.perf_counter() - t0
+    return {"values": out, "time": elapsed, "state_mb": state_bytes(metric) / 2**20, "rss_mb": peak_rss_mb()}
+
+
+def run_torchmetrics(frames: int, args) -> dict:
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import BinaryAUROC, BinaryAveragePrecision, BinaryROC
+
+    # one compute group: the three metrics share a single copy of the stored scores
+    metric = MetricCollection(
+        {"auroc": BinaryAUROC(ignore_index=255), "ap": BinaryAveragePrecision(ignore_index=255),
+         "roc": BinaryROC(ignore_index=255)},
+        compute_groups=True,
+    )
+    elapsed = 0.0
+    for i in range(frames):
+        scores, target = make_frame(i, args.height, args.width, args.ood_fraction)
+        # torchmetrics applies a sigmoid to scores outside [0, 1]; it is monotone, so rankings are kept
+        t0 = time.perf_counter()
+        metric.update(scores.flatten(), target.flatten().long())
+        elapsed += time.perf_counter() - t0
+    mem = state_bytes(metric) / 2**20
+    t0 = time.perf_counter()
+    res = metric.compute()
+    fpr, tpr, _ = res["roc"]
+    fpr95 = float(fpr[torch.searchsorted(tpr, torch.tensor(0.95))])
+    elapsed += time.perf_counter() - t0
+    values = {"auroc": float(res["auroc"]), "ap": float(res["ap"]), "fpr95": fpr95}
+    return {"values": values, "time": elapsed, "state_mb": mem, "rss_mb": peak_rss_mb()}
+
+
+def main() -> None:
+    """Run the benchmark and print a markdown report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=50, help="frames streamed through the binned metric")
+    parser.add_argument("--exact-frames", type=int, default=None, help="frames for torchmetrics (default: --frames)")
+    parser.add_argument("--memory-frames", type=int, default=10, help="smaller run to show the state is flat")
+    parser.add_argument("--height", type=int, default=1024)
+    parser.add_argument("--width", type=int, default=2048)
+    parser.add_argument("--ood-fraction", type=float, default=0.02)
+    args = parser.parse_args()
+    exact_frames = args.exact_frames or args.frames
+
+    small = run_binned(min(args.memory_frames, args.frames), args)
+    binned = run_binned(args.frames, args)
+    binned_same = binned if exact_frames == args.frames else run_binned(exact_frames, args)
+    exact = run_torchmetrics(exact_frames, args)
+
+    print(f"## PixelOODMetrics (binned) vs torchmetrics exact ({args.height}x{args.width}, "
+          f"{args.ood_fraction:.0%} OOD, energy scores)\n")
+    print(f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
+    print("| metric | frames | wall time (s) | state memory (MB) | peak RSS (MB) |")
+    print("|---|---|---|---|---|")
+    print(f"| PixelOODMetrics binned | {min(args.memory_frames, args.frames)} | {small['time']:.2f} | "
+          f"{small['state_mb']:.1f} | {small['rss_mb']:.0f} |")
+    print(f"| PixelOODMetrics binned | {args.frames} | {binned['time']:.2f} | {binned['state_mb']:.1f} | "
+          f"{binned['rss_mb']:.0f} |")
+    if binned_same is not binned:
+        print(f"| PixelOODMetrics binned | {exact_frames} | {binned_same['time']:.2f} | "
+              f"{binned_same['state_mb']:.1f} | {binned_same['rss_mb']:.0f} |")
+    print(f"| torchmetrics BinaryAUROC+AP+ROC (exact) | {exact_frames} | {exact['time']:.2f} | "
+          f"{exact['state_mb']:.1f} | {exact['rss_mb']:.0f} |")
+    print(f"\nSpeed-up at {exact_frames} frames: {exact['time'] / binned_same['time']:.1f}x\n")
+    print("| value | binned | torchmetrics exact | abs. difference |")
+    print("|---|---|---|---|")
+    for key in ("auroc", "ap", "fpr95"):
+        a, b = binned_same["values"][key], exact["values"][key]
+        print(f"| {key} | {a:.6f} | {b:.6f} | {abs(a - b):.2e} |")
+
+
+if __name__ == "__main__":
+    main()

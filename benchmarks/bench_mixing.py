@@ -1,0 +1,157 @@
+"""DataLoader throughput: outlier mixing from an on-disk bank vs the plain Cityscapes loader.
+
+Writes synthetic Cityscapes-layout frames (2048x1024 PNGs) and a procedural outlier bank
+to a temp dir, then times both loaders with identical transforms (random scale, 1024x512
+crop, flip, colour jitter, normalise), interleaving the runs so machine load affects
+both alike. Prints a markdown table and the machine it ran on.
+
+    python benchmarks/bench_mixing.py [--frames 24] [--workers 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from synthrel_lightning.data.cityscapes import CityscapesDataset
+from synthrel_lightning.data.datamodule import TransformedDataset
+from synthrel_lightning.data.transforms import train_transform
+from synthrel_lightning.synthesis import BankSource, OutlierBank, OutlierMixer, OutlierMixingDataset, ProceduralObjectSource, fill_bank
+
+
+def write_frames(root: Path, n: int, seed: int = 0) -> None:
+    """Street-like frames: sky, buildings, road and noise, with label ids in the official encoding."""
+    rng = np.random.default_rng(seed)
+    h, w = 1024, 2048
+    img_dir = root / "leftImg8bit" / "train" / "synth"
+    lab_dir = root / "gtFine" / "train" / "synth"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    yy = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    for i in range(n):
+        horizon = int(h * rng.uniform(0.4, 0.55))
+        label = np.full((h, w), 23, np.uint8)  # sky
+        for _ in range(8):
+            x0 = int(rng.integers(0, w - 200))
+            label[int(horizon * rng.uniform(0.2, 0.7)) : horizon, x0 : x0 + int(rng.integers(150, 500))] = 11
+        label[horizon:] = 7  # road
+        label[horizon:, : w // 6] = 8  # sidewalk
+        label[h - 60 :] = 1  # ego vehicle (void)
+        base = np.stack([90 + 100 * yy, 110 + 60 * yy, 150 - 40 * yy], -1).repeat(w, 1)
+        palette = {23: (70, 130, 180), 11: (70, 70, 70), 7: (128, 64, 128), 8: (244, 35, 232), 1: (0, 0, 0)}
+        image = base.copy()
+        for lid, colour in palette.items():
+            image[label == lid] = 0.5 * image[label == lid] + 0.5 * np.array(colour, np.float32)
+        image += rng.normal(0, 6, (h, w, 1)).astype(np.float32)
+        stem = f"synth_{i:06d}_000019"
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(img_dir / f"{stem}_leftImg8bit.png", compress_level=1)
+        Image.fromarray(label).save(lab_dir / f"{stem}_gtFine_labelIds.png")
+
+
+def throughput(dataset, workers: int, batch_size: int) -> float:
+    """Images per second over one pass (after the workers have started)."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
+    it = iter(loader)
+    first = next(it)  # exclude worker start-up
+    count = 0
+    t0 = time.perf_counter()
+    for batch in it:
+        count += batch["image"].shape[0]
+    dt = time.perf_counter() - t0
+    del first
+    return count / dt
+
+
+def _ms(fn, n: int) -> float:
+    """Median milliseconds of ``fn(i)`` over ``n`` calls."""
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        fn(i)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    """Run the benchmark and print a markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=24)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--bank-size", type=int, default=256)
+    ap.add_argument("--probability", type=float, default=0.5)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "cityscapes"
+        t0 = time.perf_counter()
+        write_frames(root, args.frames)
+        bank = OutlierBank(Path(tmp) / "bank")
+        fill_bank(ProceduralObjectSource(size_range=(96, 384)), bank, args.bank_size, seed=0)
+        setup_s = time.perf_counter() - t0
+        base = CityscapesDataset(root, split="train")
+        transform = train_transform(crop_size=(512, 1024), seed=0)
+        plain = TransformedDataset(base, transform)
+        configs = {
+            "plain": plain,
+            f"mixing p={args.probability}": OutlierMixingDataset(base, OutlierMixer(BankSource(bank.root), probability=args.probability), transform=transform),
+            "mixing p=1.0": OutlierMixingDataset(base, OutlierMixer(BankSource(bank.root), probability=1.0), transform=transform),
+        }
+        for ds in configs.values():
+            if hasattr(ds, "set_epoch"):
+                ds.set_epoch(0)
+        # Per-sample costs in this process: robust to the load of other processes on the machine.
+        raws = [base[i] for i in range(min(8, len(base)))]
+        mixer = configs["mixing p=1.0"].mixer
+        costs = {
+            "read frame (PNG decode + label ids)": _ms(lambda i: base[i % len(base)], 8),
+            "transform (scale, crop, flip, jitter, normalise)": _ms(lambda i: transform(raws[i % len(raws)]), 8),
+            "mixing, p=1.0 (bank read + 1-3 pastes)": _ms(lambda i: mixer(raws[i % len(raws)], index=i, epoch=0), 32),
+        }
+        results: dict[str, list[float]] = {k: [] for k in configs}
+        throughput(plain, args.workers, args.batch_size)  # warm the page cache
+        for r in range(args.rounds):
+            for name, ds in configs.items():
+                if hasattr(ds, "set_epoch"):
+                    ds.set_epoch(r)
+                results[name].append(throughput(ds, args.workers, args.batch_size))
+    ref = statistics.median(results["plain"])
+    print(f"\n## Outlier mixing DataLoader throughput ({args.frames} frames 2048x1024 -> 1024x512 crops, "
+          f"{args.workers} workers, batch {args.batch_size}, median of {args.rounds} interleaved rounds)\n")
+    print("| loader | images/s (median) | all rounds | vs plain |")
+    print("|---|---|---|---|")
+    for name, vals in results.items():
+        med = statistics.median(vals)
+        print(f"| {name} | {med:.2f} | {', '.join(f'{v:.2f}' for v in vals)} | {med / ref:.2f}x |")
+    print("\n| per-sample step (main process) | ms |\n|---|---|")
+    for name, ms in costs.items():
+        print(f"| {name} | {ms:.1f} |")
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = (float("nan"),) * 3
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    print(f"\nMachine: {cpu}, {os.cpu_count()} CPUs, load average {load[0]:.1f}; Python {platform.python_version()}, "
+          f"torch {torch.__version__}, numpy {np.__version__}; setup (frames + bank of {args.bank_size}) {setup_s:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

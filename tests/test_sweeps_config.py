@@ -1,0 +1,110 @@
+"""wandb sweep files and callback sets: structure, agent-style command lines accepted by the CLI."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "recipes" / "sweeps").glob("*.yaml"))
+
+
+def _sample(spec: dict, pick: int) -> object:
+    """A deterministic stand-in for the agent's sampler (first/last value or distribution bound)."""
+    if "values" in spec:
+        return spec["values"][pick % len(spec["values"])]
+    if "value" in spec:
+        return spec["value"]
+    lo, hi = spec["min"], spec["max"]
+    return lo if pick == 0 else hi
+
+
+def agent_command(sweep: dict, params: dict) -> list[str]:
+    """The command line a wandb agent runs: the command block with ${args} as --name=value."""
+    out: list[str] = []
+    for token in sweep["command"]:
+        if token == "${env}":
+            continue
+        if token == "${interpreter}":
+            out.append(sys.executable)
+        elif token == "${program}":
+            out.append(sweep["program"])
+        elif token == "${args}":
+            out.extend(f"--{k}={v}" for k, v in params.items())
+        else:
+            out.append(token)
+    return out
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+def test_sweep_file_is_well_formed(path: Path) -> None:
+    sweep = yaml.safe_load(path.read_text())
+    assert sweep["method"] in ("bayes", "random", "grid")
+    assert sweep["metric"]["goal"] in ("maximize", "minimize") and sweep["metric"]["name"].startswith("val/")
+    assert sweep["program"] == "synthrel_lightning"
+    cmd = sweep["command"]
+    assert cmd[:5] == ["${env}", "${interpreter}", "-m", "${program}", "fit"] and cmd[-1] == "${args}"
+    for config in [cmd[i + 1] for i, t in enumerate(cmd) if t == "--config"]:
+        assert (ROOT / config).is_file(), f"{path.name} names a missing config {config}"
+    for name, spec in sweep["parameters"].items():
+        assert "." in name and " " not in name, f"{name}: parameters must be flat dotted CLI names"
+        if spec.get("distribution") == "log_uniform_values":
+            assert 0 < spec["min"] < spec["max"]
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
+@pytest.mark.parametrize("pick", [0, 1])
+def test_cli_accepts_agent_overrides(path: Path, pick: int, monkeypatch) -> None:
+    from synthrel_lightning.cli import main
+
+    monkeypatch.chdir(ROOT)
+    sweep = yaml.safe_load(path.read_text())
+    params = {k: _sample(v, pick) for k, v in sweep["parameters"].items()}
+    argv = agent_command(sweep, params)
+    assert argv[1:3] == ["-m", "synthrel_lightning"]
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(SystemExit) as exit_info:
+        main([*argv[3:], "--print_config"])
+    assert exit_info.value.code in (0, None)
+    merged = yaml.safe_load(buf.getvalue())
+    for dotted, value in params.items():
+        node = merged
+        for part in dotted.split("."):
+            node = node[part]
+        assert node == value or (isinstance(value, float) and math.isclose(float(node), value)), dotted
+
+
+def test_callback_sets_compose_with_the_demo_recipe(monkeypatch) -> None:
+    from synthrel_lightning.cli import main
+
+    monkeypatch.chdir(ROOT)
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "recipes/demo.yaml", "--config", "callbacks/reliability.yaml",
+              "--config", "callbacks/wandb.yaml", "--print_config"])
+    assert exit_info.value.code in (0, None), "the CLI rejected the recipe + callback sets (see stderr)"
+    merged = yaml.safe_load(buf.getvalue())
+    classes = [c["class_path"] for c in merged["trainer"]["callbacks"]]
+    assert classes == ["synthrel_lightning.callbacks.MetricCorrelation", "synthrel_lightning.callbacks.OODVisualization",
+                       "lightning.pytorch.callbacks.ModelCheckpoint"]
+    assert merged["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+
+
+@pytest.mark.slow
+def test_agent_command_runs_offline_fast_dev_run(tmp_path) -> None:
+    sweep = yaml.safe_load((ROOT / "recipes" / "sweeps" / "demo_lr.yaml").read_text())
+    params = {k: _sample(v, 0) for k, v in sweep["parameters"].items()}
+    argv = agent_command(sweep, params) + ["--trainer.fast_dev_run=true", f"--data.init_args.root={tmp_path}/demo",
+                                          f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((tmp_path / "wandb").glob("offline-run-*"))

@@ -1,0 +1,208 @@
+"""OutlierMixer / OutlierMixingDataset: labels where objects are pasted, determinism across workers and epochs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from synthrel_lightning.synthesis.bank import OutlierBank, OutlierEntry
+from synthrel_lightning.synthesis.mixing import OutlierMixer, OutlierMixingDataset, paste_object
+from synthrel_lightning.synthesis.placement import PlacementSampler
+from synthrel_lightning.synthesis.sources import BankSource, ProceduralObjectSource, fill_bank
+
+
+class Frames(Dataset):
+    """Raw street-like samples: road at the bottom, building above, a void band at the top."""
+
+    def __init__(self, n: int = 8, h: int = 64, w: int = 128) -> None:
+        self.n, self.h, self.w = n, h, w
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng(1000 + i)
+        label = np.full((self.h, self.w), 2, np.uint8)
+        label[self.h // 2 :] = 0
+        label[: self.h // 8] = 255
+        ood = np.where(label == 255, 255, 0).astype(np.uint8)
+        return {"image": rng.integers(0, 256, (self.h, self.w, 3), dtype=np.uint8), "label": label, "ood": ood, "name": f"f{i}"}
+
+
+class Square:
+    """An opaque square outlier (hard edges make pasted pixels exactly countable)."""
+
+    def __init__(self, label_value: int = 254, size: int = 16) -> None:
+        self.label_value, self.size = label_value, size
+
+    def sample(self, rng: np.random.Generator) -> OutlierEntry:
+        c = rng.integers(0, 256, 3, dtype=np.uint8)
+        return OutlierEntry(rgb=np.broadcast_to(c, (self.size, self.size, 3)).copy(), alpha=np.full((self.size, self.size), 255, np.uint8), label_value=self.label_value)
+
+
+@pytest.fixture()
+def bank_root(tmp_path: Path) -> Path:
+    fill_bank(ProceduralObjectSource(size_range=(12, 32)), OutlierBank(tmp_path / "bank"), 12, seed=0)
+    return tmp_path / "bank"
+
+
+def test_paste_object_blends_and_labels_exactly() -> None:
+    image = np.full((10, 12, 3), 100, np.uint8)
+    label = np.full((10, 12), 255, np.uint8)
+    label[:, 6:] = 0
+    ood = np.where(label == 255, 255, 0).astype(np.uint8)
+    alpha = np.array([[0, 128, 255], [255, 255, 0]], np.uint8)
+    entry = OutlierEntry(rgb=np.full((2, 3, 3), 200, np.uint8), alpha=alpha)
+    hard = paste_object(image, label, ood, entry, x0=5, y0=4, width=3, height=2)
+    np.testing.assert_array_equal(image[4:6, 5:8, 0], [[100, 150, 200], [200, 200, 100]])
+    np.testing.assert_array_equal(hard, alpha > 127)
+    np.testing.assert_array_equal(label[4:6, 5:8], [[255, 254, 254], [254, 254, 0]])
+    np.testing.assert_array_equal(ood[4:6, 5:8], [[255, 1, 1], [1, 1, 0]])
+    assert (label == 254).sum() == 4 and (image != 100).any(axis=2).sum() == 4
+    with pytest.raises(ValueError, match="does not fit"):
+        paste_object(image, label, ood, entry, x0=11, y0=0, width=3, height=2)
+
+
+def test_ood_label_only_where_pasted_and_void_kept(bank_root: Path) -> None:
+    frames = Frames()
+    mixer = OutlierMixer(BankSource(bank_root), probability=1.0, num_objects=(2, 3), size_range=(0.1, 0.3))
+    for i in range(len(frames)):
+        raw = frames[i]
+        out = mixer(raw, index=i, epoch=0)
+        changed = out["label"] != raw["label"]
+        assert changed.any()
+        assert (out["label"][changed] == 254).all()
+        np.testing.assert_array_equal(out["label"] == 254, out["ood"] == 1)
+        untouched_void = (raw["label"] == 255) & ~changed
+        assert (out["label"][untouched_void] == 255).all() and (out["ood"][untouched_void] == 255).all()
+        assert ((out["ood"] == 0) == ((out["label"] != 254) & (out["label"] != 255))).all()
+        # The image changed only around pasted objects, and the input was not modified.
+        np.testing.assert_array_equal(raw["image"], frames[i]["image"])
+        img_changed = (out["image"] != raw["image"]).any(axis=2)
+        assert img_changed[changed].mean() > 0.9
+        assert out["name"] == raw["name"]
+
+
+def test_in_distribution_controls_keep_ood_negative() -> None:
+    frames = Frames()
+    out = OutlierMixer(Square(label_value=13), probability=1.0, num_objects=(1, 1), size_range=(0.2, 0.2))(frames[0], 0)
+    pasted = out["label"] != frames[0]["label"]
+    assert pasted.sum() > 0 and (out["label"][pasted] == 13).all()
+    assert (out["ood"][out["label"] == 13] == 0).all() and not (out["ood"] == 1).any()
+
+
+def test_probability_is_honoured() -> None:
+    frames = Frames(n=1, h=16, w=32)
+    mixer = OutlierMixer(Square(size=8), probability=0.3, num_objects=(1, 1), size_range=(0.25, 0.25))
+    mixed = [bool((mixer(frames[0], index=i)["label"] == 254).any()) for i in range(600)]
+    assert abs(np.mean(mixed) - 0.3) < 0.06  # 3.2 binomial standard deviations
+    assert not any((OutlierMixer(Square(), probability=0.0)(frames[0], i)["label"] == 254).any() for i in range(50))
+
+
+def test_placement_puts_objects_on_the_road() -> None:
+    frames = Frames(h=128, w=256)
+    sampler = PlacementSampler(size_range=(256, 512), min_overlap=0.5, fallback="none")
+    mixer = OutlierMixer(Square(size=32), probability=1.0, num_objects=(1, 1), placement=sampler)
+    for i in range(20):
+        out = mixer(frames[i % len(frames)], index=i)
+        ys, _ = np.nonzero(out["label"] == 254)
+        assert ys.size > 0 and ys.min() >= 128 // 4
+        # Bottom-aligned in a box overlapping the road (the lower half) by >= 50%.
+        assert ys.max() >= 64
+    assert sampler.stats["drivable"] == 20
+
+
+def _as_arrays(batch: dict) -> tuple:
+    return batch["image"].numpy(), batch["label"].numpy(), batch["ood"].numpy()
+
+
+def test_determinism_across_workers_and_epochs(bank_root: Path) -> None:
+    mixer = OutlierMixer(BankSource(bank_root), probability=0.7, seed=3)
+    ds = OutlierMixingDataset(Frames(n=6), mixer)
+    ds.set_epoch(1)
+    serial = [_as_arrays(b) for b in DataLoader(ds, batch_size=2, num_workers=0)]
+    parallel = [_as_arrays(b) for b in DataLoader(ds, batch_size=2, num_workers=2)]
+    for a, b in zip(serial, parallel, strict=True):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    ds.set_epoch(2)
+    other = [_as_arrays(b) for b in DataLoader(ds, batch_size=2, num_workers=0)]
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(serial, other))
+    ds.set_epoch(1)  # a resumed run at epoch 1 sees the same data
+    again = [_as_arrays(b) for b in DataLoader(ds, batch_size=2, num_workers=0)]
+    for a, b in zip(serial, again):
+        np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_set_epoch_picks_up_new_bank_entries(tmp_path: Path) -> None:
+    bank = OutlierBank(tmp_path)
+    fill_bank(Square(), bank, 2, seed=0)
+    source = BankSource(tmp_path)
+    ds = OutlierMixingDataset(Frames(n=2), OutlierMixer(source, probability=1.0))
+    ds.set_epoch(0)
+    assert len(source) == 2
+    fill_bank(Square(), bank, 5, seed=1)
+    ds.set_epoch(1)
+    assert len(source) == 7 and ds.epoch == 1
+
+
+def test_transform_moves_ood_mask_with_the_image(bank_root: Path) -> None:
+    from synthrel_lightning.data.transforms import SegmentationTransform
+
+    transform = SegmentationTransform([A.HorizontalFlip(p=1.0), A.RandomCrop(48, 96)], normalize=False, seed=0)
+    ds = OutlierMixingDataset(Frames(n=4), OutlierMixer(Square(size=24), probability=1.0, num_objects=(1, 1)), transform=transform)
+    for i in range(4):
+        s = ds[i]
+        assert s["image"].shape == (3, 48, 96) and s["label"].dtype == torch.int64
+        assert torch.equal(s["label"] == 254, s["ood"] == 1)
+
+
+def test_replace_mode_with_frames_dataset_and_bank_frames(tmp_path: Path) -> None:
+    synthetic = Frames(n=3, h=32, w=64)
+    mixer = OutlierMixer(None, probability=1.0, mode="replace", frames=synthetic)
+    out = mixer(Frames()[0], index=5)
+    assert out["image"].shape == (32, 64, 3) and out["name"] in {"f0", "f1", "f2"}
+    np.testing.assert_array_equal(out["image"], synthetic[int(out["name"][1:])]["image"])
+
+    bank = OutlierBank(tmp_path)
+    rgb = np.full((32, 64, 3), 7, np.uint8)
+    alpha = np.zeros((32, 64), np.uint8)
+    alpha[10:20, 20:30] = 255
+    scene = np.zeros((32, 64), np.uint8)
+    bank.add(OutlierEntry(rgb=rgb, alpha=alpha, kind="frame", label=scene, source="frame_a"), key="a")
+    bank.add(OutlierEntry(rgb=rgb, alpha=alpha, kind="frame", source="frame_b"), key="b")
+    bank.add(OutlierEntry(rgb=rgb[:8, :8], alpha=alpha[:8, :8]), key="obj")
+    mixer = OutlierMixer(BankSource(tmp_path, kinds=("frame",)), probability=1.0, mode="replace")
+    seen = set()
+    for i in range(12):
+        out = mixer(Frames()[0], index=i)
+        assert (out["label"][10:20, 20:30] == 254).all() and (out["ood"][10:20, 20:30] == 1).all()
+        rest = np.ones((32, 64), bool)
+        rest[10:20, 20:30] = False
+        if out["name"].endswith("frame_a"):
+            assert (out["label"][rest] == 0).all() and (out["ood"][rest] == 0).all()
+        else:  # no scene label stored: only the object is labelled
+            assert (out["label"][rest] == 255).all() and (out["ood"][rest] == 255).all()
+        seen.add(out["name"])
+    assert len(seen) == 2
+    with pytest.raises(ValueError, match="whole synthetic frames"):
+        OutlierMixer(Square(), probability=1.0, mode="replace")(Frames()[0], 0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(probability=1.5), "probability"),
+        (dict(size_range=(0.0, 0.2)), "fraction"),
+        (dict(mode="blend"), "mode"),
+        (dict(num_objects=(3, 1)), "num_objects"),
+    ],
+)
+def test_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        OutlierMixer(Square(), **kwargs)
