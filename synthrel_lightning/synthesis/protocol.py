@@ -84,7 +84,8 @@ def soft_box_mask(window: CropWindow, resolution: int = 512, blur_kernel: int = 
         # A k x k mean filter with reflected borders, like cv2.blur on the mask image.
         lo, hi = (k - 1) // 2, k // 2
         padded = F.pad(mask, (lo, hi, lo, hi), mode="reflect") if max(lo, hi) < resolution else F.pad(mask, (lo, hi, lo, hi), mode="replicate")
-        mask = F.avg_pool2d(padded, kernel_size=k, stride=1)
+        # Separable (k x 1 then 1 x k): the same mean, ~k/2 times cheaper.
+        mask = F.avg_pool2d(F.avg_pool2d(padded, kernel_size=(k, 1), stride=1), kernel_size=(1, k), stride=1)
     return mask[0].clamp_(0.0, 1.0)
 
 
