@@ -318,3 +318,15 @@ def test_energy_hinge_margins_are_averaged_across_processes(tmp_path) -> None:
         got = torch.load(tmp_path / f"out.{rank}")
         assert got["m_in"] == pytest.approx(expected)
         assert got["m_out"] == pytest.approx(expected + 3.0)
+
+
+def test_terms_sharing_one_batch_see_in_place_changes() -> None:
+    logits, target = make_batch(scale=2.0)
+    first = PositiveEnergy()(logits, target).item()
+    assert EnergyHinge(m_in=-5.0, m_out=2.0)(logits, target).item() == pytest.approx(ref_energy(logits, target, -5.0, 2.0))
+    logits.mul_(3.0)  # the shared logsumexp must not be reused after an in-place change
+    assert PositiveEnergy()(logits, target).item() == pytest.approx(ref_positive_energy(logits, target))
+    assert PositiveEnergy()(logits, target).item() != first
+    target[0, 1, 1] = K  # nor the target check
+    with pytest.raises(ValueError, match=rf"\[{K}\]"):
+        UniformOutlierExposure()(logits, target)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from synthrel_lightning.losses._pixels import masked_mean, split_pixels
+from synthrel_lightning.losses._pixels import masked_mean, shared_logsumexp, split_pixels
 from synthrel_lightning.losses.base import LossTerm
 from synthrel_lightning.losses.cross_entropy import CrossEntropy
 
@@ -34,7 +34,7 @@ class UniformOutlierExposure(LossTerm):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean uniform-target cross-entropy over OOD pixels."""
         _, ood = split_pixels(logits, target, type(self).__name__)
-        per_pixel = torch.logsumexp(logits, dim=1) - logits.mean(dim=1)
+        per_pixel = shared_logsumexp(logits) - logits.mean(dim=1)
         return masked_mean(per_pixel, ood)
 
 
@@ -54,8 +54,8 @@ class EnergyHinge(LossTerm):
 
     Margins depend on the backbone's logit scale. With ``estimate_margins=True`` they are
     estimated from the inlier energies instead, by this rule: at each training-mode call
-    the ``in_quantile`` quantile of the batch's inlier energies (detached; at most
-    ``max_samples`` evenly strided pixels) is averaged over processes, weighted by their
+    the ``in_quantile`` quantile of the batch's inlier energies (detached; the inliers
+    among at most ``max_samples`` evenly strided pixels) is averaged over processes, weighted by their
     inlier-pixel counts, when ``torch.distributed`` is initialised; the first value sets
     ``m_in`` and later ones move it by an exponential moving average
     ``m_in <- momentum * m_in + (1 - momentum) * q``; ``m_out = m_in + margin_gap``.
@@ -100,33 +100,30 @@ class EnergyHinge(LossTerm):
 
     @torch.no_grad()
     def _update_margins(self, energy: Tensor, inlier: Tensor) -> None:
-        if self.freeze_after is not None and int(self.num_updates) >= self.freeze_after:
-            return
-        values = energy.detach()[inlier].float()
-        n = values.numel()
-        if n > self.max_samples:
-            # Strided rather than random picks: no draw from any generator the run relies on.
-            idx = torch.linspace(0, n - 1, self.max_samples, device=values.device).long()
-            values = values[idx]
-        q = torch.quantile(values, self.in_quantile) if n > 0 else values.new_zeros(())
-        stats = torch.stack([q.double() * n, q.new_tensor(float(n), dtype=torch.float64)])
+        # Written without host syncs (no .item(), no boolean indexing): it runs every step.
+        flat = torch.where(inlier, energy.detach(), torch.full_like(energy.detach(), float("nan"))).reshape(-1).float()
+        # Evenly strided picks rather than random ones: no draw from a generator the run relies on.
+        stride = max(1, -(-flat.numel() // self.max_samples))
+        q = torch.nanquantile(flat[::stride], self.in_quantile)
+        n = inlier.sum().double()
+        stats = torch.stack([torch.where(n > 0, q.double() * n, n.new_zeros(())), n])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             # Every process reaches this call once per training step, with or without inliers.
             torch.distributed.all_reduce(stats)
-        if float(stats[1]) <= 0:
-            return
-        q_all = (stats[0] / stats[1]).to(self.m_in.dtype)
-        if int(self.num_updates) == 0:
-            self.m_in.copy_(q_all)
-        else:
-            self.m_in.mul_(self.momentum).add_((1.0 - self.momentum) * q_all)
-        self.m_out.copy_(self.m_in + self.margin_gap)
-        self.num_updates += 1
+        q_all = (stats[0] / stats[1].clamp_min(1)).to(self.m_in.dtype)
+        first = self.num_updates == 0
+        new = torch.where(first, q_all, self.momentum * self.m_in + (1.0 - self.momentum) * q_all)
+        update = stats[1] > 0
+        if self.freeze_after is not None:
+            update = update & (self.num_updates < self.freeze_after)
+        self.m_in.copy_(torch.where(update, new, self.m_in))
+        self.m_out.copy_(torch.where(update, self.m_in + self.margin_gap, self.m_out))
+        self.num_updates.add_(update.long())
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Squared hinges on inlier and OOD energies."""
         inlier, ood = split_pixels(logits, target, type(self).__name__)
-        energy = -torch.logsumexp(logits, dim=1)
+        energy = -shared_logsumexp(logits)
         if self.estimate_margins and self.training:
             self._update_margins(energy, inlier)
         m_in = self.m_in.to(energy.dtype)
@@ -206,7 +203,7 @@ class MaxScoreMargin(LossTerm):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Squared distance of inliers from full confidence plus squared hinge on OOD pixels."""
         inlier, ood = split_pixels(logits, target, type(self).__name__)
-        d = 1.0 - torch.log_softmax(logits, dim=1).amax(dim=1).exp()
+        d = 1.0 - torch.exp(logits.amax(dim=1) - shared_logsumexp(logits))
         loss = masked_mean(F.relu(self.margin - d).square(), ood)
         if self.inlier_weight > 0:
             loss = loss + self.inlier_weight * masked_mean(d.square(), inlier)
@@ -219,4 +216,4 @@ class PositiveEnergy(LossTerm):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean positive part of the negative energy over OOD pixels."""
         _, ood = split_pixels(logits, target, type(self).__name__)
-        return masked_mean(F.relu(torch.logsumexp(logits, dim=1)), ood)
+        return masked_mean(F.relu(shared_logsumexp(logits)), ood)

@@ -152,6 +152,10 @@ class GenerationDataModule(L.LightningDataModule):
         )
         log.info("generate: %d of %d work items to do (%d already in %s)", len(self.items), self.items.total, self.items.total - len(self.items), self.bank_root)
 
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Keep work items on the host: the engine moves its crops to its own device."""
+        return batch
+
     def predict_dataloader(self) -> DataLoader:
         """Work items in a fixed order (Lightning adds a distributed sampler under DDP)."""
         assert self.items is not None
@@ -169,10 +173,6 @@ class InpaintGenerationModule(L.LightningModule):
         """Run the engine on this rank's device (before its pipeline is loaded)."""
         if self.engine._pipeline is None and self.device.type != "cpu":
             self.engine.device = self.device
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Keep work items on the host: the engine moves its crops to its own device."""
-        return batch
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[tuple[dict[str, Any], InpaintResult | None]]:
         """Synthesize every placeable item of the batch; returns (item, result or None) pairs."""

@@ -70,7 +70,7 @@ def build_tiny_controlnet(seed: int = 0) -> Any:
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
-    return ControlNetModel(
+    model = ControlNetModel(
         block_out_channels=_TINY_BLOCKS,
         layers_per_block=2,
         in_channels=4,
@@ -79,6 +79,12 @@ def build_tiny_controlnet(seed: int = 0) -> Any:
         conditioning_embedding_out_channels=(16, 32),
         norm_num_groups=32,
     )
+    # A fresh ControlNet's output convolutions are zero (it starts as a no-op); give them
+    # random weights so that the conditioning image actually steers the tiny model.
+    with torch.no_grad():
+        for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block, model.controlnet_cond_embedding.conv_out]:
+            torch.nn.init.normal_(conv.weight, std=0.1)
+    return model
 
 
 def build_tiny_components(seed: int = 0, unet_in_channels: int = 9) -> dict[str, Any]:

@@ -1,0 +1,78 @@
+"""ControlNet domain-shift generation and open-vocabulary (OWLv2 + SAM) object masks, on tiny real models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from synthrel_lightning.synthesis.domains import DomainShiftGenerator
+from synthrel_lightning.synthesis.engine import InpaintingEngine
+from synthrel_lightning.synthesis.object_masks import MaskRules, OpenVocabMasker
+from synthrel_lightning.synthesis.tiny import build_tiny_controlnet_pipeline, build_tiny_inpaint_pipeline, build_tiny_owlv2, build_tiny_sam, save_tiny_pipeline
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def label_map(cityscapes_mini: Path) -> np.ndarray:
+    from PIL import Image
+
+    path = cityscapes_mini / "gtFine/val/frankfurt/frankfurt_000000_000294_gtFine_labelTrainIds.png"
+    return np.asarray(Image.open(path))[::2, ::2].copy()  # 64x128
+
+
+def test_domain_shift_generator(label_map: np.ndarray) -> None:
+    gen = DomainShiftGenerator(pipeline=build_tiny_controlnet_pipeline(0), device="cpu", num_inference_steps=2, caption="a street")
+    out = gen.generate([label_map, label_map], ["fog", "night"], [0, 0])
+    assert [s.domain for s in out] == ["fog", "night"]
+    assert out[0].prompt == "a street, in fog"
+    for s in out:
+        assert s.image.shape == (*label_map.shape, 3) and s.image.dtype == np.uint8
+        assert np.array_equal(s.label, label_map)
+    assert type(gen.pipeline.scheduler).__name__ == "DDIMScheduler"
+    assert not np.array_equal(out[0].image, out[1].image)
+    again = gen.generate([label_map], ["fog"], [0])[0]
+    assert np.abs(again.image.astype(int) - out[0].image.astype(int)).max() <= 1
+    # The label map conditions the image: another map, same seed and prompt -> another image.
+    other = gen.generate([np.full_like(label_map, 10)], ["fog"], [0])[0]
+    # (float rounding alone changes < 0.01% of the values by 1)
+    assert np.abs(other.image.astype(int) - out[0].image.astype(int)).mean() > 0.05
+
+
+def test_domain_shift_from_saved_folders(tmp_path: Path, label_map: np.ndarray) -> None:
+    folder = save_tiny_pipeline(tmp_path / "cn", kind="controlnet")
+    gen = DomainShiftGenerator(str(folder), str(folder / "controlnet"), device="cpu", num_inference_steps=2)
+    (s,) = gen.generate([label_map], ["snow"], [1])
+    assert s.image.shape == (*label_map.shape, 3) and "in snow" in s.prompt
+
+
+def test_open_vocab_masker_glue(cityscapes_mini: Path) -> None:
+    from PIL import Image
+
+    frame = np.asarray(Image.open(cityscapes_mini / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png").convert("RGB"))
+    # Random tiny detector: threshold 0 makes it always "detect"; the rules are relaxed accordingly.
+    masker = OpenVocabMasker(detector=build_tiny_owlv2(), sam=build_tiny_sam(), box_threshold=0.0, device="cpu", rules=MaskRules(0.0, 0.0))
+    crop = frame[40:100, 90:150]
+    box = masker.detect(crop, "lion")
+    assert box is not None and 0 <= box[0] <= box[2] <= 60 and 0 <= box[1] <= box[3] <= 60
+    res = masker.mask(crop, crop, (10, 10, 50, 50), "lion")
+    assert res.mask.shape == (60, 60) and res.mask.dtype == bool
+    # A detector that finds nothing -> an empty, rejected mask (the frame is dropped).
+    strict = OpenVocabMasker(detector=masker._detector, sam=masker._sam, box_threshold=1.0, device="cpu")
+    res = strict.mask(crop, crop, (10, 10, 50, 50), "lion")
+    assert not res.accepted and res.reason == "empty mask" and strict.stats["no_detection"] == 1
+    # Inside the engine.
+    eng = InpaintingEngine(pipeline=build_tiny_inpaint_pipeline(0), device="cpu", dtype="float32", resolution=64, num_inference_steps=2, mask_method=strict)
+    r = eng.synthesize(frame, (100, 60, 40), "lion", 0)
+    assert not r.ok and r.reason == "empty mask" and eng.stats["mask_rejected"] == 1
+    with pytest.raises(OSError, match="could not load detector model"):
+        OpenVocabMasker(detector_id=str(Path("/nonexistent/owl")), device="cpu").detect(crop, "lion")
