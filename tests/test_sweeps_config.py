@@ -98,11 +98,14 @@ def test_callback_sets_compose_with_the_demo_recipe(monkeypatch) -> None:
     assert merged["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
 
 
-@pytest.mark.slow
-def test_agent_command_runs_offline_fast_dev_run(tmp_path) -> None:
-    sweep = yaml.safe_load((ROOT / "recipes" / "sweeps" / "demo_lr.yaml").read_text())
+def test_agent_command_runs_offline(tmp_path) -> None:
+    """One agent-style command, as wandb would run it, trains briefly and logs an offline wandb run."""
+    sweep = yaml.safe_load((ROOT / "recipes" / "sweeps" / "demo.yaml").read_text())
     params = {k: _sample(v, 0) for k, v in sweep["parameters"].items()}
-    argv = agent_command(sweep, params) + ["--trainer.fast_dev_run=true", f"--data.init_args.root={tmp_path}/demo",
+    # A short run (fast_dev_run would replace the wandb logger by a dummy one).
+    argv = agent_command(sweep, params) + ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
+                                          "--trainer.limit_val_batches=1", "--data.init_args.num_train=8",
+                                          "--data.init_args.num_val=4", f"--data.init_args.root={tmp_path}/demo",
                                           f"--trainer.logger.init_args.save_dir={tmp_path}"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -193,6 +193,10 @@ def test_load_from_local_folder_and_errors(tmp_path: Path, frame: np.ndarray) ->
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no model_index.json"):
         _ = InpaintingEngine(model_id=str(tmp_path / "empty"), device="cpu").pipeline
+    with pytest.raises(ModelLoadError, match="'nobody/no-such-inpainting-model'.*hub id.*model_index.json"):
+        _ = InpaintingEngine(model_id="nobody/no-such-inpainting-model", device="cpu").pipeline
+    with pytest.raises(ValueError, match="cpu_offload"):
+        InpaintingEngine(device="cpu", cpu_offload=True)
     with pytest.raises(ValueError, match="unknown scheduler"):
         InpaintingEngine(pipeline=build_tiny_inpaint_pipeline(), device="cpu", scheduler="Nope")
 

@@ -144,3 +144,16 @@ def test_work_items_are_keyed_by_item_not_by_rank(two_frames: Path) -> None:
     done = {items[0]["key"], items[4]["key"]}
     rest = WorkItemDataset(src, vocab, PlacementSampler(), seed=0, objects_per_frame=3, done=done)
     assert len(rest) == 4 and rest.total == 6 and done.isdisjoint(rest[i]["key"] for i in range(4))
+
+
+def test_inpainted_object_source_feeds_the_bank_producer(tmp_path: Path, two_frames: Path, tiny_folder: Path) -> None:
+    from synthrel_lightning.synthesis.sources import ProducerSpec, produce_into_bank
+
+    spec = ProducerSpec(
+        "synthrel_lightning.synthesis.generate.InpaintedObjectSource",
+        {"source": str(two_frames), "split": "val", "vocabulary": ["lion"], "engine": {"model_id": str(tiny_folder), "dtype": "float32", "num_inference_steps": 2, "resolution": 64}},
+    )
+    status = produce_into_bank(spec, tmp_path / "bank", n=2, seed=0, namespace="refresh", device="cpu")
+    assert status["produced"] == 2 and status["fatal"] is None, status
+    entries = [e for _, e in OutlierBank(tmp_path / "bank", mode="r").iter_entries()]
+    assert all(e.name == "lion" and e.label_value == OOD_ID and e.prompt == "A photo of a lion" for e in entries)

@@ -1,4 +1,4 @@
-"""Lightning callbacks: metric correlation, OOD visualisation, temperature scaling, epoch sync.
+"""Lightning callbacks: correlation, OOD visualisation, temperature scaling, epoch sync, summaries, outlier-bank refresh.
 
 Exports resolve lazily so that importing one callback does not import the others'
 dependencies.
@@ -14,6 +14,9 @@ _EXPORTS: dict[str, str] = {
     "OODVisualization": "synthrel_lightning.callbacks.visualization",
     "TemperatureScaling": "synthrel_lightning.callbacks.temperature",
     "DataEpochSync": "synthrel_lightning.callbacks.epoch_sync",
+    "MetricsSummary": "synthrel_lightning.callbacks.summary",
+    "PredictionWriter": "synthrel_lightning.callbacks.prediction_writer",
+    "OutlierBankRefresh": "synthrel_lightning.synthesis.refresh",
 }
 
 __all__ = list(_EXPORTS)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from synthrel_lightning.labels import NUM_CLASSES, OOD_POSITIVE, TRAIN_ID_NAMES, VOID_ID
+from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,9 @@ class OODSegmenter(L.LightningModule):
             upsampled (bilinear) to the label size. See :mod:`synthrel_lightning.models.segmenters`.
         num_classes: K, the number of in-distribution classes.
         losses: weighted loss terms summed into the objective (default: cross-entropy).
+        loss_weights: weights by term name (e.g. ``{"energy_hinge": 0.2}``) overriding the
+            terms' own; flat keys such as ``--model.init_args.loss_weights.energy_hinge=0.2``
+            make them reachable from sweeps.
         ood_score: name of the OOD score used in evaluation and prediction
             (see :data:`synthrel_lightning.scores.SCORE_NAMES`).
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``).
@@ -47,6 +50,7 @@ class OODSegmenter(L.LightningModule):
         segmenter: nn.Module,
         num_classes: int = NUM_CLASSES,
         losses: list[LossTerm] | None = None,
+        loss_weights: dict[str, float] | None = None,
         ood_score: str = "energy",
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -71,6 +75,15 @@ class OODSegmenter(L.LightningModule):
         for term in self.losses:
             if not isinstance(term, LossTerm):
                 raise TypeError(f"OODSegmenter: losses must be LossTerm instances, got {type(term).__name__}")
+        if loss_weights:
+            by_name = {term.name: term for term in self.losses}
+            unknown = sorted(set(loss_weights) - set(by_name))
+            if unknown:
+                raise ValueError(f"OODSegmenter: loss_weights names {unknown} match no loss term; terms: {sorted(by_name)}")
+            for term_name, w in loss_weights.items():
+                if not w >= 0:
+                    raise ValueError(f"OODSegmenter: loss weight {term_name}={w!r} must be >= 0")
+                by_name[term_name].weight = float(w)
         self.ood_score = ood_score
         self.scorer = build_scorer(ood_score)
         self.optimizer_factory = optimizer
@@ -90,6 +103,7 @@ class OODSegmenter(L.LightningModule):
         # Evaluation metrics per (stage, set name), created on first use.
         self.eval_metrics = nn.ModuleDict()
         self._seen: dict[str, dict[str, bool]] = {}
+        self._reported_skips: set[str] = set()
 
     # ----------------------------------------------------------------- inference
     def raw_logits(self, images: Tensor) -> Tensor:
@@ -199,8 +213,6 @@ class OODSegmenter(L.LightningModule):
         if ood is not None and bool((ood != VOID_ID).any()):
             metrics["ood"].update(self.score(logits), ood)
             seen["ood"] = True
-        if ood is not None and bool((ood == OOD_POSITIVE).any()):
-            seen["ood_positive"] = True
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Update the named set's streaming metrics."""
@@ -226,9 +238,10 @@ class OODSegmenter(L.LightningModule):
             if flags[1] > 0:
                 if metrics["ood"].is_computable():
                     values.update(metrics["ood"].compute())
-                else:
-                    log.warning(
-                        "%s/%s: OOD metrics skipped: the set has no OOD pixels or no in-distribution pixels", stage, name
+                elif key not in self._reported_skips:
+                    self._reported_skips.add(key)
+                    log.info(
+                        "%s/%s: no OOD metrics: the set has no OOD pixels (or no in-distribution pixels)", stage, name
                     )
             for metric_name, value in values.items():
                 self.log(f"{stage}/{name}/{metric_name}", value, sync_dist=False, add_dataloader_idx=False)

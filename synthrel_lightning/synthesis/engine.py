@@ -26,7 +26,6 @@ from synthrel_lightning.synthesis.object_masks import MaskRules, ObjectMasker, b
 from synthrel_lightning.synthesis.protocol import (
     BoxLike,
     CropWindow,
-    as_box,
     context_window,
     crop_to_tensor,
     paste_square,
@@ -169,6 +168,8 @@ class InpaintingEngine:
             raise ValueError(f"control must be 'inpaint' (masked image) or 'segmentation' (label colours), got {control!r}")
         if batch_size < 1 or num_inference_steps < 1 or max_retries < 0:
             raise ValueError("batch_size and num_inference_steps must be >= 1 and max_retries >= 0")
+        if cpu_offload and str(device) == "cpu":
+            raise ValueError("cpu_offload=True offloads to the CPU between GPU calls; it needs device='cuda' or 'auto' on a GPU machine")
         if "{object}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{object}}', got {prompt_template!r}")
         self.model_id = str(model_id)
@@ -225,7 +226,8 @@ class InpaintingEngine:
 
     def _check_source(self, ident: str, what: str) -> None:
         path = Path(ident).expanduser()
-        looks_local = path.is_absolute() or ident.startswith((".", "~")) or ident.count("/") > 1 or os.sep == "\\" and "\\" in ident
+        # Hub ids are "owner/name"; anything else that looks like a path must be an existing folder.
+        looks_local = path.is_absolute() or ident.startswith((".", "~")) or ident.count("/") > 1 or os.sep in ident.replace("/", "")
         if path.exists() or looks_local:
             if not path.is_dir():
                 raise ModelLoadError(f"{what} {ident!r}: folder not found; expected a Hugging Face hub id (owner/name) or a local folder saved with save_pretrained")

@@ -31,7 +31,7 @@ from synthrel_lightning.synthesis.engine import InpaintingEngine, InpaintResult
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.vocabulary import VocabularyEntry, resolve_vocabulary
 
-__all__ = ["WorkItemDataset", "GenerationDataModule", "InpaintGenerationModule", "BankWriter", "generate", "main"]
+__all__ = ["InpaintedObjectSource", "WorkItemDataset", "GenerationDataModule", "InpaintGenerationModule", "BankWriter", "generate", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +251,59 @@ class BankWriter(BasePredictionWriter):
         """Log this rank's counts and the engine's."""
         engine = getattr(pl_module, "engine", None)
         log.info("generate (rank %d): %s; engine %s", trainer.global_rank, self.counts, getattr(engine, "stats", {}))
+
+
+class InpaintedObjectSource:
+    """An outlier source (``sample(rng) -> OutlierEntry``) that inpaints one object into a random frame per call.
+
+    For producers outside the predict loop, e.g. ``ProducerSpec("synthrel_lightning.synthesis.generate.InpaintedObjectSource",
+    {"source": "<cityscapes root>", "engine": {...engine options...}})`` refreshing a bank during training.
+    """
+
+    def __init__(
+        self,
+        source: Dataset | str,
+        engine: InpaintingEngine | dict[str, Any] | None = None,
+        vocabulary: str | list[str] | None = None,
+        controls: Sequence[str] = (),
+        placement: PlacementSampler | None = None,
+        split: str = "train",
+        max_tries: int = 3,
+        device: str | None = None,
+    ) -> None:
+        if isinstance(source, (str, os.PathLike)):
+            from synthrel_lightning.data.cityscapes import CityscapesDataset
+
+            source = CityscapesDataset(source, split=split)
+        self.source = source
+        if engine is None or isinstance(engine, dict):
+            kwargs = dict(engine or {})
+            if device is not None:
+                kwargs.setdefault("device", device)
+            engine = InpaintingEngine(**kwargs)
+        self.engine = engine
+        self.vocabulary = resolve_vocabulary(vocabulary, controls)
+        self.placement = placement if placement is not None else PlacementSampler()
+        self.max_tries = int(max_tries)
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        """One inpainted object as an OutlierEntry, or None when every try failed (placement, inpainting or mask)."""
+        for _ in range(self.max_tries):
+            index = int(rng.integers(len(self.source)))
+            sample = self.source[index]
+            image = np.asarray(sample["image"])
+            label = sample.get("label")
+            label = None if label is None else np.asarray(label, dtype=np.uint8)
+            placement = self.placement.sample(label, rng, shape=image.shape[:2])
+            if placement is None:
+                continue
+            entry = self.vocabulary[int(rng.integers(len(self.vocabulary)))]
+            seed = int(rng.integers(2**62))
+            result = self.engine.synthesize(image, placement, entry, seed, label=label)
+            if result.ok:
+                result.metadata.update(frame=str(sample.get("name", index)))
+                return result.to_entry("object")
+        return None
 
 
 def generate(
