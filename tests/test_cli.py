@@ -13,7 +13,8 @@ import yaml
 from synthrel_lightning.cli import DEMO_CONFIG, main
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith(("correlate", "generate")))
+CORRELATE_RECIPES = sorted((REPO / "recipes").glob("correlate*.yaml"))
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -67,3 +68,13 @@ def test_fit_without_config_runs_the_demo_end_to_end(tmp_path: Path) -> None:
     assert list((tmp_path / "outputs" / "demo" / "logs").glob("version_*/checkpoints/*.ckpt"))
     assert (tmp_path / "outputs" / "demo" / "cityscapes" / "leftImg8bit" / "train").is_dir()
     assert "Metrics after fit" in out.stdout
+
+
+@pytest.mark.parametrize("recipe", CORRELATE_RECIPES, ids=[r.stem for r in CORRELATE_RECIPES])
+def test_correlate_recipes_parse(recipe: Path) -> None:
+    from synthrel_lightning.correlate import build_parser
+
+    cfg = build_parser().parse_args(["--config", str(recipe)])
+    assert len(cfg.zoo) >= 2 and cfg.pairs
+    names = {p["synthetic"] if isinstance(p, dict) else p.synthetic for p in cfg.pairs}
+    assert names
