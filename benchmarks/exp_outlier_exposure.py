@@ -37,6 +37,7 @@ METHODS = {
     "+ uniform OE (λ=0.5)": lambda: [CrossEntropy(), UniformOutlierExposure(weight=0.5)],
     "+ energy hinge (fixed margins)": lambda: [CrossEntropy(), EnergyHinge(weight=0.1)],
     "+ energy hinge (estimated margins)": lambda: [CrossEntropy(), EnergyHinge(weight=0.1, estimate_margins=True)],
+    "+ energy hinge (estimated margins, weight 1)": lambda: [CrossEntropy(), EnergyHinge(weight=1.0, estimate_margins=True)],
     "+ RbA rejection": lambda: [CrossEntropy(), RbARejection(weight=0.5)],
     "+ max-score margin": lambda: [CrossEntropy(), MaxScoreMargin(weight=0.5)],
 }
@@ -94,7 +95,8 @@ def main() -> None:
     print(f"\nMachine: {platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
           f"{args.epochs} epochs, {args.num_train} training frames, seed {args.seed}\n")
     natural = {"cross-entropy only": "msp", "+ uniform OE (λ=0.5)": "msp", "+ energy hinge (fixed margins)": "energy",
-               "+ energy hinge (estimated margins)": "energy", "+ RbA rejection": "rba", "+ max-score margin": "msp"}
+               "+ energy hinge (estimated margins)": "energy",
+               "+ energy hinge (estimated margins, weight 1)": "energy", "+ RbA rejection": "rba", "+ max-score margin": "msp"}
     print("| method | score | AP | AUROC | FPR95 | mIoU | AP (CE only, same score) |")
     print("|---|---|---|---|---|---|---|")
     base = all_results.get("cross-entropy only")

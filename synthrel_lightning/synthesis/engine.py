@@ -292,10 +292,12 @@ class InpaintingEngine:
     def _call(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], generators: list[torch.Generator], strength: float, control: torch.Tensor | None) -> torch.Tensor:
         pipe = self.pipeline
         h, w = images.shape[-2:]
+        # Hand the pipeline tensors already on its execution device (it would copy them itself otherwise).
+        dev = getattr(pipe, "_execution_device", self.device)
         kwargs: dict[str, Any] = dict(
             prompt=prompts,
-            image=images,
-            mask_image=masks,
+            image=images.to(dev),
+            mask_image=masks.to(dev),
             height=int(h),
             width=int(w),
             num_inference_steps=self.num_inference_steps,
@@ -307,7 +309,7 @@ class InpaintingEngine:
         if self.negative_prompt:
             kwargs["negative_prompt"] = [self.negative_prompt] * len(prompts)
         if control is not None:
-            kwargs["control_image"] = control
+            kwargs["control_image"] = control.to(dev)
         self.stats["calls"] += 1
         with torch.inference_mode():
             out = pipe(**kwargs).images
