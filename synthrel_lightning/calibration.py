@@ -19,8 +19,6 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from synthrel_lightning.atomic import atomic_write
 from synthrel_lightning.labels import OOD_ID, VOID_ID
 
 if TYPE_CHECKING:
@@ -370,15 +369,7 @@ def datamodule_loader(datamodule: Any, set_name: str | None, who: str = "calibra
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def calibrate(

@@ -32,9 +32,7 @@ import csv
 import io
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +43,7 @@ from typing import Any
 import numpy as np
 from lightning.pytorch.callbacks import Callback
 
+from synthrel_lightning.atomic import atomic_write, atomic_write_text
 from synthrel_lightning.correlation import (
     METHODS,
     correlate_pairs,
@@ -94,15 +93,7 @@ class Pair:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 class ResultsStore:
@@ -364,15 +355,7 @@ def _stat_for(metric: str) -> str:
 
 def save_frame_stats(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Save per-frame statistics atomically as .npz."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def subsampling_outputs(

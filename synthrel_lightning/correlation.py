@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from synthrel_lightning.atomic import atomic_write_json
+
 METHODS: tuple[str, ...] = ("pearson", "spearman", "kendall")
 """Supported correlation methods."""
 
@@ -335,19 +337,7 @@ def pair_key(synthetic: str, real: str, metric: str) -> str:
 
 def write_json_atomic(path: str | Path, payload: Any) -> None:
     """Write JSON to ``path`` atomically (temporary file in the same folder + os.replace)."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, payload)
 
 
 def pool_histories(paths: Sequence[str | Path]) -> list[dict[str, Any]]:

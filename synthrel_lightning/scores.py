@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 SCORE_NAMES: tuple[str, ...] = ("msp", "max_logit", "entropy", "energy", "rba", "standardized_max_logit")

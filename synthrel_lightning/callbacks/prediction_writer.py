@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
-from PIL import Image
 
+from synthrel_lightning.atomic import atomic_save_png, atomic_write
 from synthrel_lightning.labels import colorize_train_ids
-
-
-def _atomic_save(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -64,7 +50,8 @@ class PredictionWriter(BasePredictionWriter):
         names = prediction.get("name") or [f"frame_{batch_idx:06d}_{i}" for i in range(len(preds))]
         for name, pred, score in zip(names, preds, scores):
             stem = str(name).replace("/", "_")
-            _atomic_save(out / f"{stem}_pred.png", lambda p, a=pred: Image.fromarray(a.astype(np.uint8)).save(p, format="PNG"))
+            pred = pred.astype(np.uint8)
+            atomic_save_png(out / f"{stem}_pred.png", pred)
             if self.color:
-                _atomic_save(out / f"{stem}_pred_color.png", lambda p, a=pred: Image.fromarray(colorize_train_ids(a.astype(np.uint8))).save(p, format="PNG"))
-            _atomic_save(out / f"{stem}_score.npy", lambda p, a=score: np.save(p, a.astype(np.float32)))
+                atomic_save_png(out / f"{stem}_pred_color.png", colorize_train_ids(pred))
+            atomic_write(out / f"{stem}_score.npy", lambda tmp, a=score: np.save(tmp, a.astype(np.float32)))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from synthrel_lightning.atomic import atomic_write_text
 
 
 def _group(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -61,7 +49,7 @@ class MetricsSummary(Callback):
             "metrics": grouped,
         }
         directory = self._directory(trainer)
-        _atomic_write_text(directory / f"{self.filename}.json", json.dumps(payload, indent=2, sort_keys=True))
+        atomic_write_text(directory / f"{self.filename}.json", json.dumps(payload, indent=2, sort_keys=True))
         lines = [f"# Metrics after {stage} (epoch {trainer.current_epoch}, step {trainer.global_step})", ""]
         if best:
             lines += [f"Best checkpoint: `{best}`", ""]
@@ -73,7 +61,7 @@ class MetricsSummary(Callback):
             lines += [f"| {k} | {'nan' if math.isnan(v) else f'{v:.4f}'} |" for k, v in shown.items()]
             lines.append("")
         text = "\n".join(lines)
-        _atomic_write_text(directory / f"{self.filename}.md", text)
+        atomic_write_text(directory / f"{self.filename}.md", text)
         if self.print_table:
             print(f"\n{text}\nSummary written to {directory / (self.filename + '.md')}")
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from synthrel_lightning.atomic import atomic_save_png
 from synthrel_lightning.seeding import numpy_generator
 
 log = logging.getLogger(__name__)
@@ -93,18 +93,6 @@ def _draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.n
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def _save_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_demo_cityscapes(
     root: str | os.PathLike[str],
     num_train: int = 64,
@@ -131,8 +119,8 @@ def write_demo_cityscapes(
             if img_path.exists() and lbl_path.exists():
                 continue
             image, label = _draw_scene(numpy_generator(seed, split, i), width, height)
-            _save_atomic(label, lbl_path)  # label first: an image is never left without its label
-            _save_atomic(image, img_path)
+            atomic_save_png(lbl_path, label)  # label first: an image is never left without its label
+            atomic_save_png(img_path, image)
             written += 1
     if written:
         log.info("demo scenes: wrote %d frames to %s", written, root)

@@ -6,8 +6,7 @@ and transformers are only imported by the inpainting code that needs them).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from synthrel_lightning._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     # placement
@@ -54,14 +53,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{module}" for name, module in _LAZY.items()})

@@ -14,14 +14,58 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synthrel_lightning.labels import colorize_train_ids
+from synthrel_lightning.labels import CITYSCAPES_CLASSES, VOID_ID, colorize_train_ids
 from synthrel_lightning.seeding import torch_generator
 from synthrel_lightning.synthesis.engine import _DTYPES, ModelLoadError
 from synthrel_lightning.synthesis.protocol import snap_size, to_uint8
 
-__all__ = ["DomainShiftGenerator", "DomainSample"]
+__all__ = ["DomainShiftGenerator", "DomainSample", "TRAIN_TO_LABEL_ID", "train_ids_to_label_ids", "check_domain_name"]
 
 log = logging.getLogger(__name__)
+
+
+def _train_to_label_lut() -> np.ndarray:
+    # 0 ("unlabeled") for void; values without a Cityscapes meaning (e.g. OOD 254) stay
+    # 255 so that train_ids_to_label_ids can refuse them.
+    lut = np.full(256, 255, dtype=np.uint8)
+    lut[VOID_ID] = 0
+    for c in CITYSCAPES_CLASSES:
+        if c.label_id >= 0 and c.train_id != VOID_ID:
+            lut[c.train_id] = c.label_id
+    return lut
+
+
+TRAIN_TO_LABEL_ID: np.ndarray = _train_to_label_lut()
+"""Lookup table (256,): train id 0..18 -> its Cityscapes label id, void 255 -> 0 ("unlabeled"); others -> 255 (invalid)."""
+
+
+def train_ids_to_label_ids(label: np.ndarray, what: str = "label map") -> np.ndarray:
+    """Map train ids (0..18, void 255) back to Cityscapes label ids, the inverse of ``labels.LABEL_TO_TRAIN_ID`` on train ids.
+
+    Raises ValueError naming ``what`` when the map holds another value (e.g. OOD 254), which has no label id.
+    """
+    label = np.asarray(label)
+    if label.dtype != np.uint8:
+        if label.size and (int(label.min()) < 0 or int(label.max()) > 255):
+            raise ValueError(f"{what}: train ids must lie in 0..255, got values in {int(label.min())}..{int(label.max())}")
+        label = label.astype(np.uint8)
+    out = TRAIN_TO_LABEL_ID[label]
+    bad = (out == 255) & (label != VOID_ID)
+    if bad.any():
+        stray = sorted(int(v) for v in np.unique(label[bad]))
+        raise ValueError(
+            f"{what} holds values {stray} that are not Cityscapes train ids (0..18, void 255); "
+            "a domain-shift ground truth can only hold Cityscapes classes"
+        )
+    return out
+
+
+def check_domain_name(domain: str) -> str:
+    """``domain`` if it can name an output folder (non-empty, no path separator, not '.'/'..'), else ValueError."""
+    d = str(domain)
+    if not d.strip() or "/" in d or "\\" in d or d in (".", ".."):
+        raise ValueError(f"domain names become folder names; {domain!r} is not usable (expected e.g. 'fog', 'night')")
+    return d
 
 
 @dataclass
@@ -56,8 +100,8 @@ class DomainShiftGenerator:
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"DomainShiftGenerator dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        if not domains:
-            raise ValueError("DomainShiftGenerator needs at least one domain")
+        if not domains or isinstance(domains, str):
+            raise ValueError(f"DomainShiftGenerator needs a list of domains (e.g. ['fog', 'night']), got {domains!r}")
         if "{domain}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{domain}}', got {prompt_template!r}")
         self.base_model_id = base_model_id
