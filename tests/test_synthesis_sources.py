@@ -221,3 +221,24 @@ def test_inpainting_source_fills_a_bank_with_the_tiny_pipeline(tmp_path: Path, c
     e = bank.get(keys[0])
     assert e.name == "zebra" and e.prompt == "A photo of a zebra" and e.metadata["frame"] == "frankfurt_000000_000294"
     assert e.rgb.shape[:2] == e.alpha.shape and 32 <= e.rgb.shape[0] <= 64
+
+
+def test_bank_source_cache_serves_the_same_draws_and_still_skips_corrupt_entries(tmp_path: Path) -> None:
+    bank = OutlierBank(tmp_path)
+    keys = fill_bank(ProceduralObjectSource(size_range=(8, 16)), bank, 6, seed=2)
+    cached, uncached = BankSource(tmp_path, cache_size=4), BankSource(tmp_path, cache_size=0)
+    for seed in range(30):  # more draws than the cache holds: eviction is exercised
+        a, b = cached.sample(np.random.default_rng(seed)), uncached.sample(np.random.default_rng(seed))
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+        np.testing.assert_array_equal(a.alpha, b.alpha)
+    assert len(cached._cache) == 4
+    # A damaged entry that is not cached is skipped and counted, not served.
+    fresh = BankSource(tmp_path, cache_size=4)
+    fresh.refresh()
+    bad = bank.path(keys[0])
+    bad.write_bytes(bad.read_bytes()[:50])
+    fresh._keys = [keys[0]]
+    assert fresh.sample(np.random.default_rng(0)) is None
+    assert fresh.corrupt_skipped >= 1
+    with pytest.raises(ValueError, match="cache_size"):
+        BankSource(tmp_path, cache_size=-1)

@@ -19,6 +19,7 @@ _EXPORTS: dict[str, str] = {
     "FishyscapesLostAndFoundDataset": "synthrel_lightning.data.benchmarks",
     "ACDCDataset": "synthrel_lightning.data.shifted",
     "DarkZurichDataset": "synthrel_lightning.data.shifted",
+    "SyntheticFramesDataset": "synthrel_lightning.data.synthetic",
     "SegmentationTransform": "synthrel_lightning.data.transforms",
     "train_transform": "synthrel_lightning.data.transforms",
     "eval_transform": "synthrel_lightning.data.transforms",

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from synthrel_lightning.losses.stats import PixelStats
 
 
 class LossTerm(nn.Module):
@@ -15,7 +19,15 @@ class LossTerm(nn.Module):
     resolution and a semantic target ``(B, H, W)`` (train ids, 254 = OOD,
     255 = void) and returns the *unweighted* scalar loss; the segmenter module
     multiplies it by :attr:`weight` and logs it under :attr:`name`.
+
+    A term that is a function of per-pixel class reductions names them in
+    :attr:`stats_needed` and implements :meth:`forward_stats`; the segmenter then computes
+    those statistics once for all terms of a step (see
+    :class:`~synthrel_lightning.losses.stats.PixelStats`).
     """
+
+    #: Pixel statistics :meth:`forward_stats` reads; empty for terms without that method.
+    stats_needed: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -31,6 +43,21 @@ class LossTerm(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
+
+    @property
+    def supports_stats(self) -> bool:
+        """Whether the term can be computed from shared :class:`PixelStats` (:meth:`forward_stats`)."""
+        return type(self).forward_stats is not LossTerm.forward_stats
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """The unweighted loss from shared per-pixel statistics (same value as :meth:`forward`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no forward_stats; call it with (logits, target)")
+
+    def _via_stats(self, logits: Tensor, target: Tensor) -> Tensor:
+        """``forward`` of a stats-based term used on its own."""
+        from synthrel_lightning.losses.stats import PixelStats
+
+        return self.forward_stats(PixelStats(logits, target, self.stats_needed, who=type(self).__name__))
 
 
 def check_logits_target(logits: Tensor, target: Tensor, who: str) -> None:

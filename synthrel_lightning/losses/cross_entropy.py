@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.losses.base import LossTerm, check_logits_target, finite_mean
+
+if TYPE_CHECKING:
+    from synthrel_lightning.losses.stats import PixelStats
 
 
 class CrossEntropy(LossTerm):
@@ -31,3 +37,21 @@ class CrossEntropy(LossTerm):
         if not inlier.any():
             return finite_mean(logits.new_empty(0), logits)
         return F.cross_entropy(logits, t, weight=w, ignore_index=VOID_ID)
+
+    stats_needed = frozenset({"lse", "target_logit"})
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """The same cross-entropy from shared statistics: ``lse - z_y`` averaged over inliers."""
+        nll = stats.need("lse") - stats.need("target_logit")
+        if self.class_weights is None:
+            return stats.inlier_mean(nll)
+        if len(self.class_weights) != stats.num_classes:
+            raise ValueError(
+                f"CrossEntropy: class_weights has {len(self.class_weights)} entries, expected one per class "
+                f"({stats.num_classes})"
+            )
+        # The weighted mean of F.cross_entropy: Σ w_y nll / Σ w_y over inliers.
+        w = stats.logits.new_tensor(self.class_weights)[stats.safe_target]
+        w = torch.where(stats.inlier, w, w.new_zeros(()))
+        total = w.sum()
+        return (w * nll).sum() / torch.where(total > 0, total, total.new_ones(()))

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from synthrel_lightning.losses._pixels import masked_mean, shared_logsumexp, split_pixels
 from synthrel_lightning.losses.base import LossTerm
 from synthrel_lightning.losses.cross_entropy import CrossEntropy
+from synthrel_lightning.losses.stats import PixelStats
 
 
 class UniformOutlierExposure(LossTerm):
@@ -31,11 +31,15 @@ class UniformOutlierExposure(LossTerm):
           - {class_path: synthrel_lightning.losses.UniformOutlierExposure, init_args: {weight: 0.9}}
     """
 
+    stats_needed = frozenset({"lse", "mean"})
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean uniform-target cross-entropy over OOD pixels."""
-        _, ood = split_pixels(logits, target, type(self).__name__)
-        per_pixel = shared_logsumexp(logits) - logits.mean(dim=1)
-        return masked_mean(per_pixel, ood)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """Mean uniform-target cross-entropy over OOD pixels, from shared statistics."""
+        return stats.ood_mean(stats.need("lse") - stats.need("mean"))
 
 
 def meta_ood_losses(lam: float = 0.9, class_weights: list[float] | None = None) -> list[LossTerm]:
@@ -98,8 +102,10 @@ class EnergyHinge(LossTerm):
         self.register_buffer("m_out", torch.tensor(float(m_out)))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
+    stats_needed = frozenset({"lse"})
+
     @torch.no_grad()
-    def _update_margins(self, energy: Tensor, inlier: Tensor) -> None:
+    def _update_margins(self, energy: Tensor, inlier: Tensor, valid: Tensor | None = None) -> None:
         # Written without host syncs (no .item(), no boolean indexing): it runs every step.
         flat = torch.where(inlier, energy.detach(), torch.full_like(energy.detach(), float("nan"))).reshape(-1).float()
         # Evenly strided picks rather than random ones: no draw from a generator the run relies on.
@@ -114,6 +120,8 @@ class EnergyHinge(LossTerm):
         first = self.num_updates == 0
         new = torch.where(first, q_all, self.momentum * self.m_in + (1.0 - self.momentum) * q_all)
         update = stats[1] > 0
+        if valid is not None:  # a target that fails its (deferred) check must not move the margins
+            update = update & valid
         if self.freeze_after is not None:
             update = update & (self.num_updates < self.freeze_after)
         self.m_in.copy_(torch.where(update, new, self.m_in))
@@ -122,14 +130,17 @@ class EnergyHinge(LossTerm):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Squared hinges on inlier and OOD energies."""
-        inlier, ood = split_pixels(logits, target, type(self).__name__)
-        energy = -shared_logsumexp(logits)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """Squared hinges on inlier and OOD energies, from shared statistics."""
+        energy = -stats.need("lse")
         if self.estimate_margins and self.training:
-            self._update_margins(energy, inlier)
+            self._update_margins(energy, stats.inlier, stats.valid)
         m_in = self.m_in.to(energy.dtype)
         m_out = self.m_out.to(energy.dtype)
-        loss_in = masked_mean(F.relu(energy - m_in).square(), inlier)
-        loss_out = masked_mean(F.relu(m_out - energy).square(), ood)
+        loss_in = stats.inlier_mean(F.relu(energy - m_in).square())
+        loss_out = stats.ood_mean(F.relu(m_out - energy).square())
         return loss_in + loss_out
 
 
@@ -170,13 +181,18 @@ class RbARejection(LossTerm):
     def _f(self, x: Tensor) -> Tensor:
         return F.softplus(x) if self.mode == "softplus" else F.relu(x)
 
+    stats_needed = frozenset({"sigmoid_sum"})
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Penalty on OOD pixels' summed class scores (and optionally inliers' lack of them)."""
-        inlier, ood = split_pixels(logits, target, type(self).__name__)
-        s = torch.sigmoid(logits).sum(dim=1)
-        loss = masked_mean(self._f(s - self.ood_margin), ood)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """The RbA penalty from shared statistics."""
+        s = stats.need("sigmoid_sum")
+        loss = stats.ood_mean(self._f(s - self.ood_margin))
         if self.inlier_weight > 0:
-            loss = loss + self.inlier_weight * masked_mean(self._f(self.inlier_margin - s), inlier)
+            loss = loss + self.inlier_weight * stats.inlier_mean(self._f(self.inlier_margin - s))
         return loss
 
 
@@ -200,20 +216,30 @@ class MaxScoreMargin(LossTerm):
         self.margin = float(margin)
         self.inlier_weight = float(inlier_weight)
 
+    stats_needed = frozenset({"lse", "max"})
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Squared distance of inliers from full confidence plus squared hinge on OOD pixels."""
-        inlier, ood = split_pixels(logits, target, type(self).__name__)
-        d = 1.0 - torch.exp(logits.amax(dim=1) - shared_logsumexp(logits))
-        loss = masked_mean(F.relu(self.margin - d).square(), ood)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """The margin loss from shared statistics."""
+        d = 1.0 - torch.exp(stats.need("max") - stats.need("lse"))
+        loss = stats.ood_mean(F.relu(self.margin - d).square())
         if self.inlier_weight > 0:
-            loss = loss + self.inlier_weight * masked_mean(d.square(), inlier)
+            loss = loss + self.inlier_weight * stats.inlier_mean(d.square())
         return loss
 
 
 class PositiveEnergy(LossTerm):
     """RPL's positive-energy loss: ``L = mean_O relu(logsumexp(z))`` (OOD energy pushed above 0)."""
 
+    stats_needed = frozenset({"lse"})
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean positive part of the negative energy over OOD pixels."""
-        _, ood = split_pixels(logits, target, type(self).__name__)
-        return masked_mean(F.relu(shared_logsumexp(logits)), ood)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """Mean positive part of the negative energy over OOD pixels, from shared statistics."""
+        return stats.ood_mean(F.relu(stats.need("lse")))

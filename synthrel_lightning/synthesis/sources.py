@@ -7,6 +7,7 @@ serve), so the mixer, :func:`fill_bank` and the background refresh treat them al
 from __future__ import annotations
 
 import abc
+from collections import OrderedDict
 
 import importlib
 import inspect
@@ -21,7 +22,7 @@ import numpy as np
 
 from synthrel_lightning.labels import OOD_ID
 from synthrel_lightning.seeding import numpy_generator
-from synthrel_lightning.synthesis.bank import OutlierBank, OutlierEntry
+from synthrel_lightning.synthesis.bank import CorruptEntryError, OutlierBank, OutlierEntry
 
 __all__ = [
     "OutlierSource",
@@ -330,18 +331,27 @@ class CocoObjectSource(OutlierSource):
 class BankSource(OutlierSource):
     """Serves banked outliers; the bank is opened lazily in each process (DataLoader workers)."""
 
-    def __init__(self, bank: OutlierBank | str | os.PathLike, kinds: Sequence[str] = ("object",)) -> None:
+    def __init__(
+        self, bank: OutlierBank | str | os.PathLike, kinds: Sequence[str] = ("object",), cache_size: int = 256
+    ) -> None:
+        if cache_size < 0:
+            raise ValueError(f"BankSource: cache_size must be >= 0, got {cache_size}")
         self.root = Path(bank.root if isinstance(bank, OutlierBank) else bank)
         self.kinds = tuple(kinds)
+        self.cache_size = int(cache_size)
         self._bank: OutlierBank | None = None
         self._keys: list[str] | None = None
         self._kind_ok: dict[str, bool] = {}
+        # Decoded entries, per process (LRU): decompressing and verifying an entry costs
+        # more than pasting it, and entries never change once committed.
+        self._cache: OrderedDict[str, OutlierEntry] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         # The key snapshot travels to workers (so all workers draw from the same list);
         # the open bank does not.
         state = self.__dict__.copy()
         state["_bank"] = None
+        state["_cache"] = OrderedDict()
         return state
 
     @property
@@ -372,9 +382,33 @@ class BankSource(OutlierSource):
         if self._keys is None:
             self.refresh()
         for _ in range(8):
-            entry = self.bank.sample(rng, keys=self._keys)
+            entry = self._draw(rng)
             if entry is None or entry.kind in self.kinds:
                 return entry
+        return None
+
+    def _draw(self, rng: np.random.Generator, max_tries: int = 8) -> OutlierEntry | None:
+        """A random entry through the cache; corrupt entries are skipped and counted by the bank."""
+        pool = self._keys or []
+        if not pool:
+            return None
+        for _ in range(max_tries):
+            key = pool[int(rng.integers(len(pool)))]
+            entry = self._cache.get(key)
+            if entry is not None:
+                self._cache.move_to_end(key)
+                return entry
+            try:
+                entry = self.bank.get(key)
+            except (CorruptEntryError, KeyError) as e:
+                self.bank.corrupt_skipped += 1
+                log.warning("skipping outlier bank entry: %s", e)
+                continue
+            if self.cache_size:
+                self._cache[key] = entry
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            return entry
         return None
 
 
