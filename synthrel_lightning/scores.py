@@ -180,7 +180,14 @@ class StandardizedMaxLogit(nn.Module):
 
     @torch.no_grad()
     def finalize(self, min_count: int = 2) -> None:
-        """Turn the accumulated sums into ``class_mean`` / ``class_std`` (classes with < min_count pixels fall back to the pooled statistics)."""
+        """Turn the accumulated sums into ``class_mean`` / ``class_std`` (classes with < min_count pixels fall back to the pooled statistics).
+
+        Under ``torch.distributed`` the sums of every process are added first, so all
+        processes end with the same statistics (every process must call this).
+        """
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            for buf in (self._count, self._sum, self._sumsq):
+                torch.distributed.all_reduce(buf)
         total = float(self._count.sum())
         if total < max(min_count, 2):
             raise RuntimeError(

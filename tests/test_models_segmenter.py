@@ -73,7 +73,8 @@ class _Loader(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         b = _batch(1, 32, 48, seed=i)
-        sample = {k: (v[0] if torch.is_tensor(v) else v[0]) for k, v in b.items()}
+        sample = {k: v[0] for k, v in b.items()}
+        sample["name"] = f"f{i}"
         if self.with_ood:
             sample["ood"][10:20, 10:20] = 1
             sample["image"][:, 10:20, 10:20] += 3.0
@@ -109,6 +110,24 @@ def test_predict_returns_prediction_and_score_maps(tmp_path) -> None:
     assert out[0]["prediction"].shape == (2, 32, 48) and out[0]["prediction"].dtype == torch.uint8
     assert out[0]["score"].shape == (2, 32, 48)
     assert ((out[0]["score"] >= 0) & (out[0]["score"] <= 1)).all()  # MSP = 1 - max softmax
+    # The prediction writer put one train-id PNG and one score map per frame on disk.
+    import numpy as np
+    from PIL import Image
+
+    written = tmp_path / "predictions"
+    assert sorted(p.name for p in written.glob("*_score.npy")) == ["f0_score.npy", "f1_score.npy"]
+    np.testing.assert_allclose(np.load(written / "f1_score.npy"), out[0]["score"][1].numpy(), rtol=0, atol=0)
+    assert np.array_equal(np.asarray(Image.open(written / "f0_pred.png")), out[0]["prediction"][0].numpy())
+
+
+def test_standardized_max_logit_statistics_come_from_training(tmp_path) -> None:
+    module = OODSegmenter(TinySegmenter(width=8), ood_score="standardized_max_logit",
+                          optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
+    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, num_sanity_val_steps=0)
+    trainer.fit(module, datamodule=_NamedData())
+    assert torch.isfinite(trainer.callback_metrics["val/objects/ap"])
+    assert (module.scorer.class_std[module.scorer.class_std > 0]).numel() > 0
 
 
 def test_unknown_score_and_bad_losses_are_rejected() -> None:

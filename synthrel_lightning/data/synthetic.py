@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from synthrel_lightning.data.base import Frame, OnError, Sample, SegmentationDataset, Transform
-from synthrel_lightning.data.io import DatasetError, PathLike, check_label_values, check_same_size, read_label
-from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, VOID_ID, semantic_to_ood_target
+from synthrel_lightning.data.base import (
+    Frame,
+    OnError,
+    Sample,
+    SegmentationDataset,
+    Transform,
+)
+from synthrel_lightning.data.io import (
+    DatasetError,
+    PathLike,
+    check_label_values,
+    check_same_size,
+    read_label,
+)
+from synthrel_lightning.labels import (
+    NUM_CLASSES,
+    OOD_ID,
+    VOID_ID,
+    semantic_to_ood_target,
+)
 
 __all__ = ["SyntheticFramesDataset"]
 

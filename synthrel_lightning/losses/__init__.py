@@ -20,6 +20,7 @@ from synthrel_lightning.losses.outlier_exposure import (
     UniformOutlierExposure,
     meta_ood_losses,
 )
+from synthrel_lightning.losses.stats import STAT_NAMES, PixelStats, check_target_values, evaluate_terms
 
 __all__ = [
     "LossTerm",
@@ -33,4 +34,8 @@ __all__ = [
     "LabelSmoothingCE",
     "FocalLoss",
     "MarginLabelSmoothing",
+    "PixelStats",
+    "STAT_NAMES",
+    "evaluate_terms",
+    "check_target_values",
 ]

@@ -10,18 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from synthrel_lightning.losses._pixels import masked_mean, split_pixels
 from synthrel_lightning.losses.base import LossTerm
+from synthrel_lightning.losses.stats import PixelStats
 
 
-def _inlier_log_probs(logits: Tensor, target: Tensor, who: str) -> tuple[Tensor, Tensor, Tensor]:
-    """(inlier mask, log-softmax (B,K,H,W), log-probability of the target class (B,H,W))."""
-    inlier, _ = split_pixels(logits, target, who)
-    logp = torch.log_softmax(logits, dim=1)
-    # Non-inlier targets point at class 0; those pixels are masked out afterwards.
-    safe = torch.where(inlier, target, torch.zeros_like(target)).long()
-    logp_t = logp.gather(1, safe.unsqueeze(1)).squeeze(1)
-    return inlier, logp, logp_t
+def _log_prob_target(stats: PixelStats) -> Tensor:
+    """Log-probability of the target class per pixel (B,H,W): ``z_y - logsumexp(z)``."""
+    return stats.need("target_logit") - stats.need("lse")
 
 
 class LabelSmoothingCE(LossTerm):
@@ -42,11 +37,17 @@ class LabelSmoothingCE(LossTerm):
         """Name used in logged keys (``train/loss_label_smoothing_ce``)."""
         return "label_smoothing_ce"
 
+    stats_needed = frozenset({"lse", "mean", "target_logit"})
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean smoothed cross-entropy over inlier pixels."""
-        inlier, logp, logp_t = _inlier_log_probs(logits, target, type(self).__name__)
-        per_pixel = -(1.0 - self.smoothing) * logp_t - self.smoothing * logp.mean(dim=1)
-        return masked_mean(per_pixel, inlier)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """Mean smoothed cross-entropy over inlier pixels, from shared statistics."""
+        mean_logp = stats.need("mean") - stats.need("lse")
+        per_pixel = -(1.0 - self.smoothing) * _log_prob_target(stats) - self.smoothing * mean_logp
+        return stats.inlier_mean(per_pixel)
 
 
 class FocalLoss(LossTerm):
@@ -58,12 +59,18 @@ class FocalLoss(LossTerm):
             raise ValueError(f"FocalLoss: gamma must be >= 0, got {gamma!r}")
         self.gamma = float(gamma)
 
+    stats_needed = frozenset({"lse", "target_logit"})
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean focal loss over inlier pixels."""
-        inlier, _, logp_t = _inlier_log_probs(logits, target, type(self).__name__)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """Mean focal loss over inlier pixels, from shared statistics."""
+        logp_t = _log_prob_target(stats)
         # 1 - exp(logp) loses precision near p=1; -expm1 does not.
         per_pixel = -(-torch.expm1(logp_t)).clamp_min(0).pow(self.gamma) * logp_t
-        return masked_mean(per_pixel, inlier)
+        return stats.inlier_mean(per_pixel)
 
 
 class MarginLabelSmoothing(LossTerm):
@@ -89,9 +96,14 @@ class MarginLabelSmoothing(LossTerm):
         self.alpha = float(alpha)
         self.class_reduction = class_reduction
 
+    stats_needed = frozenset({"lse", "max", "target_logit"})
+
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean of cross-entropy plus the margin penalty over inlier pixels."""
-        inlier, _, logp_t = _inlier_log_probs(logits, target, type(self).__name__)
-        gaps = F.relu(logits.amax(dim=1, keepdim=True) - logits - self.margin)
+        return self._via_stats(logits, target)
+
+    def forward_stats(self, stats: PixelStats) -> Tensor:
+        """Mean of cross-entropy plus the margin penalty over inlier pixels, from shared statistics."""
+        gaps = F.relu(stats.need("max").unsqueeze(1) - stats.logits - self.margin)
         penalty = gaps.sum(dim=1) if self.class_reduction == "sum" else gaps.mean(dim=1)
-        return masked_mean(-logp_t + self.alpha * penalty, inlier)
+        return stats.inlier_mean(-_log_prob_target(stats) + self.alpha * penalty)

@@ -10,13 +10,17 @@ from the (B, H, W) gradients of the statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.losses.base import check_logits_target
+
+if TYPE_CHECKING:
+    from synthrel_lightning.losses.base import LossTerm
 
 #: Names of the statistics a :class:`PixelStats` can hold (a term's ``stats_needed``).
 STAT_NAMES = frozenset({"lse", "max", "mean", "sigmoid_sum", "target_logit"})
@@ -206,4 +210,26 @@ class PixelStats:
         return value
 
 
-__all__ = ["PixelStats", "STAT_NAMES"]
+def evaluate_terms(
+    terms: Sequence[LossTerm], logits: Tensor, target: Tensor, who: str = "loss", fused: bool = True
+) -> tuple[list[Tensor], Tensor]:
+    """Unweighted values of ``terms`` on one batch, sharing one :class:`PixelStats`.
+
+    Terms without :meth:`~LossTerm.forward_stats` are called as ``term(logits, target)``.
+    The target's values are not checked here: the second result is a 0-d boolean tensor,
+    True when they are valid; the caller checks it (one host sync) once everything is
+    queued, and calls :func:`check_target_values` for the error if it is False.
+    """
+    needs = frozenset().union(*(t.stats_needed for t in terms if t.supports_stats))
+    stats = PixelStats(logits, target, needs, who=who, validate=False, fused=fused)
+    values = [t.forward_stats(stats) if t.supports_stats else t(logits, target) for t in terms]
+    assert stats.valid is not None
+    return values, stats.valid
+
+
+def check_target_values(logits: Tensor, target: Tensor, who: str) -> None:
+    """Raise a clear error unless ``target`` fits ``logits`` and holds only 0..K-1, 254 and 255."""
+    PixelStats(logits, target, needs=(), who=who, validate=True)
+
+
+__all__ = ["PixelStats", "STAT_NAMES", "evaluate_terms", "check_target_values"]

@@ -43,6 +43,8 @@ class OODSegmenter(L.LightningModule):
         summary: write ``metrics_summary.{json,md}`` after fit/validate/test.
         prediction_dir: where ``predict`` writes prediction and score maps
             (default ``<log_dir>/predictions``).
+        compile_losses: compile the summed loss terms with ``torch.compile`` (CUDA only;
+            elsewhere the eager path runs). Compilation takes a while on the first steps.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class OODSegmenter(L.LightningModule):
         class_names: list[str] | None = None,
         summary: bool = True,
         prediction_dir: str | None = None,
+        compile_losses: bool = False,
     ) -> None:
         super().__init__()
         from synthrel_lightning.scores import build_scorer
@@ -99,11 +102,14 @@ class OODSegmenter(L.LightningModule):
         )
         self.summary = summary
         self.prediction_dir = prediction_dir
+        self.compile_losses = bool(compile_losses)
+        self._compiled_terms: Any = None
         self.register_buffer("temperature", torch.ones(()))
         # Evaluation metrics per (stage, set name), created on first use.
         self.eval_metrics = nn.ModuleDict()
         self._seen: dict[str, dict[str, bool]] = {}
         self._reported_skips: set[str] = set()
+        self._score_statistics_pending = False
 
     # ----------------------------------------------------------------- inference
     def raw_logits(self, images: Tensor) -> Tensor:
@@ -137,11 +143,30 @@ class OODSegmenter(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def compute_losses(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """The weighted total (``loss``) and each unweighted term (``loss_<name>``)."""
+        """The weighted total (``loss``) and each unweighted term (``loss_<name>``).
+
+        With several terms, the per-pixel statistics they read (logsumexp, max, sigmoid
+        sums, masks) are computed once for all of them, and the target is checked once,
+        after the whole objective is queued (see :func:`synthrel_lightning.losses.evaluate_terms`).
+        """
+        from synthrel_lightning.losses import check_target_values, evaluate_terms
+
+        terms = list(self.losses)
+        if len(terms) > 1 and any(term.supports_stats for term in terms):
+            if self.compile_losses and logits.is_cuda:
+                if self._compiled_terms is None:
+                    # Plain ops (fused=False) let the compiler fuse the statistics and the terms itself.
+                    self._compiled_terms = torch.compile(evaluate_terms)
+                values, valid = self._compiled_terms(terms, logits, target, "OODSegmenter", fused=False)
+            else:
+                values, valid = evaluate_terms(terms, logits, target, "OODSegmenter")
+            if not bool(valid):
+                check_target_values(logits, target, "OODSegmenter")
+        else:
+            values = [term(logits, target) for term in terms]
         parts: dict[str, Tensor] = {}
         total = logits.new_zeros(())
-        for term in self.losses:
-            value = term(logits, target)
+        for term, value in zip(terms, values):
             key = f"loss_{term.name}"
             while key in parts:
                 key += "_"
@@ -167,12 +192,29 @@ class OODSegmenter(L.LightningModule):
                 self.log(f"train/{key}", value, batch_size=bs)
         if hasattr(self.scorer, "update_statistics"):
             self.scorer.update_statistics(logits.detach(), target)
+            self._score_statistics_pending = True
         return parts["loss"]
+
+    def on_train_epoch_start(self) -> None:
+        """Start fresh training-data statistics of stateful OOD scores (this epoch's weights only)."""
+        if hasattr(self.scorer, "reset_statistics"):
+            self.scorer.reset_statistics()
+            self._score_statistics_pending = False
+
+    def _finalize_score_statistics(self) -> None:
+        # Validation runs before on_train_epoch_end, so statistics gathered so far are
+        # finalised whenever evaluation starts, and again at the end of the epoch.
+        if self._score_statistics_pending and hasattr(self.scorer, "finalize"):
+            self.scorer.finalize()
+            self._score_statistics_pending = False
+
+    def on_validation_epoch_start(self) -> None:
+        """Finalise pending training-data statistics of stateful OOD scores."""
+        self._finalize_score_statistics()
 
     def on_train_epoch_end(self) -> None:
         """Finalise training-data statistics of stateful OOD scores (standardized max-logit)."""
-        if hasattr(self.scorer, "finalize"):
-            self.scorer.finalize()
+        self._finalize_score_statistics()
 
     # ---------------------------------------------------------------- evaluation
     def _set_name(self, stage: str, dataloader_idx: int) -> str:

@@ -158,13 +158,23 @@ class DomainShiftGenerator:
         if image is None:
             return default
         if self._captioner is None:
-            from transformers import pipeline as hf_pipeline
+            # transformers 5 has no "image-to-text" pipeline; captioners (BLIP, GIT, ...) load as image-text-to-text models.
+            from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            self._captioner = hf_pipeline("image-to-text", model=self.caption, device=self.device)
+            try:
+                processor = AutoProcessor.from_pretrained(self.caption)
+                model = AutoModelForImageTextToText.from_pretrained(self.caption).to(self.device).eval()
+            except (OSError, ValueError) as e:
+                raise ModelLoadError(f"could not load image captioner {self.caption!r}: expected a hub id or local folder of a captioning model such as BLIP ({e})") from e
+            self._captioner = (processor, model)
+        processor, model = self._captioner
         from PIL import Image
 
-        out = self._captioner(Image.fromarray(image))
-        return str(out[0]["generated_text"]).strip() or default
+        inputs = processor(images=Image.fromarray(image), return_tensors="pt").to(self.device)
+        with torch.inference_mode():
+            ids = model.generate(**inputs, max_new_tokens=30)
+        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+        return str(text).strip() or default
 
     def prompt(self, domain: str, caption: str) -> str:
         """The generation prompt for a domain."""

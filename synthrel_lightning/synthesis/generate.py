@@ -29,12 +29,17 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from synthrel_lightning.labels import semantic_to_ood_target
-from synthrel_lightning.synthesis.domains import DomainSample, DomainShiftGenerator, check_domain_name, train_ids_to_label_ids
-from synthrel_lightning.synthesis.protocol import snap_size
 from synthrel_lightning.seeding import derive_seed, numpy_generator
 from synthrel_lightning.synthesis.bank import OutlierBank
+from synthrel_lightning.synthesis.domains import (
+    DomainSample,
+    DomainShiftGenerator,
+    check_domain_name,
+    train_ids_to_label_ids,
+)
 from synthrel_lightning.synthesis.engine import InpaintingEngine, InpaintResult
 from synthrel_lightning.synthesis.placement import PlacementSampler
+from synthrel_lightning.synthesis.protocol import snap_size
 from synthrel_lightning.synthesis.vocabulary import VocabularyEntry, resolve_vocabulary
 
 __all__ = [
@@ -654,7 +659,8 @@ def main(args: list[str] | None = None) -> None:
     defaults = parser.get_defaults()
     foreign = [k for k in other if cfg.get(k) != defaults.get(k)]
     if foreign:
-        parser.error(f"option(s) {', '.join(foreign)} belong to task {'domains' if task == 'objects' else 'objects'}, but task is {task!r}")
+        other_task = "domains" if task == "objects" else "objects"
+        parser.error(f"option(s) {', '.join(foreign)} belong to task {other_task!r}, but task is {task!r}; remove them or set --task={other_task}")
     if not cfg.get(wanted):
         parser.error(f"task {task!r} needs --{wanted}")
     init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
