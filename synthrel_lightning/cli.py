@@ -48,6 +48,7 @@ def _usage() -> str:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m synthrel_lightning`` and the ``synthrel`` script."""
+    from_argv = args is None
     args = list(sys.argv[1:] if args is None else args)
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
@@ -59,11 +60,14 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(f"unknown subcommand {args[0]!r}\n\n{_usage()}")
     if _needs_demo_config(args):
         args = [args[0], "--config", str(DEMO_CONFIG), *args[1:]]
-    run_lightning_cli(args)
+    if from_argv:
+        # LightningCLI reads sys.argv itself (and warns when given both).
+        sys.argv = [sys.argv[0], *args]
+    run_lightning_cli(None if from_argv else args)
 
 
-def run_lightning_cli(args: list[str]) -> None:
-    """Run LightningCLI on ``args`` (subcommand first)."""
+def run_lightning_cli(args: list[str] | None) -> None:
+    """Run LightningCLI on ``args`` (subcommand first; ``None`` reads ``sys.argv``)."""
     from lightning.pytorch.cli import LightningCLI
 
     import lightning as L

@@ -18,6 +18,15 @@ from synthrel_lightning.losses import CrossEntropy, LossTerm
 log = logging.getLogger(__name__)
 
 
+def _built_from_config() -> bool:
+    """True while LightningCLI (or its checkpoint instantiator) constructs the module from a config."""
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # pragma: no cover - other Lightning versions
+        return False
+    return _given_hyperparameters.get() is not None
+
+
 class OODSegmenter(L.LightningModule):
     """Semantic segmenter trained for reliability: in-distribution accuracy, OOD detection, calibration.
 
@@ -69,7 +78,12 @@ class OODSegmenter(L.LightningModule):
         super().__init__()
         from synthrel_lightning.scores import build_scorer
 
-        self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler"])
+        if _built_from_config():
+            # LightningCLI hands over the configuration (plain data) as hyperparameters: keep
+            # all of it, so load_from_checkpoint can rebuild the segmenter and loss terms.
+            self.save_hyperparameters()
+        else:
+            self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler"])
         self.segmenter = segmenter
         self.num_classes = int(num_classes)
         self.losses = nn.ModuleList(losses if losses is not None else [CrossEntropy()])
