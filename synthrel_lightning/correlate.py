@@ -490,8 +490,11 @@ class TrainerEvaluator:
         trainer: Mapping[str, Any] | None = None,
         frame_stats_dir: str | Path | None = None,
         frame_sets: Mapping[str, Sequence[str]] | None = None,
+        root_dir: str | Path | None = None,
     ) -> None:
         self.datamodule = datamodule
+        # Each model's own outputs (e.g. its metrics summary) go to <root_dir>/<model name>.
+        self.root_dir = Path(root_dir) if root_dir is not None else None
         self.trainer_kwargs = {"accelerator": "auto", "devices": 1, **dict(trainer or {})}
         self.frame_stats_dir = Path(frame_stats_dir) if frame_stats_dir is not None else None
         self.frame_sets = dict(frame_sets or {})
@@ -508,6 +511,8 @@ class TrainerEvaluator:
             callbacks.append(collector)
         kwargs = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
                   "enable_model_summary": False, **self.trainer_kwargs}
+        if self.root_dir is not None and "default_root_dir" not in kwargs:
+            kwargs["default_root_dir"] = str(self.root_dir / re.sub(r"[^\w.-]+", "_", entry.name))
         trainer = L.Trainer(callbacks=callbacks, **kwargs)
         trainer.validate(model, datamodule=self.datamodule, verbose=False)
         metrics = metrics_from_callback_metrics(trainer.callback_metrics)
@@ -567,7 +572,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         wanted = [m for m in p.metrics if m in FRAME_METRICS]
         if wanted:
             frame_sets.setdefault(p.synthetic, []).extend(wanted)
-    evaluator = TrainerEvaluator(init.data, cfg.trainer, out / "frame_stats" if cfg.subsample else None, frame_sets)
+    evaluator = TrainerEvaluator(init.data, cfg.trainer, out / "frame_stats" if cfg.subsample else None, frame_sets,
+                                 root_dir=out / "models")
     store = run_zoo(zoo, evaluator, ResultsStore(out), retry_failed=cfg.retry_failed, progress=cfg.progress)
     results = store.ok_metrics()
     correlations = correlate_results(results, pairs, out, cfg.methods, cfg.bootstrap, cfg.ci, cfg.seed)
