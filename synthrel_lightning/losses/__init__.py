@@ -10,7 +10,11 @@ In a LightningCLI recipe::
 """
 
 from synthrel_lightning.losses.base import LossTerm
-from synthrel_lightning.losses.calibration_terms import FocalLoss, LabelSmoothingCE, MarginLabelSmoothing
+from synthrel_lightning.losses.calibration_terms import (
+    FocalLoss,
+    LabelSmoothingCE,
+    MarginLabelSmoothing,
+)
 from synthrel_lightning.losses.cross_entropy import CrossEntropy
 from synthrel_lightning.losses.outlier_exposure import (
     EnergyHinge,
@@ -20,22 +24,27 @@ from synthrel_lightning.losses.outlier_exposure import (
     UniformOutlierExposure,
     meta_ood_losses,
 )
-from synthrel_lightning.losses.stats import STAT_NAMES, PixelStats, check_target_values, evaluate_terms
+from synthrel_lightning.losses.stats import (
+    STAT_NAMES,
+    PixelStats,
+    check_target_values,
+    evaluate_terms,
+)
 
 __all__ = [
-    "LossTerm",
-    "CrossEntropy",
-    "UniformOutlierExposure",
-    "meta_ood_losses",
-    "EnergyHinge",
-    "RbARejection",
-    "MaxScoreMargin",
-    "PositiveEnergy",
-    "LabelSmoothingCE",
-    "FocalLoss",
-    "MarginLabelSmoothing",
-    "PixelStats",
     "STAT_NAMES",
-    "evaluate_terms",
+    "CrossEntropy",
+    "EnergyHinge",
+    "FocalLoss",
+    "LabelSmoothingCE",
+    "LossTerm",
+    "MarginLabelSmoothing",
+    "MaxScoreMargin",
+    "PixelStats",
+    "PositiveEnergy",
+    "RbARejection",
+    "UniformOutlierExposure",
     "check_target_values",
+    "evaluate_terms",
+    "meta_ood_losses",
 ]

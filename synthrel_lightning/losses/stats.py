@@ -149,9 +149,9 @@ class PixelStats:
         else:
             self.valid = ~self._bad.any()
         dtype = logits.dtype
-        self._counts = {
-            "inlier": self.inlier.sum().clamp_min(1).to(dtype),
-            "ood": self.ood.sum().clamp_min(1).to(dtype),
+        self._inverse_counts = {
+            "inlier": self.inlier.sum().clamp_min(1).to(dtype).reciprocal(),
+            "ood": self.ood.sum().clamp_min(1).to(dtype).reciprocal(),
         }
         safe = None
         if "target_logit" in needs:
@@ -196,11 +196,12 @@ class PixelStats:
 
     def inlier_mean(self, values: Tensor) -> Tensor:
         """Mean of per-pixel ``values`` over inliers (an exact, graph-keeping zero without any)."""
-        return torch.where(self.inlier, values, values.new_zeros(())).sum() / self._counts["inlier"]
+        # torch.where, not a product with the mask: masked-out pixels never reach the result or its gradient.
+        return torch.where(self.inlier, values, 0.0).sum() * self._inverse_counts["inlier"]
 
     def ood_mean(self, values: Tensor) -> Tensor:
         """Mean of per-pixel ``values`` over OOD pixels (an exact, graph-keeping zero without any)."""
-        return torch.where(self.ood, values, values.new_zeros(())).sum() / self._counts["ood"]
+        return torch.where(self.ood, values, 0.0).sum() * self._inverse_counts["ood"]
 
     def need(self, name: str) -> Tensor:
         """The statistic ``name``, or a clear error if it was not requested."""
@@ -232,4 +233,4 @@ def check_target_values(logits: Tensor, target: Tensor, who: str) -> None:
     PixelStats(logits, target, needs=(), who=who, validate=True)
 
 
-__all__ = ["PixelStats", "STAT_NAMES", "evaluate_terms", "check_target_values"]
+__all__ = ["STAT_NAMES", "PixelStats", "check_target_values", "evaluate_terms"]

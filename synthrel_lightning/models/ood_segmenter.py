@@ -179,13 +179,14 @@ class OODSegmenter(L.LightningModule):
         else:
             values = [term(logits, target) for term in terms]
         parts: dict[str, Tensor] = {}
-        total = logits.new_zeros(())
+        total: Tensor | None = None
         for term, value in zip(terms, values):
             key = f"loss_{term.name}"
             while key in parts:
                 key += "_"
             parts[key] = value
-            total = total + term.weight * value
+            # One fused multiply-add per term keeps the kernel count of the sum low.
+            total = value * term.weight if total is None else torch.add(total, value, alpha=term.weight)
         parts["loss"] = total
         return parts
 
