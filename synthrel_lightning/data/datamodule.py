@@ -116,10 +116,18 @@ class SegmentationDataModule(L.LightningDataModule):
 
     # --------------------------------------------------------------- dataloaders
     def _loader(self, dataset: Dataset[Sample], train: bool) -> DataLoader[Sample]:
+        sampler = None
+        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            # Every frame exactly once across processes: a padding DistributedSampler would
+            # count repeated frames in the dataset-level metrics.
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) >= self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
