@@ -94,7 +94,7 @@ def test_callback_sets_compose_with_the_demo_recipe(monkeypatch) -> None:
     merged = yaml.safe_load(buf.getvalue())
     classes = [c["class_path"] for c in merged["trainer"]["callbacks"]]
     assert classes == ["synthrel_lightning.callbacks.MetricCorrelation", "synthrel_lightning.callbacks.OODVisualization",
-                       "lightning.pytorch.callbacks.ModelCheckpoint"]
+                       "synthrel_lightning.callbacks.ReliabilityPlots", "lightning.pytorch.callbacks.ModelCheckpoint"]
     assert merged["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
 
 

@@ -14,6 +14,7 @@ _EXPORTS: dict[str, str] = {
     "TemperatureScaling": "synthrel_lightning.callbacks.temperature",
     "DataEpochSync": "synthrel_lightning.callbacks.epoch_sync",
     "MetricsSummary": "synthrel_lightning.callbacks.summary",
+    "ReliabilityPlots": "synthrel_lightning.callbacks.reliability_plots",
     "PredictionWriter": "synthrel_lightning.callbacks.prediction_writer",
     "OutlierBankRefresh": "synthrel_lightning.synthesis.refresh",
 }

@@ -250,5 +250,33 @@ class PixelOODMetrics(Metric):
         out["best_f1_threshold"] = torch.tensor(self.bin_lower_edge(best_bin), dtype=torch.float64, device=tps.device)
         return out
 
+    def curves(self, max_points: int = 512) -> dict[str, Tensor]:
+        """Dataset-level ROC (``fpr``, ``tpr``) and precision-recall (``recall``, ``precision``) curves.
+
+        At most ``max_points`` points per curve (evenly spaced over the distinct thresholds,
+        the last one kept), from the states of all processes (collective under DDP).
+        """
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            if self.mode == "exact":
+                scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
+                positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
+                order = torch.argsort(scores, descending=True)
+                pos = positives[order].double()
+                tps, fps = pos.cumsum(0), (1 - pos).cumsum(0)
+            else:
+                hist = self.hist.flip(1)
+                filled = torch.nonzero(hist.sum(0)).flatten()
+                tps, fps = hist[1, filled].double().cumsum(0), hist[0, filled].double().cumsum(0)
+        if tps.numel() == 0 or tps[-1] == 0 or fps[-1] == 0:
+            raise NotComputableError(f"{type(self).__name__}: curves need OOD and in-distribution pixels")
+        keep = torch.unique(torch.linspace(0, tps.numel() - 1, min(max_points, tps.numel()), device=tps.device).round().long())
+        tps, fps = tps[keep], fps[keep]
+        return {
+            "fpr": (fps / fps[-1]).cpu(),
+            "tpr": (tps / tps[-1]).cpu(),
+            "recall": (tps / tps[-1]).cpu(),
+            "precision": (tps / (tps + fps)).cpu(),
+        }
+
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, num_bins={self.num_bins}, score_range={self.score_range}"

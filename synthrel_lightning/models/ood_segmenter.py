@@ -124,6 +124,10 @@ class OODSegmenter(L.LightningModule):
         self._seen: dict[str, dict[str, bool]] = {}
         self._reported_skips: set[str] = set()
         self._score_statistics_pending = False
+        # Set by ReliabilityPlots: keep each set's reliability diagram and ROC/PR figures
+        # (built from the metric states of all processes) for loggers to pick up.
+        self.keep_evaluation_plots = False
+        self.evaluation_plots: dict[str, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- inference
     def raw_logits(self, images: Tensor) -> Tensor:
@@ -289,12 +293,19 @@ class OODSegmenter(L.LightningModule):
             flags = torch.tensor([seen.get("seg", False), seen.get("ood", False)], device=self.device, dtype=torch.float32)
             flags = self.all_gather(flags).reshape(-1, 2).amax(0) if self.trainer.world_size > 1 else flags
             values: dict[str, Tensor] = {}
+            plots: dict[str, Any] = {}
             if flags[0] > 0:
                 values.update(metrics["seg"].compute())
                 values.update(metrics["cal"].compute())
+                if self.keep_evaluation_plots:
+                    plots["reliability_diagram"] = metrics["cal"].reliability_diagram(title=f"{stage}/{name}")
             if flags[1] > 0:
                 if metrics["ood"].is_computable():
                     values.update(metrics["ood"].compute())
+                    if self.keep_evaluation_plots:
+                        from synthrel_lightning.plots import roc_pr_figure
+
+                        plots["roc_pr"] = roc_pr_figure(metrics["ood"].curves(), title=f"{stage}/{name} ({self.ood_score})")
                 elif key not in self._reported_skips:
                     self._reported_skips.add(key)
                     log.info(
@@ -302,6 +313,8 @@ class OODSegmenter(L.LightningModule):
                     )
             for metric_name, value in values.items():
                 self.log(f"{stage}/{name}/{metric_name}", value, sync_dist=False, add_dataloader_idx=False)
+            if plots:
+                self.evaluation_plots[f"{stage}/{name}"] = plots
             for m in metrics.values():
                 m.reset()
             self._seen[key] = {"seg": False, "ood": False}
