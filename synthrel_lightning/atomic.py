@@ -21,7 +21,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Keep the suffix: some writers (PIL, numpy) pick the format from it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)

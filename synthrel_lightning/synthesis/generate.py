@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +27,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from synthrel_lightning.atomic import atomic_save_png
 from synthrel_lightning.labels import semantic_to_ood_target
 from synthrel_lightning.seeding import derive_seed, numpy_generator
 from synthrel_lightning.synthesis.bank import OutlierBank
@@ -147,7 +147,24 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-class GenerationDataModule(L.LightningDataModule):
+class _HostItemsDataModule(L.LightningDataModule):
+    """Work items listed in ``setup`` and kept on the host, served in a fixed order."""
+
+    items: Dataset | None
+    batch_size: int
+    num_workers: int
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Keep items on the host: the pipeline moves what it needs to its own device."""
+        return batch
+
+    def predict_dataloader(self) -> DataLoader:
+        """Items in a fixed order (Lightning adds a distributed sampler under DDP)."""
+        assert self.items is not None
+        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate)
+
+
+class GenerationDataModule(_HostItemsDataModule):
     """Builds the pending work items in ``setup`` (on every rank, before the first predict step)."""
 
     def __init__(
@@ -177,14 +194,6 @@ class GenerationDataModule(L.LightningDataModule):
         )
         log.info("generate: %d of %d work items to do (%d already in %s)", len(self.items), self.items.total, self.items.total - len(self.items), self.bank_root)
 
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Keep work items on the host: the engine moves its crops to its own device."""
-        return batch
-
-    def predict_dataloader(self) -> DataLoader:
-        """Work items in a fixed order (Lightning adds a distributed sampler under DDP)."""
-        assert self.items is not None
-        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate)
 
 
 class InpaintGenerationModule(L.LightningModule):
@@ -211,20 +220,6 @@ class InpaintGenerationModule(L.LightningModule):
         )
         by_key = {it["key"]: r for it, r in zip(todo, results)}
         return [(it, by_key.get(it["key"])) for it in batch]
-
-
-def _atomic_png(path: Path, array: np.ndarray) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class BankWriter(BasePredictionWriter):
@@ -267,9 +262,9 @@ class BankWriter(BasePredictionWriter):
                 self.bank.add(result.to_entry(kind, base_label=base), key=key)
             if self.eval_dir is not None:
                 label = result.label_map(base)
-                _atomic_png(self.eval_dir / "images" / f"{item['key']}.png", result.image)
-                _atomic_png(self.eval_dir / "labels" / f"{item['key']}_labelTrainIds.png", label)
-                _atomic_png(self.eval_dir / "labels" / f"{item['key']}_ood.png", semantic_to_ood_target(label))
+                atomic_save_png(self.eval_dir / "images" / f"{item['key']}.png", result.image)
+                atomic_save_png(self.eval_dir / "labels" / f"{item['key']}_labelTrainIds.png", label)
+                atomic_save_png(self.eval_dir / "labels" / f"{item['key']}_ood.png", semantic_to_ood_target(label))
             self.counts["written"] += 1
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -501,7 +496,7 @@ class DomainWorkItems(Dataset):
         }
 
 
-class DomainDataModule(L.LightningDataModule):
+class DomainDataModule(_HostItemsDataModule):
     """Lists the pending (frame, domain) items in ``setup`` (on every rank, before the first predict step)."""
 
     def __init__(
@@ -527,14 +522,6 @@ class DomainDataModule(L.LightningDataModule):
         self.items = DomainWorkItems(self.source, self.out, self.domains, self.split, self.resolution, self.seed, self.max_frames)
         log.info("generate domains: %d of %d items to do (%d already in %s)", len(self.items), self.items.total, self.items.total - len(self.items), self.out)
 
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Keep items on the host: the generator moves its conditioning to its own device."""
-        return batch
-
-    def predict_dataloader(self) -> DataLoader:
-        """Items in a fixed order (Lightning adds a distributed sampler under DDP)."""
-        assert self.items is not None
-        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate)
 
 
 class DomainGenerationModule(L.LightningModule):
@@ -568,8 +555,8 @@ class DomainWriter(BasePredictionWriter):
         for item, sample in prediction:
             if sample.image.shape[:2] != item["label_ids"].shape:
                 raise RuntimeError(f"generated frame {sample.image.shape[:2]} does not match its label map {item['label_ids'].shape} ({item['name']}, {item['domain']})")
-            _atomic_png(Path(item["label_path"]), item["label_ids"])
-            _atomic_png(Path(item["image_path"]), sample.image)
+            atomic_save_png(Path(item["label_path"]), item["label_ids"])
+            atomic_save_png(Path(item["image_path"]), sample.image)
             self.counts["written"] += 1
             self.per_domain[item["domain"]] = self.per_domain.get(item["domain"], 0) + 1
 
