@@ -33,3 +33,18 @@ def cityscapes_mini(shared_datasets: Path) -> Path:
 def road_anomaly_root(shared_datasets: Path) -> Path:
     """The real Road Anomaly benchmark."""
     return shared_datasets / "road_anomaly"
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tiny diffusers models on one CPU thread (restored afterwards).
+
+    Tiny models are dominated by thread synchronisation when the CPU is shared: one
+    thread is about 10x faster there.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

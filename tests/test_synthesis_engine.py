@@ -26,13 +26,7 @@ from synthrel_lightning.synthesis.vocabulary import (
 RES = 64  # tiny pipelines are run at 64x64 (a multiple of 8, like real SD needs)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models are dominated by thread synchronisation when the CPU is shared: one thread is ~10x faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from synthrel_lightning.synthesis.domains import DomainShiftGenerator
 from synthrel_lightning.synthesis.engine import InpaintingEngine
@@ -14,12 +13,7 @@ from synthrel_lightning.synthesis.object_masks import MaskRules, OpenVocabMasker
 from synthrel_lightning.synthesis.tiny import build_tiny_controlnet_pipeline, build_tiny_inpaint_pipeline, build_tiny_owlv2, build_tiny_sam, save_tiny_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
