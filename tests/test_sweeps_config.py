@@ -111,3 +111,19 @@ def test_agent_command_runs_offline(tmp_path) -> None:
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_cityscapes_callback_set_composes_with_the_segformer_recipe(monkeypatch) -> None:
+    from synthrel_lightning.cli import main
+
+    monkeypatch.chdir(ROOT)
+    buf = io.StringIO()
+    with redirect_stdout(buf), pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "recipes/cityscapes_segformer.yaml", "--config", "callbacks/reliability_cityscapes.yaml",
+              "--print_config"])
+    assert exit_info.value.code in (0, None), "the CLI rejected the recipe + callback set (see stderr)"
+    merged = yaml.safe_load(buf.getvalue())
+    classes = [c["class_path"] for c in merged["trainer"]["callbacks"]]
+    assert classes[-1] == "synthrel_lightning.synthesis.OutlierBankRefresh"
+    refresh = merged["trainer"]["callbacks"][-1]["init_args"]
+    assert refresh["bank_root"] == merged["data"]["init_args"]["outliers"]["init_args"]["source"]["init_args"]["bank"]
