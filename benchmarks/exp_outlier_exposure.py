@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
-from synthrel_lightning.data import DemoDataModule
+from synthrel_lightning.data import CityscapesDataset, DemoDataModule, write_demo_cityscapes
 from synthrel_lightning.losses import (
     CrossEntropy,
     EnergyHinge,
@@ -54,14 +55,32 @@ CALIBRATION_METHODS = ("label smoothing (0.1)", "focal loss (gamma 2)", "margin 
 SCORES = ("msp", "max_logit", "entropy", "energy", "rba")
 
 
+class Fogged(torch.utils.data.Dataset):
+    """Validation frames under a synthetic fog (a covariate shift): blended towards grey, blurred contrast."""
+
+    def __init__(self, base: torch.utils.data.Dataset, density: float = 0.6) -> None:
+        self.base, self.density = base, density
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = dict(self.base[index])
+        image = sample["image"].astype(np.float32)
+        sample["image"] = np.clip((1 - self.density) * image + self.density * 200.0, 0, 255).astype(np.uint8)
+        return sample
+
+
 def datamodule(root: Path, num_train: int) -> DemoDataModule:
-    """The demo scenes with training outliers and held-out evaluation outliers."""
+    """The demo scenes with training outliers, held-out evaluation outliers and a fogged copy of the val frames."""
+    write_demo_cityscapes(root, num_train=num_train, num_val=32)
     train_src = ProceduralObjectSource(size_range=(12, 48), shapes=("ellipse", "polygon"), textures=("flat", "stripes", "noise"))
     held_out = ProceduralObjectSource(size_range=(12, 48), shapes=("star", "blob"), textures=("checker", "gradient"))
     return DemoDataModule(
         root=root, num_train=num_train, num_val=32,
         outliers=OutlierMixer(train_src, probability=0.7, num_objects=(1, 2), seed=0),
         val_outliers=OutlierMixer(held_out, probability=1.0, num_objects=(1, 2), seed=1234),
+        extra_val_sets={"demo_fog": Fogged(CityscapesDataset(root, split="val"))},
     )
 
 
@@ -83,6 +102,7 @@ def run(method: str, epochs: int, root: Path, num_train: int, seed: int) -> dict
         results[score] = {m: flat[f"val/demo_objects/{m}"] for m in ("ap", "auroc", "fpr95")}
         for m in ("miou", "ece", "nll", "brier"):
             results[score][m] = flat[f"val/demo/{m}"]
+            results[score][f"fog_{m}"] = flat[f"val/demo_fog/{m}"]
     return results
 
 
@@ -124,13 +144,14 @@ def main() -> None:
     print("|---|" + "---|" * len(SCORES))
     for method, res in all_results.items():
         print(f"| {method} | " + " | ".join(f"{res[s]['ap']:.3f}" for s in SCORES) + " |")
-    print("\nCalibration on the clean validation frames (temperature 1):\n")
-    print("| method | ECE | NLL | Brier | mIoU |")
-    print("|---|---|---|---|---|")
+    print("\nCalibration (temperature 1) on the clean validation frames and on the same frames under fog:\n")
+    print("| method | ECE | NLL | Brier | mIoU | ECE (fog) | NLL (fog) | Brier (fog) | mIoU (fog) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for method, res in all_results.items():
         if method == "cross-entropy only" or method in CALIBRATION_METHODS:
             r = res["msp"]
-            print(f"| {method} | {r['ece']:.4f} | {r['nll']:.4f} | {r['brier']:.4f} | {r['miou']:.3f} |")
+            print(f"| {method} | {r['ece']:.4f} | {r['nll']:.4f} | {r['brier']:.4f} | {r['miou']:.3f} | "
+                  f"{r['fog_ece']:.4f} | {r['fog_nll']:.4f} | {r['fog_brier']:.4f} | {r['fog_miou']:.3f} |")
     if args.out:
         args.out.write_text(json.dumps(all_results, indent=2))
 
