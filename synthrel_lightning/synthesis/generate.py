@@ -195,18 +195,23 @@ class GenerationDataModule(_HostItemsDataModule):
         log.info("generate: %d of %d work items to do (%d already in %s)", len(self.items), self.items.total, self.items.total - len(self.items), self.bank_root)
 
 
+class _PipelineModule(L.LightningModule):
+    """A predict-only LightningModule around a lazily loaded diffusers wrapper (``self.worker``)."""
 
-class InpaintGenerationModule(L.LightningModule):
-    """A predict-only LightningModule: inpaints a batch of work items with an :class:`InpaintingEngine`."""
+    worker: Any
+
+    def on_predict_start(self) -> None:
+        """Load the pipeline on this rank's device (it is not loaded yet)."""
+        if self.worker._pipeline is None and self.device.type != "cpu":
+            self.worker.device = self.device
+
+
+class InpaintGenerationModule(_PipelineModule):
+    """Inpaints a batch of work items with an :class:`InpaintingEngine`."""
 
     def __init__(self, engine: InpaintingEngine) -> None:
         super().__init__()
-        self.engine = engine
-
-    def on_predict_start(self) -> None:
-        """Run the engine on this rank's device (before its pipeline is loaded)."""
-        if self.engine._pipeline is None and self.device.type != "cpu":
-            self.engine.device = self.device
+        self.engine = self.worker = engine
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[tuple[dict[str, Any], InpaintResult | None]]:
         """Synthesize every placeable item of the batch; returns (item, result or None) pairs."""
@@ -523,18 +528,12 @@ class DomainDataModule(_HostItemsDataModule):
         log.info("generate domains: %d of %d items to do (%d already in %s)", len(self.items), self.items.total, self.items.total - len(self.items), self.out)
 
 
-
-class DomainGenerationModule(L.LightningModule):
-    """A predict-only LightningModule: renders a batch of (label map, domain) items with a :class:`DomainShiftGenerator`."""
+class DomainGenerationModule(_PipelineModule):
+    """Renders a batch of (label map, domain) items with a :class:`DomainShiftGenerator`."""
 
     def __init__(self, generator: DomainShiftGenerator) -> None:
         super().__init__()
-        self.generator = generator
-
-    def on_predict_start(self) -> None:
-        """Run the generator on this rank's device (before its pipeline is loaded)."""
-        if self.generator._pipeline is None and self.device.type != "cpu":
-            self.generator.device = self.device
+        self.generator = self.worker = generator
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[tuple[dict[str, Any], DomainSample]]:
         """Generate every item of the batch; returns (item, sample) pairs."""
