@@ -157,6 +157,10 @@ class OODSegmenter(L.LightningModule):
 
     def score(self, logits: Tensor) -> Tensor:
         """OOD score map (B,H,W) of temperature-scaled logits; higher = more OOD."""
+        if hasattr(self.scorer, "update_statistics"):
+            # Statistics-based scores (standardized max-logit) were fitted on raw training
+            # logits: score the raw logits, which also makes them independent of T.
+            logits = logits * self.temperature
         return self.scorer(logits)
 
     # ------------------------------------------------------------------ training
