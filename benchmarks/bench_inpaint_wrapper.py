@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from synthrel_lightning.atomic import atomic_write_json  # noqa: E402
 from synthrel_lightning.seeding import torch_generator  # noqa: E402
 from synthrel_lightning.synthesis.engine import InpaintingEngine  # noqa: E402
 
@@ -146,11 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_all")}, indent=2))
     if a.out:
-        out = Path(a.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, out)
+        atomic_write_json(a.out, result)
     return result
 
 

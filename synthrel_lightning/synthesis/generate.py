@@ -70,6 +70,17 @@ def _frame_name(dataset: Any, index: int) -> str | None:
     return None
 
 
+def _raw_image(sample: dict[str, Any], index: int) -> np.ndarray:
+    """The uint8 (H, W, 3) image of a raw source sample; a clear error for a transformed one."""
+    image = np.asarray(sample["image"])
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(
+            f"generate needs raw samples (image uint8 (H, W, 3)); source item {index} has image {image.dtype} {image.shape}. "
+            "Do not set a transform on the source dataset."
+        )
+    return image
+
+
 def _keys_for(base: str, write: WriteKind) -> list[str]:
     return {"object": [base], "frame": [f"{base}-frame"], "both": [base, f"{base}-frame"]}[write]
 
@@ -118,12 +129,7 @@ class WorkItemDataset(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         index, slot = self.items[k]
         sample = self.source[index]
-        image = np.asarray(sample["image"])
-        if image.dtype != np.uint8 or image.ndim != 3:
-            raise ValueError(
-                f"generate needs raw samples (image uint8 (H, W, 3)); source item {index} has image {image.dtype} {image.shape}. "
-                "Do not set a transform on the source dataset."
-            )
+        image = _raw_image(sample, index)
         label = sample.get("label")
         label = None if label is None else np.asarray(label, dtype=np.uint8)
         rng = numpy_generator(self.seed, "generate", index, slot)
@@ -467,12 +473,7 @@ class DomainWorkItems(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         index, domain = self.items[k]
         sample = self.source[index]
-        image = np.asarray(sample["image"])
-        if image.dtype != np.uint8 or image.ndim != 3:
-            raise ValueError(
-                f"generate needs raw samples (image uint8 (H, W, 3)); source item {index} has image {image.dtype} {image.shape}. "
-                "Do not set a transform on the source dataset."
-            )
+        image = _raw_image(sample, index)
         if sample.get("label") is None:
             raise ValueError(f"generate (task domains) conditions on label maps, but source item {index} has no 'label'")
         label = np.asarray(sample["label"], dtype=np.uint8)
