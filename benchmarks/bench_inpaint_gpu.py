@@ -83,7 +83,12 @@ def build_random_sd15_inpaint() -> Any:
         )
     )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
     return StableDiffusionInpaintPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
@@ -112,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     device = torch.device(a.device)
     torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[a.dtype]
     if a.model_id:
-        engine = InpaintingEngine(model_id=a.model_id, device=a.device, dtype=a.dtype, num_inference_steps=a.steps, resolution=a.resolution)
+        engine = InpaintingEngine(
+            model_id=a.model_id, device=a.device, dtype=a.dtype, num_inference_steps=a.steps, resolution=a.resolution
+        )
         pipe = engine.pipeline
     else:
         if a.tiny:
@@ -122,7 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             pipe = build_random_sd15_inpaint()
         pipe = pipe.to(device, torch_dtype)
-        engine = InpaintingEngine(pipeline=pipe, device=a.device, dtype=a.dtype, num_inference_steps=a.steps, resolution=a.resolution)
+        engine = InpaintingEngine(
+            pipeline=pipe, device=a.device, dtype=a.dtype, num_inference_steps=a.steps, resolution=a.resolution
+        )
     pipe.set_progress_bar_config(disable=True)
     cuda = device.type == "cuda"
     rows = []

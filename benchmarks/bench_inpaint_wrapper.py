@@ -54,7 +54,9 @@ def build_pipeline(model_id: str | None, device: str, dtype: str) -> object:
 def main(argv: list[str] | None = None) -> dict:
     """Run the comparison and return (and optionally write) the results."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-id", default=None, help="checkpoint id/folder, 'random-sd15', or omit for the tiny pipeline")
+    p.add_argument(
+        "--model-id", default=None, help="checkpoint id/folder, 'random-sd15', or omit for the tiny pipeline"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--resolution", type=int, default=None, help="default 64 (tiny) or 512")
@@ -72,7 +74,13 @@ def main(argv: list[str] | None = None) -> dict:
     pipe = build_pipeline(a.model_id, a.device, a.dtype)
     pipe.set_progress_bar_config(disable=True)
     engine = InpaintingEngine(
-        pipeline=pipe, device=a.device, dtype=a.dtype, batch_size=a.batch_size, num_inference_steps=a.steps, resolution=res, guidance_scale=15.0
+        pipeline=pipe,
+        device=a.device,
+        dtype=a.dtype,
+        batch_size=a.batch_size,
+        num_inference_steps=a.steps,
+        resolution=res,
+        guidance_scale=15.0,
     )
     b = a.batch_size
     g = torch.Generator().manual_seed(0)
@@ -106,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     side = int(res / 1.5) // 8 * 8 or 8
 
     def protocol() -> None:
-        engine.synthesize_batch([frame] * b, [(res // 2 + 16 * i, res // 2, side) for i in range(b)], ["lion"] * b, list(range(b)))
+        engine.synthesize_batch(
+            [frame] * b, [(res // 2 + 16 * i, res // 2, side) for i in range(b)], ["lion"] * b, list(range(b))
+        )
 
     for _ in range(a.warmup):
         direct()

@@ -80,8 +80,11 @@ def run_torchmetrics(frames: int, args) -> dict:
 
     # one compute group: the three metrics share a single copy of the stored scores
     metric = MetricCollection(
-        {"auroc": BinaryAUROC(ignore_index=255), "ap": BinaryAveragePrecision(ignore_index=255),
-         "roc": BinaryROC(ignore_index=255)},
+        {
+            "auroc": BinaryAUROC(ignore_index=255),
+            "ap": BinaryAveragePrecision(ignore_index=255),
+            "roc": BinaryROC(ignore_index=255),
+        },
         compute_groups=True,
     )
     elapsed = 0.0
@@ -118,21 +121,33 @@ def main() -> None:
     binned_same = binned if exact_frames == args.frames else run_binned(exact_frames, args)
     exact = run_torchmetrics(exact_frames, args)
 
-    print(f"## PixelOODMetrics (binned) vs torchmetrics exact ({args.height}x{args.width}, "
-          f"{args.ood_fraction:.0%} OOD, energy scores)\n")
-    print(f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}\n")
+    print(
+        f"## PixelOODMetrics (binned) vs torchmetrics exact ({args.height}x{args.width}, "
+        f"{args.ood_fraction:.0%} OOD, energy scores)\n"
+    )
+    print(
+        f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}\n"
+    )
     print("| metric | frames | wall time (s) | state memory (MB) | peak RSS (MB) |")
     print("|---|---|---|---|---|")
-    print(f"| PixelOODMetrics binned | {min(args.memory_frames, args.frames)} | {small['time']:.2f} | "
-          f"{small['state_mb']:.1f} | {small['rss_mb']:.0f} |")
-    print(f"| PixelOODMetrics binned | {args.frames} | {binned['time']:.2f} | {binned['state_mb']:.1f} | "
-          f"{binned['rss_mb']:.0f} |")
+    print(
+        f"| PixelOODMetrics binned | {min(args.memory_frames, args.frames)} | {small['time']:.2f} | "
+        f"{small['state_mb']:.1f} | {small['rss_mb']:.0f} |"
+    )
+    print(
+        f"| PixelOODMetrics binned | {args.frames} | {binned['time']:.2f} | {binned['state_mb']:.1f} | "
+        f"{binned['rss_mb']:.0f} |"
+    )
     if binned_same is not binned:
-        print(f"| PixelOODMetrics binned | {exact_frames} | {binned_same['time']:.2f} | "
-              f"{binned_same['state_mb']:.1f} | {binned_same['rss_mb']:.0f} |")
-    print(f"| torchmetrics BinaryAUROC+AP+ROC (exact) | {exact_frames} | {exact['time']:.2f} | "
-          f"{exact['state_mb']:.1f} | {exact['rss_mb']:.0f} |")
+        print(
+            f"| PixelOODMetrics binned | {exact_frames} | {binned_same['time']:.2f} | "
+            f"{binned_same['state_mb']:.1f} | {binned_same['rss_mb']:.0f} |"
+        )
+    print(
+        f"| torchmetrics BinaryAUROC+AP+ROC (exact) | {exact_frames} | {exact['time']:.2f} | "
+        f"{exact['state_mb']:.1f} | {exact['rss_mb']:.0f} |"
+    )
     print(f"\nSpeed-up at {exact_frames} frames: {exact['time'] / binned_same['time']:.1f}x\n")
     print("| value | binned | torchmetrics exact | abs. difference |")
     print("|---|---|---|---|")

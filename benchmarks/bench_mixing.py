@@ -26,7 +26,14 @@ from torch.utils.data import DataLoader
 from synthrel_lightning.data.cityscapes import CityscapesDataset
 from synthrel_lightning.data.datamodule import TransformedDataset
 from synthrel_lightning.data.transforms import train_transform
-from synthrel_lightning.synthesis import BankSource, OutlierBank, OutlierMixer, OutlierMixingDataset, ProceduralObjectSource, fill_bank
+from synthrel_lightning.synthesis import (
+    BankSource,
+    OutlierBank,
+    OutlierMixer,
+    OutlierMixingDataset,
+    ProceduralObjectSource,
+    fill_bank,
+)
 
 
 def write_frames(root: Path, n: int, seed: int = 0) -> None:
@@ -54,7 +61,9 @@ def write_frames(root: Path, n: int, seed: int = 0) -> None:
             image[label == lid] = 0.5 * image[label == lid] + 0.5 * np.array(colour, np.float32)
         image += rng.normal(0, 6, (h, w, 1)).astype(np.float32)
         stem = f"synth_{i:06d}_000019"
-        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(img_dir / f"{stem}_leftImg8bit.png", compress_level=1)
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+            img_dir / f"{stem}_leftImg8bit.png", compress_level=1
+        )
         Image.fromarray(label).save(lab_dir / f"{stem}_gtFine_labelIds.png")
 
 
@@ -105,8 +114,12 @@ def main() -> None:
         plain = TransformedDataset(base, transform)
         configs = {
             "plain": plain,
-            f"mixing p={args.probability}": OutlierMixingDataset(base, OutlierMixer(BankSource(bank.root), probability=args.probability), transform=transform),
-            "mixing p=1.0": OutlierMixingDataset(base, OutlierMixer(BankSource(bank.root), probability=1.0), transform=transform),
+            f"mixing p={args.probability}": OutlierMixingDataset(
+                base, OutlierMixer(BankSource(bank.root), probability=args.probability), transform=transform
+            ),
+            "mixing p=1.0": OutlierMixingDataset(
+                base, OutlierMixer(BankSource(bank.root), probability=1.0), transform=transform
+            ),
         }
         for ds in configs.values():
             if hasattr(ds, "set_epoch"):
@@ -127,8 +140,10 @@ def main() -> None:
                     ds.set_epoch(r)
                 results[name].append(throughput(ds, args.workers, args.batch_size))
     ref = statistics.median(results["plain"])
-    print(f"\n## Outlier mixing DataLoader throughput ({args.frames} frames 2048x1024 -> 1024x512 crops, "
-          f"{args.workers} workers, batch {args.batch_size}, median of {args.rounds} interleaved rounds)\n")
+    print(
+        f"\n## Outlier mixing DataLoader throughput ({args.frames} frames 2048x1024 -> 1024x512 crops, "
+        f"{args.workers} workers, batch {args.batch_size}, median of {args.rounds} interleaved rounds)\n"
+    )
     print("| loader | images/s (median) | all rounds | vs plain |")
     print("|---|---|---|---|")
     for name, vals in results.items():
@@ -149,8 +164,10 @@ def main() -> None:
                 break
     except OSError:
         pass
-    print(f"\nMachine: {cpu}, {os.cpu_count()} CPUs, load average {load[0]:.1f}; Python {platform.python_version()}, "
-          f"torch {torch.__version__}, numpy {np.__version__}; setup (frames + bank of {args.bank_size}) {setup_s:.1f}s")
+    print(
+        f"\nMachine: {cpu}, {os.cpu_count()} CPUs, load average {load[0]:.1f}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, numpy {np.__version__}; setup (frames + bank of {args.bank_size}) {setup_s:.1f}s"
+    )
 
 
 if __name__ == "__main__":

@@ -69,7 +69,9 @@ def make_batch(batch: int, height: int, width: int, device: torch.device) -> tup
     return images.to(device), target.to(device)
 
 
-def time_steps(module: OODSegmenter, images: torch.Tensor, target: torch.Tensor, iters: int, warmup: int) -> list[float]:
+def time_steps(
+    module: OODSegmenter, images: torch.Tensor, target: torch.Tensor, iters: int, warmup: int
+) -> list[float]:
     """Seconds per training step (forward, losses, backward, optimizer step)."""
     module.train()
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-4)
@@ -117,7 +119,9 @@ def main() -> None:
         "all_terms": OODSegmenter(segmenter, losses=reliability_terms()).to(device),
     }
     if args.compile_losses:
-        modules["all_terms_compiled"] = OODSegmenter(segmenter, losses=reliability_terms(), compile_losses=True).to(device)
+        modules["all_terms_compiled"] = OODSegmenter(segmenter, losses=reliability_terms(), compile_losses=True).to(
+            device
+        )
     per_step: dict[str, list[float]] = {name: [] for name in modules}
     errors: dict[str, str] = {}
     for _ in range(args.rounds):  # alternate, so drifting machine load hits every variant
@@ -137,7 +141,9 @@ def main() -> None:
         "label": args.label,
         "model": names.get(args.arch, f"{args.arch}/{args.encoder}"),
         "batch": [args.batch, 3, args.height, args.width],
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "terms": [type(t).__name__ for t in reliability_terms()],
         "seconds_per_step": seconds,

@@ -41,9 +41,14 @@ METHODS = {
     "+ uniform OE (λ=0.5)": lambda: [CrossEntropy(), UniformOutlierExposure(weight=0.5)],
     "+ energy hinge (fixed margins)": lambda: [CrossEntropy(), EnergyHinge(weight=0.1)],
     "+ energy hinge (estimated margins)": lambda: [CrossEntropy(), EnergyHinge(weight=0.1, estimate_margins=True)],
-    "+ energy hinge (estimated margins, weight 1)": lambda: [CrossEntropy(), EnergyHinge(weight=1.0, estimate_margins=True)],
+    "+ energy hinge (estimated margins, weight 1)": lambda: [
+        CrossEntropy(),
+        EnergyHinge(weight=1.0, estimate_margins=True),
+    ],
     "+ energy hinge (margins estimated over 16 steps, then frozen)": lambda: [
-        CrossEntropy(), EnergyHinge(weight=0.1, estimate_margins=True, freeze_after=16)],
+        CrossEntropy(),
+        EnergyHinge(weight=0.1, estimate_margins=True, freeze_after=16),
+    ],
     "+ RbA rejection": lambda: [CrossEntropy(), RbARejection(weight=0.5)],
     "+ max-score margin": lambda: [CrossEntropy(), MaxScoreMargin(weight=0.5)],
     # Calibration terms (in place of plain cross-entropy): judged by ECE on the clean set.
@@ -74,10 +79,14 @@ class Fogged(torch.utils.data.Dataset):
 def datamodule(root: Path, num_train: int) -> DemoDataModule:
     """The demo scenes with training outliers, held-out evaluation outliers and a fogged copy of the val frames."""
     write_demo_cityscapes(root, num_train=num_train, num_val=32)
-    train_src = ProceduralObjectSource(size_range=(12, 48), shapes=("ellipse", "polygon"), textures=("flat", "stripes", "noise"))
+    train_src = ProceduralObjectSource(
+        size_range=(12, 48), shapes=("ellipse", "polygon"), textures=("flat", "stripes", "noise")
+    )
     held_out = ProceduralObjectSource(size_range=(12, 48), shapes=("star", "blob"), textures=("checker", "gradient"))
     return DemoDataModule(
-        root=root, num_train=num_train, num_val=32,
+        root=root,
+        num_train=num_train,
+        num_val=32,
         outliers=OutlierMixer(train_src, probability=0.7, num_objects=(1, 2), seed=0),
         val_outliers=OutlierMixer(held_out, probability=1.0, num_objects=(1, 2), seed=1234),
         extra_val_sets={"demo_fog": Fogged(CityscapesDataset(root, split="val"))},
@@ -87,12 +96,24 @@ def datamodule(root: Path, num_train: int) -> DemoDataModule:
 def run(method: str, epochs: int, root: Path, num_train: int, seed: int) -> dict[str, dict[str, float]]:
     """Train one method and evaluate every score on the held-out objects."""
     L.seed_everything(seed, workers=True)
-    model = OODSegmenter(TinySegmenter(width=32), losses=METHODS[method](),
-                         optimizer=lambda p: torch.optim.AdamW(p, lr=5e-3, weight_decay=1e-4), summary=False)
+    model = OODSegmenter(
+        TinySegmenter(width=32),
+        losses=METHODS[method](),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=5e-3, weight_decay=1e-4),
+        summary=False,
+    )
     dm = datamodule(root, num_train)
-    trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, check_val_every_n_epoch=epochs,
-                        deterministic=True, default_root_dir=root.parent)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=epochs,
+        deterministic=True,
+        default_root_dir=root.parent,
+    )
     trainer.fit(model, datamodule=dm)
     results: dict[str, dict[str, float]] = {}
     for score in SCORES:
@@ -123,12 +144,20 @@ def main() -> None:
             t0 = time.perf_counter()
             all_results[method] = run(method, args.epochs, root, args.num_train, args.seed)
             print(f"{method}: {time.perf_counter() - t0:.0f}s", flush=True)
-    print(f"\nMachine: {platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"{args.epochs} epochs, {args.num_train} training frames, seed {args.seed}\n")
-    natural = {"cross-entropy only": "msp", "+ uniform OE (λ=0.5)": "msp", "+ energy hinge (fixed margins)": "energy",
-               "+ energy hinge (estimated margins)": "energy",
-               "+ energy hinge (estimated margins, weight 1)": "energy",
-               "+ energy hinge (margins estimated over 16 steps, then frozen)": "energy", "+ RbA rejection": "rba", "+ max-score margin": "msp"}
+    print(
+        f"\nMachine: {platform.platform()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+        f"{args.epochs} epochs, {args.num_train} training frames, seed {args.seed}\n"
+    )
+    natural = {
+        "cross-entropy only": "msp",
+        "+ uniform OE (λ=0.5)": "msp",
+        "+ energy hinge (fixed margins)": "energy",
+        "+ energy hinge (estimated margins)": "energy",
+        "+ energy hinge (estimated margins, weight 1)": "energy",
+        "+ energy hinge (margins estimated over 16 steps, then frozen)": "energy",
+        "+ RbA rejection": "rba",
+        "+ max-score margin": "msp",
+    }
     print("| method | score | AP | AUROC | FPR95 | mIoU | AP (CE only, same score) |")
     print("|---|---|---|---|---|---|---|")
     base = all_results.get("cross-entropy only")
@@ -150,8 +179,10 @@ def main() -> None:
     for method, res in all_results.items():
         if method == "cross-entropy only" or method in CALIBRATION_METHODS:
             r = res["msp"]
-            print(f"| {method} | {r['ece']:.4f} | {r['nll']:.4f} | {r['brier']:.4f} | {r['miou']:.3f} | "
-                  f"{r['fog_ece']:.4f} | {r['fog_nll']:.4f} | {r['fog_brier']:.4f} | {r['fog_miou']:.3f} |")
+            print(
+                f"| {method} | {r['ece']:.4f} | {r['nll']:.4f} | {r['brier']:.4f} | {r['miou']:.3f} | "
+                f"{r['fog_ece']:.4f} | {r['fog_nll']:.4f} | {r['fog_brier']:.4f} | {r['fog_miou']:.3f} |"
+            )
     if args.out:
         args.out.write_text(json.dumps(all_results, indent=2))
 

@@ -1,7 +1,9 @@
 """Atomic file writes: write to a temporary file in the target folder, then ``os.replace``.
 
 A reader (or a resumed run) never sees a half-written file: the target either holds
-the previous complete content or the new complete content.
+the previous complete content or the new complete content. Files get the mode a
+plain ``open()`` would give them (``0o666`` less the process umask), so teammates
+sharing an output folder can read them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ from typing import Any
 import numpy as np
 
 
+def file_mode() -> int:
+    """The permission bits a newly created file gets under the current umask (``0o666 & ~umask``)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
     path = Path(path)
@@ -25,6 +34,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], Any]) -> P
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates 0600 files; give the result the mode open() would have given it.
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -55,7 +55,9 @@ def _flatten_valid(logits: Tensor, target: Tensor, num_classes: int | None, inde
     """(N,K) logits and (N,) targets of the pixels carrying a train id, after checks."""
     where = f"calibration batch {index}"
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
-        raise TypeError(f"{where}: expected a (logits, target) pair of tensors, got {type(logits).__name__}, {type(target).__name__}")
+        raise TypeError(
+            f"{where}: expected a (logits, target) pair of tensors, got {type(logits).__name__}, {type(target).__name__}"
+        )
     if logits.ndim == 4 and target.ndim == 3 and target.shape == (logits.shape[0], *logits.shape[2:]):
         flat = logits.movedim(1, -1).reshape(-1, logits.shape[1])
     elif logits.ndim == 2 and target.ndim == 1 and target.shape[0] == logits.shape[0]:
@@ -159,9 +161,7 @@ def ece_by_temperature(
     return acc.ece()
 
 
-def expected_calibration_error(
-    logits: Tensor, target: Tensor, num_bins: int = 15, temperature: float = 1.0
-) -> float:
+def expected_calibration_error(logits: Tensor, target: Tensor, num_bins: int = 15, temperature: float = 1.0) -> float:
     """Top-1 ECE with equal-width bins over non-void pixels of ``logits / temperature``."""
     return float(ece_by_temperature((logits, target), [temperature], num_bins)[0])
 
@@ -420,11 +420,18 @@ def calibrate(
     loader = datamodule_loader(data, set_name)
     temperature = fit_temperature(
         collect_logits(model, loader, max_batches=max_batches),
-        method=method, grid=grid, num_bins=num_bins, max_pixels=max_pixels, seed=seed,
+        method=method,
+        grid=grid,
+        num_bins=num_bins,
+        max_pixels=max_pixels,
+        seed=seed,
     )
     state["temperature"] = torch.full_like(state["temperature"], temperature)
     checkpoint["calibration"] = {
-        "temperature": temperature, "method": method, "set_name": set_name, "source_checkpoint": str(ckpt_path),
+        "temperature": temperature,
+        "method": method,
+        "set_name": set_name,
+        "source_checkpoint": str(ckpt_path),
     }
     out = Path(output) if output is not None else ckpt_path.with_name(f"{ckpt_path.stem}-calibrated.ckpt")
     _save_atomic(checkpoint, out)

@@ -68,9 +68,8 @@ def main(args: list[str] | None = None) -> None:
 
 def run_lightning_cli(args: list[str] | None) -> None:
     """Run LightningCLI on ``args`` (subcommand first; ``None`` reads ``sys.argv``)."""
-    from lightning.pytorch.cli import LightningCLI
-
     import lightning as L
+    from lightning.pytorch.cli import LightningCLI
 
     LightningCLI(
         model_class=L.LightningModule,

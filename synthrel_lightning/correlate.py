@@ -121,12 +121,22 @@ class ResultsStore:
 
     def record_ok(self, name: str, metrics: Metrics, seconds: float, entry: Mapping[str, Any] | None = None) -> None:
         """Store a successful evaluation and rewrite the files."""
-        self.models[name] = {"status": "ok", "metrics": metrics, "seconds": round(seconds, 3), "entry": dict(entry or {})}
+        self.models[name] = {
+            "status": "ok",
+            "metrics": metrics,
+            "seconds": round(seconds, 3),
+            "entry": dict(entry or {}),
+        }
         self.save()
 
     def record_failed(self, name: str, error: str, seconds: float, entry: Mapping[str, Any] | None = None) -> None:
         """Store a failure (with its error text) and rewrite the files."""
-        self.models[name] = {"status": "failed", "error": error, "seconds": round(seconds, 3), "entry": dict(entry or {})}
+        self.models[name] = {
+            "status": "failed",
+            "error": error,
+            "seconds": round(seconds, 3),
+            "entry": dict(entry or {}),
+        }
         self.save()
 
     def ok_metrics(self) -> dict[str, Metrics]:
@@ -194,7 +204,9 @@ def run_zoo(
 
 def _check_metrics(name: str, metrics: Any) -> None:
     if not isinstance(metrics, Mapping) or not all(isinstance(v, Mapping) for v in metrics.values()):
-        raise TypeError(f"evaluation of {name!r} returned {type(metrics).__name__}; expected {{set: {{metric: value}}}}")
+        raise TypeError(
+            f"evaluation of {name!r} returned {type(metrics).__name__}; expected {{set: {{metric: value}}}}"
+        )
     if not metrics:
         raise ValueError(f"evaluation of {name!r} logged no val/<set>/<metric> values")
 
@@ -228,22 +240,58 @@ def correlate_results(
                 xs.append(float(x))
                 ys.append(float(y))
             if missing:
-                log.warning("correlate: %s: no finite %s on both %s and %s for %s", metric, metric, pair.synthetic, pair.real, missing)
+                log.warning(
+                    "correlate: %s: no finite %s on both %s and %s for %s",
+                    metric,
+                    metric,
+                    pair.synthetic,
+                    pair.real,
+                    missing,
+                )
             corr = correlate_pairs(xs, ys, methods, bootstrap, ci, seed)
             key = pair_key(pair.synthetic, pair.real, metric)
             plot_path = None
             if plots and xs:
                 from synthrel_lightning.plots import save_figure, scatter_figure
 
-                fig = scatter_figure(xs, ys, names, corr, xlabel=f"{pair.synthetic} {metric} (synthetic)",
-                                     ylabel=f"{pair.real} {metric} (real)", title=key)
+                fig = scatter_figure(
+                    xs,
+                    ys,
+                    names,
+                    corr,
+                    xlabel=f"{pair.synthetic} {metric} (synthetic)",
+                    ylabel=f"{pair.real} {metric} (real)",
+                    title=key,
+                )
                 plot_path = str(save_figure(fig, out / "plots" / f"scatter_{_slug(key)}.png"))
             for method, c in corr.items():
-                rows.append({"pair": key, "synthetic": pair.synthetic, "real": pair.real, "metric": metric,
-                             **c.to_dict(), "models": names, "missing_models": missing, "plot": plot_path})
+                rows.append(
+                    {
+                        "pair": key,
+                        "synthetic": pair.synthetic,
+                        "real": pair.real,
+                        "metric": metric,
+                        **c.to_dict(),
+                        "models": names,
+                        "missing_models": missing,
+                        "plot": plot_path,
+                    }
+                )
     write_json_atomic(out / "correlations.json", {"correlations": rows})
     buf = io.StringIO()
-    cols = ["synthetic", "real", "metric", "method", "n", "status", "coefficient", "ci_low", "ci_high", "p_value", "message"]
+    cols = [
+        "synthetic",
+        "real",
+        "metric",
+        "method",
+        "n",
+        "status",
+        "coefficient",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "message",
+    ]
     w = csv.writer(buf)
     w.writerow(cols)
     for r in rows:
@@ -271,7 +319,9 @@ class FrameStatistics(Callback):
     exactly computed full-set value is logged beside it for comparison).
     """
 
-    def __init__(self, sets: Mapping[str, Sequence[str]], num_classes: int = 19, ece_bins: int = 15, ood_bins: int = 4096) -> None:
+    def __init__(
+        self, sets: Mapping[str, Sequence[str]], num_classes: int = 19, ece_bins: int = 15, ood_bins: int = 4096
+    ) -> None:
         super().__init__()
         self.sets = {k: list(v) for k, v in sets.items()}
         self.num_classes = num_classes
@@ -281,12 +331,21 @@ class FrameStatistics(Callback):
         self.names: dict[str, list[str]] = {}
         self._squash: dict[str, tuple[float, float]] = {}
 
-    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         import torch
 
         getter = getattr(pl_module, "_set_name", None)
-        set_name = getter("val", dataloader_idx) if callable(getter) else (
-            (getattr(trainer.datamodule, "val_set_names", None) or [f"val_{i}" for i in range(dataloader_idx + 1)])[dataloader_idx])
+        set_name = (
+            getter("val", dataloader_idx)
+            if callable(getter)
+            else (
+                (getattr(trainer.datamodule, "val_set_names", None) or [f"val_{i}" for i in range(dataloader_idx + 1)])[
+                    dataloader_idx
+                ]
+            )
+        )
         if trainer.sanity_checking or set_name not in self.sets:
             return
         wanted = self.sets[set_name]
@@ -307,11 +366,13 @@ class FrameStatistics(Callback):
                 store.setdefault("miou", []).append(cm.cpu().numpy())
                 c = conf[i][valid]
                 b = (c * self.ece_bins).long().clamp_(0, self.ece_bins - 1)
-                bins = torch.stack([
-                    torch.bincount(b, minlength=self.ece_bins).float(),
-                    torch.bincount(b, weights=c, minlength=self.ece_bins),
-                    torch.bincount(b, weights=(p == t).float(), minlength=self.ece_bins),
-                ])
+                bins = torch.stack(
+                    [
+                        torch.bincount(b, minlength=self.ece_bins).float(),
+                        torch.bincount(b, weights=c, minlength=self.ece_bins),
+                        torch.bincount(b, weights=(p == t).float(), minlength=self.ece_bins),
+                    ]
+                )
                 store.setdefault("ece", []).append(bins.cpu().numpy())
         ood = batch.get("ood")
         if ood is not None and ({"ap", "auroc", "fpr95"} & set(wanted)):
@@ -321,7 +382,7 @@ class FrameStatistics(Callback):
             else:
                 from synthrel_lightning.scores import ood_score
 
-                score = ood_score(getattr(pl_module, "ood_score"), logits).float()
+                score = ood_score(pl_module.ood_score, logits).float()
             if set_name not in self._squash:
                 valid_all = score[ood != 255]
                 med = float(valid_all.median()) if valid_all.numel() else 0.0
@@ -333,10 +394,12 @@ class FrameStatistics(Callback):
                 t = 0.5 + 0.5 * torch.tanh((score[i][m] - c0) / (2.0 * w))
                 b = (t.double() * self.ood_bins).long().clamp_(0, self.ood_bins - 1)
                 pos = ood[i][m] == 1
-                hist = torch.stack([
-                    torch.bincount(b[~pos], minlength=self.ood_bins),
-                    torch.bincount(b[pos], minlength=self.ood_bins),
-                ])
+                hist = torch.stack(
+                    [
+                        torch.bincount(b[~pos], minlength=self.ood_bins),
+                        torch.bincount(b[pos], minlength=self.ood_bins),
+                    ]
+                )
                 store.setdefault("ood_hist", []).append(hist.cpu().numpy())
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -387,12 +450,19 @@ def subsampling_outputs(
                     if k_stat in z and k_names in z:
                         per_model[model] = (z[k_names], z[k_stat])
             if len(per_model) < 3:
-                rows.append({"pair": key, "status": "not_enough_points",
-                             "message": f"per-frame statistics for {len(per_model)} models (need ≥ 3)"})
+                rows.append(
+                    {
+                        "pair": key,
+                        "status": "not_enough_points",
+                        "message": f"per-frame statistics for {len(per_model)} models (need ≥ 3)",
+                    }
+                )
                 continue
             common = sorted(set.intersection(*(set(n.tolist()) for n, _ in per_model.values())))
             if not common:
-                rows.append({"pair": key, "status": "no_common_frames", "message": "models saw no common synthetic frames"})
+                rows.append(
+                    {"pair": key, "status": "no_common_frames", "message": "models saw no common synthetic frames"}
+                )
                 continue
             stats, real = [], []
             for model, (names, arr) in per_model.items():
@@ -410,11 +480,19 @@ def subsampling_outputs(
 
                 fig = curve_figure(curve, method, title=f"{key}: correlation vs synthetic frames")
                 plot_path = str(save_figure(fig, out / "plots" / f"subsample_{_slug(key)}.png"))
-            rows.append({
-                "pair": key, "status": "ok", "method": method, "frames": n, "models": list(per_model),
-                "curve": [asdict(p) for p in curve], "plot": plot_path,
-                "full_set_from_frames": full_binned, "full_set_logged": full_exact,
-            })
+            rows.append(
+                {
+                    "pair": key,
+                    "status": "ok",
+                    "method": method,
+                    "frames": n,
+                    "models": list(per_model),
+                    "curve": [asdict(p) for p in curve],
+                    "plot": plot_path,
+                    "full_set_from_frames": full_binned,
+                    "full_set_logged": full_exact,
+                }
+            )
     write_json_atomic(out / "subsample.json", {"curves": rows})
     return rows
 
@@ -509,8 +587,13 @@ class TrainerEvaluator:
         if self.frame_stats_dir is not None and self.frame_sets:
             collector = FrameStatistics(self.frame_sets, num_classes=int(getattr(model, "num_classes", 19)))
             callbacks.append(collector)
-        kwargs = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-                  "enable_model_summary": False, **self.trainer_kwargs}
+        kwargs = {
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **self.trainer_kwargs,
+        }
         if self.root_dir is not None and "default_root_dir" not in kwargs:
             kwargs["default_root_dir"] = str(self.root_dir / re.sub(r"[^\w.-]+", "_", entry.name))
         trainer = L.Trainer(callbacks=callbacks, **kwargs)
@@ -529,21 +612,29 @@ def build_parser() -> Any:
     import lightning as L
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    p = ArgumentParser(prog="python -m synthrel_lightning correlate",
-                       description="Evaluate a model zoo on paired synthetic/real sets and correlate the scores.")
+    p = ArgumentParser(
+        prog="python -m synthrel_lightning correlate",
+        description="Evaluate a model zoo on paired synthetic/real sets and correlate the scores.",
+    )
     p.add_argument("--config", action=ActionConfigFile, help="YAML config with the options below")
     p.add_argument("--zoo", type=list[ZooEntry], required=True, help="models: name + checkpoint and/or model/config")
     p.add_argument("--data", type=L.LightningDataModule, required=True, help="datamodule with named val sets")
     p.add_argument("--pairs", type=list[Pair], required=True, help="(synthetic, real, metrics) to correlate")
     p.add_argument("--output_dir", type=str, default="outputs/correlate")
-    p.add_argument("--trainer", type=dict[str, Any], default={"accelerator": "auto", "devices": 1},
-                   help="lightning.Trainer keyword arguments (accelerator, devices, strategy, precision, ...)")
+    p.add_argument(
+        "--trainer",
+        type=dict[str, Any],
+        default={"accelerator": "auto", "devices": 1},
+        help="lightning.Trainer keyword arguments (accelerator, devices, strategy, precision, ...)",
+    )
     p.add_argument("--methods", type=list[str], default=list(METHODS))
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--ci", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retry_failed", type=bool, default=True, help="re-evaluate models recorded as failed")
-    p.add_argument("--subsample", type=bool, default=True, help="collect per-frame statistics and draw subsampling curves")
+    p.add_argument(
+        "--subsample", type=bool, default=True, help="collect per-frame statistics and draw subsampling curves"
+    )
     p.add_argument("--subsample_sizes", type=list[int] | None, default=None)
     p.add_argument("--subsample_repeats", type=int, default=20)
     p.add_argument("--progress", type=bool, default=True)
@@ -553,7 +644,9 @@ def build_parser() -> Any:
 def _as_dataclass(cls: type, value: Any) -> Any:
     if isinstance(value, cls):
         return value
-    data = value.as_dict() if hasattr(value, "as_dict") else dict(vars(value) if not isinstance(value, Mapping) else value)
+    data = (
+        value.as_dict() if hasattr(value, "as_dict") else dict(vars(value) if not isinstance(value, Mapping) else value)
+    )
     return cls(**data)
 
 
@@ -572,12 +665,17 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         wanted = [m for m in p.metrics if m in FRAME_METRICS]
         if wanted:
             frame_sets.setdefault(p.synthetic, []).extend(wanted)
-    evaluator = TrainerEvaluator(init.data, cfg.trainer, out / "frame_stats" if cfg.subsample else None, frame_sets,
-                                 root_dir=out / "models")
+    evaluator = TrainerEvaluator(
+        init.data, cfg.trainer, out / "frame_stats" if cfg.subsample else None, frame_sets, root_dir=out / "models"
+    )
     store = run_zoo(zoo, evaluator, ResultsStore(out), retry_failed=cfg.retry_failed, progress=cfg.progress)
     results = store.ok_metrics()
     correlations = correlate_results(results, pairs, out, cfg.methods, cfg.bootstrap, cfg.ci, cfg.seed)
-    curves = subsampling_outputs(results, pairs, out, cfg.subsample_sizes, cfg.subsample_repeats, seed=cfg.seed) if cfg.subsample else []
+    curves = (
+        subsampling_outputs(results, pairs, out, cfg.subsample_sizes, cfg.subsample_repeats, seed=cfg.seed)
+        if cfg.subsample
+        else []
+    )
     for row in correlations:
         from synthrel_lightning.correlation import Correlation, format_correlation
 

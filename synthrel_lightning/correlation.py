@@ -64,8 +64,10 @@ def _as_1d(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
         raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {arr.shape}")
     bad = np.flatnonzero(~np.isfinite(arr))
     if bad.size:
-        raise ValueError(f"{name} holds non-finite values at positions {bad.tolist()[:10]} ({arr[bad][:10].tolist()}); "
-                         "drop or fix those models before correlating")
+        raise ValueError(
+            f"{name} holds non-finite values at positions {bad.tolist()[:10]} ({arr[bad][:10].tolist()}); "
+            "drop or fix those models before correlating"
+        )
     return arr
 
 
@@ -152,13 +154,18 @@ def correlate_pairs(
     if n < MIN_POINTS:
         status, problem = "not_enough_points", f"not enough points (n={n}, need ≥ {MIN_POINTS})"
     else:
-        constant = [f"{name} is constant (all {n} values = {arr[0]:g})"
-                    for name, arr in (("x (synthetic)", xa), ("y (real)", ya)) if np.ptp(arr) == 0]
+        constant = [
+            f"{name} is constant (all {n} values = {arr[0]:g})"
+            for name, arr in (("x (synthetic)", xa), ("y (real)", ya))
+            if np.ptp(arr) == 0
+        ]
         if constant:
             status = "constant_input"
             problem = "; ".join(constant) + ": correlation undefined"
     if status != "ok":
-        return {m: Correlation(method=m, n=n, status=status, ci=ci, bootstrap=bootstrap, message=problem) for m in methods}
+        return {
+            m: Correlation(method=m, n=n, status=status, ci=ci, bootstrap=bootstrap, message=problem) for m in methods
+        }
 
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(bootstrap, n)) if bootstrap > 0 else np.zeros((0, n), dtype=np.int64)
@@ -174,8 +181,16 @@ def correlate_pairs(
         elif bootstrap > 0:
             msg = f"only {boot.size} of {bootstrap} bootstrap resamples were non-degenerate; no CI"
         results[m] = Correlation(
-            method=m, n=n, coefficient=coef, ci_low=lo, ci_high=hi, p_value=_p_value(m, xa, ya),
-            ci=ci, bootstrap=bootstrap, bootstrap_valid=int(boot.size), message=msg,
+            method=m,
+            n=n,
+            coefficient=coef,
+            ci_low=lo,
+            ci_high=hi,
+            p_value=_p_value(m, xa, ya),
+            ci=ci,
+            bootstrap=bootstrap,
+            bootstrap_valid=int(boot.size),
+            message=msg,
         )
     return results
 
@@ -295,8 +310,10 @@ def subsample_curve(
     n_frames = stats[0].shape[0]
     for i, s in enumerate(stats):
         if s.shape != stats[0].shape:
-            raise ValueError(f"model {i} has per-frame statistics of shape {s.shape}, model 0 has {stats[0].shape}; "
-                             "every model must be evaluated on the same frames")
+            raise ValueError(
+                f"model {i} has per-frame statistics of shape {s.shape}, model 0 has {stats[0].shape}; "
+                "every model must be evaluated on the same frames"
+            )
     if n_frames < 1:
         raise ValueError("frame_stats holds no frames")
     if sizes is None:
@@ -320,7 +337,11 @@ def subsample_curve(
         vals = np.asarray([v for v in values if math.isfinite(v)])
         if vals.size:
             lo, hi = np.quantile(vals, [alpha, 1.0 - alpha])
-            curve.append(CurvePoint(k, reps, float(vals.mean()), float(vals.std()), float(lo), float(hi), int(vals.size), vals.tolist()))
+            curve.append(
+                CurvePoint(
+                    k, reps, float(vals.mean()), float(vals.std()), float(lo), float(hi), int(vals.size), vals.tolist()
+                )
+            )
         else:
             curve.append(CurvePoint(k, reps, None, None, None, None, 0, []))
     return curve

@@ -59,8 +59,15 @@ def scatter_figure(
         else:
             lines.append(f"{c.method}: {c.message}")
     if lines:
-        ax.text(0.02, 0.98, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8,
-                bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8})
+        ax.text(
+            0.02,
+            0.98,
+            "\n".join(lines),
+            transform=ax.transAxes,
+            va="top",
+            fontsize=8,
+            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8},
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title or f"{ylabel} vs {xlabel} (n={xa.size})", fontsize=10)
@@ -76,7 +83,9 @@ def curve_figure(curve: Sequence[CurvePoint], method: str = "pearson", title: st
     if pts:
         sizes = [p.size for p in pts]
         ax.plot(sizes, [p.mean for p in pts], marker="o", color="tab:blue", label=f"mean {method}")
-        ax.fill_between(sizes, [p.low for p in pts], [p.high for p in pts], alpha=0.25, color="tab:blue", label="band over subsets")
+        ax.fill_between(
+            sizes, [p.low for p in pts], [p.high for p in pts], alpha=0.25, color="tab:blue", label="band over subsets"
+        )
         ax.legend(fontsize=8)
     ax.set_xlabel("synthetic frames used")
     ax.set_ylabel(f"{method} correlation with real")

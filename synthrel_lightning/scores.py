@@ -105,8 +105,10 @@ class OODScorer(nn.Module):
     def __init__(self, name: str = "energy", temperature: float = 1.0) -> None:
         super().__init__()
         if name not in _STATELESS:
-            raise _unknown(name) if name not in SCORE_NAMES else ValueError(
-                f"OODScorer: {name!r} is not stateless; use build_scorer({name!r})"
+            raise (
+                _unknown(name)
+                if name not in SCORE_NAMES
+                else ValueError(f"OODScorer: {name!r} is not stateless; use build_scorer({name!r})")
             )
         if not temperature > 0.0:
             raise ValueError(f"OODScorer: temperature must be > 0, got {temperature!r}")

@@ -16,7 +16,9 @@ def _entropy(seed: int, keys: tuple[int | str, ...]) -> list[int]:
     for k in keys:
         if isinstance(k, str):
             # Stable across processes (unlike hash()).
-            out.extend(np.frombuffer(k.encode("utf-8").ljust(4 * ((len(k) + 3) // 4 or 1), b"\0"), dtype="<u4").tolist())
+            out.extend(
+                np.frombuffer(k.encode("utf-8").ljust(4 * ((len(k) + 3) // 4 or 1), b"\0"), dtype="<u4").tolist()
+            )
             out.append(len(k))
         else:
             if int(k) < 0:
@@ -48,5 +50,7 @@ def worker_context() -> tuple[int, int]:
     """(rank, dataloader worker id) of the calling process; (0, 0) outside DDP/workers."""
     info = torch.utils.data.get_worker_info()
     worker = info.id if info is not None else 0
-    rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    rank = (
+        torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    )
     return int(rank), int(worker)

@@ -100,8 +100,15 @@ class TinyContractModule(L.LightningModule):
 
 def make_trainer(tmp_path: Path, callbacks: list, **kwargs) -> L.Trainer:
     return L.Trainer(
-        default_root_dir=tmp_path, max_steps=2, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="logs"),
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, **kwargs,
+        default_root_dir=tmp_path,
+        max_steps=2,
+        accelerator="cpu",
+        devices=1,
+        logger=CSVLogger(tmp_path, name="logs"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        **kwargs,
     )
 
 
@@ -150,7 +157,9 @@ def test_a_dataloader_can_be_given_directly(tmp_path: Path) -> None:
     loader = DataLoader(Frames(8, seed=9), batch_size=4)
     callback = TemperatureScaling(dataloader=loader, max_batches=1)
     model = TinyContractModule()
-    make_trainer(tmp_path, [callback], enable_checkpointing=False, limit_val_batches=0).fit(model, datamodule=TinyData())
+    make_trainer(tmp_path, [callback], enable_checkpointing=False, limit_val_batches=0).fit(
+        model, datamodule=TinyData()
+    )
     first_batch = next(iter(loader))
     expected = fit_temperature([(model.raw_logits(first_batch["image"]).detach(), first_batch["label"])])
     assert callback.temperature == pytest.approx(expected, rel=1e-5)
@@ -191,8 +200,20 @@ def test_calibrate_tool_writes_a_calibrated_copy_of_the_checkpoint(tmp_path: Pat
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe))
     out = tmp_path / "calibrated" / "model-T.ckpt"
-    main(["--config", str(config), "--ckpt_path", str(source), "--set_name", "clean", "--output", str(out),
-          "--device", "cpu"])
+    main(
+        [
+            "--config",
+            str(config),
+            "--ckpt_path",
+            str(source),
+            "--set_name",
+            "clean",
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
 
     assert source.read_bytes() == original
     assert sorted(p.name for p in out.parent.iterdir()) == ["model-T.ckpt"]  # no temporary left behind
@@ -213,8 +234,16 @@ def test_real_ood_segmenter_on_demo_scenes(tmp_path: Path) -> None:
     from synthrel_lightning.data import DemoDataModule
     from synthrel_lightning.models import OODSegmenter, TinySegmenter
 
-    data_args = {"root": str(tmp_path / "demo"), "num_train": 2, "num_val": 2, "image_size": [64, 128],
-                 "crop_size": [64, 128], "batch_size": 2, "eval_batch_size": 2, "num_workers": 0}
+    data_args = {
+        "root": str(tmp_path / "demo"),
+        "num_train": 2,
+        "num_val": 2,
+        "image_size": [64, 128],
+        "crop_size": [64, 128],
+        "batch_size": 2,
+        "eval_batch_size": 2,
+        "num_workers": 0,
+    }
     model = OODSegmenter(TinySegmenter(num_classes=19, width=8, depth=3))
     callback = TemperatureScaling(set_name="demo", method="ece_grid", when="validation_end", grid=(0.5, 10.0, 0.25))
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
@@ -223,11 +252,19 @@ def test_real_ood_segmenter_on_demo_scenes(tmp_path: Path) -> None:
     assert callback.temperature is not None
     assert model.temperature.item() == pytest.approx(callback.temperature)
     last = tmp_path / "ckpt" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["state_dict"]["temperature"].item() == pytest.approx(callback.temperature)
+    assert torch.load(last, weights_only=False)["state_dict"]["temperature"].item() == pytest.approx(
+        callback.temperature
+    )
 
     recipe = {
-        "model": {"init_args": {"segmenter": {"class_path": "synthrel_lightning.models.TinySegmenter",
-                                              "init_args": {"num_classes": 19, "width": 8, "depth": 3}}}},
+        "model": {
+            "init_args": {
+                "segmenter": {
+                    "class_path": "synthrel_lightning.models.TinySegmenter",
+                    "init_args": {"num_classes": 19, "width": 8, "depth": 3},
+                }
+            }
+        },
         "data": {"class_path": "synthrel_lightning.data.DemoDataModule", "init_args": data_args},
     }
     config = tmp_path / "recipe.yaml"

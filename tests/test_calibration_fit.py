@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from synthrel_lightning.calibration import (
+    collect_logits,
     ece_by_temperature,
     expected_calibration_error,
     fit_temperature,
-    collect_logits,
     temperature_grid,
 )
 from synthrel_lightning.labels import OOD_ID, VOID_ID
@@ -37,8 +37,8 @@ def as_images(logits: torch.Tensor, labels: torch.Tensor, batch: int, h: int, w:
         y = labels[start : start + per].reshape(batch, h, w).clone()
         z_noise = z.clone()
         z_noise.view(-1)[:: void_every * K] += 50.0  # garbage logits on pixels marked void below
-        y.view(-1)[:: void_every] = VOID_ID
-        y.view(-1)[3 :: 11] = OOD_ID
+        y.view(-1)[::void_every] = VOID_ID
+        y.view(-1)[3::11] = OOD_ID
         out.append((z_noise, y))
     return out
 

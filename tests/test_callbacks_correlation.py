@@ -49,9 +49,17 @@ def _loader() -> DataLoader:
 
 
 def _trainer(tmp_path, epochs: int, callbacks, logger=False) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, callbacks=callbacks, logger=logger, default_root_dir=tmp_path,
-                     enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                     enable_checkpointing=False, num_sanity_val_steps=0)
+    return L.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=logger,
+        default_root_dir=tmp_path,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
+    )
 
 
 PAIRS = [{"synthetic": "synthetic_fog", "real": "acdc_fog", "metric": "miou"}]
@@ -73,7 +81,9 @@ def test_logs_correlations_matching_scipy_to_tensorboard_and_file(tmp_path, capl
     saved = json.loads(history.read_text())
     # Logged values pass through float32 tensors.
     assert [r["epoch"] for r in saved["records"]] == [0, 1, 2, 3]
-    assert [r["x"] for r in saved["records"]] == pytest.approx(x) and [r["y"] for r in saved["records"]] == pytest.approx(y)
+    assert [r["x"] for r in saved["records"]] == pytest.approx(x) and [
+        r["y"] for r in saved["records"]
+    ] == pytest.approx(y)
     # TensorBoard received the scalars and the scatter figure.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -99,7 +109,8 @@ def test_history_survives_checkpoint_resume_and_pools_across_runs(tmp_path) -> N
     trainer2.fit(_Logs(SYN, REAL), _loader(), _loader(), ckpt_path=str(ckpt))
     assert [r["epoch"] for r in resumed.records] == list(range(6)) and resumed.run_id == "a"
     assert float(trainer2.callback_metrics["corr/synthetic_fog~acdc_fog/miou/pearson"]) == pytest.approx(
-        stats.pearsonr(SYN, REAL)[0], abs=1e-6)
+        stats.pearsonr(SYN, REAL)[0], abs=1e-6
+    )
     # A second run writes its own file; pooling gives all points.
     other = MetricCorrelation(PAIRS, history_path=str(tmp_path / "b.json"), bootstrap=50, log_plot=False, run_id="b")
     _trainer(tmp_path, 2, [other]).fit(_Logs(REAL, SYN), _loader(), _loader())
@@ -109,7 +120,10 @@ def test_history_survives_checkpoint_resume_and_pools_across_runs(tmp_path) -> N
 
 def test_missing_set_names_the_available_keys(tmp_path) -> None:
     cb = MetricCorrelation([{"synthetic": "synthetic_fog", "real": "acdc_night", "metrics": ["miou"]}], bootstrap=10)
-    with pytest.raises(KeyError, match=r"no \['val/acdc_night/miou'\].*Available val metrics: \['val/acdc_fog/miou', 'val/synthetic_fog/miou'\]"):
+    with pytest.raises(
+        KeyError,
+        match=r"no \['val/acdc_night/miou'\].*Available val metrics: \['val/acdc_fog/miou', 'val/synthetic_fog/miou'\]",
+    ):
         _trainer(tmp_path, 1, [cb]).fit(_Logs(SYN, REAL), _loader(), _loader())
 
 

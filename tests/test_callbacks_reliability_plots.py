@@ -59,20 +59,33 @@ class _Data(L.LightningDataModule):
         return torch.utils.data.DataLoader(_Frames(False), batch_size=2)
 
     def val_dataloader(self):
-        return [torch.utils.data.DataLoader(_Frames(False), batch_size=2), torch.utils.data.DataLoader(_Frames(True), batch_size=2)]
+        return [
+            torch.utils.data.DataLoader(_Frames(False), batch_size=2),
+            torch.utils.data.DataLoader(_Frames(True), batch_size=2),
+        ]
 
 
 @pytest.mark.parametrize("logger_kind", ["csv", "tensorboard"])
 def test_plots_reach_the_logger(tmp_path: Path, logger_kind: str) -> None:
     logger = CSVLogger(tmp_path, name="run") if logger_kind == "csv" else TensorBoardLogger(tmp_path, name="run")
     plots = ReliabilityPlots()
-    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[plots], enable_checkpointing=False,
-                        enable_progress_bar=False, num_sanity_val_steps=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=logger,
+        callbacks=[plots],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(OODSegmenter(TinySegmenter(width=8), summary=False), datamodule=_Data())
     if logger_kind == "csv":
         names = sorted(Path(p).name for p in plots.logged)
-        assert names == ["val_clean_reliability_diagram_step000002.png", "val_objects_reliability_diagram_step000002.png",
-                         "val_objects_roc_pr_step000002.png"]
+        assert names == [
+            "val_clean_reliability_diagram_step000002.png",
+            "val_objects_reliability_diagram_step000002.png",
+            "val_objects_roc_pr_step000002.png",
+        ]
         assert all(Path(p).stat().st_size > 1000 for p in plots.logged)
     else:
         assert plots.logged == ["tensorboard"] * 3

@@ -76,9 +76,17 @@ class _Seg(L.LightningModule):
 
 
 def _fit(tmp_path, logger, cb, epochs: int = 1) -> None:
-    L.Trainer(max_epochs=epochs, logger=logger, callbacks=[cb], default_root_dir=tmp_path, accelerator="cpu",
-              enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-              num_sanity_val_steps=1).fit(_Seg(), datamodule=_DM())
+    L.Trainer(
+        max_epochs=epochs,
+        logger=logger,
+        callbacks=[cb],
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=1,
+    ).fit(_Seg(), datamodule=_DM())
 
 
 def test_denormalize_inverts_imagenet_normalisation() -> None:
@@ -110,7 +118,9 @@ def test_tensorboard_gets_images_per_set(tmp_path) -> None:
     acc = EventAccumulator(tb.log_dir, size_guidance={"images": 0})
     acc.Reload()
     tags = sorted(acc.Tags()["images"])
-    assert tags == sorted([f"val/synthetic_objects/panel_{i}" for i in range(3)] + [f"val/road_anomaly/panel_{i}" for i in range(2)])
+    assert tags == sorted(
+        [f"val/synthetic_objects/panel_{i}" for i in range(3)] + [f"val/road_anomaly/panel_{i}" for i in range(2)]
+    )
     assert acc.Images(tags[0])[0].width == 4 * W + 12
 
 

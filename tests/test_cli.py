@@ -18,7 +18,9 @@ CORRELATE_RECIPES = sorted((REPO / "recipes").glob("correlate*.yaml"))
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "synthrel_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "synthrel_lightning", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_help_is_quick_and_does_not_import_heavy_libraries(tmp_path: Path) -> None:
@@ -48,8 +50,19 @@ def test_every_recipe_parses_and_prints_its_config(recipe: Path, tmp_path: Path)
 
 
 def test_overrides_reach_the_model_and_later_arguments_win(tmp_path: Path) -> None:
-    out = _run(["fit", "--config", str(DEMO_CONFIG), "--model.init_args.ood_score=msp", "--model.init_args.ood_score=rba",
-                "--trainer.max_epochs=3", "--print_config"], cwd=tmp_path, timeout=120)
+    out = _run(
+        [
+            "fit",
+            "--config",
+            str(DEMO_CONFIG),
+            "--model.init_args.ood_score=msp",
+            "--model.init_args.ood_score=rba",
+            "--trainer.max_epochs=3",
+            "--print_config",
+        ],
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     config = yaml.safe_load(out.stdout)
     assert config["model"]["init_args"]["ood_score"] == "rba"
@@ -58,7 +71,9 @@ def test_overrides_reach_the_model_and_later_arguments_win(tmp_path: Path) -> No
 
 def test_fit_without_config_runs_the_demo_end_to_end(tmp_path: Path) -> None:
     """The main job with no configuration: scenes written, trained, validated, checkpoint + summary written."""
-    out = _run(["fit", "--trainer.max_epochs=1", "--data.init_args.num_train=8", "--data.init_args.num_val=4"], cwd=tmp_path)
+    out = _run(
+        ["fit", "--trainer.max_epochs=1", "--data.init_args.num_train=8", "--data.init_args.num_val=4"], cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-5000:]
     summaries = list((tmp_path / "outputs" / "demo" / "logs").glob("version_*/metrics_summary.json"))
     assert len(summaries) == 1

@@ -21,6 +21,7 @@ def _evaluate(calls: list[str]):
             raise RuntimeError("checkpoint is truncated")
         s, r = SCORES[entry.name]
         return {"synthetic_fog": {"miou": s}, "acdc_fog": {"miou": r}}
+
     return fn
 
 
@@ -34,7 +35,8 @@ def test_run_zoo_records_failures_resumes_and_correlates(tmp_path) -> None:
     assert saved["m2"]["metrics"]["acdc_fog"]["miou"] == 0.35
     rows = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert {(r["model"], r["set"], r["metric"]) for r in rows if r["status"] == "ok"} == {
-        (m, s, "miou") for m in ("m1", "m2", "m3") for s in ("synthetic_fog", "acdc_fog")}
+        (m, s, "miou") for m in ("m1", "m2", "m3") for s in ("synthetic_fog", "acdc_fog")
+    }
     # A rerun with one more model evaluates only the new one and (by default) the failed one.
     calls.clear()
     store = run_zoo([*entries, ZooEntry("m4")], _evaluate(calls), ResultsStore(tmp_path), progress=False)
@@ -88,8 +90,14 @@ def tiny_zoo(tmp_path_factory):
     from synthrel_lightning.models import OODSegmenter, TinySegmenter
 
     root = tmp_path_factory.mktemp("zoo")
-    seg = {"class_path": "synthrel_lightning.models.TinySegmenter", "init_args": {"num_classes": 19, "width": 8, "depth": 1}}
-    model_def = {"class_path": "synthrel_lightning.models.OODSegmenter", "init_args": {"segmenter": seg, "ood_score": "energy"}}
+    seg = {
+        "class_path": "synthrel_lightning.models.TinySegmenter",
+        "init_args": {"num_classes": 19, "width": 8, "depth": 1},
+    }
+    model_def = {
+        "class_path": "synthrel_lightning.models.OODSegmenter",
+        "init_args": {"segmenter": seg, "ood_score": "energy"},
+    }
     for seed in range(3):
         torch.manual_seed(seed)
         m = OODSegmenter(TinySegmenter(num_classes=19, width=8, depth=1))
@@ -105,8 +113,15 @@ def tiny_zoo(tmp_path_factory):
     (root / "run2.yaml").write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}, "model": model_def}))
     data = {
         "class_path": "test_correlate_command.DemoTwoSets",
-        "init_args": {"root": str(root / "demo"), "num_train": 4, "num_val": 4, "image_size": [64, 128],
-                      "crop_size": [64, 128], "eval_batch_size": 2, "num_workers": 0},
+        "init_args": {
+            "root": str(root / "demo"),
+            "num_train": 4,
+            "num_val": 4,
+            "image_size": [64, 128],
+            "crop_size": [64, 128],
+            "eval_batch_size": 2,
+            "num_workers": 0,
+        },
     }
     config = {
         "zoo": [

@@ -59,7 +59,10 @@ def _make_acdc(root: Path) -> list[tuple[Path, Path]]:
         stem = f"{seq}_frame_00004{i}"
         img = _save(root / "rgb_anon" / cond / "val" / seq / f"{stem}_rgb_anon.png", _image(i))
         lab = _save(root / "gt" / cond / "val" / seq / f"{stem}_gt_labelTrainIds.png", _values(i, [0, 2, 10, 18, 255]))
-        _save(root / "gt" / cond / "val" / seq / f"{stem}_gt_invIds.png", (np.arange(W)[None, :] < 4).repeat(H, 0).astype(np.uint8))
+        _save(
+            root / "gt" / cond / "val" / seq / f"{stem}_gt_invIds.png",
+            (np.arange(W)[None, :] < 4).repeat(H, 0).astype(np.uint8),
+        )
         out.append((img, lab))
     return out
 
@@ -124,16 +127,56 @@ class Kind:
 
 
 KINDS = [
-    Kind("cityscapes", _make_cityscapes, lambda r, **kw: CityscapesDataset(r, split="train", **kw), 34, "{0..33}", "leftImg8bit/train"),
-    Kind("acdc", _make_acdc, lambda r, **kw: ACDCDataset(r, condition=["fog", "night"], **kw), 19, "{0..18, 255}", "rgb_anon/fog/val"),
-    Kind("dark_zurich", _make_dark_zurich, lambda r, **kw: DarkZurichDataset(r, **kw), 200, "{0..18, 255}", "rgb_anon/val/night"),
-    Kind("smiyc_anomaly", _make_smiyc("anomaly"), lambda r, **kw: SMIYCDataset(r, track="anomaly", **kw), 2, "{0, 1, 255}", "dataset_AnomalyTrack"),
-    Kind("smiyc_obstacle", _make_smiyc("obstacle"), lambda r, **kw: SMIYCDataset(r, track="obstacle", **kw), 3, "{0, 1, 255}", "dataset_ObstacleTrack"),
+    Kind(
+        "cityscapes",
+        _make_cityscapes,
+        lambda r, **kw: CityscapesDataset(r, split="train", **kw),
+        34,
+        "{0..33}",
+        "leftImg8bit/train",
+    ),
+    Kind(
+        "acdc",
+        _make_acdc,
+        lambda r, **kw: ACDCDataset(r, condition=["fog", "night"], **kw),
+        19,
+        "{0..18, 255}",
+        "rgb_anon/fog/val",
+    ),
+    Kind(
+        "dark_zurich",
+        _make_dark_zurich,
+        lambda r, **kw: DarkZurichDataset(r, **kw),
+        200,
+        "{0..18, 255}",
+        "rgb_anon/val/night",
+    ),
+    Kind(
+        "smiyc_anomaly",
+        _make_smiyc("anomaly"),
+        lambda r, **kw: SMIYCDataset(r, track="anomaly", **kw),
+        2,
+        "{0, 1, 255}",
+        "dataset_AnomalyTrack",
+    ),
+    Kind(
+        "smiyc_obstacle",
+        _make_smiyc("obstacle"),
+        lambda r, **kw: SMIYCDataset(r, track="obstacle", **kw),
+        3,
+        "{0, 1, 255}",
+        "dataset_ObstacleTrack",
+    ),
     Kind(
         "fishyscapes",
         _make_fishyscapes,
         lambda r, **kw: FishyscapesLostAndFoundDataset(
-            r, image_dir="original", label_dir="labels", image_suffix="_leftImg8bit.png", label_suffix="_labels.png", **kw
+            r,
+            image_dir="original",
+            label_dir="labels",
+            image_suffix="_leftImg8bit.png",
+            label_suffix="_labels.png",
+            **kw,
         ),
         2,
         "{0, 1, 255}",

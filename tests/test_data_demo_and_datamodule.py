@@ -43,9 +43,18 @@ def test_demo_datamodule_in_a_plain_loop(tmp_path: Path) -> None:
     from synthrel_lightning.data import eval_transform
 
     # A deterministic training transform isolates the seeded outlier draws from random augmentation.
-    dm = DemoDataModule(root=tmp_path / "demo", num_train=8, num_val=4, image_size=(64, 128), crop_size=(64, 128),
-                        train_transform=eval_transform(), batch_size=4, eval_batch_size=2,
-                        outliers=_mixer(1.0, 0), val_outliers=_mixer(1.0, 99))
+    dm = DemoDataModule(
+        root=tmp_path / "demo",
+        num_train=8,
+        num_val=4,
+        image_size=(64, 128),
+        crop_size=(64, 128),
+        train_transform=eval_transform(),
+        batch_size=4,
+        eval_batch_size=2,
+        outliers=_mixer(1.0, 0),
+        val_outliers=_mixer(1.0, 99),
+    )
     dm.prepare_data()
     dm.setup("fit")
     assert dm.val_set_names == ["demo", "demo_objects"]
@@ -71,13 +80,20 @@ def test_demo_datamodule_in_a_plain_loop(tmp_path: Path) -> None:
     assert ((obj_batch["ood"] == VOID_ID) == (obj_batch["label"] == VOID_ID)).all()
 
 
-def test_cityscapes_datamodule_extra_sets_and_errors(tmp_path: Path, cityscapes_mini: Path, road_anomaly_root: Path) -> None:
+def test_cityscapes_datamodule_extra_sets_and_errors(
+    tmp_path: Path, cityscapes_mini: Path, road_anomaly_root: Path
+) -> None:
     from synthrel_lightning.data import RoadAnomalyDataset
 
     dm = CityscapesOODDataModule(
-        root=cityscapes_mini, train_split="val", val_split="val", crop_size=(64, 128), eval_size=(128, 256),
+        root=cityscapes_mini,
+        train_split="val",
+        val_split="val",
+        crop_size=(64, 128),
+        eval_size=(128, 256),
         extra_val_sets={"road_anomaly": RoadAnomalyDataset(road_anomaly_root, max_samples=2)},
-        batch_size=1, num_workers=0,
+        batch_size=1,
+        num_workers=0,
     )
     dm.setup("fit")
     assert dm.val_set_names == ["cityscapes", "road_anomaly"]
@@ -91,7 +107,9 @@ def test_cityscapes_datamodule_extra_sets_and_errors(tmp_path: Path, cityscapes_
     with pytest.raises(ValueError, match="predict_set 'nope'"):
         bad.predict_dataloader()
     with pytest.raises(ValueError, match="collides"):
-        CityscapesOODDataModule(root=cityscapes_mini, extra_val_sets={"cityscapes": RoadAnomalyDataset(road_anomaly_root)})
+        CityscapesOODDataModule(
+            root=cityscapes_mini, extra_val_sets={"cityscapes": RoadAnomalyDataset(road_anomaly_root)}
+        )
 
 
 def test_datamodule_trains_with_a_foreign_lightning_module(tmp_path: Path) -> None:
@@ -106,15 +124,31 @@ def test_datamodule_trains_with_a_foreign_lightning_module(tmp_path: Path) -> No
 
         def training_step(self, batch, idx):
             self.epochs_seen.append(self.trainer.datamodule._train.epoch)
-            return torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["label"].masked_fill(batch["label"] >= 19, 255), ignore_index=255)
+            return torch.nn.functional.cross_entropy(
+                self.net(batch["image"]), batch["label"].masked_fill(batch["label"] >= 19, 255), ignore_index=255
+            )
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    dm = DemoDataModule(root=tmp_path / "demo", num_train=4, num_val=2, image_size=(64, 128), crop_size=(64, 128),
-                        batch_size=2, outliers=_mixer(0.5, 0))
+    dm = DemoDataModule(
+        root=tmp_path / "demo",
+        num_train=4,
+        num_val=2,
+        image_size=(64, 128),
+        crop_size=(64, 128),
+        batch_size=2,
+        outliers=_mixer(0.5, 0),
+    )
     module = Plain()
-    trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0, callbacks=[DataEpochSync()], default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        callbacks=[DataEpochSync()],
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, datamodule=dm)
     assert module.epochs_seen == [0, 0, 1, 1]

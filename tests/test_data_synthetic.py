@@ -30,8 +30,18 @@ def eval_dir(cityscapes_mini: Path, tmp_path_factory: pytest.TempPathFactory) ->
             "bank": str(tmp / "bank"),
             "eval_dir": str(tmp / "eval"),
             "write": "frame",
-            "source": {"class_path": "synthrel_lightning.data.CityscapesDataset", "init_args": {"root": str(cityscapes_mini), "split": "val"}},
-            "engine": {"model_id": str(tiny), "device": "cpu", "dtype": "float32", "num_inference_steps": 2, "resolution": 64, "mask_method": "changed"},
+            "source": {
+                "class_path": "synthrel_lightning.data.CityscapesDataset",
+                "init_args": {"root": str(cityscapes_mini), "split": "val"},
+            },
+            "engine": {
+                "model_id": str(tiny),
+                "device": "cpu",
+                "dtype": "float32",
+                "num_inference_steps": 2,
+                "resolution": 64,
+                "mask_method": "changed",
+            },
             "vocabulary": ["elephant", "lion"],
             "objects_per_frame": 2,
             "seed": 0,
@@ -77,7 +87,11 @@ def test_reads_generated_frames(eval_dir: Path, cityscapes_mini: Path) -> None:
     t = SyntheticFramesDataset(eval_dir, transform=eval_transform(), max_samples=1)
     assert len(t) == 1
     sample = t[0]
-    assert sample["image"].shape == (3, 128, 256) and sample["ood"].dtype == torch.int64 and int((sample["ood"] == 1).sum()) > 0
+    assert (
+        sample["image"].shape == (3, 128, 256)
+        and sample["ood"].dtype == torch.int64
+        and int((sample["ood"] == 1).sum()) > 0
+    )
 
 
 def test_missing_root_and_layout(tmp_path: Path, copy: Path) -> None:

@@ -139,9 +139,10 @@ def test_user_pipelines_list_and_compose() -> None:
 def test_user_pipeline_errors() -> None:
     with pytest.raises(ValueError, match="already contains Normalize"):
         SegmentationTransform([A.Normalize()])
-    assert SegmentationTransform([A.Normalize()], normalize=False)({"image": np.zeros((4, 4, 3), np.uint8)})[
-        "image"
-    ].dtype == torch.float32
+    assert (
+        SegmentationTransform([A.Normalize()], normalize=False)({"image": np.zeros((4, 4, 3), np.uint8)})["image"].dtype
+        == torch.float32
+    )
     with pytest.raises(TypeError, match=r"transforms\[0\] is function"):
         SegmentationTransform([lambda s: s])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="crop_size must be positive"):

@@ -160,5 +160,7 @@ def test_bad_target_values_are_rejected() -> None:
 
 def test_names_for_logged_keys() -> None:
     assert [t.name for t in (LabelSmoothingCE(), FocalLoss(), MarginLabelSmoothing())] == [
-        "label_smoothing_ce", "focal", "margin_label_smoothing",
+        "label_smoothing_ce",
+        "focal",
+        "margin_label_smoothing",
     ]

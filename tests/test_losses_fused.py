@@ -76,7 +76,9 @@ def old_formulation(term: LossTerm, z: torch.Tensor, t: torch.Tensor) -> torch.T
         return mmean(F.relu(e - term.m_in).square(), inl) + mmean(F.relu(term.m_out - e).square(), ood)
     if isinstance(term, RbARejection):
         s = torch.sigmoid(z).sum(1)
-        return mmean(F.softplus(s - term.ood_margin), ood) + term.inlier_weight * mmean(F.softplus(term.inlier_margin - s), inl)
+        return mmean(F.softplus(s - term.ood_margin), ood) + term.inlier_weight * mmean(
+            F.softplus(term.inlier_margin - s), inl
+        )
     if isinstance(term, MaxScoreMargin):
         d = 1 - torch.exp(z.amax(1) - lse)
         return mmean(F.relu(term.margin - d).square(), ood) + term.inlier_weight * mmean(d.square(), inl)

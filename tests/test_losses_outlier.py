@@ -94,8 +94,10 @@ CASES = [
     (EnergyHinge(), lambda z, t: ref_energy(z, t, -12.0, -6.0)),
     (EnergyHinge(m_in=-2.0, m_out=-1.0), lambda z, t: ref_energy(z, t, -2.0, -1.0)),
     (RbARejection(), lambda z, t: ref_rba(z, t, "softplus", 0.0, 0.0, 1.0)),
-    (RbARejection(mode="hinge", ood_margin=1.5, inlier_weight=0.5, inlier_margin=2.5),
-     lambda z, t: ref_rba(z, t, "hinge", 1.5, 0.5, 2.5)),
+    (
+        RbARejection(mode="hinge", ood_margin=1.5, inlier_weight=0.5, inlier_margin=2.5),
+        lambda z, t: ref_rba(z, t, "hinge", 1.5, 0.5, 2.5),
+    ),
     (MaxScoreMargin(), lambda z, t: ref_max_score(z, t, 1.0, 1.0)),
     (MaxScoreMargin(margin=0.5, inlier_weight=0.0), lambda z, t: ref_max_score(z, t, 0.5, 0.0)),
     (PositiveEnergy(), lambda z, t: ref_positive_energy(z, t)),
@@ -111,8 +113,13 @@ def test_matches_direct_computation(term: LossTerm, reference, scale: float) -> 
     assert value.item() == pytest.approx(reference(logits, target), rel=1e-9, abs=1e-12)
 
 
-OOD_ONLY = [UniformOutlierExposure, PositiveEnergy, lambda: RbARejection(), lambda: MaxScoreMargin(inlier_weight=0.0),
-            lambda: EnergyHinge(m_in=100.0, m_out=200.0)]
+OOD_ONLY = [
+    UniformOutlierExposure,
+    PositiveEnergy,
+    lambda: RbARejection(),
+    lambda: MaxScoreMargin(inlier_weight=0.0),
+    lambda: EnergyHinge(m_in=100.0, m_out=200.0),
+]
 
 
 @pytest.mark.parametrize("factory", OOD_ONLY)
@@ -148,7 +155,9 @@ def test_extreme_logits_stay_finite(term: LossTerm) -> None:
     assert torch.isfinite(value) and torch.isfinite(logits.grad).all()
 
 
-def _sgd_step(term: LossTerm, logits: torch.Tensor, target: torch.Tensor, lr: float) -> tuple[float, float, torch.Tensor]:
+def _sgd_step(
+    term: LossTerm, logits: torch.Tensor, target: torch.Tensor, lr: float
+) -> tuple[float, float, torch.Tensor]:
     z = logits.clone().requires_grad_(True)
     before = term(z, target)
     before.backward()
@@ -323,7 +332,9 @@ def test_energy_hinge_margins_are_averaged_across_processes(tmp_path) -> None:
 def test_terms_sharing_one_batch_see_in_place_changes() -> None:
     logits, target = make_batch(scale=2.0)
     first = PositiveEnergy()(logits, target).item()
-    assert EnergyHinge(m_in=-5.0, m_out=2.0)(logits, target).item() == pytest.approx(ref_energy(logits, target, -5.0, 2.0))
+    assert EnergyHinge(m_in=-5.0, m_out=2.0)(logits, target).item() == pytest.approx(
+        ref_energy(logits, target, -5.0, 2.0)
+    )
     logits.mul_(3.0)  # the shared logsumexp must not be reused after an in-place change
     assert PositiveEnergy()(logits, target).item() == pytest.approx(ref_positive_energy(logits, target))
     assert PositiveEnergy()(logits, target).item() != first

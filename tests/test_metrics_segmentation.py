@@ -17,7 +17,9 @@ def test_iou_matches_direct_and_ignores_void_ood() -> None:
     k = 19
     logits = torch.randn(3, k, 16, 24, generator=g)
     target = logits.argmax(1)
-    target = torch.where(torch.rand(3, 16, 24, generator=g) < 0.3, torch.randint(0, k, (3, 16, 24), generator=g), target)
+    target = torch.where(
+        torch.rand(3, 16, 24, generator=g) < 0.3, torch.randint(0, k, (3, 16, 24), generator=g), target
+    )
     # class 18 never appears in predictions or targets
     logits[:, 18] = -100
     target[target == 18] = 255

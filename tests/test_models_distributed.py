@@ -14,10 +14,18 @@ from synthrel_lightning.synthesis import OutlierMixer, ProceduralObjectSource
 
 
 def _data(root: Path) -> DemoDataModule:
-    return DemoDataModule(root=root, num_train=8, num_val=5, image_size=(64, 128), crop_size=(64, 128),
-                          train_transform=eval_transform(), batch_size=2, eval_batch_size=1,
-                          outliers=OutlierMixer(ProceduralObjectSource(size_range=(8, 20)), probability=0.7, seed=0),
-                          val_outliers=OutlierMixer(ProceduralObjectSource(size_range=(8, 20)), probability=1.0, seed=5))
+    return DemoDataModule(
+        root=root,
+        num_train=8,
+        num_val=5,
+        image_size=(64, 128),
+        crop_size=(64, 128),
+        train_transform=eval_transform(),
+        batch_size=2,
+        eval_batch_size=1,
+        outliers=OutlierMixer(ProceduralObjectSource(size_range=(8, 20)), probability=0.7, seed=0),
+        val_outliers=OutlierMixer(ProceduralObjectSource(size_range=(8, 20)), probability=1.0, seed=5),
+    )
 
 
 def _validate(root: Path, tmp: Path, devices: int, ckpt: Path | None) -> dict[str, float]:
@@ -25,9 +33,16 @@ def _validate(root: Path, tmp: Path, devices: int, ckpt: Path | None) -> dict[st
     model = OODSegmenter(TinySegmenter(width=8), summary=False)
     if ckpt is not None:
         model.load_state_dict(torch.load(ckpt, weights_only=True))
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp_spawn" if devices > 1 else "auto",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp,
+    )
     out = trainer.validate(model, datamodule=_data(root), verbose=False)
     return {k: float(v) for d in out for k, v in d.items()}
 
@@ -39,9 +54,19 @@ def test_two_process_validation_matches_one_process(tmp_path: Path) -> None:
     # One short two-process fit (DDP gradient sync, epoch-keyed outliers on both ranks).
     L.seed_everything(0)
     model = OODSegmenter(TinySegmenter(width=8), summary=False)
-    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, datamodule=_data(root))
     ckpt = tmp_path / "weights.pt"
     torch.save(model.state_dict(), ckpt)
@@ -49,6 +74,12 @@ def test_two_process_validation_matches_one_process(tmp_path: Path) -> None:
     # (5 frames over 2 processes: each frame is seen exactly once, states are summed, not averaged).
     one = _validate(root, tmp_path, 1, ckpt)
     two = _validate(root, tmp_path, 2, ckpt)
-    for key in ("val/demo/miou", "val/demo/ece", "val/demo_objects/ap", "val/demo_objects/auroc", "val/demo_objects/fpr95"):
+    for key in (
+        "val/demo/miou",
+        "val/demo/ece",
+        "val/demo_objects/ap",
+        "val/demo_objects/auroc",
+        "val/demo_objects/fpr95",
+    ):
         assert key in one and key in two, key
         assert two[key] == pytest.approx(one[key], abs=1e-5), key

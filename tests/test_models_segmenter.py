@@ -17,7 +17,12 @@ def _batch(b: int = 2, h: int = 64, w: int = 96, seed: int = 0) -> dict:
     label = torch.randint(0, 19, (b, h, w), generator=g)
     label[:, :4] = VOID_ID
     ood = torch.where(label == VOID_ID, VOID_ID, 0)
-    return {"image": torch.randn(b, 3, h, w, generator=g), "label": label, "ood": ood, "name": [f"f{i}" for i in range(b)]}
+    return {
+        "image": torch.randn(b, 3, h, w, generator=g),
+        "label": label,
+        "ood": ood,
+        "name": [f"f{i}" for i in range(b)],
+    }
 
 
 @pytest.mark.parametrize(
@@ -25,7 +30,15 @@ def _batch(b: int = 2, h: int = 64, w: int = 96, seed: int = 0) -> dict:
     [
         TinySegmenter(num_classes=19, width=8),
         SMPSegmenter(arch="FPN", encoder_name="resnet18", encoder_weights=None, num_classes=19),
-        HFSegformer(checkpoint=None, config={"hidden_sizes": [8, 16, 32, 64], "depths": [1, 1, 1, 1], "decoder_hidden_size": 32, "num_attention_heads": [1, 1, 2, 2]}),
+        HFSegformer(
+            checkpoint=None,
+            config={
+                "hidden_sizes": [8, 16, 32, 64],
+                "depths": [1, 1, 1, 1],
+                "decoder_hidden_size": 32,
+                "num_attention_heads": [1, 1, 2, 2],
+            },
+        ),
     ],
     ids=["tiny", "smp-fpn", "segformer"],
 )
@@ -88,15 +101,27 @@ class _NamedData(L.LightningDataModule):
         return torch.utils.data.DataLoader(_Loader(4, False), batch_size=2)
 
     def val_dataloader(self):
-        return [torch.utils.data.DataLoader(_Loader(2, False), batch_size=2), torch.utils.data.DataLoader(_Loader(2, True), batch_size=2)]
+        return [
+            torch.utils.data.DataLoader(_Loader(2, False), batch_size=2),
+            torch.utils.data.DataLoader(_Loader(2, True), batch_size=2),
+        ]
 
 
 def test_fit_logs_named_metrics_per_dataloader(tmp_path) -> None:
     module = OODSegmenter(TinySegmenter(width=8), optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
-    trainer = L.Trainer(max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer = L.Trainer(
+        max_epochs=1, default_root_dir=tmp_path, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     trainer.fit(module, datamodule=_NamedData())
     keys = set(trainer.callback_metrics)
-    assert {"val/clean/miou", "val/objects/miou", "val/objects/ap", "val/objects/auroc", "val/objects/fpr95", "train/loss"} <= keys
+    assert {
+        "val/clean/miou",
+        "val/objects/miou",
+        "val/objects/ap",
+        "val/objects/auroc",
+        "val/objects/fpr95",
+        "train/loss",
+    } <= keys
     # The clean set has no OOD pixels: no OOD metric may be logged for it.
     assert not any(k.startswith("val/clean/") and k.endswith(("/ap", "/auroc")) for k in keys)
     assert 0.0 <= float(trainer.callback_metrics["val/objects/ap"]) <= 1.0
@@ -121,10 +146,17 @@ def test_predict_returns_prediction_and_score_maps(tmp_path) -> None:
 
 
 def test_standardized_max_logit_statistics_come_from_training(tmp_path) -> None:
-    module = OODSegmenter(TinySegmenter(width=8), ood_score="standardized_max_logit",
-                          optimizer=lambda p: torch.optim.SGD(p, lr=0.01))
-    trainer = L.Trainer(max_epochs=2, default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, num_sanity_val_steps=0)
+    module = OODSegmenter(
+        TinySegmenter(width=8), ood_score="standardized_max_logit", optimizer=lambda p: torch.optim.SGD(p, lr=0.01)
+    )
+    trainer = L.Trainer(
+        max_epochs=2,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(module, datamodule=_NamedData())
     assert torch.isfinite(trainer.callback_metrics["val/objects/ap"])
     assert (module.scorer.class_std[module.scorer.class_std > 0]).numel() > 0

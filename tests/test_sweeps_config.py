@@ -88,13 +88,27 @@ def test_callback_sets_compose_with_the_demo_recipe(monkeypatch) -> None:
     monkeypatch.chdir(ROOT)
     buf = io.StringIO()
     with redirect_stdout(buf), pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", "recipes/demo.yaml", "--config", "callbacks/reliability.yaml",
-              "--config", "callbacks/wandb.yaml", "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                "recipes/demo.yaml",
+                "--config",
+                "callbacks/reliability.yaml",
+                "--config",
+                "callbacks/wandb.yaml",
+                "--print_config",
+            ]
+        )
     assert exit_info.value.code in (0, None), "the CLI rejected the recipe + callback sets (see stderr)"
     merged = yaml.safe_load(buf.getvalue())
     classes = [c["class_path"] for c in merged["trainer"]["callbacks"]]
-    assert classes == ["synthrel_lightning.callbacks.MetricCorrelation", "synthrel_lightning.callbacks.OODVisualization",
-                       "synthrel_lightning.callbacks.ReliabilityPlots", "lightning.pytorch.callbacks.ModelCheckpoint"]
+    assert classes == [
+        "synthrel_lightning.callbacks.MetricCorrelation",
+        "synthrel_lightning.callbacks.OODVisualization",
+        "synthrel_lightning.callbacks.ReliabilityPlots",
+        "lightning.pytorch.callbacks.ModelCheckpoint",
+    ]
     assert merged["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
 
 
@@ -103,10 +117,15 @@ def test_agent_command_runs_offline(tmp_path) -> None:
     sweep = yaml.safe_load((ROOT / "recipes" / "sweeps" / "demo.yaml").read_text())
     params = {k: _sample(v, 0) for k, v in sweep["parameters"].items()}
     # A short run (fast_dev_run would replace the wandb logger by a dummy one).
-    argv = agent_command(sweep, params) + ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-                                          "--trainer.limit_val_batches=1", "--data.init_args.num_train=8",
-                                          "--data.init_args.num_val=4", f"--data.init_args.root={tmp_path}/demo",
-                                          f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    argv = agent_command(sweep, params) + [
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=1",
+        "--data.init_args.num_train=8",
+        "--data.init_args.num_val=4",
+        f"--data.init_args.root={tmp_path}/demo",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -119,8 +138,16 @@ def test_cityscapes_callback_set_composes_with_the_segformer_recipe(monkeypatch)
     monkeypatch.chdir(ROOT)
     buf = io.StringIO()
     with redirect_stdout(buf), pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", "recipes/cityscapes_segformer.yaml", "--config", "callbacks/reliability_cityscapes.yaml",
-              "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                "recipes/cityscapes_segformer.yaml",
+                "--config",
+                "callbacks/reliability_cityscapes.yaml",
+                "--print_config",
+            ]
+        )
     assert exit_info.value.code in (0, None), "the CLI rejected the recipe + callback set (see stderr)"
     merged = yaml.safe_load(buf.getvalue())
     classes = [c["class_path"] for c in merged["trainer"]["callbacks"]]

@@ -39,7 +39,12 @@ def test_round_trip_and_listing(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got.alpha, e.alpha)
     assert got.alpha.dtype == np.uint8 and got.alpha_float().max() <= 1.0
     assert (got.name, got.prompt, got.source, got.seed, got.model, got.label_value) == (
-        "object 3", "A photo of an object 3", "frame_3", 3, "test-model", 254,
+        "object 3",
+        "A photo of an object 3",
+        "frame_3",
+        3,
+        "test-model",
+        254,
     )
     assert got.metadata == {"slot": 3, "box": [1, 2, 3, 4]}
     assert got.created == pytest.approx(e.created)

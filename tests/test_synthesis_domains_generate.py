@@ -35,7 +35,10 @@ def write_config(path: Path, out: Path, frames: Path, tiny: Path, **extra) -> Pa
     cfg = {
         "task": "domains",
         "out": str(out),
-        "source": {"class_path": "synthrel_lightning.data.CityscapesDataset", "init_args": {"root": str(frames), "split": "val"}},
+        "source": {
+            "class_path": "synthrel_lightning.data.CityscapesDataset",
+            "init_args": {"root": str(frames), "split": "val"},
+        },
         "generator": {
             "class_path": "synthrel_lightning.synthesis.DomainShiftGenerator",
             "init_args": {
@@ -65,7 +68,9 @@ def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(out[out.index("{") :])
 
 
-def test_domains_end_to_end_read_back_and_resume(tmp_path: Path, cityscapes_mini: Path, tiny_controlnet: Path, capsys) -> None:
+def test_domains_end_to_end_read_back_and_resume(
+    tmp_path: Path, cityscapes_mini: Path, tiny_controlnet: Path, capsys
+) -> None:
     from synthrel_lightning.data.datamodule import CityscapesOODDataModule
 
     out = tmp_path / "synthetic_domains"
@@ -133,7 +138,9 @@ def test_work_items_size_seeds_and_label_ids(tmp_path: Path, cityscapes_mini: Pa
     got = [items[i] for i in range(len(items))]
     assert len(got) == 3 and items.total == 3
     assert len({it["seed"] for it in got}) == 3
-    assert [it["seed"] for it in got] == [DomainWorkItems(src, tmp_path, ["fog", "night", "india"], resolution=64)[i]["seed"] for i in range(3)]
+    assert [it["seed"] for it in got] == [
+        DomainWorkItems(src, tmp_path, ["fog", "night", "india"], resolution=64)[i]["seed"] for i in range(3)
+    ]
     other_seed = DomainWorkItems(src, tmp_path, ["fog"], seed=1)[0]["seed"]
     assert other_seed != got[0]["seed"]
     for it in got:
@@ -157,14 +164,36 @@ def test_train_ids_to_label_ids_round_trip_and_errors(cityscapes_mini: Path) -> 
     train_ids = np.asarray(Image.open(cityscapes_mini / f"gtFine/val/{CITY}/{STEM}_gtFine_labelTrainIds.png"))
     ids = train_ids_to_label_ids(train_ids)
     assert np.array_equal(LABEL_TO_TRAIN_ID[ids], train_ids) and ids[train_ids == 255].max(initial=0) == 0
-    assert train_ids_to_label_ids(np.arange(19, dtype=np.uint8)).tolist() == [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+    assert train_ids_to_label_ids(np.arange(19, dtype=np.uint8)).tolist() == [
+        7,
+        8,
+        11,
+        12,
+        13,
+        17,
+        19,
+        20,
+        21,
+        22,
+        23,
+        24,
+        25,
+        26,
+        27,
+        28,
+        31,
+        32,
+        33,
+    ]
     bad = train_ids.copy()
     bad[0, 0] = OOD_ID
     with pytest.raises(ValueError, match=r"frame x holds values \[254\]"):
         train_ids_to_label_ids(bad, what="frame x")
 
 
-def test_cli_rejects_options_of_the_other_task(tmp_path: Path, cityscapes_mini: Path, tiny_controlnet: Path, capsys) -> None:
+def test_cli_rejects_options_of_the_other_task(
+    tmp_path: Path, cityscapes_mini: Path, tiny_controlnet: Path, capsys
+) -> None:
     cfg = write_config(tmp_path / "d.yaml", tmp_path / "o", cityscapes_mini, tiny_controlnet)
     with pytest.raises(SystemExit):
         cli_main(["generate", "--config", str(cfg), "--bank", str(tmp_path / "bank")])
@@ -183,11 +212,21 @@ def test_generate_recipes_parse_and_match_correlate_recipe() -> None:
     eng = train.engine.init_args
     assert (eng.guidance_scale, eng.strength, eng.dtype, eng.resolution) == (15.0, 1.0, "float16", 512)
     val = parser.parse_args(["--config", str(REPO / "recipes/generate_sd_inpainting_val.yaml")])
-    assert val.bank == "data/outlier_bank/val" and val.write == "both" and val.eval_dir and val.source.init_args.split == "val"
+    assert (
+        val.bank == "data/outlier_bank/val"
+        and val.write == "both"
+        and val.eval_dir
+        and val.source.init_args.split == "val"
+    )
     dom = parser.parse_args(["--config", str(REPO / "recipes/generate_domains.yaml")])
     gen = dom.generator.init_args
     assert dom.task == "domains" and dom.source.init_args.split == "val" and dom.split == "val"
-    assert (gen.num_inference_steps, gen.guidance_scale, gen.conditioning_scale, gen.prompt_template) == (25, 8.0, 1.0, "{caption}, in {domain}")
+    assert (gen.num_inference_steps, gen.guidance_scale, gen.conditioning_scale, gen.prompt_template) == (
+        25,
+        8.0,
+        1.0,
+        "{caption}, in {domain}",
+    )
     assert list(gen.domains) == ["fog", "night", "rain", "snow"]
     # recipes/correlate_cityscapes.yaml reads these sets back as Cityscapes val.
     corr = yaml.safe_load((REPO / "recipes/correlate_cityscapes.yaml").read_text())
@@ -235,7 +274,13 @@ def test_captioner_model_makes_the_prompt(tmp_path: Path, cityscapes_mini: Path)
     sample = CityscapesDataset(cityscapes_mini, split="val")[0]
     label, image = sample["label"][::4, ::4].copy(), sample["image"]
     blip = _save_tiny_blip(tmp_path / "captioner")
-    gen = DomainShiftGenerator(pipeline=build_tiny_controlnet_pipeline(0), caption=str(blip), device="cpu", dtype="float32", num_inference_steps=1)
+    gen = DomainShiftGenerator(
+        pipeline=build_tiny_controlnet_pipeline(0),
+        caption=str(blip),
+        device="cpu",
+        dtype="float32",
+        num_inference_steps=1,
+    )
     caption = gen.caption_for(image)
     assert caption and caption != "a photo of a city street with cars, buildings and trees"
     (out,) = gen.generate([label], ["rain"], [0], images=[image])

@@ -60,7 +60,9 @@ def test_paper_vocabulary_and_articles(tmp_path: Path) -> None:
     txt.write_text("# my objects\nlion\n\nsofa  # comfy\n")
     assert [e.name for e in load_vocabulary(txt)] == ["lion", "sofa"]
     yml = tmp_path / "v.yaml"
-    yml.write_text("objects:\n  - lion\n  - {name: car, label_value: car}\n  - {name: cone, prompt: an orange traffic cone}\n")
+    yml.write_text(
+        "objects:\n  - lion\n  - {name: car, label_value: car}\n  - {name: cone, prompt: an orange traffic cone}\n"
+    )
     v = load_vocabulary(yml)
     assert v[1].label_value == TRAIN_NAME_TO_ID["car"] and v[2].prompt == "an orange traffic cone"
     bad = tmp_path / "bad.yaml"
@@ -159,10 +161,17 @@ def test_synthesize_protocol(tiny_pipe, frame: np.ndarray) -> None:
     assert b.label_value == TRAIN_NAME_TO_ID["car"]
     label = np.zeros(frame.shape[:2], np.uint8)
     lm = b.label_map(label)
-    assert set(np.unique(lm)) <= {0, TRAIN_NAME_TO_ID["car"]} and (lm == TRAIN_NAME_TO_ID["car"]).sum() == b.object_mask.sum()
+    assert (
+        set(np.unique(lm)) <= {0, TRAIN_NAME_TO_ID["car"]}
+        and (lm == TRAIN_NAME_TO_ID["car"]).sum() == b.object_mask.sum()
+    )
     assert eng.stats["refined"] == 2
     entry = a.to_entry("frame", base_label=label)
-    assert entry.kind == "frame" and entry.label.shape == frame.shape[:2] and (entry.label == OOD_ID).sum() == a.object_mask.sum()
+    assert (
+        entry.kind == "frame"
+        and entry.label.shape == frame.shape[:2]
+        and (entry.label == OOD_ID).sum() == a.object_mask.sum()
+    )
     # Same inputs -> the same frames; another seed -> another one.
     a2, _ = make_engine(tiny_pipe, mask_method="changed", refine=True).synthesize_batch(
         [frame, frame], [(10, 60, 48), (150, 70, 36)], ["elephant", car], [0, 1]
@@ -177,7 +186,14 @@ def test_synthesize_protocol(tiny_pipe, frame: np.ndarray) -> None:
 
 def test_load_from_local_folder_and_errors(tmp_path: Path, frame: np.ndarray) -> None:
     folder = save_tiny_pipeline(tmp_path / "tiny")
-    eng = InpaintingEngine(model_id=str(folder), device="cpu", dtype="float16", num_inference_steps=2, resolution=RES, scheduler="DPMSolverMultistep")
+    eng = InpaintingEngine(
+        model_id=str(folder),
+        device="cpu",
+        dtype="float16",
+        num_inference_steps=2,
+        resolution=RES,
+        scheduler="DPMSolverMultistep",
+    )
     assert eng._pipeline is None  # lazy
     res = eng.synthesize(frame, (100, 60, 40), "lion", seed=0)
     assert res.ok and eng.pipeline.unet.dtype == torch.float32  # fp16 falls back to fp32 on CPU

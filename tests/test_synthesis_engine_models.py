@@ -10,8 +10,13 @@ import pytest
 from synthrel_lightning.synthesis.domains import DomainShiftGenerator
 from synthrel_lightning.synthesis.engine import InpaintingEngine
 from synthrel_lightning.synthesis.object_masks import MaskRules, OpenVocabMasker
-from synthrel_lightning.synthesis.tiny import build_tiny_controlnet_pipeline, build_tiny_inpaint_pipeline, build_tiny_owlv2, build_tiny_sam, save_tiny_pipeline
-
+from synthrel_lightning.synthesis.tiny import (
+    build_tiny_controlnet_pipeline,
+    build_tiny_inpaint_pipeline,
+    build_tiny_owlv2,
+    build_tiny_sam,
+    save_tiny_pipeline,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,7 +30,9 @@ def label_map(cityscapes_mini: Path) -> np.ndarray:
 
 
 def test_domain_shift_generator(label_map: np.ndarray) -> None:
-    gen = DomainShiftGenerator(pipeline=build_tiny_controlnet_pipeline(0), device="cpu", num_inference_steps=2, caption="a street")
+    gen = DomainShiftGenerator(
+        pipeline=build_tiny_controlnet_pipeline(0), device="cpu", num_inference_steps=2, caption="a street"
+    )
     out = gen.generate([label_map, label_map], ["fog", "night"], [0, 0])
     assert [s.domain for s in out] == ["fog", "night"]
     assert out[0].prompt == "a street, in fog"
@@ -52,9 +59,13 @@ def test_domain_shift_from_saved_folders(tmp_path: Path, label_map: np.ndarray) 
 def test_open_vocab_masker_glue(cityscapes_mini: Path) -> None:
     from PIL import Image
 
-    frame = np.asarray(Image.open(cityscapes_mini / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png").convert("RGB"))
+    frame = np.asarray(
+        Image.open(cityscapes_mini / "leftImg8bit/val/frankfurt/frankfurt_000000_000294_leftImg8bit.png").convert("RGB")
+    )
     # Random tiny detector: threshold 0 makes it always "detect"; the rules are relaxed accordingly.
-    masker = OpenVocabMasker(detector=build_tiny_owlv2(), sam=build_tiny_sam(), box_threshold=0.0, device="cpu", rules=MaskRules(0.0, 0.0))
+    masker = OpenVocabMasker(
+        detector=build_tiny_owlv2(), sam=build_tiny_sam(), box_threshold=0.0, device="cpu", rules=MaskRules(0.0, 0.0)
+    )
     crop = frame[40:100, 90:150]
     box = masker.detect(crop, "lion")
     assert box is not None and 0 <= box[0] <= box[2] <= 60 and 0 <= box[1] <= box[3] <= 60
@@ -65,7 +76,14 @@ def test_open_vocab_masker_glue(cityscapes_mini: Path) -> None:
     res = strict.mask(crop, crop, (10, 10, 50, 50), "lion")
     assert not res.accepted and res.reason == "empty mask" and strict.stats["no_detection"] == 1
     # Inside the engine.
-    eng = InpaintingEngine(pipeline=build_tiny_inpaint_pipeline(0), device="cpu", dtype="float32", resolution=64, num_inference_steps=2, mask_method=strict)
+    eng = InpaintingEngine(
+        pipeline=build_tiny_inpaint_pipeline(0),
+        device="cpu",
+        dtype="float32",
+        resolution=64,
+        num_inference_steps=2,
+        mask_method=strict,
+    )
     r = eng.synthesize(frame, (100, 60, 40), "lion", 0)
     assert not r.ok and r.reason == "empty mask" and eng.stats["mask_rejected"] == 1
     with pytest.raises(OSError, match="could not load detector model"):

@@ -44,8 +44,18 @@ def two_frames(cityscapes_mini: Path, tmp_path_factory: pytest.TempPathFactory) 
 def write_config(path: Path, bank: Path, frames: Path, tiny: Path, **extra) -> Path:
     cfg = {
         "bank": str(bank),
-        "source": {"class_path": "synthrel_lightning.data.cityscapes.CityscapesDataset", "init_args": {"root": str(frames), "split": "val"}},
-        "engine": {"model_id": str(tiny), "device": "cpu", "dtype": "float32", "num_inference_steps": 2, "resolution": 64, "mask_method": "changed"},
+        "source": {
+            "class_path": "synthrel_lightning.data.cityscapes.CityscapesDataset",
+            "init_args": {"root": str(frames), "split": "val"},
+        },
+        "engine": {
+            "model_id": str(tiny),
+            "device": "cpu",
+            "dtype": "float32",
+            "num_inference_steps": 2,
+            "resolution": 64,
+            "mask_method": "changed",
+        },
         "vocabulary": ["elephant", "lion", "arcade machine"],
         "controls": ["car"],
         "objects_per_frame": 2,
@@ -89,7 +99,9 @@ def test_generate_end_to_end_with_eval_frames(tmp_path: Path, two_frames: Path, 
     assert set(np.unique(ood)) <= {0, 1, 255} and ((lbl == OOD_ID) == (ood == 1)).all()
 
 
-def test_interrupted_run_resumes_and_output_is_deterministic(tmp_path: Path, two_frames: Path, tiny_folder: Path, capsys) -> None:
+def test_interrupted_run_resumes_and_output_is_deterministic(
+    tmp_path: Path, two_frames: Path, tiny_folder: Path, capsys
+) -> None:
     bank_a = tmp_path / "a"
     cfg = write_config(tmp_path / "a.yaml", bank_a, two_frames, tiny_folder)
     # An interrupted run: only the first batch (2 of 4 items) gets done.
@@ -145,7 +157,12 @@ def test_inpainted_object_source_feeds_the_bank_producer(tmp_path: Path, two_fra
 
     spec = ProducerSpec(
         "synthrel_lightning.synthesis.generate.InpaintedObjectSource",
-        {"source": str(two_frames), "split": "val", "vocabulary": ["lion"], "engine": {"model_id": str(tiny_folder), "dtype": "float32", "num_inference_steps": 2, "resolution": 64}},
+        {
+            "source": str(two_frames),
+            "split": "val",
+            "vocabulary": ["lion"],
+            "engine": {"model_id": str(tiny_folder), "dtype": "float32", "num_inference_steps": 2, "resolution": 64},
+        },
     )
     status = produce_into_bank(spec, tmp_path / "bank", n=2, seed=0, namespace="refresh", device="cpu")
     assert status["produced"] == 2 and status["fatal"] is None, status

@@ -31,7 +31,12 @@ class Frames(Dataset):
         label[self.h // 2 :] = 0
         label[: self.h // 8] = 255
         ood = np.where(label == 255, 255, 0).astype(np.uint8)
-        return {"image": rng.integers(0, 256, (self.h, self.w, 3), dtype=np.uint8), "label": label, "ood": ood, "name": f"f{i}"}
+        return {
+            "image": rng.integers(0, 256, (self.h, self.w, 3), dtype=np.uint8),
+            "label": label,
+            "ood": ood,
+            "name": f"f{i}",
+        }
 
 
 class Square:
@@ -42,7 +47,11 @@ class Square:
 
     def sample(self, rng: np.random.Generator) -> OutlierEntry:
         c = rng.integers(0, 256, 3, dtype=np.uint8)
-        return OutlierEntry(rgb=np.broadcast_to(c, (self.size, self.size, 3)).copy(), alpha=np.full((self.size, self.size), 255, np.uint8), label_value=self.label_value)
+        return OutlierEntry(
+            rgb=np.broadcast_to(c, (self.size, self.size, 3)).copy(),
+            alpha=np.full((self.size, self.size), 255, np.uint8),
+            label_value=self.label_value,
+        )
 
 
 @pytest.fixture()
@@ -155,7 +164,9 @@ def test_transform_moves_ood_mask_with_the_image(bank_root: Path) -> None:
     from synthrel_lightning.data.transforms import SegmentationTransform
 
     transform = SegmentationTransform([A.HorizontalFlip(p=1.0), A.RandomCrop(48, 96)], normalize=False, seed=0)
-    ds = OutlierMixingDataset(Frames(n=4), OutlierMixer(Square(size=24), probability=1.0, num_objects=(1, 1)), transform=transform)
+    ds = OutlierMixingDataset(
+        Frames(n=4), OutlierMixer(Square(size=24), probability=1.0, num_objects=(1, 1)), transform=transform
+    )
     for i in range(4):
         s = ds[i]
         assert s["image"].shape == (3, 48, 96) and s["label"].dtype == torch.int64

@@ -51,10 +51,19 @@ def test_refresh_grows_the_bank_during_training(tmp_path: Path) -> None:
     root = tmp_path / "bank"
     fill_bank(ProceduralObjectSource(size_range=(8, 16)), OutlierBank(root), 3, seed=0)
     source = BankSource(root)
-    ds = OutlierMixingDataset(Frames(), OutlierMixer(source, probability=1.0, size_range=(0.3, 0.5)), transform=SegmentationTransform(seed=0))
+    ds = OutlierMixingDataset(
+        Frames(), OutlierMixer(source, probability=1.0, size_range=(0.3, 0.5)), transform=SegmentationTransform(seed=0)
+    )
     spec = ProducerSpec("synthrel_lightning.synthesis.sources.ProceduralObjectSource", {"size_range": (8, 16)})
-    refresh = OutlierBankRefresh(spec, root, refresh_fraction=0.0, min_per_epoch=4, max_pending=2, wait_on_fit_end_s=120)
-    broken = OutlierBankRefresh(ProducerSpec("synthrel_lightning.synthesis.no_such_module.Producer"), tmp_path / "other", min_per_epoch=2, log_name="other_bank")
+    refresh = OutlierBankRefresh(
+        spec, root, refresh_fraction=0.0, min_per_epoch=4, max_pending=2, wait_on_fit_end_s=120
+    )
+    broken = OutlierBankRefresh(
+        ProducerSpec("synthrel_lightning.synthesis.no_such_module.Producer"),
+        tmp_path / "other",
+        min_per_epoch=2,
+        log_name="other_bank",
+    )
     module = TinySegmenter()
     trainer = L.Trainer(
         max_epochs=2,

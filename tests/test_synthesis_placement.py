@@ -100,7 +100,13 @@ def test_deterministic_given_generator() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(size_range=(0, 10)), dict(min_overlap=1.5), dict(top_margin_frac=1.0), dict(context_scale=0.5), dict(fallback="x")],
+    [
+        dict(size_range=(0, 10)),
+        dict(min_overlap=1.5),
+        dict(top_margin_frac=1.0),
+        dict(context_scale=0.5),
+        dict(fallback="x"),
+    ],
 )
 def test_bad_arguments_raise(kwargs: dict) -> None:
     with pytest.raises(ValueError):

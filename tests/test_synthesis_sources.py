@@ -101,14 +101,32 @@ def coco(tmp_path: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
         "images": [{"id": 1, "file_name": "a.png", "height": h, "width": w}],
         "categories": [{"id": 1, "name": "box"}, {"id": 2, "name": "ball"}, {"id": 3, "name": "mat"}],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 1, "area": 231, "iscrowd": 0,
-             "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]], "bbox": [10, 10, 20, 10]},
-            {"id": 11, "image_id": 1, "category_id": 2, "area": float(disk.sum()), "iscrowd": 0,
-             "segmentation": {"size": [h, w], "counts": _rle_string(_rle_counts(disk))}},
-            {"id": 12, "image_id": 1, "category_id": 3, "area": float(ring.sum()), "iscrowd": 1,
-             "segmentation": {"size": [h, w], "counts": _rle_counts(ring)}},
-            {"id": 13, "image_id": 1, "category_id": 1, "area": 4, "iscrowd": 0,
-             "segmentation": [[0, 0, 2, 0, 2, 2]]},
+            {
+                "id": 10,
+                "image_id": 1,
+                "category_id": 1,
+                "area": 231,
+                "iscrowd": 0,
+                "segmentation": [[10, 10, 30, 10, 30, 20, 10, 20]],
+                "bbox": [10, 10, 20, 10],
+            },
+            {
+                "id": 11,
+                "image_id": 1,
+                "category_id": 2,
+                "area": float(disk.sum()),
+                "iscrowd": 0,
+                "segmentation": {"size": [h, w], "counts": _rle_string(_rle_counts(disk))},
+            },
+            {
+                "id": 12,
+                "image_id": 1,
+                "category_id": 3,
+                "area": float(ring.sum()),
+                "iscrowd": 1,
+                "segmentation": {"size": [h, w], "counts": _rle_counts(ring)},
+            },
+            {"id": 13, "image_id": 1, "category_id": 1, "area": 4, "iscrowd": 0, "segmentation": [[0, 0, 2, 0, 2, 2]]},
         ],
     }
     path = tmp_path / "instances.json"
@@ -131,7 +149,10 @@ def test_coco_source_cuts_polygon_and_rle_objects(coco) -> None:
     with_crowd = CocoObjectSource(ann, root, categories=["mat"], min_area=50, include_crowd=True, feather=0, padding=0)
     mat = with_crowd.sample(np.random.default_rng(0))
     assert mat.name == "mat" and mat.rgb.shape == (10, 15, 3) and (mat.alpha == 255).all()
-    assert CocoObjectSource(ann, root, exclude_categories=["box"], min_area=50).sample(np.random.default_rng(0)).name == "ball"
+    assert (
+        CocoObjectSource(ann, root, exclude_categories=["box"], min_area=50).sample(np.random.default_rng(0)).name
+        == "ball"
+    )
 
 
 def test_coco_source_errors(coco, tmp_path: Path) -> None:
@@ -211,7 +232,13 @@ def test_inpainting_source_fills_a_bank_with_the_tiny_pipeline(tmp_path: Path, c
     src = InpaintingSource(
         frames_root=cityscapes_mini,
         split="val",
-        engine={"model_id": str(tmp_path / "tiny"), "dtype": "float32", "num_inference_steps": 2, "resolution": 64, "device": "cpu"},
+        engine={
+            "model_id": str(tmp_path / "tiny"),
+            "dtype": "float32",
+            "num_inference_steps": 2,
+            "resolution": 64,
+            "device": "cpu",
+        },
         placement=PlacementSampler(size_range=(32, 64), reference_width=256),
         vocabulary=["zebra"],
     )

@@ -59,7 +59,11 @@ def log_figure(trainer: L.Trainer, tag: str, fig: Any, fallback_dir: str | Path 
             logger.log_image(key=tag, images=[figure_to_array(fig)], step=None)
             sent.append("wandb")
     if not sent:
-        root = fallback_dir or (trainer.loggers[0].log_dir if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None) else trainer.default_root_dir)
+        root = fallback_dir or (
+            trainer.loggers[0].log_dir
+            if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None)
+            else trainer.default_root_dir
+        )
         safe = tag.replace("/", "_").replace("~", "-")
         sent.append(str(save_figure(fig, Path(root) / "plots" / f"{safe}_step{step:06d}.png")))
     return sent
@@ -112,10 +116,19 @@ class MetricCorrelation(Callback):
     def _normalise_pairs(pairs: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
         out: list[tuple[str, str, str]] = []
         if not pairs:
-            raise ValueError("MetricCorrelation: pairs is empty; give e.g. [{synthetic: synthetic_fog, real: acdc_fog, metric: miou}]")
+            raise ValueError(
+                "MetricCorrelation: pairs is empty; give e.g. [{synthetic: synthetic_fog, real: acdc_fog, metric: miou}]"
+            )
         for p in pairs:
-            if not isinstance(p, Mapping) or "synthetic" not in p or "real" not in p or not ({"metric", "metrics"} & set(p)):
-                raise ValueError(f"MetricCorrelation: pair {p!r} must have keys synthetic, real and metric (or metrics)")
+            if (
+                not isinstance(p, Mapping)
+                or "synthetic" not in p
+                or "real" not in p
+                or not ({"metric", "metrics"} & set(p))
+            ):
+                raise ValueError(
+                    f"MetricCorrelation: pair {p!r} must have keys synthetic, real and metric (or metrics)"
+                )
             metrics = p.get("metrics") or [p["metric"]]
             for m in [metrics] if isinstance(metrics, str) else metrics:
                 out.append((str(p["synthetic"]), str(p["real"]), str(m)))
@@ -151,11 +164,18 @@ class MetricCorrelation(Callback):
             self._check_keys(metrics)
         for s, r, m in self.pairs:
             ks, kr = self._keys(s, r, m)
-            self.records.append({
-                "run": self.run_id, "epoch": int(trainer.current_epoch), "step": int(trainer.global_step),
-                "synthetic": s, "real": r, "metric": m,
-                "x": _metric_value(metrics, ks), "y": _metric_value(metrics, kr),
-            })
+            self.records.append(
+                {
+                    "run": self.run_id,
+                    "epoch": int(trainer.current_epoch),
+                    "step": int(trainer.global_step),
+                    "synthetic": s,
+                    "real": r,
+                    "metric": m,
+                    "x": _metric_value(metrics, ks),
+                    "y": _metric_value(metrics, kr),
+                }
+            )
         if self.history_path and trainer.is_global_zero:
             write_json_atomic(self.history_path, {"pairs": [list(p) for p in self.pairs], "records": self.records})
         self._log_correlations(trainer)
@@ -171,8 +191,12 @@ class MetricCorrelation(Callback):
             key = pair_key(s, r, m)
             if len(xs) < MIN_POINTS:
                 if not self._said_waiting:
-                    log.info("MetricCorrelation: %d of %d validations so far; correlations are logged from %d on",
-                             len(xs), MIN_POINTS, MIN_POINTS)
+                    log.info(
+                        "MetricCorrelation: %d of %d validations so far; correlations are logged from %d on",
+                        len(xs),
+                        MIN_POINTS,
+                        MIN_POINTS,
+                    )
                     self._said_waiting = True
                 continue
             corr = correlate_pairs(xs, ys, self.methods, self.bootstrap, self.ci, seed=len(xs))

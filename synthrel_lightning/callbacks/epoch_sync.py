@@ -23,7 +23,11 @@ class DataEpochSync(Callback):
         loaders = trainer.train_dataloader
         if loaders is None:
             return
-        for loader in loaders.values() if isinstance(loaders, dict) else (loaders if isinstance(loaders, (list, tuple)) else [loaders]):
+        for loader in (
+            loaders.values()
+            if isinstance(loaders, dict)
+            else (loaders if isinstance(loaders, (list, tuple)) else [loaders])
+        ):
             ds = getattr(loader, "dataset", None)
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)

@@ -33,7 +33,9 @@ class ReliabilityPlots(Callback):
 
     def _flush(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         plots = getattr(pl_module, "evaluation_plots", {})
-        due = trainer.sanity_checking is False and (trainer.current_epoch % self.every_n_epochs == 0 or trainer.state.fn != "fit")
+        due = trainer.sanity_checking is False and (
+            trainer.current_epoch % self.every_n_epochs == 0 or trainer.state.fn != "fit"
+        )
         if trainer.is_global_zero and due:
             for set_key, figures in plots.items():
                 for kind, fig in figures.items():

@@ -91,8 +91,11 @@ class TemperatureScaling(Callback):
             with torch.inference_mode(False):
                 value = fit_temperature(
                     collect_logits(pl_module, self._loader(trainer), max_batches=self.max_batches),
-                    method=self.method, grid=self.grid, num_bins=self.num_bins,  # type: ignore[arg-type]
-                    max_pixels=self.max_pixels, seed=self.seed,
+                    method=self.method,
+                    grid=self.grid,
+                    num_bins=self.num_bins,  # type: ignore[arg-type]
+                    max_pixels=self.max_pixels,
+                    seed=self.seed,
                 )
         value = float(trainer.strategy.broadcast(value, src=0))
         with torch.no_grad():

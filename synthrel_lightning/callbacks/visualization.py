@@ -21,7 +21,9 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
-def denormalize(image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+def denormalize(
+    image: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> np.ndarray:
     """(3,H,W) normalised float tensor -> (H,W,3) uint8 RGB."""
     m = torch.as_tensor(mean, dtype=image.dtype, device=image.device).view(3, 1, 1)
     s = torch.as_tensor(std, dtype=image.dtype, device=image.device).view(3, 1, 1)
@@ -56,7 +58,12 @@ def ground_truth_map(label: Tensor | None, ood: Tensor | None) -> np.ndarray:
 
 def panel(image: np.ndarray, gt: np.ndarray, prediction: np.ndarray, score_rgb: np.ndarray, gap: int = 4) -> np.ndarray:
     """Concatenate image, coloured ground truth, coloured prediction and score heatmap horizontally."""
-    parts = [image, colorize_train_ids(gt.clip(0, 255).astype(np.uint8)), colorize_train_ids(prediction.astype(np.uint8)), score_rgb]
+    parts = [
+        image,
+        colorize_train_ids(gt.clip(0, 255).astype(np.uint8)),
+        colorize_train_ids(prediction.astype(np.uint8)),
+        score_rgb,
+    ]
     h = image.shape[0]
     sep = np.full((h, gap, 3), 255, np.uint8)
     out: list[np.ndarray] = []
@@ -103,7 +110,9 @@ class OODVisualization(Callback):
 
     # ------------------------------------------------------------------ helpers
     def _active(self, trainer: L.Trainer) -> bool:
-        return not trainer.sanity_checking and trainer.is_global_zero and trainer.current_epoch % self.every_n_epochs == 0
+        return (
+            not trainer.sanity_checking and trainer.is_global_zero and trainer.current_epoch % self.every_n_epochs == 0
+        )
 
     @staticmethod
     def _set_name(trainer: L.Trainer, pl_module: L.LightningModule, stage: str, dataloader_idx: int) -> str:
@@ -133,7 +142,13 @@ class OODVisualization(Callback):
         self._samples = {}
 
     def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         """Keep the first samples of each set with their prediction and OOD score."""
         if not self._active(trainer) or not isinstance(batch, Mapping) or "image" not in batch:
@@ -155,13 +170,15 @@ class OODVisualization(Callback):
             ood = batch["ood"][i] if "ood" in batch else None
             gt = ground_truth_map(label, ood)
             names = batch.get("name")
-            kept.append({
-                "image": denormalize(images[i].float(), self.mean, self.std),
-                "gt": gt,
-                "prediction": pred[i].cpu().numpy().astype(np.int64),
-                "score": heatmap(score[i], None if ood is None else ood.ne(VOID_ID)),
-                "name": str(names[i]) if names is not None else f"{batch_idx}_{i}",
-            })
+            kept.append(
+                {
+                    "image": denormalize(images[i].float(), self.mean, self.std),
+                    "gt": gt,
+                    "prediction": pred[i].cpu().numpy().astype(np.int64),
+                    "score": heatmap(score[i], None if ood is None else ood.ne(VOID_ID)),
+                    "name": str(names[i]) if names is not None else f"{batch_idx}_{i}",
+                }
+            )
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Send the collected panels to the loggers (after the epoch's metrics are in ``callback_metrics``)."""
@@ -177,14 +194,20 @@ class OODVisualization(Callback):
                 for set_name, samples in self._samples.items():
                     for i, s in enumerate(samples):
                         tag = f"{self.stage}/{set_name}/panel_{i}"
-                        logger.experiment.add_image(tag, panel(s["image"], s["gt"], s["prediction"], s["score"]), step, dataformats="HWC")
+                        logger.experiment.add_image(
+                            tag, panel(s["image"], s["gt"], s["prediction"], s["score"]), step, dataformats="HWC"
+                        )
                         self.logged.append(f"tensorboard:{tag}")
                 handled = True
             elif isinstance(logger, WandbLogger):
                 self._log_wandb(trainer, logger)
                 handled = True
         if not handled:
-            root = Path(trainer.loggers[0].log_dir) if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None) else Path(trainer.default_root_dir)
+            root = (
+                Path(trainer.loggers[0].log_dir)
+                if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None)
+                else Path(trainer.default_root_dir)
+            )
             from synthrel_lightning.plots import save_rgb_png
 
             for set_name, samples in self._samples.items():
@@ -201,16 +224,22 @@ class OODVisualization(Callback):
         for set_name, samples in self._samples.items():
             images = []
             for s in samples:
-                images.append(wandb.Image(
-                    panel(s["image"], s["gt"], s["prediction"], s["score"]), caption=s["name"],
-                ))
-                images.append(wandb.Image(
-                    s["image"], caption=f"{s['name']} (overlays)",
-                    masks={
-                        "ground_truth": {"mask_data": s["gt"].astype(np.uint8), "class_labels": class_labels},
-                        "prediction": {"mask_data": s["prediction"].astype(np.uint8), "class_labels": class_labels},
-                    },
-                ))
+                images.append(
+                    wandb.Image(
+                        panel(s["image"], s["gt"], s["prediction"], s["score"]),
+                        caption=s["name"],
+                    )
+                )
+                images.append(
+                    wandb.Image(
+                        s["image"],
+                        caption=f"{s['name']} (overlays)",
+                        masks={
+                            "ground_truth": {"mask_data": s["gt"].astype(np.uint8), "class_labels": class_labels},
+                            "prediction": {"mask_data": s["prediction"].astype(np.uint8), "class_labels": class_labels},
+                        },
+                    )
+                )
             key = f"{self.stage}/{set_name}/panels"
             logger.experiment.log({key: images}, commit=False)
             self.logged.append(f"wandb:{key}")
@@ -221,5 +250,8 @@ class OODVisualization(Callback):
             if len(parts) == 3 and parts[0] == self.stage:
                 rows.append([parts[1], parts[2], float(value)])
         if rows:
-            logger.experiment.log({f"{self.stage}/metrics_table": wandb.Table(columns=["set", "metric", "value"], data=rows)}, commit=False)
+            logger.experiment.log(
+                {f"{self.stage}/metrics_table": wandb.Table(columns=["set", "metric", "value"], data=rows)},
+                commit=False,
+            )
             self.logged.append(f"wandb:{self.stage}/metrics_table")

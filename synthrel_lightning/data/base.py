@@ -11,7 +11,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from torch.utils.data import Dataset
 
-from synthrel_lightning.data.io import DatasetError, PathLike, check_label_values, check_same_size, read_image, read_label
+from synthrel_lightning.data.io import (
+    DatasetError,
+    PathLike,
+    check_label_values,
+    check_same_size,
+    read_image,
+    read_label,
+)
 
 __all__ = ["Frame", "SkippedFrame", "SegmentationDataset", "Sample", "Transform", "OnError"]
 
@@ -66,7 +73,9 @@ class SegmentationDataset(Dataset[Sample]):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"{type(self).__name__}: on_error must be 'raise' or 'skip', got {on_error!r}")
         if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 1):
-            raise ValueError(f"{type(self).__name__}: max_samples must be a positive integer or None, got {max_samples!r}")
+            raise ValueError(
+                f"{type(self).__name__}: max_samples must be a positive integer or None, got {max_samples!r}"
+            )
         self.root = Path(root).expanduser()
         self.transform = transform
         self.on_error: OnError = on_error

@@ -227,15 +227,23 @@ class CityscapesOODDataModule(SegmentationDataModule):
         for key in self.extra_val_sets:
             if key in (name, f"{name}_objects"):
                 raise ValueError(f"{type(self).__name__}: extra set name {key!r} collides with a built-in set name")
-        self.val_sets = {name: None, **({f"{name}_objects": None} if val_outliers is not None else {}), **self.extra_val_sets}  # type: ignore[dict-item]
+        self.val_sets = {
+            name: None,
+            **({f"{name}_objects": None} if val_outliers is not None else {}),
+            **self.extra_val_sets,
+        }  # type: ignore[dict-item]
         self.test_sets = dict(self.extra_test_sets)
 
     def build_sets(self) -> None:
         """Index the Cityscapes splits (no decoding)."""
         from synthrel_lightning.data.cityscapes import CityscapesDataset
 
-        self.train_set = CityscapesDataset(self.root, split=self.train_split, on_error=self.on_error, max_samples=self.max_train_samples)  # type: ignore[arg-type]
-        val = CityscapesDataset(self.root, split=self.val_split, on_error=self.on_error, max_samples=self.max_val_samples)  # type: ignore[arg-type]
+        self.train_set = CityscapesDataset(
+            self.root, split=self.train_split, on_error=self.on_error, max_samples=self.max_train_samples
+        )  # type: ignore[arg-type]
+        val = CityscapesDataset(
+            self.root, split=self.val_split, on_error=self.on_error, max_samples=self.max_val_samples
+        )  # type: ignore[arg-type]
         sets: dict[str, Dataset[Sample]] = {self.name: val}
         if self.val_outliers is not None:
             # Fixed epoch: the synthetic evaluation set is the same at every validation.

@@ -22,12 +22,30 @@ log = logging.getLogger(__name__)
 
 # Cityscapes label ids used by the scenes.
 _ROAD, _SIDEWALK, _BUILDING, _FENCE, _POLE, _SIGN, _VEGETATION, _TERRAIN, _SKY, _PERSON, _CAR = (
-    7, 8, 11, 13, 17, 20, 21, 22, 23, 24, 26,
+    7,
+    8,
+    11,
+    13,
+    17,
+    20,
+    21,
+    22,
+    23,
+    24,
+    26,
 )
 _BASE_COLORS = {
-    _ROAD: (90, 85, 95), _SIDEWALK: (170, 150, 160), _BUILDING: (120, 110, 100), _FENCE: (150, 130, 110),
-    _POLE: (60, 60, 60), _SIGN: (230, 200, 30), _VEGETATION: (60, 120, 40), _TERRAIN: (140, 170, 90),
-    _SKY: (130, 170, 220), _PERSON: (180, 60, 70), _CAR: (30, 40, 150),
+    _ROAD: (90, 85, 95),
+    _SIDEWALK: (170, 150, 160),
+    _BUILDING: (120, 110, 100),
+    _FENCE: (150, 130, 110),
+    _POLE: (60, 60, 60),
+    _SIGN: (230, 200, 30),
+    _VEGETATION: (60, 120, 40),
+    _TERRAIN: (140, 170, 90),
+    _SKY: (130, 170, 220),
+    _PERSON: (180, 60, 70),
+    _CAR: (30, 40, 150),
 }
 _CITIES = {"train": ("demotown", "synthville"), "val": ("valburg",), "test": ("testdorf",)}
 
@@ -50,8 +68,13 @@ def _draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.n
     vp = width * rng.uniform(0.4, 0.6)
     half_bottom = width * rng.uniform(0.3, 0.45)
     walk = width * rng.uniform(0.08, 0.16)
-    draw.polygon([(vp - 4, horizon), (vp + 4, horizon), (vp + half_bottom + walk, height), (vp - half_bottom - walk, height)], fill=_SIDEWALK)
-    draw.polygon([(vp - 2, horizon), (vp + 2, horizon), (vp + half_bottom, height), (vp - half_bottom, height)], fill=_ROAD)
+    draw.polygon(
+        [(vp - 4, horizon), (vp + 4, horizon), (vp + half_bottom + walk, height), (vp - half_bottom - walk, height)],
+        fill=_SIDEWALK,
+    )
+    draw.polygon(
+        [(vp - 2, horizon), (vp + 2, horizon), (vp + half_bottom, height), (vp - half_bottom, height)], fill=_ROAD
+    )
     # Trees / hedges beside the sidewalks.
     for _ in range(int(rng.integers(1, 4))):
         cx = rng.choice([rng.uniform(0, vp - half_bottom * 0.6), rng.uniform(vp + half_bottom * 0.6, width)])

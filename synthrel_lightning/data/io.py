@@ -123,7 +123,9 @@ def read_label(path: PathLike) -> np.ndarray:
     if mode in ("RGB", "RGBA", "LA"):
         arr = np.array(img)
         if mode in ("RGBA", "LA") and arr[..., -1].min() < 255:
-            raise DatasetError(f"label {path} has a transparent alpha channel (mode {mode}); expected a single-channel map")
+            raise DatasetError(
+                f"label {path} has a transparent alpha channel (mode {mode}); expected a single-channel map"
+            )
         first = arr[..., 0]
         channels = arr.shape[2] - (1 if mode in ("RGBA", "LA") else 0)
         if all(np.array_equal(first, arr[..., c]) for c in range(1, channels)):

@@ -38,7 +38,9 @@ class _TrainIdDataset(SegmentationDataset):
             label[invalid > 0] = VOID_ID
         return {"image": image, "label": label, "ood": semantic_to_ood_target(label), "name": frame.name}
 
-    def _frames_in(self, image_pattern: str, image_root: str, label_root: str, layout: str, use_invalid: bool) -> list[Frame]:
+    def _frames_in(
+        self, image_pattern: str, image_root: str, label_root: str, layout: str, use_invalid: bool
+    ) -> list[Frame]:
         """Pair every ``root/image_pattern`` image with its label (same relative folder under ``label_root``)."""
         candidates = []
         for image in self._glob(image_pattern, layout):
@@ -80,9 +82,7 @@ class ACDCDataset(_TrainIdDataset):
     def _index(self) -> list[Frame]:
         candidates: list[Frame] = []
         for cond in self.conditions:
-            layout = (
-                f"rgb_anon/{cond}/{self.split}/{{seq}}/*{_IMAGE_SUFFIX} + gt/{cond}/{self.split}/{{seq}}/*{_LABEL_SUFFIX}"
-            )
+            layout = f"rgb_anon/{cond}/{self.split}/{{seq}}/*{_IMAGE_SUFFIX} + gt/{cond}/{self.split}/{{seq}}/*{_LABEL_SUFFIX}"
             self._require_dir(f"rgb_anon/{cond}/{self.split}", layout)
             self._require_dir(f"gt/{cond}/{self.split}", layout)
             candidates += self._frames_in(
@@ -115,7 +115,9 @@ class DarkZurichDataset(_TrainIdDataset):
         super().__init__(root, transform=transform, on_error=on_error, max_samples=max_samples)
 
     def _index(self) -> list[Frame]:
-        layout = f"rgb_anon/{self.split}/night/{{seq}}/*{_IMAGE_SUFFIX} + gt/{self.split}/night/{{seq}}/*{_LABEL_SUFFIX}"
+        layout = (
+            f"rgb_anon/{self.split}/night/{{seq}}/*{_IMAGE_SUFFIX} + gt/{self.split}/night/{{seq}}/*{_LABEL_SUFFIX}"
+        )
         self._require_dir(f"rgb_anon/{self.split}/night", layout)
         self._require_dir(f"gt/{self.split}/night", layout)
         return self._pair(

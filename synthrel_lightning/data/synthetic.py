@@ -29,7 +29,9 @@ __all__ = ["SyntheticFramesDataset"]
 
 _LABEL_SUFFIX = "_labelTrainIds.png"
 _OOD_SUFFIX = "_ood.png"
-_LAYOUT = "images/<key>.png + labels/<key>_labelTrainIds.png (train ids 0..18, OOD 254, void 255) [+ labels/<key>_ood.png]"
+_LAYOUT = (
+    "images/<key>.png + labels/<key>_labelTrainIds.png (train ids 0..18, OOD 254, void 255) [+ labels/<key>_ood.png]"
+)
 _ALLOWED = frozenset(range(NUM_CLASSES)) | {OOD_ID, VOID_ID}
 
 

@@ -122,7 +122,9 @@ class SegmentationTransform:
     def _image_tensor(self, image: np.ndarray | Tensor) -> Tensor:
         t = _as_tensor(image.transpose(2, 0, 1)) if isinstance(image, np.ndarray) else image
         if t.ndim != 3 or t.shape[0] != 3:
-            raise ValueError(f"SegmentationTransform: pipeline produced an image of shape {tuple(t.shape)}; expected 3 channels")
+            raise ValueError(
+                f"SegmentationTransform: pipeline produced an image of shape {tuple(t.shape)}; expected 3 channels"
+            )
         return t.float().contiguous()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -184,7 +186,9 @@ def train_transform(
     if not 0 < lo <= hi:
         raise ValueError(f"train_transform: scale_range must satisfy 0 < low <= high, got {scale_range!r}")
     if not 0.0 <= hflip <= 1.0 or not 0.0 <= color_jitter_p <= 1.0:
-        raise ValueError(f"train_transform: hflip and color_jitter_p are probabilities in [0, 1], got {hflip}, {color_jitter_p}")
+        raise ValueError(
+            f"train_transform: hflip and color_jitter_p are probabilities in [0, 1], got {hflip}, {color_jitter_p}"
+        )
     if color_jitter < 0:
         raise ValueError(f"train_transform: color_jitter must be >= 0, got {color_jitter}")
     steps: list[A.BasicTransform] = []

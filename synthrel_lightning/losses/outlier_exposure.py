@@ -83,7 +83,9 @@ class EnergyHinge(LossTerm):
     ) -> None:
         super().__init__(weight)
         if m_in > m_out:
-            raise ValueError(f"EnergyHinge: m_in ({m_in}) must not exceed m_out ({m_out}): inliers get the lower energy")
+            raise ValueError(
+                f"EnergyHinge: m_in ({m_in}) must not exceed m_out ({m_out}): inliers get the lower energy"
+            )
         if not 0.0 <= in_quantile <= 1.0:
             raise ValueError(f"EnergyHinge: in_quantile must be in [0, 1], got {in_quantile!r}")
         if not 0.0 <= momentum < 1.0:

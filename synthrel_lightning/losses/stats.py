@@ -34,8 +34,15 @@ class _ClassReductions(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target_index: Tensor | None, want_lse: bool, want_max: bool,
-                want_mean: bool, want_sig: bool):  # type: ignore[override]
+    def forward(
+        ctx,
+        logits: Tensor,
+        target_index: Tensor | None,
+        want_lse: bool,
+        want_max: bool,
+        want_mean: bool,
+        want_sig: bool,
+    ):  # type: ignore[override]
         ctx.set_materialize_grads(False)
         outputs: list[Tensor | None] = [None] * 5  # lse, max, mean, Σ sigmoid, z_target
         probs = sig = argmax = None
@@ -132,7 +139,9 @@ class PixelStats:
         needs = frozenset(needs)
         unknown = needs - STAT_NAMES
         if unknown:
-            raise ValueError(f"{who}: unknown pixel statistics {sorted(unknown)}; expected names from {sorted(STAT_NAMES)}")
+            raise ValueError(
+                f"{who}: unknown pixel statistics {sorted(unknown)}; expected names from {sorted(STAT_NAMES)}"
+            )
         self.logits = logits
         self.target = target
         self.who = who

@@ -9,7 +9,9 @@ from torch import Tensor
 def check_binary_inputs(scores: Tensor, target: Tensor, ignore_index: int, who: str) -> tuple[Tensor, Tensor]:
     """Validate an OOD score map and its 0/1/ignore target; return (target on the scores' device, valid mask)."""
     if not isinstance(scores, Tensor) or not isinstance(target, Tensor):
-        raise ValueError(f"{who}: scores and target must be tensors, got {type(scores).__name__}, {type(target).__name__}")
+        raise ValueError(
+            f"{who}: scores and target must be tensors, got {type(scores).__name__}, {type(target).__name__}"
+        )
     if scores.shape != target.shape:
         raise ValueError(
             f"{who}: scores shape {tuple(scores.shape)} does not match target shape {tuple(target.shape)}; "
@@ -18,7 +20,9 @@ def check_binary_inputs(scores: Tensor, target: Tensor, ignore_index: int, who: 
     if not scores.is_floating_point():
         raise ValueError(f"{who}: scores must be floating point, got {scores.dtype}")
     if target.is_floating_point() or target.is_complex():
-        raise ValueError(f"{who}: target must be an integer tensor with values 0, 1, {ignore_index}; got {target.dtype}")
+        raise ValueError(
+            f"{who}: target must be an integer tensor with values 0, 1, {ignore_index}; got {target.dtype}"
+        )
     target = target.to(scores.device)
     if target.dtype == torch.bool:
         target = target.to(torch.uint8)

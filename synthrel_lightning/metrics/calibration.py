@@ -161,8 +161,16 @@ class CalibrationMetrics(Metric):
         fig = Figure(figsize=(5, 6))
         ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
         ax.bar(centers, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
-        ax.bar(centers, mean_conf - acc, bottom=acc, width=width, edgecolor="tab:red", color="tab:red",
-               alpha=0.3, label="gap")
+        ax.bar(
+            centers,
+            mean_conf - acc,
+            bottom=acc,
+            width=width,
+            edgecolor="tab:red",
+            color="tab:red",
+            alpha=0.3,
+            label="gap",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ax.set_ylabel("accuracy")
         ax.set_xlim(0, 1)

@@ -132,9 +132,7 @@ class ComponentMetrics(Metric):
         self.min_pred_size = int(default_pred if min_pred_size is None else min_pred_size)
         self.min_gt_size = int(default_gt if min_gt_size is None else min_gt_size)
         if self.min_pred_size < 0 or self.min_gt_size < 0:
-            raise ValueError(
-                f"ComponentMetrics: min sizes must be >= 0, got {self.min_pred_size}, {self.min_gt_size}"
-            )
+            raise ValueError(f"ComponentMetrics: min sizes must be >= 0, got {self.min_pred_size}, {self.min_gt_size}")
         self.inclusive = bool(inclusive)
         self.ignore_index = int(ignore_index)
         self.threshold: float | None = None
@@ -178,7 +176,9 @@ class ComponentMetrics(Metric):
         sums = np.zeros(3)
         n_gt = n_pred = 0
         for frame_pred, frame_target in zip(pred_np, target_np):
-            st = frame_component_stats(frame_pred, frame_target, self.min_pred_size, self.min_gt_size, self.ignore_index)
+            st = frame_component_stats(
+                frame_pred, frame_target, self.min_pred_size, self.min_gt_size, self.ignore_index
+            )
             tp += (st["siou_gt"][:, None] >= taus).sum(0)
             fn += (st["siou_gt"][:, None] < taus).sum(0)
             fp += (st["ppv"][:, None] < taus).sum(0)

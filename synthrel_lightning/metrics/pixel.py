@@ -135,7 +135,9 @@ class PixelOODMetrics(Metric):
         self.ignore_index = int(ignore_index)
         self.score_range = None if score_range is None else (float(score_range[0]), float(score_range[1]))
         if self.score_range is not None and not (
-            math.isfinite(self.score_range[0]) and math.isfinite(self.score_range[1]) and self.score_range[0] < self.score_range[1]
+            math.isfinite(self.score_range[0])
+            and math.isfinite(self.score_range[1])
+            and self.score_range[0] < self.score_range[1]
         ):
             raise ValueError(f"PixelOODMetrics: score_range must be finite (lo, hi) with lo < hi, got {score_range!r}")
         if mode == "binned":
@@ -269,7 +271,9 @@ class PixelOODMetrics(Metric):
                 tps, fps = hist[1, filled].double().cumsum(0), hist[0, filled].double().cumsum(0)
         if tps.numel() == 0 or tps[-1] == 0 or fps[-1] == 0:
             raise NotComputableError(f"{type(self).__name__}: curves need OOD and in-distribution pixels")
-        keep = torch.unique(torch.linspace(0, tps.numel() - 1, min(max_points, tps.numel()), device=tps.device).round().long())
+        keep = torch.unique(
+            torch.linspace(0, tps.numel() - 1, min(max_points, tps.numel()), device=tps.device).round().long()
+        )
         tps, fps = tps[keep], fps[keep]
         return {
             "fpr": (fps / fps[-1]).cpu(),

@@ -96,7 +96,9 @@ class OODSegmenter(L.LightningModule):
             by_name = {term.name: term for term in self.losses}
             unknown = sorted(set(loss_weights) - set(by_name))
             if unknown:
-                raise ValueError(f"OODSegmenter: loss_weights names {unknown} match no loss term; terms: {sorted(by_name)}")
+                raise ValueError(
+                    f"OODSegmenter: loss_weights names {unknown} match no loss term; terms: {sorted(by_name)}"
+                )
             for term_name, w in loss_weights.items():
                 if not w >= 0:
                     raise ValueError(f"OODSegmenter: loss weight {term_name}={w!r} must be >= 0")
@@ -111,8 +113,14 @@ class OODSegmenter(L.LightningModule):
         self.ood_metric_mode = ood_metric_mode
         self.calibration_bins = calibration_bins
         self.set_names: dict[str, list[str] | None] = {"val": val_set_names, "test": test_set_names}
-        self.class_names = list(class_names) if class_names is not None else (
-            list(TRAIN_ID_NAMES) if self.num_classes == NUM_CLASSES else [f"class_{i}" for i in range(self.num_classes)]
+        self.class_names = (
+            list(class_names)
+            if class_names is not None
+            else (
+                list(TRAIN_ID_NAMES)
+                if self.num_classes == NUM_CLASSES
+                else [f"class_{i}" for i in range(self.num_classes)]
+            )
         )
         self.summary = summary
         self.prediction_dir = prediction_dir
@@ -294,7 +302,9 @@ class OODSegmenter(L.LightningModule):
                 continue
             seen = self._seen.get(key, {})
             # Each process may have seen different frames: agree before syncing metric states.
-            flags = torch.tensor([seen.get("seg", False), seen.get("ood", False)], device=self.device, dtype=torch.float32)
+            flags = torch.tensor(
+                [seen.get("seg", False), seen.get("ood", False)], device=self.device, dtype=torch.float32
+            )
             flags = self.all_gather(flags).reshape(-1, 2).amax(0) if self.trainer.world_size > 1 else flags
             values: dict[str, Tensor] = {}
             plots: dict[str, Any] = {}
@@ -309,7 +319,9 @@ class OODSegmenter(L.LightningModule):
                     if self.keep_evaluation_plots:
                         from synthrel_lightning.plots import roc_pr_figure
 
-                        plots["roc_pr"] = roc_pr_figure(metrics["ood"].curves(), title=f"{stage}/{name} ({self.ood_score})")
+                        plots["roc_pr"] = roc_pr_figure(
+                            metrics["ood"].curves(), title=f"{stage}/{name} ({self.ood_score})"
+                        )
                 elif key not in self._reported_skips:
                     self._reported_skips.add(key)
                     log.info(

@@ -91,9 +91,17 @@ class TinySegmenter(nn.Module):
         c_in = 3
         for i in range(depth):
             stride = 2 if i < 2 else 1
-            layers += [nn.Conv2d(c_in, width, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(c_in, width, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
             c_in = width
-        layers += [nn.Conv2d(width, width, 3, padding=2, dilation=2, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(width, width, 3, padding=2, dilation=2, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
         self.features = nn.Sequential(*layers)
         self.head = nn.Conv2d(width, num_classes, 1)
         self.num_classes = num_classes

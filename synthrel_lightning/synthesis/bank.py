@@ -23,9 +23,10 @@ import socket
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -97,7 +98,9 @@ class OutlierEntry:
         if self.label is not None:
             self.label = np.asarray(self.label)
             if self.label.shape != self.rgb.shape[:2] or self.label.dtype != np.uint8:
-                raise ValueError(f"OutlierEntry.label must be uint8 {self.rgb.shape[:2]}, got {self.label.dtype} {self.label.shape}")
+                raise ValueError(
+                    f"OutlierEntry.label must be uint8 {self.rgb.shape[:2]}, got {self.label.dtype} {self.label.shape}"
+                )
 
     @property
     def is_ood(self) -> bool:
@@ -158,7 +161,9 @@ def decode_entry(data: bytes | Path, origin: str = "<bytes>") -> OutlierEntry:
             meta_json = z["meta"].tobytes().decode("utf-8")
             stored = z["checksum"].tobytes().decode("ascii")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise CorruptEntryError(f"outlier bank entry {origin} is unreadable ({type(e).__name__}: {e}); delete it or regenerate") from e
+        raise CorruptEntryError(
+            f"outlier bank entry {origin} is unreadable ({type(e).__name__}: {e}); delete it or regenerate"
+        ) from e
     if _checksum(arrays, meta_json) != stored:
         raise CorruptEntryError(f"outlier bank entry {origin} fails its checksum; delete it or regenerate")
     meta = json.loads(meta_json)
@@ -201,12 +206,16 @@ class OutlierBank:
         """Corrupt entries skipped by :meth:`sample` (and :meth:`iter_entries` with ``skip_corrupt``)."""
         if mode == "r":
             if not self.root.is_dir():
-                raise FileNotFoundError(f"outlier bank {self.root} does not exist; create it with mode='a' or run `generate`")
+                raise FileNotFoundError(
+                    f"outlier bank {self.root} does not exist; create it with mode='a' or run `generate`"
+                )
         else:
             self.root.mkdir(parents=True, exist_ok=True)
             marker = self.root / "bank.json"
             if not marker.exists():
-                payload = json.dumps({"format": FORMAT, "version": FORMAT_VERSION, "num_shards": self.num_shards}).encode()
+                payload = json.dumps(
+                    {"format": FORMAT, "version": FORMAT_VERSION, "num_shards": self.num_shards}
+                ).encode()
                 self._atomic_write(marker, payload)
         marker = self.root / "bank.json"
         if marker.exists():
@@ -331,7 +340,9 @@ class OutlierBank:
             raise KeyError(f"no entry {key!r} in outlier bank {self.root}") from None
         return decode_entry(data, origin=str(path))
 
-    def sample(self, rng: np.random.Generator, keys: list[str] | None = None, max_tries: int = 8) -> OutlierEntry | None:
+    def sample(
+        self, rng: np.random.Generator, keys: list[str] | None = None, max_tries: int = 8
+    ) -> OutlierEntry | None:
         """A random entry (from ``keys`` if given); corrupt entries are skipped and counted. None if empty."""
         pool = self.keys() if keys is None else keys
         if not pool:

@@ -7,8 +7,9 @@ another domain ("<caption>, in fog"); the conditioning label map is the ground t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,7 +48,9 @@ def train_ids_to_label_ids(label: np.ndarray, what: str = "label map") -> np.nda
     label = np.asarray(label)
     if label.dtype != np.uint8:
         if label.size and (int(label.min()) < 0 or int(label.max()) > 255):
-            raise ValueError(f"{what}: train ids must lie in 0..255, got values in {int(label.min())}..{int(label.max())}")
+            raise ValueError(
+                f"{what}: train ids must lie in 0..255, got values in {int(label.min())}..{int(label.max())}"
+            )
         label = label.astype(np.uint8)
     out = TRAIN_TO_LABEL_ID[label]
     bad = (out == 255) & (label != VOID_ID)
@@ -131,7 +134,11 @@ class DomainShiftGenerator:
             try:
                 controlnet = diffusers.ControlNetModel.from_pretrained(self.controlnet_id, dtype=self.dtype)
                 pipe = diffusers.StableDiffusionControlNetPipeline.from_pretrained(
-                    self.base_model_id, controlnet=controlnet, dtype=self.dtype, safety_checker=None, requires_safety_checker=False
+                    self.base_model_id,
+                    controlnet=controlnet,
+                    dtype=self.dtype,
+                    safety_checker=None,
+                    requires_safety_checker=False,
                 )
             except (OSError, ValueError) as e:
                 raise ModelLoadError(
@@ -165,7 +172,9 @@ class DomainShiftGenerator:
                 processor = AutoProcessor.from_pretrained(self.caption)
                 model = AutoModelForImageTextToText.from_pretrained(self.caption).to(self.device).eval()
             except (OSError, ValueError) as e:
-                raise ModelLoadError(f"could not load image captioner {self.caption!r}: expected a hub id or local folder of a captioning model such as BLIP ({e})") from e
+                raise ModelLoadError(
+                    f"could not load image captioner {self.caption!r}: expected a hub id or local folder of a captioning model such as BLIP ({e})"
+                ) from e
             self._captioner = (processor, model)
         processor, model = self._captioner
         from PIL import Image
@@ -180,7 +189,13 @@ class DomainShiftGenerator:
         """The generation prompt for a domain."""
         return self.prompt_template.replace("{caption}", caption).replace("{domain}", domain)
 
-    def generate(self, labels: Sequence[np.ndarray], domains: Sequence[str], seeds: Sequence[int], images: Sequence[np.ndarray | None] | None = None) -> list[DomainSample]:
+    def generate(
+        self,
+        labels: Sequence[np.ndarray],
+        domains: Sequence[str],
+        seeds: Sequence[int],
+        images: Sequence[np.ndarray | None] | None = None,
+    ) -> list[DomainSample]:
         """Generate one frame per (label map, domain, seed); images (if given) are only used for captions."""
         if not (len(labels) == len(domains) == len(seeds)):
             raise ValueError("labels, domains and seeds must have the same length")
@@ -191,10 +206,16 @@ class DomainShiftGenerator:
             out.extend(self._generate(list(labels[sl]), list(domains[sl]), list(seeds[sl]), images[sl]))
         return out
 
-    def _generate(self, labels: list[np.ndarray], domains: list[str], seeds: list[int], images: list) -> list[DomainSample]:
+    def _generate(
+        self, labels: list[np.ndarray], domains: list[str], seeds: list[int], images: list
+    ) -> list[DomainSample]:
         shapes = {lbl.shape for lbl in labels}
         if len(shapes) != 1:
-            return [s for i in range(len(labels)) for s in self._generate(labels[i : i + 1], domains[i : i + 1], seeds[i : i + 1], images[i : i + 1])]
+            return [
+                s
+                for i in range(len(labels))
+                for s in self._generate(labels[i : i + 1], domains[i : i + 1], seeds[i : i + 1], images[i : i + 1])
+            ]
         h, w = labels[0].shape
         th, tw = snap_size(h, w, self.max_side)
         conds = []
@@ -206,20 +227,26 @@ class DomainShiftGenerator:
         prompts = [self.prompt(d, self.caption_for(img)) for d, img in zip(domains, images)]
         gens = [torch_generator(int(s), "domain", d) for s, d in zip(seeds, domains)]
         with torch.inference_mode():
-            res = self.pipeline(
-                prompt=prompts,
-                image=torch.stack(conds),
-                height=th,
-                width=tw,
-                num_inference_steps=self.num_inference_steps,
-                guidance_scale=self.guidance_scale,
-                controlnet_conditioning_scale=self.conditioning_scale,
-                generator=gens,
-                output_type="pt",
-            ).images.float().cpu()
+            res = (
+                self.pipeline(
+                    prompt=prompts,
+                    image=torch.stack(conds),
+                    height=th,
+                    width=tw,
+                    num_inference_steps=self.num_inference_steps,
+                    guidance_scale=self.guidance_scale,
+                    controlnet_conditioning_scale=self.conditioning_scale,
+                    generator=gens,
+                    output_type="pt",
+                )
+                .images.float()
+                .cpu()
+            )
         if (th, tw) != (h, w):
             res = F.interpolate(res, size=(h, w), mode="bicubic", align_corners=False)
         return [
-            DomainSample(to_uint8(res[i]), np.asarray(labels[i], dtype=np.uint8).copy(), domains[i], prompts[i], int(seeds[i]))
+            DomainSample(
+                to_uint8(res[i]), np.asarray(labels[i], dtype=np.uint8).copy(), domains[i], prompts[i], int(seeds[i])
+            )
             for i in range(len(labels))
         ]

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,14 +36,28 @@ from synthrel_lightning.synthesis.protocol import (
 )
 from synthrel_lightning.synthesis.vocabulary import VocabularyEntry, article
 
-__all__ = ["DEFAULT_INPAINT_MODEL", "InpaintingEngine", "InpaintOutput", "InpaintResult", "ModelLoadError", "output_problem"]
+__all__ = [
+    "DEFAULT_INPAINT_MODEL",
+    "InpaintingEngine",
+    "InpaintOutput",
+    "InpaintResult",
+    "ModelLoadError",
+    "output_problem",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 """SD 1.5 inpainting, the paper's model."""
 
-_DTYPES = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32}
+_DTYPES = {
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+}
 
 
 class ModelLoadError(OSError):
@@ -88,7 +103,9 @@ class InpaintResult:
 
     def label_map(self, base: np.ndarray | None = None) -> np.ndarray:
         """``base`` (frame train ids; all void if None) with ``label_value`` written on the object's pixels."""
-        out = np.full(self.image.shape[:2], 255, np.uint8) if base is None else np.array(base, dtype=np.uint8, copy=True)
+        out = (
+            np.full(self.image.shape[:2], 255, np.uint8) if base is None else np.array(base, dtype=np.uint8, copy=True)
+        )
         if out.shape != self.image.shape[:2]:
             raise ValueError(f"label map shape {out.shape} does not match the frame {self.image.shape[:2]}")
         out[self.frame_mask()] = self.label_value
@@ -99,11 +116,21 @@ class InpaintResult:
         from synthrel_lightning.synthesis.bank import OutlierEntry
 
         meta = dict(self.metadata, box=list(self.box))
-        common = dict(label_value=self.label_value, name=self.object_name, prompt=self.prompt, source=source, seed=self.seed, model=self.model_id, metadata=meta)
+        common = dict(
+            label_value=self.label_value,
+            name=self.object_name,
+            prompt=self.prompt,
+            source=source,
+            seed=self.seed,
+            model=self.model_id,
+            metadata=meta,
+        )
         if kind == "object":
             return OutlierEntry(rgb=self.patch, alpha=self.alpha, kind="object", **common)
         if kind == "frame":
-            return OutlierEntry(rgb=self.image, alpha=self.frame_mask(), kind="frame", label=self.label_map(base_label), **common)
+            return OutlierEntry(
+                rgb=self.image, alpha=self.frame_mask(), kind="frame", label=self.label_map(base_label), **common
+            )
         raise ValueError(f"entry kind must be 'object' or 'frame', got {kind!r}")
 
 
@@ -159,17 +186,23 @@ class InpaintingEngine:
         if dtype not in _DTYPES:
             raise ValueError(f"InpaintingEngine dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         if device not in ("auto", "cpu") and not str(device).startswith(("cuda", "mps", "xpu")):
-            raise ValueError(f"InpaintingEngine device must be 'auto', 'cpu', 'cuda[:i]', 'mps' or 'xpu', got {device!r}")
+            raise ValueError(
+                f"InpaintingEngine device must be 'auto', 'cpu', 'cuda[:i]', 'mps' or 'xpu', got {device!r}"
+            )
         if resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8 (Stable Diffusion's VAE factor), got {resolution}")
         if refine_region not in ("frame", "crop"):
             raise ValueError(f"refine_region must be 'frame' or 'crop', got {refine_region!r}")
         if control not in ("inpaint", "segmentation"):
-            raise ValueError(f"control must be 'inpaint' (masked image) or 'segmentation' (label colours), got {control!r}")
+            raise ValueError(
+                f"control must be 'inpaint' (masked image) or 'segmentation' (label colours), got {control!r}"
+            )
         if batch_size < 1 or num_inference_steps < 1 or max_retries < 0:
             raise ValueError("batch_size and num_inference_steps must be >= 1 and max_retries >= 0")
         if cpu_offload and str(device) == "cpu":
-            raise ValueError("cpu_offload=True offloads to the CPU between GPU calls; it needs device='cuda' or 'auto' on a GPU machine")
+            raise ValueError(
+                "cpu_offload=True offloads to the CPU between GPU calls; it needs device='cuda' or 'auto' on a GPU machine"
+            )
         if "{object}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{object}}', got {prompt_template!r}")
         self.model_id = str(model_id)
@@ -227,12 +260,21 @@ class InpaintingEngine:
     def _check_source(self, ident: str, what: str) -> None:
         path = Path(ident).expanduser()
         # Hub ids are "owner/name"; anything else that looks like a path must be an existing folder.
-        looks_local = path.is_absolute() or ident.startswith((".", "~")) or ident.count("/") > 1 or os.sep in ident.replace("/", "")
+        looks_local = (
+            path.is_absolute()
+            or ident.startswith((".", "~"))
+            or ident.count("/") > 1
+            or os.sep in ident.replace("/", "")
+        )
         if path.exists() or looks_local:
             if not path.is_dir():
-                raise ModelLoadError(f"{what} {ident!r}: folder not found; expected a Hugging Face hub id (owner/name) or a local folder saved with save_pretrained")
+                raise ModelLoadError(
+                    f"{what} {ident!r}: folder not found; expected a Hugging Face hub id (owner/name) or a local folder saved with save_pretrained"
+                )
             if what.startswith("inpainting") and not (path / "model_index.json").is_file():
-                raise ModelLoadError(f"{what} {ident!r}: the folder has no model_index.json; expected a diffusers pipeline folder (save_pretrained output) or a hub id")
+                raise ModelLoadError(
+                    f"{what} {ident!r}: the folder has no model_index.json; expected a diffusers pipeline folder (save_pretrained output) or a hub id"
+                )
 
     def _load(self) -> Any:
         import diffusers
@@ -245,7 +287,9 @@ class InpaintingEngine:
             try:
                 kwargs["controlnet"] = diffusers.ControlNetModel.from_pretrained(self.controlnet_id, dtype=self.dtype)
             except (OSError, ValueError) as e:
-                raise ModelLoadError(f"could not load ControlNet {self.controlnet_id!r}: expected a hub id or a ControlNetModel folder ({e})") from e
+                raise ModelLoadError(
+                    f"could not load ControlNet {self.controlnet_id!r}: expected a hub id or a ControlNetModel folder ({e})"
+                ) from e
             cls = diffusers.StableDiffusionControlNetInpaintPipeline
         try:
             pipe = cls.from_pretrained(self.model_id, **kwargs)
@@ -274,7 +318,9 @@ class InpaintingEngine:
             name = self.scheduler if self.scheduler.endswith("Scheduler") else f"{self.scheduler}Scheduler"
             cls = getattr(diffusers, name, None)
             if cls is None:
-                raise ValueError(f"unknown scheduler {self.scheduler!r}: diffusers has no {name} (e.g. 'DDIM', 'DPMSolverMultistep', 'LCM')")
+                raise ValueError(
+                    f"unknown scheduler {self.scheduler!r}: diffusers has no {name} (e.g. 'DDIM', 'DPMSolverMultistep', 'LCM')"
+                )
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(disable=True)
@@ -289,7 +335,15 @@ class InpaintingEngine:
         return self.prompt_template.replace("{n}", n).replace("{object}", entry.name)
 
     # -- batched inpainting ------------------------------------------------------------
-    def _call(self, images: torch.Tensor, masks: torch.Tensor, prompts: list[str], generators: list[torch.Generator], strength: float, control: torch.Tensor | None) -> torch.Tensor:
+    def _call(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        prompts: list[str],
+        generators: list[torch.Generator],
+        strength: float,
+        control: torch.Tensor | None,
+    ) -> torch.Tensor:
         pipe = self.pipeline
         h, w = images.shape[-2:]
         # Hand the pipeline tensors already on its execution device (it would copy them itself otherwise).
@@ -335,9 +389,13 @@ class InpaintingEngine:
         if masks.shape != (b, 1, h, w):
             raise ValueError(f"masks must be (B, 1, H, W) = {(b, 1, h, w)}, got {tuple(masks.shape)}")
         if h % 8 or w % 8:
-            raise ValueError(f"inpainting height and width must be multiples of 8 for Stable Diffusion, got {h}x{w}; resize first")
+            raise ValueError(
+                f"inpainting height and width must be multiples of 8 for Stable Diffusion, got {h}x{w}; resize first"
+            )
         if len(prompts) != b or len(generators) != b:
-            raise ValueError(f"need one prompt and one generator per image: {b} images, {len(prompts)} prompts, {len(generators)} generators")
+            raise ValueError(
+                f"need one prompt and one generator per image: {b} images, {len(prompts)} prompts, {len(generators)} generators"
+            )
         if control_images is not None and control_images.shape[0] != b:
             raise ValueError(f"control_images must have {b} entries, got {control_images.shape[0]}")
         strength = self.strength if strength is None else float(strength)
@@ -366,7 +424,14 @@ class InpaintingEngine:
                         out[i] = res[j]
                         valid[i] = True
                     else:
-                        log.warning("inpainting output %d (%r) is unusable (%s), attempt %d/%d", i, prompts[i], problem, attempt + 1, self.max_retries + 1)
+                        log.warning(
+                            "inpainting output %d (%r) is unusable (%s), attempt %d/%d",
+                            i,
+                            prompts[i],
+                            problem,
+                            attempt + 1,
+                            self.max_retries + 1,
+                        )
                         failed.append(i)
             pending = failed
             if not pending or attempt == self.max_retries:
@@ -381,7 +446,9 @@ class InpaintingEngine:
         return InpaintOutput(out, valid)
 
     # -- the protocol on whole frames -------------------------------------------------
-    def _control_for(self, crop: torch.Tensor, soft: torch.Tensor, label: np.ndarray | None, window: CropWindow) -> torch.Tensor:
+    def _control_for(
+        self, crop: torch.Tensor, soft: torch.Tensor, label: np.ndarray | None, window: CropWindow
+    ) -> torch.Tensor:
         if self.control == "segmentation":
             if label is None:
                 raise ValueError("control='segmentation' needs the frames' label maps")
@@ -393,7 +460,9 @@ class InpaintingEngine:
         ctrl[:, soft[0] > 0.5] = -1.0
         return ctrl
 
-    def synthesize(self, frame: np.ndarray, box: BoxLike, obj: str | VocabularyEntry, seed: int, label: np.ndarray | None = None) -> InpaintResult:
+    def synthesize(
+        self, frame: np.ndarray, box: BoxLike, obj: str | VocabularyEntry, seed: int, label: np.ndarray | None = None
+    ) -> InpaintResult:
         """Inpaint one object into one frame (see :meth:`synthesize_batch`)."""
         return self.synthesize_batch([frame], [box], [obj], [seed], None if label is None else [label])[0]
 
@@ -408,7 +477,9 @@ class InpaintingEngine:
         """The paper's protocol on a batch of frames (H, W, 3 uint8), square boxes, objects and seeds."""
         n = len(frames)
         if not (len(boxes) == len(objects) == len(seeds) == n):
-            raise ValueError(f"frames, boxes, objects and seeds must have the same length, got {n}, {len(boxes)}, {len(objects)}, {len(seeds)}")
+            raise ValueError(
+                f"frames, boxes, objects and seeds must have the same length, got {n}, {len(boxes)}, {len(objects)}, {len(seeds)}"
+            )
         labels = list(labels) if labels is not None else [None] * n
         entries = [_object_of(o) for o in objects]
         windows, crops, softs, prompts, gens, controls = [], [], [], [], [], []
@@ -426,7 +497,13 @@ class InpaintingEngine:
             gens.append(torch_generator(int(seed), "inpaint"))
             if self.controlnet_id:
                 controls.append(self._control_for(crop, soft, label, win))
-        out = self.inpaint(torch.stack(crops), torch.stack(softs), prompts, gens, control_images=torch.stack(controls) if controls else None)
+        out = self.inpaint(
+            torch.stack(crops),
+            torch.stack(softs),
+            prompts,
+            gens,
+            control_images=torch.stack(controls) if controls else None,
+        )
         new_frames: list[np.ndarray | None] = []
         patches: list[np.ndarray | None] = []
         for i, frame in enumerate(frames):
@@ -441,10 +518,22 @@ class InpaintingEngine:
             self._refine(new_frames, patches, windows, entries, seeds, labels)
         results = []
         for i, frame in enumerate(frames):
-            results.append(self._finish(np.asarray(frame), new_frames[i], patches[i], windows[i], entries[i], prompts[i], int(seeds[i])))
+            results.append(
+                self._finish(
+                    np.asarray(frame), new_frames[i], patches[i], windows[i], entries[i], prompts[i], int(seeds[i])
+                )
+            )
         return results
 
-    def _refine(self, new_frames: list, patches: list, windows: list[CropWindow], entries: list[VocabularyEntry], seeds: Sequence[int], labels: list) -> None:
+    def _refine(
+        self,
+        new_frames: list,
+        patches: list,
+        windows: list[CropWindow],
+        entries: list[VocabularyEntry],
+        seeds: Sequence[int],
+        labels: list,
+    ) -> None:
         """Second pass over the pasted square (mask = the square, prompt = the object name) to blend its edges."""
         todo = [i for i, f in enumerate(new_frames) if f is not None]
         groups: dict[tuple[int, int], list[int]] = {}
@@ -459,7 +548,9 @@ class InpaintingEngine:
                     h, w = frame.shape[:2]
                     th, tw = snap_size(h, w, self.refine_max_side)
                     t = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
-                    t = F.interpolate(t, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)[0].clamp(0, 1)
+                    t = F.interpolate(t, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)[0].clamp(
+                        0, 1
+                    )
                     hard = torch.zeros(1, 1, h, w)
                     hard[..., win.y0 : win.y0 + win.side, win.x0 : win.x0 + win.side] = 1.0
                     mask = F.interpolate(hard, size=(th, tw), mode="nearest")[0]
@@ -476,7 +567,14 @@ class InpaintingEngine:
                 sizes.append(t.shape[-2:])
             prompts = [entries[i].name for i in idx]
             gens = [torch_generator(int(seeds[i]), "refine") for i in idx]
-            res = self.inpaint(torch.stack(imgs), torch.stack(masks), prompts, gens, strength=self.refine_strength, control_images=torch.stack(ctrls) if ctrls else None)
+            res = self.inpaint(
+                torch.stack(imgs),
+                torch.stack(masks),
+                prompts,
+                gens,
+                strength=self.refine_strength,
+                control_images=torch.stack(ctrls) if ctrls else None,
+            )
             for j, i in enumerate(idx):
                 if not res.valid[j]:
                     self.stats["refine_failed"] += 1
@@ -503,12 +601,36 @@ class InpaintingEngine:
         ctrl[:, mask[0] > 0.5] = -1.0
         return ctrl
 
-    def _finish(self, frame: np.ndarray, new_frame: np.ndarray | None, patch: np.ndarray | None, win: CropWindow, entry: VocabularyEntry, prompt: str, seed: int) -> InpaintResult:
+    def _finish(
+        self,
+        frame: np.ndarray,
+        new_frame: np.ndarray | None,
+        patch: np.ndarray | None,
+        win: CropWindow,
+        entry: VocabularyEntry,
+        prompt: str,
+        seed: int,
+    ) -> InpaintResult:
         box = (win.x0, win.y0, win.side)
         empty = np.zeros((win.side, win.side), dtype=bool)
-        common = dict(box=box, object_name=entry.name, label_value=int(entry.label_value), prompt=prompt, seed=seed, model_id=self.model_id)
+        common = dict(
+            box=box,
+            object_name=entry.name,
+            label_value=int(entry.label_value),
+            prompt=prompt,
+            seed=seed,
+            model_id=self.model_id,
+        )
         if new_frame is None or patch is None:
-            return InpaintResult(frame.copy(), patch=frame[win.y0 : win.y0 + win.side, win.x0 : win.x0 + win.side].copy(), object_mask=empty, alpha=empty.astype(np.float32), ok=False, reason="inpainting produced no usable image", **common)
+            return InpaintResult(
+                frame.copy(),
+                patch=frame[win.y0 : win.y0 + win.side, win.x0 : win.x0 + win.side].copy(),
+                object_mask=empty,
+                alpha=empty.astype(np.float32),
+                ok=False,
+                reason="inpainting produced no usable image",
+                **common,
+            )
         sl = (slice(win.cy0, win.cy0 + win.c), slice(win.cx0, win.cx0 + win.c))
         mres = self.masker.mask(new_frame[sl], frame[sl], win.box_in_crop, entry.name)
         bx0, by0, bx1, by1 = win.box_in_crop
@@ -516,4 +638,12 @@ class InpaintingEngine:
         alpha = feather(obj, self.feather_sigma * win.side) * obj.any()
         if not mres.accepted:
             self.stats["mask_rejected"] += 1
-        return InpaintResult(new_frame, patch=patch, object_mask=obj, alpha=alpha.astype(np.float32), ok=mres.accepted, reason=mres.reason, **common)
+        return InpaintResult(
+            new_frame,
+            patch=patch,
+            object_mask=obj,
+            alpha=alpha.astype(np.float32),
+            ok=mres.accepted,
+            reason=mres.reason,
+            **common,
+        )

@@ -167,7 +167,9 @@ class _HostItemsDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Items in a fixed order (Lightning adds a distributed sampler under DDP)."""
         assert self.items is not None
-        return DataLoader(self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate)
+        return DataLoader(
+            self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate
+        )
 
 
 class GenerationDataModule(_HostItemsDataModule):
@@ -196,9 +198,22 @@ class GenerationDataModule(_HostItemsDataModule):
         """Scan the bank and list the items still to do (Lightning holds a barrier after setup on all ranks)."""
         done = set(OutlierBank(self.bank_root, mode="a").keys())
         self.items = WorkItemDataset(
-            self.source, self.vocabulary, self.placement, self.seed, self.objects_per_frame, self.max_frames, self.write, done
+            self.source,
+            self.vocabulary,
+            self.placement,
+            self.seed,
+            self.objects_per_frame,
+            self.max_frames,
+            self.write,
+            done,
         )
-        log.info("generate: %d of %d work items to do (%d already in %s)", len(self.items), self.items.total, self.items.total - len(self.items), self.bank_root)
+        log.info(
+            "generate: %d of %d work items to do (%d already in %s)",
+            len(self.items),
+            self.items.total,
+            self.items.total - len(self.items),
+            self.bank_root,
+        )
 
 
 class _PipelineModule(L.LightningModule):
@@ -219,12 +234,18 @@ class InpaintGenerationModule(_PipelineModule):
         super().__init__()
         self.engine = self.worker = engine
 
-    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[tuple[dict[str, Any], InpaintResult | None]]:
+    def predict_step(
+        self, batch: list[dict[str, Any]], batch_idx: int
+    ) -> list[tuple[dict[str, Any], InpaintResult | None]]:
         """Synthesize every placeable item of the batch; returns (item, result or None) pairs."""
         todo = [it for it in batch if it["box"] is not None]
         results = (
             self.engine.synthesize_batch(
-                [it["image"] for it in todo], [it["box"] for it in todo], [it["object"] for it in todo], [it["seed"] for it in todo], [it["label"] for it in todo]
+                [it["image"] for it in todo],
+                [it["box"] for it in todo],
+                [it["object"] for it in todo],
+                [it["seed"] for it in todo],
+                [it["label"] for it in todo],
             )
             if todo
             else []
@@ -257,7 +278,16 @@ class BankWriter(BasePredictionWriter):
             self._bank = OutlierBank(self.bank_root, mode="a")
         return self._bank
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         """Write every accepted result of the batch; count the others."""
         for item, result in prediction:
             if result is None:
@@ -367,7 +397,9 @@ def generate(
     engine = engine if engine is not None else InpaintingEngine()
     vocab = resolve_vocabulary(vocabulary, controls or ())
     placement = placement if placement is not None else PlacementSampler()
-    datamodule = GenerationDataModule(source, bank, vocab, placement, seed, objects_per_frame, max_frames, write, batch_size, num_workers)
+    datamodule = GenerationDataModule(
+        source, bank, vocab, placement, seed, objects_per_frame, max_frames, write, batch_size, num_workers
+    )
     writer = BankWriter(bank, write, eval_dir)
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -384,7 +416,9 @@ def generate(
     module = InpaintGenerationModule(engine)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
     assert datamodule.items is not None
-    summary = dict(writer.counts, pending_at_start=len(datamodule.items), total=datamodule.items.total, engine=dict(engine.stats))
+    summary = dict(
+        writer.counts, pending_at_start=len(datamodule.items), total=datamodule.items.total, engine=dict(engine.stats)
+    )
     summary["mask"] = dict(engine.masker.stats)
     return summary
 
@@ -475,7 +509,9 @@ class DomainWorkItems(Dataset):
         sample = self.source[index]
         image = _raw_image(sample, index)
         if sample.get("label") is None:
-            raise ValueError(f"generate (task domains) conditions on label maps, but source item {index} has no 'label'")
+            raise ValueError(
+                f"generate (task domains) conditions on label maps, but source item {index} has no 'label'"
+            )
         label = np.asarray(sample["label"], dtype=np.uint8)
         name = str(sample.get("name", self.frame_name(index)))
         h, w = label.shape
@@ -525,8 +561,16 @@ class DomainDataModule(_HostItemsDataModule):
 
     def setup(self, stage: str) -> None:
         """Check which output files exist and list the items still to do."""
-        self.items = DomainWorkItems(self.source, self.out, self.domains, self.split, self.resolution, self.seed, self.max_frames)
-        log.info("generate domains: %d of %d items to do (%d already in %s)", len(self.items), self.items.total, self.items.total - len(self.items), self.out)
+        self.items = DomainWorkItems(
+            self.source, self.out, self.domains, self.split, self.resolution, self.seed, self.max_frames
+        )
+        log.info(
+            "generate domains: %d of %d items to do (%d already in %s)",
+            len(self.items),
+            self.items.total,
+            self.items.total - len(self.items),
+            self.out,
+        )
 
 
 class DomainGenerationModule(_PipelineModule):
@@ -538,7 +582,12 @@ class DomainGenerationModule(_PipelineModule):
 
     def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[tuple[dict[str, Any], DomainSample]]:
         """Generate every item of the batch; returns (item, sample) pairs."""
-        samples = self.generator.generate([it["label"] for it in batch], [it["domain"] for it in batch], [it["seed"] for it in batch], [it["image"] for it in batch])
+        samples = self.generator.generate(
+            [it["label"] for it in batch],
+            [it["domain"] for it in batch],
+            [it["seed"] for it in batch],
+            [it["image"] for it in batch],
+        )
         return list(zip(batch, samples))
 
 
@@ -550,11 +599,22 @@ class DomainWriter(BasePredictionWriter):
         self.counts: dict[str, int] = {"written": 0}
         self.per_domain: dict[str, int] = {}
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Sequence[int] | None, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Sequence[int] | None,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         """Write each (frame, ground truth) pair; the image goes last, so a frame counts as done only when both exist."""
         for item, sample in prediction:
             if sample.image.shape[:2] != item["label_ids"].shape:
-                raise RuntimeError(f"generated frame {sample.image.shape[:2]} does not match its label map {item['label_ids'].shape} ({item['name']}, {item['domain']})")
+                raise RuntimeError(
+                    f"generated frame {sample.image.shape[:2]} does not match its label map {item['label_ids'].shape} ({item['name']}, {item['domain']})"
+                )
             atomic_save_png(Path(item["label_path"]), item["label_ids"])
             atomic_save_png(Path(item["image_path"]), sample.image)
             self.counts["written"] += 1
@@ -590,7 +650,9 @@ def generate_domains(
     """
     generator = generator if generator is not None else DomainShiftGenerator()
     split = split if split is not None else str(getattr(source, "split", "val"))
-    datamodule = DomainDataModule(source, out, generator.domains, split, resolution, seed, max_frames, batch_size, num_workers)
+    datamodule = DomainDataModule(
+        source, out, generator.domains, split, resolution, seed, max_frames, batch_size, num_workers
+    )
     writer = DomainWriter()
     trainer = L.Trainer(
         accelerator=accelerator,
@@ -606,14 +668,33 @@ def generate_domains(
     )
     trainer.predict(DomainGenerationModule(generator), datamodule=datamodule, return_predictions=False)
     assert datamodule.items is not None
-    return dict(writer.counts, per_domain=dict(writer.per_domain), pending_at_start=len(datamodule.items), total=datamodule.items.total, out=str(out), split=split)
+    return dict(
+        writer.counts,
+        per_domain=dict(writer.per_domain),
+        pending_at_start=len(datamodule.items),
+        total=datamodule.items.total,
+        out=str(out),
+        split=split,
+    )
 
 
 # ----------------------------------------------------------------------------------- command line
 
 Task = Literal["objects", "domains"]
 
-_SHARED = {"source", "seed", "max_frames", "batch_size", "num_workers", "accelerator", "devices", "strategy", "num_nodes", "limit_predict_batches", "progress"}
+_SHARED = {
+    "source",
+    "seed",
+    "max_frames",
+    "batch_size",
+    "num_workers",
+    "accelerator",
+    "devices",
+    "strategy",
+    "num_nodes",
+    "limit_predict_batches",
+    "progress",
+}
 _OBJECT_ONLY = ("bank", "engine", "vocabulary", "controls", "objects_per_frame", "write", "eval_dir", "placement")
 _DOMAIN_ONLY = ("out", "generator", "split", "resolution")
 
@@ -625,15 +706,28 @@ def build_parser() -> Any:
     parser = ArgumentParser(
         prog="python -m synthrel_lightning generate",
         description=(
-            "task=objects: " + (generate.__doc__ or "").split("\n")[0] + "  task=domains: " + (generate_domains.__doc__ or "").split("\n")[0]
+            "task=objects: "
+            + (generate.__doc__ or "").split("\n")[0]
+            + "  task=domains: "
+            + (generate_domains.__doc__ or "").split("\n")[0]
         ),
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_argument("--task", type=Task, default="objects", help="objects: inpaint objects into an outlier bank; domains: ControlNet domain-shift sets")
+    parser.add_argument(
+        "--task",
+        type=Task,
+        default="objects",
+        help="objects: inpaint objects into an outlier bank; domains: ControlNet domain-shift sets",
+    )
     parser.add_function_arguments(generate, as_group=False, skip={"bank"})
     parser.add_argument("--bank", type=str | None, default=None, help="task objects: outlier bank folder (required)")
     parser.add_function_arguments(generate_domains, as_group=False, skip=_SHARED | {"out"})
-    parser.add_argument("--out", type=str | None, default=None, help="task domains: output folder, one Cityscapes-layout set per domain (required)")
+    parser.add_argument(
+        "--out",
+        type=str | None,
+        default=None,
+        help="task domains: output folder, one Cityscapes-layout set per domain (required)",
+    )
     return parser
 
 
@@ -642,12 +736,16 @@ def main(args: list[str] | None = None) -> None:
     parser = build_parser()
     cfg = parser.parse_args(args)
     task = cfg.task
-    wanted, own, other = ("bank", _OBJECT_ONLY, _DOMAIN_ONLY) if task == "objects" else ("out", _DOMAIN_ONLY, _OBJECT_ONLY)
+    wanted, own, other = (
+        ("bank", _OBJECT_ONLY, _DOMAIN_ONLY) if task == "objects" else ("out", _DOMAIN_ONLY, _OBJECT_ONLY)
+    )
     defaults = parser.get_defaults()
     foreign = [k for k in other if cfg.get(k) != defaults.get(k)]
     if foreign:
         other_task = "domains" if task == "objects" else "objects"
-        parser.error(f"option(s) {', '.join(foreign)} belong to task {other_task!r}, but task is {task!r}; remove them or set --task={other_task}")
+        parser.error(
+            f"option(s) {', '.join(foreign)} belong to task {other_task!r}, but task is {task!r}; remove them or set --task={other_task}"
+        )
     if not cfg.get(wanted):
         parser.error(f"task {task!r} needs --{wanted}")
     init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)

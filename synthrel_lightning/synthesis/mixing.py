@@ -141,10 +141,20 @@ class OutlierMixer:
     def _composite(self, sample: Sample, rng: np.random.Generator) -> Sample:
         image = np.array(sample["image"], dtype=np.uint8, copy=True)
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"OutlierMixer expects a raw uint8 (H, W, 3) image, got {image.shape} (apply transforms after mixing)")
+            raise ValueError(
+                f"OutlierMixer expects a raw uint8 (H, W, 3) image, got {image.shape} (apply transforms after mixing)"
+            )
         H, W = image.shape[:2]
-        label = np.array(sample["label"], dtype=np.uint8, copy=True) if sample.get("label") is not None else np.full((H, W), VOID_ID, np.uint8)
-        ood = np.array(sample["ood"], dtype=np.uint8, copy=True) if sample.get("ood") is not None else semantic_to_ood_target(label)
+        label = (
+            np.array(sample["label"], dtype=np.uint8, copy=True)
+            if sample.get("label") is not None
+            else np.full((H, W), VOID_ID, np.uint8)
+        )
+        ood = (
+            np.array(sample["ood"], dtype=np.uint8, copy=True)
+            if sample.get("ood") is not None
+            else semantic_to_ood_target(label)
+        )
         n = int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))
         pasted = 0
         for _ in range(n):
@@ -216,9 +226,13 @@ class OutlierMixer:
 class OutlierMixingDataset(Dataset[Sample]):
     """A dataset of raw samples mixed with outliers, then transformed; call :meth:`set_epoch` every epoch."""
 
-    def __init__(self, base: Dataset[Sample], mixer: OutlierMixer, transform: Any | None = None, epoch: int = 0) -> None:
+    def __init__(
+        self, base: Dataset[Sample], mixer: OutlierMixer, transform: Any | None = None, epoch: int = 0
+    ) -> None:
         if not callable(mixer):
-            raise TypeError(f"OutlierMixingDataset: mixer must be callable(sample, index, epoch), got {type(mixer).__name__}")
+            raise TypeError(
+                f"OutlierMixingDataset: mixer must be callable(sample, index, epoch), got {type(mixer).__name__}"
+            )
         self.base = base
         self.mixer = mixer
         self.transform = transform

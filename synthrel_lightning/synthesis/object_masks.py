@@ -92,7 +92,9 @@ class ObjectMasker:
     def mask(self, crop: np.ndarray, original: np.ndarray, box: Box, object_name: str) -> MaskResult:
         """Find the mask and check it against the rules (rejections are counted and logged)."""
         if crop.shape != original.shape or crop.ndim != 3:
-            raise ValueError(f"crop and original must be the same (h, w, 3) shape, got {crop.shape} and {original.shape}")
+            raise ValueError(
+                f"crop and original must be the same (h, w, 3) shape, got {crop.shape} and {original.shape}"
+            )
         m = np.asarray(self.find(crop, original, box, object_name), dtype=bool)
         reason = self.rules.check(m, box)
         if reason is None:
@@ -186,7 +188,13 @@ class OpenVocabMasker(ObjectMasker):
         return torch.device(self._device)
 
     def _load(self, kind: str) -> tuple[Any, Any]:
-        from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, Owlv2ForObjectDetection, SamModel, SamProcessor
+        from transformers import (
+            AutoModelForZeroShotObjectDetection,
+            AutoProcessor,
+            Owlv2ForObjectDetection,
+            SamModel,
+            SamProcessor,
+        )
 
         if kind == "sam":
             ident, model_cls, proc_cls = self.sam_id, SamModel, SamProcessor
@@ -215,19 +223,27 @@ class OpenVocabMasker(ObjectMasker):
         image = Image.fromarray(crop)
         h, w = crop.shape[:2]
         if self.detector_type == "owlv2":
-            inputs = processor(text=[[f"a photo of a {object_name}"]], images=image, return_tensors="pt").to(self.device)
+            inputs = processor(text=[[f"a photo of a {object_name}"]], images=image, return_tensors="pt").to(
+                self.device
+            )
             with torch.inference_mode():
                 outputs = model(**inputs)
             # OWLv2 pads the image to a square: boxes are relative to the padded square.
             side = max(h, w)
-            res = processor.post_process_grounded_object_detection(outputs, threshold=self.box_threshold, target_sizes=[(side, side)])[0]
+            res = processor.post_process_grounded_object_detection(
+                outputs, threshold=self.box_threshold, target_sizes=[(side, side)]
+            )[0]
         else:
             text = object_name.lower().strip().rstrip(".") + "."
             inputs = processor(images=image, text=text, return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 outputs = model(**inputs)
             res = processor.post_process_grounded_object_detection(
-                outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold, target_sizes=[(h, w)]
+                outputs,
+                inputs["input_ids"],
+                threshold=self.box_threshold,
+                text_threshold=self.text_threshold,
+                target_sizes=[(h, w)],
             )[0]
         boxes, scores = res["boxes"], res["scores"]
         if len(scores) == 0:

@@ -13,8 +13,9 @@ Two rules are implemented (REFERENCE.md §1a-1b):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -119,7 +120,9 @@ class PlacementSampler:
         return x_lo, max(x_lo, x_hi), y_lo, max(y_lo, y_hi)
 
     # -- sampling --------------------------------------------------------------------
-    def sample(self, label: np.ndarray | None, rng: np.random.Generator, shape: tuple[int, int] | None = None) -> Placement | None:
+    def sample(
+        self, label: np.ndarray | None, rng: np.random.Generator, shape: tuple[int, int] | None = None
+    ) -> Placement | None:
         """One box for a frame with train-id map ``label`` (or only ``shape`` = (H, W) for the paper's rule)."""
         if label is not None:
             label = np.asarray(label)

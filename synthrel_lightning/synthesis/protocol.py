@@ -15,7 +15,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BoxLike", "CropWindow", "as_box", "context_window", "soft_box_mask", "crop_to_tensor", "paste_square", "snap_size"]
+__all__ = [
+    "BoxLike",
+    "CropWindow",
+    "as_box",
+    "context_window",
+    "soft_box_mask",
+    "crop_to_tensor",
+    "paste_square",
+    "snap_size",
+]
 
 BoxLike = Any
 """A box: a ``Placement`` (``x0``, ``y0``, ``side``), a ``(x0, y0, side)`` tuple or a dict with those keys."""
@@ -83,7 +92,11 @@ def soft_box_mask(window: CropWindow, resolution: int = 512, blur_kernel: int = 
     if k > 1:
         # A k x k mean filter with reflected borders, like cv2.blur on the mask image.
         lo, hi = (k - 1) // 2, k // 2
-        padded = F.pad(mask, (lo, hi, lo, hi), mode="reflect") if max(lo, hi) < resolution else F.pad(mask, (lo, hi, lo, hi), mode="replicate")
+        padded = (
+            F.pad(mask, (lo, hi, lo, hi), mode="reflect")
+            if max(lo, hi) < resolution
+            else F.pad(mask, (lo, hi, lo, hi), mode="replicate")
+        )
         # Separable (k x 1 then 1 x k): the same mean, ~k/2 times cheaper.
         mask = F.avg_pool2d(F.avg_pool2d(padded, kernel_size=(k, 1), stride=1), kernel_size=(1, k), stride=1)
     return mask[0].clamp_(0.0, 1.0)
@@ -94,13 +107,15 @@ def crop_to_tensor(frame: np.ndarray, window: CropWindow, resolution: int = 512)
     crop = frame[window.cy0 : window.cy0 + window.c, window.cx0 : window.cx0 + window.c]
     t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div_(255.0)
     if window.c != resolution:
-        t = F.interpolate(t, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=window.c > resolution)
+        t = F.interpolate(
+            t, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=window.c > resolution
+        )
     return t[0].clamp_(0.0, 1.0)
 
 
 def to_uint8(t: torch.Tensor) -> np.ndarray:
     """(3, H, W) float [0, 1] tensor -> (H, W, 3) uint8 array."""
-    return (t.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+    return t.detach().float().clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def paste_square(frame: np.ndarray, inpainted: torch.Tensor, window: CropWindow) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +125,9 @@ def paste_square(frame: np.ndarray, inpainted: torch.Tensor, window: CropWindow)
     """
     t = inpainted.detach().float()[None]
     if t.shape[-1] != window.c:
-        t = F.interpolate(t, size=(window.c, window.c), mode="bicubic", align_corners=False, antialias=t.shape[-1] > window.c)
+        t = F.interpolate(
+            t, size=(window.c, window.c), mode="bicubic", align_corners=False, antialias=t.shape[-1] > window.c
+        )
     bx0, by0, bx1, by1 = window.box_in_crop
     patch = to_uint8(t[0, :, by0:by1, bx0:bx1])
     out = frame.copy()

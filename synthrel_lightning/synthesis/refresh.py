@@ -15,9 +15,10 @@ import math
 import os
 import queue as queue_mod
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch.multiprocessing as mp
@@ -137,10 +138,15 @@ class OutlierBankRefresh(Callback):
             self.totals["crashed_jobs"] += 1
             log.warning(
                 "outlier bank refresh job of epoch %d stopped early (exit code %s): %s; recent errors: %s",
-                job.epoch, job.process.exitcode, st.get("fatal"), st.get("errors"),
+                job.epoch,
+                job.process.exitcode,
+                st.get("fatal"),
+                st.get("errors"),
             )
         elif st.get("failed"):
-            log.warning("outlier bank refresh job of epoch %d: %d items failed: %s", job.epoch, st["failed"], st.get("errors"))
+            log.warning(
+                "outlier bank refresh job of epoch %d: %d items failed: %s", job.epoch, st["failed"], st.get("errors")
+            )
 
     def _launch(self, trainer: L.Trainer, epoch: int, n: int) -> None:
         ctx = mp.get_context("spawn")
@@ -191,7 +197,11 @@ class OutlierBankRefresh(Callback):
         bank = OutlierBank(self.bank_root, mode="a")
         size = len(bank)
         if len(self._jobs) >= self.max_pending:
-            log.info("outlier bank refresh: %d job(s) still running, none launched for epoch %d", len(self._jobs), trainer.current_epoch)
+            log.info(
+                "outlier bank refresh: %d job(s) still running, none launched for epoch %d",
+                len(self._jobs),
+                trainer.current_epoch,
+            )
         else:
             n = self._per_epoch(size)
             if n > 0:

@@ -7,16 +7,16 @@ serve), so the mixer, :func:`fill_bank` and the background refresh treat them al
 from __future__ import annotations
 
 import abc
-from collections import OrderedDict
-
 import importlib
 import inspect
 import json
 import logging
 import os
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +87,9 @@ class ProceduralObjectSource(OutlierSource):
         if not 4 <= size_range[0] <= size_range[1]:
             raise ValueError(f"size_range must satisfy 4 <= lo <= hi, got {size_range!r}")
         if in_distribution_fraction > 0 and not in_distribution_ids:
-            raise ValueError("in_distribution_fraction > 0 needs in_distribution_ids (train ids to label controls with)")
+            raise ValueError(
+                "in_distribution_fraction > 0 needs in_distribution_ids (train ids to label controls with)"
+            )
         self.size_range = (int(size_range[0]), int(size_range[1]))
         self.shapes = tuple(shapes)
         self.textures = tuple(textures)
@@ -255,9 +257,15 @@ class CocoObjectSource(OutlierSource):
         if categories is not None:
             missing = set(categories) - set(cats.values())
             if missing:
-                raise ValueError(f"categories {sorted(missing)} not in {self.annotation_json} (has {sorted(cats.values())})")
-        keep_cats = {i for i, n in cats.items() if (categories is None or n in categories) and n not in set(exclude_categories)}
-        self.images = {int(im["id"]): (str(im["file_name"]), int(im["height"]), int(im["width"])) for im in data["images"]}
+                raise ValueError(
+                    f"categories {sorted(missing)} not in {self.annotation_json} (has {sorted(cats.values())})"
+                )
+        keep_cats = {
+            i for i, n in cats.items() if (categories is None or n in categories) and n not in set(exclude_categories)
+        }
+        self.images = {
+            int(im["id"]): (str(im["file_name"]), int(im["height"]), int(im["width"])) for im in data["images"]
+        }
         self.categories = cats
         self.feather = float(feather)
         self.label_value = int(label_value)
@@ -432,7 +440,9 @@ def fill_bank(
         if entry is None:
             failures += 1
             if failures > max_failures:
-                raise RuntimeError(f"source {type(source).__name__} returned nothing {failures} times while filling {bank.root}")
+                raise RuntimeError(
+                    f"source {type(source).__name__} returned nothing {failures} times while filling {bank.root}"
+                )
             continue
         if entry.seed is None:
             entry.seed = int(seed)
@@ -457,7 +467,9 @@ class ProducerSpec:
         """Import the class and instantiate it."""
         module_name, _, attr = self.class_path.rpartition(".")
         if not module_name:
-            raise ValueError(f"ProducerSpec.class_path must be a dotted path 'package.module.Class', got {self.class_path!r}")
+            raise ValueError(
+                f"ProducerSpec.class_path must be a dotted path 'package.module.Class', got {self.class_path!r}"
+            )
         try:
             cls = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as e:
@@ -562,7 +574,9 @@ class InpaintingSource(OutlierSource):
         device: str | None = None,
     ) -> None:
         if frames is None and frames_root is None:
-            raise ValueError("InpaintingSource needs frames (a dataset of raw samples) or frames_root (a Cityscapes root)")
+            raise ValueError(
+                "InpaintingSource needs frames (a dataset of raw samples) or frames_root (a Cityscapes root)"
+            )
         if kind not in ("object", "frame"):
             raise ValueError(f"InpaintingSource kind must be 'object' or 'frame', got {kind!r}")
         if frames is None:

@@ -42,7 +42,9 @@ def _byte_characters() -> list[str]:
     return [chr(c) for c in cs]
 
 
-def build_tiny_tokenizer(folder: str | os.PathLike[str] | None = None, specials_first: bool = True, model_max_length: int = 77) -> Any:
+def build_tiny_tokenizer(
+    folder: str | os.PathLike[str] | None = None, specials_first: bool = True, model_max_length: int = 77
+) -> Any:
     """A byte-level CLIPTokenizer (no merges) written to ``folder`` (a temp folder if None) and loaded offline.
 
     ``specials_first=False`` puts ``<|startoftext|>``/``<|endoftext|>`` at the end of the vocabulary,
@@ -82,7 +84,11 @@ def build_tiny_controlnet(seed: int = 0) -> Any:
     # A fresh ControlNet's output convolutions are zero (it starts as a no-op); give them
     # random weights so that the conditioning image actually steers the tiny model.
     with torch.no_grad():
-        for conv in [*model.controlnet_down_blocks, model.controlnet_mid_block, model.controlnet_cond_embedding.conv_out]:
+        for conv in [
+            *model.controlnet_down_blocks,
+            model.controlnet_mid_block,
+            model.controlnet_cond_embedding.conv_out,
+        ]:
             torch.nn.init.normal_(conv.weight, std=0.1)
     return model
 
@@ -217,7 +223,9 @@ def build_tiny_owlv2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
     )  # fmt: skip
     torch.manual_seed(seed)
     model = Owlv2ForObjectDetection(config).eval()
-    processor = Owlv2Processor(image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tok)
+    processor = Owlv2Processor(
+        image_processor=Owlv2ImageProcessor(size={"height": image_size, "width": image_size}), tokenizer=tok
+    )
     return model, processor
 
 

@@ -9,9 +9,10 @@ out-of-distribution objects, the class's train id for in-distribution controls
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, TRAIN_NAME_TO_ID
 
@@ -63,7 +64,7 @@ class VocabularyEntry:
 
 
 def article(word: str) -> str:
-    """"an" before a vowel letter, else "a" (by the object's first letter, as the paper's prompt does)."""
+    """ "an" before a vowel letter, else "a" (by the object's first letter, as the paper's prompt does)."""
     return "an" if word.strip()[:1].lower() in "aeiou" and word.strip() else "a"
 
 
@@ -77,7 +78,9 @@ def control_vocabulary(classes: Sequence[str] = DEFAULT_CONTROL_CLASSES) -> list
     out = []
     for name in classes:
         if name not in TRAIN_NAME_TO_ID:
-            raise ValueError(f"control class {name!r} is not a Cityscapes train class; expected one of {sorted(TRAIN_NAME_TO_ID)}")
+            raise ValueError(
+                f"control class {name!r} is not a Cityscapes train class; expected one of {sorted(TRAIN_NAME_TO_ID)}"
+            )
         out.append(VocabularyEntry(name, TRAIN_NAME_TO_ID[name]))
     return out
 
@@ -97,7 +100,9 @@ def _entry_from(item: Any, origin: str) -> VocabularyEntry:
             elif label in TRAIN_NAME_TO_ID:
                 label = TRAIN_NAME_TO_ID[label]
             else:
-                raise ValueError(f"{origin}: label {label!r} of {item['name']!r} is neither 'ood' nor a Cityscapes class name")
+                raise ValueError(
+                    f"{origin}: label {label!r} of {item['name']!r} is neither 'ood' nor a Cityscapes class name"
+                )
         try:
             return VocabularyEntry(str(item["name"]), int(label), item.get("prompt"))
         except ValueError as e:
@@ -113,7 +118,9 @@ def load_vocabulary(path: str | os.PathLike[str]) -> list[VocabularyEntry]:
     """
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"vocabulary file {p} not found; expected a .txt (one name per line) or .yaml/.json list")
+        raise FileNotFoundError(
+            f"vocabulary file {p} not found; expected a .txt (one name per line) or .yaml/.json list"
+        )
     text = p.read_text(encoding="utf-8")
     if p.suffix.lower() in (".yaml", ".yml", ".json"):
         import yaml
@@ -132,7 +139,9 @@ def load_vocabulary(path: str | os.PathLike[str]) -> list[VocabularyEntry]:
     return entries
 
 
-def resolve_vocabulary(spec: str | os.PathLike[str] | Iterable[Any] | None = None, controls: Sequence[str] = ()) -> list[VocabularyEntry]:
+def resolve_vocabulary(
+    spec: str | os.PathLike[str] | Iterable[Any] | None = None, controls: Sequence[str] = ()
+) -> list[VocabularyEntry]:
     """A vocabulary from ``spec``: None/"paper" = the 42 objects, a file path, or a list of names/mappings; plus controls."""
     if spec is None or (isinstance(spec, str) and spec == "paper"):
         entries = default_vocabulary()
