@@ -49,6 +49,8 @@ def _show_info_logs() -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        # Lightning's per-Trainer banners (GPU available, tips) would bury the per-model lines.
+        logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def main(args: list[str] | None = None) -> StudyReport:

@@ -14,6 +14,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,25 @@ def _check_metrics(name: str, metrics: Any) -> None:
         raise ValueError(f"evaluation of {name!r} logged no val/<set>/<metric> values")
 
 
+def _evaluate_one(entry: ZooEntry, tag: str, evaluate_fn: Callable[[ZooEntry], Metrics], store: ResultsStore) -> bool:
+    log.info("correlate: %s: evaluating", tag)
+    start = time.perf_counter()
+    try:
+        metrics = evaluate_fn(entry)
+        _check_metrics(entry.name, metrics)
+    except Exception as e:  # one bad model must not stop the zoo
+        err = f"{type(e).__name__}: {e}"
+        log.error("correlate: %s: failed: %s", tag, err)
+        log.debug("%s", traceback.format_exc())
+        store.record_failed(entry.name, err, time.perf_counter() - start, asdict(entry))
+        return False
+    seconds = time.perf_counter() - start
+    store.record_ok(entry.name, metrics, seconds, asdict(entry))
+    count = sum(len(v) for v in metrics.values())
+    log.info("correlate: %s: %d metrics on %d sets in %.1f s", tag, count, len(metrics), seconds)
+    return True
+
+
 def run_zoo(
     entries: Sequence[ZooEntry],
     evaluate_fn: Callable[[ZooEntry], Metrics],
@@ -126,39 +146,16 @@ def run_zoo(
     if skipped:
         log.info("correlate: %d of %d models already in %s, skipped", skipped, len(entries), store.json_path)
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    bar = tqdm(total=len(entries), initial=skipped, desc="models", unit="model", disable=not progress)
     failed = 0
-    try:
+    # With a progress bar, log lines go above it instead of through it.
+    redirect = logging_redirect_tqdm([logging.getLogger("synthrel_lightning")]) if progress else nullcontext()
+    with redirect, tqdm(total=len(entries), initial=skipped, desc="models", unit="model", disable=not progress) as bar:
         for i, entry in enumerate(todo, start=skipped + 1):
             bar.set_postfix_str(entry.name)
-            log.info("correlate: [%d/%d] %s: evaluating", i, len(entries), entry.name)
-            start = time.perf_counter()
-            try:
-                metrics = evaluate_fn(entry)
-                _check_metrics(entry.name, metrics)
-            except Exception as e:  # one bad model must not stop the zoo
-                failed += 1
-                err = f"{type(e).__name__}: {e}"
-                log.error("correlate: [%d/%d] %s: failed: %s", i, len(entries), entry.name, err)
-                log.debug("%s", traceback.format_exc())
-                store.record_failed(entry.name, err, time.perf_counter() - start, asdict(entry))
-            else:
-                seconds = time.perf_counter() - start
-                store.record_ok(entry.name, metrics, seconds, asdict(entry))
-                count = sum(len(v) for v in metrics.values())
-                log.info(
-                    "correlate: [%d/%d] %s: %d metrics on %d sets in %.1f s",
-                    i,
-                    len(entries),
-                    entry.name,
-                    count,
-                    len(metrics),
-                    seconds,
-                )
+            failed += not _evaluate_one(entry, f"[{i}/{len(entries)}] {entry.name}", evaluate_fn, store)
             bar.update(1)
-    finally:
-        bar.close()
     if failed:
         log.warning("correlate: %d model(s) failed; see 'error' in %s", failed, store.json_path)
     return store

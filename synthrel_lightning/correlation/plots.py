@@ -21,14 +21,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from synthrel_lightning.correlation.subsampling import CurvePoint
 
 _MATH = {"r": "r", "rho": r"\rho", "tau": r"\tau"}
-_INTERVAL_NAMES = {"copula": "exact (copula)", "fisher_z": "Fisher z", "bootstrap": "bootstrap"}
+_INTERVAL_NAMES = {"copula": "copula test inversion", "fisher_z": "Fisher z", "bootstrap": "bootstrap"}
 
 
 def correlation_label(c: Correlation) -> str:
     """One legend line, e.g. ``ρ = 0.80, 95% CI [0.12, 0.97] (Fisher z), p = 0.017``."""
     symbol = f"${_MATH[SYMBOLS[c.method]]}$"
     if not c.ok:
-        return f"{symbol}: {c.message}"
+        return f"{symbol}: undefined ({c.status.replace('_', ' ')})"
     text = f"{symbol} = {c.coefficient:.2f}"
     if c.ci_low is not None:
         text += f", {c.ci:.0%} CI [{c.ci_low:.2f}, {c.ci_high:.2f}] ({_INTERVAL_NAMES.get(c.interval, c.interval)})"
@@ -83,8 +83,9 @@ def curve_figure(
     models: int | None = None,
     xlabel: str = "synthetic frames used",
     ylabel: str | None = None,
+    band: float = 0.9,
 ) -> Figure:
-    """Correlation (mean and central band over random subsets) against the number of synthetic frames."""
+    """Correlation (mean and central ``band`` over random subsets) against the number of synthetic frames."""
     fig = new_figure((6.0, 4.2))
     ax = fig.add_subplot(1, 1, 1)
     pts = [p for p in curve if p.mean is not None]
@@ -98,10 +99,17 @@ def curve_figure(
             [p.high for p in pts],
             alpha=0.25,
             color="tab:blue",
-            label=f"central band over random subsets ({max(p.repeats for p in pts)} per size)",
+            label=f"central {band:.0%} over random subsets ({max(p.repeats for p in pts)} per size)",
         )
         last = pts[-1]
-        ax.annotate(f"{last.mean:.2f}", (last.size, last.mean), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            f"{last.mean:.2f}",
+            (last.size, last.mean),
+            textcoords="offset points",
+            xytext=(-4, -14),
+            ha="right",
+            fontsize=8,
+        )
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel or f"{method} correlation with real")

@@ -91,8 +91,11 @@ class Correlation:
 
 
 def few_models_warning(n: int) -> str:
-    """The warning attached to correlations over fewer than :data:`FEW_MODELS` points ("" otherwise)."""
-    if n >= FEW_MODELS:
+    """The warning attached to correlations over 3 to :data:`FEW_MODELS` - 1 points ("" otherwise).
+
+    Fewer than :data:`MIN_POINTS` points give no coefficient at all (the status says so).
+    """
+    if n >= FEW_MODELS or n < MIN_POINTS:
         return ""
     return (
         f"only {n} models: correlations over fewer than {FEW_MODELS} models are fragile "

@@ -53,9 +53,11 @@ class StudyReport:
         head += f" ({len(self.failed)} failed)" if self.failed else ""
         rows = [f"{head}; outputs in {self.output_dir}"]
         for kind, paths in self.files.items():
-            if paths:
-                shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
-                rows.append(f"  {kind}: {shown}")
+            parents = {str(Path(p).parent) for p in paths}
+            if len(paths) > 3 and len(parents) == 1:
+                rows.append(f"  {kind}: {len(paths)} files in {parents.pop()}")
+            elif paths:
+                rows.append(f"  {kind}: {', '.join(paths)}")
         return "\n".join(rows)
 
 
