@@ -78,6 +78,9 @@ def test_logs_correlations_matching_scipy_to_tensorboard_and_file(tmp_path, capl
     assert corr["pearson"].coefficient == pytest.approx(stats.pearsonr(x, y)[0])
     assert corr["spearman"].coefficient == pytest.approx(stats.spearmanr(x, y)[0])
     assert corr["kendall"].coefficient == pytest.approx(stats.kendalltau(x, y)[0])
+    # Four points: exact p-values, an interval that is not a point, and the small-n warning.
+    assert corr["spearman"].p_value == pytest.approx(2 / 24) and corr["spearman"].interval == "copula"
+    assert corr["spearman"].ci_high - corr["spearman"].ci_low > 0.5 and corr["spearman"].warning.startswith("only 4")
     saved = json.loads(history.read_text())
     # Logged values pass through float32 tensors.
     assert [r["epoch"] for r in saved["records"]] == [0, 1, 2, 3]
