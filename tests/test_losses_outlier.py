@@ -13,10 +13,13 @@ from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.losses import (
     EnergyHinge,
     EnergyHingeEstimatedMargins,
+    GamblerLoss,
     LossTerm,
+    Mask2AnomalyMarginLoss,
     MaxSoftmaxMargin,
     MetaOoD,
     PositiveEnergy,
+    RbALoss,
     SigmoidSumRejection,
     UniformOutlierExposure,
 )
@@ -399,3 +402,47 @@ def test_terms_sharing_one_batch_see_in_place_changes() -> None:
     target[0, 1, 1] = K  # nor the target check
     with pytest.raises(ValueError, match=rf"\[{K}\]"):
         UniformOutlierExposure()(logits, target)
+
+
+def test_gambler_loss_reads_the_last_channel_as_abstention_and_rejects_bad_settings() -> None:
+    logits, target = make_batch(scale=2.0)  # K channels: K-1 classes and the abstention class
+    with pytest.raises(ValueError, match=rf"values \[{K - 1}\] outside 0..{K - 2}"):
+        GamblerLoss()(torch.nn.functional.pad(logits, (2, 2, 2, 2)), torch.nn.functional.pad(target, (2, 2, 2, 2)))
+    with pytest.raises(ValueError, match="kernel_size"):
+        GamblerLoss(kernel_size=4)
+    with pytest.raises(ValueError, match="ood_reg"):
+        GamblerLoss(ood_reg=-0.1)
+    with pytest.raises(ValueError, match="K\\+1 >= 2"):
+        GamblerLoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_gambler_step_raises_abstention_on_ood_pixels() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, K + 1, 8, 8, generator=g, dtype=torch.float64)
+    target = torch.randint(0, K, (2, 8, 8), generator=g)
+    target[1, 2:5, 2:5] = OOD_ID
+    before, after, stepped = _sgd_step(GamblerLoss(ood_reg=1.0), logits, target, lr=1.0)
+    abstain = lambda z: torch.softmax(z, 1)[:, -1]  # noqa: E731
+    assert after < before
+    assert _ood_mean(abstain(stepped), target) > _ood_mean(abstain(logits), target)
+
+
+def _class_scores(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    pred_logits = torch.randn(2, 5, K + 1, generator=g, dtype=torch.float64)
+    pred_masks = torch.randn(2, 5, 3, 5, generator=g, dtype=torch.float64)
+    return torch.einsum("bqc,bqhw->bchw", torch.softmax(pred_logits, -1)[..., :-1], torch.sigmoid(pred_masks))
+
+
+@pytest.mark.parametrize("term", [RbALoss(), Mask2AnomalyMarginLoss()], ids=lambda t: type(t).__name__)
+def test_mask_classification_step_lowers_the_loss_and_separates_scores(term: LossTerm) -> None:
+    scores = _class_scores(1)
+    _, target = make_batch()
+    before, after, stepped = _sgd_step(term, scores, target, lr=0.05)
+    assert after < before
+    # Both scores are computed at the scores' resolution, which equals the target's here.
+    gap = lambda s: _ood_mean(term.score(s), target) - term.score(s)[target < K].mean().item()  # noqa: E731
+    if isinstance(term, RbALoss):
+        assert gap(stepped) > gap(scores)
+    else:  # with scores <= 0, both parts of the authors' margin loss pull every score towards 0
+        assert term.score(stepped).abs().mean() < term.score(scores).abs().mean()

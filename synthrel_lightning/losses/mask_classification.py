@@ -101,7 +101,9 @@ class Mask2AnomalyMarginLoss(LossTerm):
     where ``O`` are the OOD pixels (254) and ``N`` every other pixel, void (255) included:
     the authors' mask marks OOD pixels only, and their inlier set is its complement. A
     batch without OOD pixels gives ``0.5 mean_N score^2`` (the 0.5 stays, unlike RbA).
-    Weight 1 (``OOD_WEIGHT``).
+    Weight 1 (``OOD_WEIGHT``). As the class scores are non-negative, ``score <= 0``: both
+    parts pull ``max_k l_k`` towards 0, and the OOD hinge is active whenever ``margin > 0``;
+    this is the authors' code as published, transcribed without change.
     """
 
     requires_mask_classification = True
