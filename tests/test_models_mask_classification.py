@@ -175,7 +175,7 @@ def test_mask2former_trains_with_its_criterion_and_rba_and_reports_component_met
         def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
             seen.append(outputs)
 
-    trainer = _trainer(tmp_path, max_steps=3, callbacks=[Collect()])
+    trainer = _trainer(tmp_path, max_steps=2, callbacks=[Collect()])
     trainer.fit(module, datamodule=_Data())
     keys = set(trainer.callback_metrics)
     assert {"train/loss", "train/loss_criterion", f"train/loss_{module.losses[0].name}"} <= keys
