@@ -250,6 +250,7 @@ def test_validation_returns_evaluation_results_and_non_finite_outputs_name_the_s
     assert [(r.set_name, r.batch_idx) for r in results] == [("clean", 0), ("objects", 0)]
     r = results[1]
     assert r.logits.shape == (2, 19, 32, 48) and r.score.shape == (2, 32, 48) and r.names == ["f0", "f1"]
+    module.eval()
     with torch.inference_mode():
         torch.testing.assert_close(r.score, module.score(module(r.images)))
     assert module.set_name("val", 1) == "objects"
