@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from synthrel_lightning.atomic import atomic_write
 from synthrel_lightning.labels import OOD_ID, VOID_ID
+from synthrel_lightning.metrics.functional import ece_from_sums, top1_bin_sums
 
 if TYPE_CHECKING:
     import lightning as L
@@ -56,7 +57,8 @@ def _flatten_valid(logits: Tensor, target: Tensor, num_classes: int | None, inde
     where = f"calibration batch {index}"
     if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
         raise TypeError(
-            f"{where}: expected a (logits, target) pair of tensors, got {type(logits).__name__}, {type(target).__name__}"
+            f"{where}: expected a (logits, target) pair of tensors, "
+            f"got {type(logits).__name__}, {type(target).__name__}"
         )
     if logits.ndim == 4 and target.ndim == 3 and target.shape == (logits.shape[0], *logits.shape[2:]):
         flat = logits.movedim(1, -1).reshape(-1, logits.shape[1])
@@ -96,7 +98,7 @@ def temperature_grid(grid: tuple[float, float, float] = PAPER_GRID) -> Tensor:
 
 
 class _BinnedTop1:
-    """Per-(temperature, bin) sums of count, confidence and accuracy for top-1 ECE."""
+    """Per-(temperature, bin) sums of count, confidence and correctness for top-1 ECE."""
 
     def __init__(self, temperatures: Tensor, num_bins: int) -> None:
         if num_bins < 1:
@@ -105,10 +107,7 @@ class _BinnedTop1:
         if not bool((self.temperatures > 0).all()):
             raise ValueError(f"temperatures must be > 0, got {self.temperatures.tolist()[:10]}")
         self.num_bins = int(num_bins)
-        shape = (self.temperatures.numel(), self.num_bins)
-        self.count = torch.zeros(shape, dtype=torch.float64)
-        self.conf = torch.zeros(shape, dtype=torch.float64)
-        self.acc = torch.zeros(shape, dtype=torch.float64)
+        self.sums = torch.zeros(self.temperatures.numel(), 3, self.num_bins, dtype=torch.float64)
         self.pixels = 0
 
     def update(self, z: Tensor, y: Tensor) -> None:
@@ -116,33 +115,25 @@ class _BinnedTop1:
         if n == 0:
             return
         device = z.device
-        if self.count.device != device:
-            self.count, self.conf, self.acc = (x.to(device) for x in (self.count, self.conf, self.acc))
+        self.sums = self.sums.to(device)
         temps = self.temperatures.to(device=device, dtype=torch.float32)
-        boundaries = torch.linspace(0, 1, self.num_bins + 1, device=device, dtype=torch.float32)
         # The top-1 class does not depend on T > 0; only the confidence does.
         shifted = z - z.amax(dim=1, keepdim=True)
-        correct = (z.argmax(dim=1) == y).double()
+        correct = z.argmax(dim=1) == y
         n_t = temps.numel()
         px_chunk = max(1, min(n, _GRID_CHUNK_ELEMENTS // max(1, k)))
         t_chunk = max(1, min(n_t, _GRID_CHUNK_ELEMENTS // (px_chunk * k)))
-        count, conf_sum, acc_sum = self.count.view(-1), self.conf.view(-1), self.acc.view(-1)
         for p0 in range(0, n, px_chunk):
             d = shifted[p0 : p0 + px_chunk]
             c = correct[p0 : p0 + px_chunk]
             for t0 in range(0, n_t, t_chunk):
                 t = temps[t0 : t0 + t_chunk]
                 conf = torch.exp(d.unsqueeze(0) / t.view(-1, 1, 1)).sum(dim=-1).reciprocal()  # (Tc, P)
-                # Same binning as torchmetrics' calibration error: bins [b_i, b_{i+1}), 1.0 in the last.
-                bins = (torch.bucketize(conf, boundaries, right=True) - 1).clamp_(0, self.num_bins - 1)
-                flat = (torch.arange(t0, t0 + t.numel(), device=device).view(-1, 1) * self.num_bins + bins).reshape(-1)
-                count.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
-                conf_sum.index_add_(0, flat, conf.reshape(-1).double())
-                acc_sum.index_add_(0, flat, c.expand(t.numel(), -1).reshape(-1))
+                self.sums[t0 : t0 + t.numel()] += top1_bin_sums(conf, c, self.num_bins)
         self.pixels += n
 
     def ece(self) -> Tensor:
-        return (self.acc - self.conf).abs().sum(dim=1).cpu() / max(self.pixels, 1)
+        return ece_from_sums(self.sums).cpu()
 
 
 def ece_by_temperature(

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
+from synthrel_lightning.metrics.functional import iou_per_class, mean_iou
 
 
 def _key(name: str) -> str:
@@ -22,8 +24,10 @@ class SegmentationIoU(Metric):
     taken) or predicted ids ``(B, H, W)``; target ``(B, H, W)`` train ids. Pixels
     whose target is ``ignore_index``, 254 (OOD) or any id outside ``[0, K)`` are
     ignored. ``compute()`` returns ``miou`` and ``iou_<class name>`` (spaces ->
-    underscores). A class absent from both predictions and targets has IoU NaN
-    and is excluded from ``miou`` (the mean over the classes that occur).
+    underscores). A class absent from both predictions and targets has IoU NaN.
+    ``miou_classes="present"`` (default) averages over the classes that occur in the
+    targets or predictions; ``"all"`` over all K classes, an absent one counting as 0
+    (see :func:`synthrel_lightning.metrics.functional.mean_iou`).
     """
 
     is_differentiable = False
@@ -35,9 +39,13 @@ class SegmentationIoU(Metric):
         num_classes: int = NUM_CLASSES,
         ignore_index: int = VOID_ID,
         class_names: Sequence[str] | None = TRAIN_ID_NAMES,
+        miou_classes: Literal["present", "all"] = "present",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if miou_classes not in ("present", "all"):
+            raise ValueError(f"SegmentationIoU: miou_classes must be 'present' or 'all', got {miou_classes!r}")
+        self.miou_classes = miou_classes
         if num_classes < 2:
             raise ValueError(f"SegmentationIoU: num_classes must be >= 2, got {num_classes}")
         if class_names is None or len(class_names) != num_classes:
@@ -87,10 +95,7 @@ class SegmentationIoU(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """``miou`` and ``iou_<name>`` per class (NaN for classes absent from predictions and targets)."""
-        cm = self.confmat.double()
-        tp = cm.diagonal()
-        union = cm.sum(0) + cm.sum(1) - tp
-        iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
-        out = {"miou": iou.nanmean()}
+        iou = iou_per_class(self.confmat)
+        out = {"miou": mean_iou(self.confmat, self.miou_classes)}
         out.update({key: iou[i] for i, key in enumerate(self._keys)})
         return out
