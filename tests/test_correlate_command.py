@@ -18,7 +18,6 @@ from synthrel_lightning.correlation.results import ResultsStore
 from synthrel_lightning.correlation.zoo import ZooEntry
 from synthrel_lightning.data import DemoDataModule
 from synthrel_lightning.models import OODSegmenter
-from synthrel_lightning.models.evaluation import EvaluationResult
 
 SCORES = {"m1": (0.30, 0.21), "m2": (0.42, 0.35), "m3": (0.55, 0.41), "m4": (0.61, 0.60)}
 
@@ -116,30 +115,6 @@ class DemoTwoSets(DemoDataModule):
         self.val_sets = {**self.val_sets, "demo_train": self.train_set}
 
 
-class ResultSegmenter(OODSegmenter):
-    """OODSegmenter whose validation step returns its EvaluationResult (built from its own forward and score)."""
-
-    def validation_step(self, batch, batch_idx, dataloader_idx=0):
-        result = super().validation_step(batch, batch_idx, dataloader_idx)
-        if isinstance(result, EvaluationResult):
-            return result
-        naming = self.set_name if callable(getattr(self, "set_name", None)) else self._set_name
-        with torch.no_grad():
-            logits = self(batch["image"])
-        return EvaluationResult(
-            stage="val",
-            set_name=naming("val", dataloader_idx),
-            batch_idx=batch_idx,
-            dataloader_idx=dataloader_idx,
-            images=batch["image"],
-            logits=logits,
-            score=self.score(logits),
-            label=batch.get("label"),
-            ood=batch.get("ood"),
-            names=list(batch["name"]) if "name" in batch else None,
-        )
-
-
 @pytest.fixture(scope="module")
 def tiny_zoo(tmp_path_factory):
     """Three tiny OOD segmenters (different seeds) saved as checkpoints, plus a config for the demo datamodule."""
@@ -150,7 +125,7 @@ def tiny_zoo(tmp_path_factory):
         "class_path": "synthrel_lightning.models.TinySegmenter",
         "init_args": {"num_classes": 19, "width": 8, "depth": 1},
     }
-    model_def = {"class_path": "test_correlate_command.ResultSegmenter", "init_args": {"segmenter": seg}}
+    model_def = {"class_path": "synthrel_lightning.models.OODSegmenter", "init_args": {"segmenter": seg}}
     for seed in range(3):
         torch.manual_seed(seed)
         m = OODSegmenter(TinySegmenter(num_classes=19, width=8, depth=1))

@@ -7,12 +7,7 @@ import pytest
 from scipy import stats
 
 from synthrel_lightning.atomic import atomic_write_json
-from synthrel_lightning.correlation.frame_statistics import (
-    ece_from_bins,
-    miou_from_confusion,
-    pixel_ood_from_histograms,
-    reducer_for,
-)
+from synthrel_lightning.correlation.frame_statistics import reducer_for
 from synthrel_lightning.correlation.histories import correlate_records, pool_histories
 from synthrel_lightning.correlation.subsampling import subsample_curve
 
@@ -23,17 +18,15 @@ def test_reducers_match_reference_definitions() -> None:
     rng = np.random.default_rng(0)
     conf = rng.integers(0, 50, size=(4, 4))
     tp = np.diag(conf)
-    assert miou_from_confusion(conf) == pytest.approx(np.mean(tp / (conf.sum(0) + conf.sum(1) - tp)))
+    assert reducer_for("miou")(conf) == pytest.approx(np.mean(tp / (conf.sum(0) + conf.sum(1) - tp)))
     # Integer-valued scores: a histogram with one bin per value is exact.
     scores = rng.integers(0, 20, size=2000)
     labels = (rng.random(2000) < 0.2 + 0.03 * scores).astype(int)
     hist = np.stack([np.bincount(scores[labels == 0], minlength=20), np.bincount(scores[labels == 1], minlength=20)])
-    got = pixel_ood_from_histograms(hist)
-    assert got["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
-    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert reducer_for("auroc")(hist) == got["auroc"]
+    assert reducer_for("ap")(hist) == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert reducer_for("auroc")(hist) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     bins = np.array([[10, 30], [6.0, 27.0], [5, 24]])
-    assert ece_from_bins(bins) == pytest.approx((1 + 3) / 40)
+    assert reducer_for("ece")(bins) == pytest.approx((1 + 3) / 40)
     with pytest.raises(ValueError, match="no per-frame reducer for metric 'mean_F1'; supported: miou, ece"):
         reducer_for("mean_F1")
 
@@ -56,7 +49,7 @@ def test_subsample_curve_recomputes_dataset_level_metric_on_shared_subsets() -> 
     assert [p.size for p in curve] == [1, 4, n_frames]
     full = curve[-1]
     assert full.repeats == 1 and full.valid == 1
-    x_full = [miou_from_confusion(s.sum(0)) for s in frame_stats]
+    x_full = [reducer_for("miou")(s.sum(0)) for s in frame_stats]
     assert full.mean == pytest.approx(stats.pearsonr(x_full, real)[0], abs=1e-12)
     assert all(p.low <= p.mean <= p.high for p in curve)
     # Fewer frames make the synthetic estimate noisier, which can only blur the correlation on average.

@@ -6,7 +6,9 @@ returns (nothing runs the model a second time) and keeps, per frame of the chose
 the (K, K) confusion matrix (mIoU), the top-1 calibration bin sums (ECE) and a histogram
 of the OOD score (AP, AUROC, FPR95). Summing the statistics of any subset of frames and
 applying the metric's reducer gives the dataset-level metric of that subset, as the
-subsampling curve needs. :data:`FRAME_REDUCERS` says which metrics can be recomputed so.
+subsampling curve needs. :data:`FRAME_REDUCERS` says which metrics can be recomputed so;
+the arithmetic is that of :mod:`synthrel_lightning.metrics.functional`, shared with the
+metric classes, so the full set's value from frames equals the logged one.
 """
 
 from __future__ import annotations
@@ -19,52 +21,10 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from synthrel_lightning.atomic import atomic_write
+from synthrel_lightning.metrics.functional import ece_from_bins, miou_from_confusion, pixel_ood_from_histograms
 
 FrameReducer = Callable[[np.ndarray], float]
 """Maps the sum of per-frame statistics over a subset of frames to the metric value."""
-
-
-def miou_from_confusion(confusion: np.ndarray) -> float:
-    """mIoU (over classes present in prediction or target) from a (K, K) confusion matrix, rows = target."""
-    conf = np.asarray(confusion, dtype=np.float64)
-    tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp
-    present = union > 0
-    if not present.any():
-        return float("nan")
-    return float((tp[present] / union[present]).mean())
-
-
-def ece_from_bins(bins: np.ndarray) -> float:
-    """Top-1 ECE from (3, B) per-bin sums: pixel count, summed confidence, summed correctness."""
-    b = np.asarray(bins, dtype=np.float64)
-    total = b[0].sum()
-    if total <= 0:
-        return float("nan")
-    return float(np.abs(b[1] - b[2]).sum() / total)
-
-
-def pixel_ood_from_histograms(hist: np.ndarray) -> dict[str, float]:
-    """AP, AUROC and FPR95 from (2, B) histograms of OOD scores (row 0 negatives, row 1 positives, bins ascending).
-
-    Thresholds run over bin edges in descending order, so the values are the
-    dataset-level SegmentMeIfYouCan definitions up to the bin resolution.
-    """
-    h = np.asarray(hist, dtype=np.float64)
-    neg, pos = h[0][::-1], h[1][::-1]
-    tp, fp = np.cumsum(pos), np.cumsum(neg)
-    p_total, n_total = tp[-1], fp[-1]
-    if p_total <= 0 or n_total <= 0:
-        return {"ap": float("nan"), "auroc": float("nan"), "fpr95": float("nan")}
-    tpr, fpr = tp / p_total, fp / n_total
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 1.0)
-    recall_prev = np.concatenate([[0.0], tpr[:-1]])
-    ap = float(((tpr - recall_prev) * precision).sum())
-    auroc = float(np.trapezoid(np.concatenate([[0.0], tpr]), np.concatenate([[0.0], fpr])))
-    hit = np.flatnonzero(tpr >= 0.95)
-    fpr95 = float(fpr[hit[0]]) if hit.size else 1.0
-    return {"ap": ap, "auroc": auroc, "fpr95": fpr95}
 
 
 def _ood(metric: str) -> FrameReducer:
@@ -151,23 +111,18 @@ class FrameStatistics(Callback):
     def _label_statistics(self, logits: Any, label: Any) -> dict[str, list[np.ndarray]]:
         import torch
 
-        k, b = self.num_classes, self.ece_bins
+        from synthrel_lightning.metrics.functional import top1_bin_sums
+
+        k = self.num_classes
+        # As CalibrationMetrics: top-1 confidence from the float32 log-softmax.
         log_conf, pred = logits.float().log_softmax(1).max(1)
         conf = log_conf.exp()
         out: dict[str, list[np.ndarray]] = {"confusion": [], "calibration_bins": []}
         for i in range(logits.shape[0]):
             valid = label[i] < k
-            t, p, c = label[i][valid].long(), pred[i][valid], conf[i][valid]
+            t, p = label[i][valid].long(), pred[i][valid]
             out["confusion"].append(torch.bincount(t * k + p, minlength=k * k).reshape(k, k).cpu().numpy())
-            bins = (c * b).long().clamp_(0, b - 1)
-            sums = torch.stack(
-                [
-                    torch.bincount(bins, minlength=b).double(),
-                    torch.bincount(bins, weights=c.double(), minlength=b),
-                    torch.bincount(bins, weights=(p == t).double(), minlength=b),
-                ]
-            )
-            out["calibration_bins"].append(sums.cpu().numpy())
+            out["calibration_bins"].append(top1_bin_sums(conf[i][valid], p == t, self.ece_bins).cpu().numpy())
         return out
 
     def _ood_histograms(self, set_name: str, score: Any, ood: Any) -> list[np.ndarray]:
@@ -223,10 +178,7 @@ __all__ = [
     "FRAME_REDUCERS",
     "FrameReducer",
     "FrameStatistics",
-    "ece_from_bins",
     "load_frame_stats",
-    "miou_from_confusion",
-    "pixel_ood_from_histograms",
     "reducer_for",
     "save_frame_stats",
     "statistic_for",
