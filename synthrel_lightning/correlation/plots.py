@@ -111,6 +111,9 @@ def curve_figure(
             fontsize=8,
         )
         ax.legend(fontsize=8, loc="lower right")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel or f"{method} correlation with real")
     ax.set_ylim(-1.05, 1.05)

@@ -55,7 +55,8 @@ class StudyReport:
         for kind, paths in self.files.items():
             parents = {str(Path(p).parent) for p in paths}
             if len(paths) > 3 and len(parents) == 1:
-                rows.append(f"  {kind}: {len(paths)} files in {parents.pop()}")
+                what = "folders" if all(Path(p).is_dir() for p in paths) else "files"
+                rows.append(f"  {kind}: {len(paths)} {what} in {parents.pop()}")
             elif paths:
                 rows.append(f"  {kind}: {', '.join(paths)}")
         return "\n".join(rows)
