@@ -103,7 +103,8 @@ def few_models_warning(n: int) -> str:
     )
 
 
-def _as_1d(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+def as_values(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
+    """``values`` as a 1-D float64 array; a clear error naming ``name`` if not 1-D or not finite."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {arr.shape}")
@@ -285,7 +286,7 @@ def correlate_pairs(
         bootstrap: resamples of the bootstrap interval.
         seed: seed of the Monte Carlo and bootstrap draws.
     """
-    xa, ya = _as_1d(x, "x"), _as_1d(y, "y")
+    xa, ya = as_values(x, "x"), as_values(y, "y")
     if xa.shape != ya.shape:
         raise ValueError(f"x and y must pair up one to one, got {xa.size} and {ya.size} values")
     if not 0.0 < ci < 1.0:
@@ -368,6 +369,7 @@ __all__ = [
     "MIN_POINTS",
     "SYMBOLS",
     "Correlation",
+    "as_values",
     "bootstrap_interval",
     "coefficients",
     "copula_interval",

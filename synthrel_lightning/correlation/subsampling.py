@@ -26,7 +26,7 @@ from synthrel_lightning.correlation.frame_statistics import (
 )
 from synthrel_lightning.correlation.pairs import Pair, pair_key, slug
 from synthrel_lightning.correlation.results import Metrics
-from synthrel_lightning.correlation.statistics import MIN_POINTS, _as_1d, coefficients, few_models_warning
+from synthrel_lightning.correlation.statistics import MIN_POINTS, as_values, coefficients, few_models_warning
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def subsample_curve(
     std and central ``band`` interval of the coefficient over the repeats.
     """
     reducer = reducer_for(reduce) if isinstance(reduce, str) else reduce
-    real_a = _as_1d(real, "real")
+    real_a = as_values(real, "real")
     if len(frame_stats) != real_a.size:
         raise ValueError(f"frame_stats has {len(frame_stats)} models but real has {real_a.size} values")
     if real_a.size < MIN_POINTS:
