@@ -15,8 +15,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from synthrel_lightning.calibration import calibrate, collect_logits, fit_temperature, main
+from synthrel_lightning.calibration import calibrate, collect_logits, fit_temperature
 from synthrel_lightning.callbacks import TemperatureScaling
+from synthrel_lightning.checkpoints import CheckpointError
+from synthrel_lightning.commands.calibrate import main
 
 K = 5
 OVERCONFIDENCE = 3.0
@@ -121,7 +123,7 @@ def test_fit_end_writes_the_fitted_temperature_into_the_module(tmp_path: Path) -
     assert callback.temperature is not None
     assert model.temperature.item() == pytest.approx(callback.temperature, rel=1e-6)
     assert callback.temperature == pytest.approx(OVERCONFIDENCE, rel=0.15)
-    expected = fit_temperature(collect_logits(model, data.val_dataloader()[0]), method="nll")
+    expected = fit_temperature(collect_logits(model, data.val_dataloader()[0]), method="nll").temperature
     assert callback.temperature == pytest.approx(expected, rel=1e-6)
     rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
     logged = [float(r["calibration/temperature"]) for r in rows if r.get("calibration/temperature")]
@@ -161,7 +163,7 @@ def test_a_dataloader_can_be_given_directly(tmp_path: Path) -> None:
         model, datamodule=TinyData()
     )
     first_batch = next(iter(loader))
-    expected = fit_temperature([(model.raw_logits(first_batch["image"]).detach(), first_batch["label"])])
+    expected = fit_temperature([(model.raw_logits(first_batch["image"]).detach(), first_batch["label"])]).temperature
     assert callback.temperature == pytest.approx(expected, rel=1e-5)
 
 
@@ -218,14 +220,14 @@ def test_calibrate_tool_writes_a_calibrated_copy_of_the_checkpoint(tmp_path: Pat
     assert source.read_bytes() == original
     assert sorted(p.name for p in out.parent.iterdir()) == ["model-T.ckpt"]  # no temporary left behind
     saved = torch.load(out, weights_only=False)
-    expected = fit_temperature(collect_logits(model, TinyData().val_dataloader()[0]))
+    expected = fit_temperature(collect_logits(model, TinyData().val_dataloader()[0])).temperature
     assert saved["state_dict"]["temperature"].item() == pytest.approx(expected, rel=1e-5)
     assert saved["calibration"]["set_name"] == "clean"
     assert saved["optimizer_states"]  # the rest of the checkpoint is kept, so training can resume
     restored = TinyContractModule.load_from_checkpoint(out)
     assert restored.temperature.item() == pytest.approx(expected, rel=1e-5)
 
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    with pytest.raises(CheckpointError, match="missing.ckpt"):
         calibrate(TinyContractModule(), TinyData(), tmp_path / "missing.ckpt")
 
 
@@ -274,5 +276,5 @@ def test_real_ood_segmenter_on_demo_scenes(tmp_path: Path) -> None:
     model.temperature.fill_(1.0)
     dm = DemoDataModule(**data_args)
     dm.setup("validate")
-    expected = fit_temperature(collect_logits(model, dm.val_dataloader()[0]), method="nll")
+    expected = fit_temperature(collect_logits(model, dm.val_dataloader()[0]), method="nll").temperature
     assert torch.load(out, weights_only=False)["state_dict"]["temperature"].item() == pytest.approx(expected, rel=1e-5)
