@@ -30,6 +30,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
+from synthrel_lightning.metrics._checks import check_finite
 from synthrel_lightning.metrics.functional import (
     FINE_BINS,
     adaptive_ece_from_sums,
@@ -40,6 +41,9 @@ from synthrel_lightning.metrics.functional import (
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+
+_NONFINITE_HINT = "check the model's output (e.g. compute in float32, look for exploding activations)"
 
 
 class CalibrationMetrics(Metric):
@@ -82,6 +86,7 @@ class CalibrationMetrics(Metric):
         k = logits.shape[1]
         target = target.to(logits.device).long()
         valid = (target >= 0) & (target < k) & (target != self.ignore_index) & (target != OOD_ID)
+        check_finite(logits, valid, type(self).__name__, "logits", channel_dim=1, hint=_NONFINITE_HINT)
         z = logits.movedim(1, -1)[valid].float()  # (N, K)
         y = target[valid]
         logp = z.log_softmax(dim=-1)
