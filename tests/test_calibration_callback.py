@@ -267,7 +267,7 @@ class Recipe:
     lr: float
 
 
-def test_calibrate_refuses_a_crafted_checkpoint_unless_trusted(tmp_path: Path) -> None:
+def test_calibrate_refuses_a_crafted_checkpoint_unless_trusted(tmp_path: Path, capsys) -> None:
     _, source = trained_checkpoint(tmp_path)
     config = write_recipe(tmp_path)
     checkpoint = torch.load(source, weights_only=True)
@@ -288,9 +288,11 @@ def test_calibrate_refuses_a_crafted_checkpoint_unless_trusted(tmp_path: Path) -
     with pytest.raises(SystemExit, match="--trust_checkpoint"):
         main(["--config", str(config), "--ckpt_path", str(custom), "--output", str(out), "--set_name", "clean"])
     args = ["--config", str(config), "--ckpt_path", str(custom), "--output", str(out), "--set_name", "clean"]
-    report = main([*args, "--trust_checkpoint", "true", "--progress", "false"])
+    capsys.readouterr()
+    report = main([*args, "--trust_checkpoint", "true"])
     assert torch.load(out, weights_only=False)["hyper_parameters"]["recipe"] == Recipe(0.1)
     assert report.output == out
+    assert "collecting logits (clean)" in capsys.readouterr().err  # the progress bar
 
 
 def test_real_ood_segmenter_on_demo_scenes(tmp_path: Path) -> None:

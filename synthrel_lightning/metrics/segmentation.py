@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -12,6 +12,10 @@ from torchmetrics import Metric
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.metrics._checks import check_finite
 from synthrel_lightning.metrics.functional import iou_per_class, mean_iou
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 
 def _key(name: str) -> str:
@@ -107,3 +111,13 @@ class SegmentationIoU(Metric):
         out = {"miou": mean_iou(self.confmat, self.miou_classes)}
         out.update({key: iou[i] for i, key in enumerate(self._keys)})
         return out
+
+    def plot(self, ax: Axes | None = None, title: str | None = None) -> tuple[Figure, Axes]:
+        """Per-class IoU bars and the mIoU line (all processes' pixels, collective under DDP), as ``(figure, axes)``."""
+        from synthrel_lightning.metrics.plots import iou_bars
+
+        with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
+            confmat = self.confmat.detach().clone().cpu()
+        return iou_bars(
+            iou_per_class(confmat), self.class_names, float(mean_iou(confmat, self.miou_classes)), title=title, ax=ax
+        )

@@ -317,7 +317,7 @@ class OODSegmenter(L.LightningModule):
                 if metrics["ood"].is_computable():
                     values.update(metrics["ood"].compute())
                     if self.keep_evaluation_plots:
-                        from synthrel_lightning.plots import roc_pr_figure
+                        from synthrel_lightning.metrics.plots import roc_pr_figure
 
                         plots["roc_pr"] = roc_pr_figure(
                             metrics["ood"].curves(), title=f"{stage}/{name} ({self.ood_score})"
