@@ -10,6 +10,7 @@ from synthrel_lightning.calibration.checkpoint import CalibrationReport, calibra
 from synthrel_lightning.calibration.logits import LogitBatches, PixelReservoir, collect_logits
 from synthrel_lightning.calibration.temperature import (
     PAPER_GRID,
+    FitMethod,
     TemperatureFit,
     ece_by_temperature,
     expected_calibration_error,
@@ -20,6 +21,7 @@ from synthrel_lightning.calibration.temperature import (
 __all__ = [
     "PAPER_GRID",
     "CalibrationReport",
+    "FitMethod",
     "LogitBatches",
     "PixelReservoir",
     "TemperatureFit",

@@ -11,7 +11,7 @@ import torch
 
 from synthrel_lightning.atomic import atomic_write
 from synthrel_lightning.calibration.logits import collect_logits
-from synthrel_lightning.calibration.temperature import PAPER_GRID, TemperatureFit, fit_temperature
+from synthrel_lightning.calibration.temperature import PAPER_GRID, FitMethod, TemperatureFit, fit_temperature
 from synthrel_lightning.checkpoints import CheckpointError, load_checkpoint
 from synthrel_lightning.data.named_sets import datamodule_loader
 from synthrel_lightning.devices import resolve_device
@@ -65,7 +65,7 @@ def calibrate(
     ckpt_path: str | Path,
     set_name: str | None = None,
     output: str | Path | None = None,
-    method: str = "nll",
+    method: FitMethod = "nll",
     grid: tuple[float, float, float] = PAPER_GRID,
     num_bins: int = 15,
     max_pixels: int = 2_000_000,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,9 @@ from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.metrics.functional import ece_from_sums, top1_bin_sums
 
 log = logging.getLogger(__name__)
+
+FitMethod = Literal["nll", "ece_grid"]
+"""How T is fitted: NLL by LBFGS on a pixel subsample, or the paper's ECE grid search."""
 
 PAPER_GRID: tuple[float, float, float] = (0.5, 10.0, 0.01)
 """The authors' temperature grid: start, stop (excluded), step."""
@@ -163,7 +166,7 @@ class TemperatureFit:
 
 def fit_temperature(
     data: LogitBatches | tuple[Tensor, Tensor],
-    method: str = "nll",
+    method: FitMethod = "nll",
     grid: tuple[float, float, float] = PAPER_GRID,
     num_bins: int = 15,
     max_pixels: int = 2_000_000,
@@ -231,6 +234,7 @@ def fit_temperature(
 
 __all__ = [
     "PAPER_GRID",
+    "FitMethod",
     "TemperatureFit",
     "ece_by_temperature",
     "expected_calibration_error",

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from synthrel_lightning.calibration import PAPER_GRID, TemperatureFit, collect_logits, fit_temperature
+from synthrel_lightning.calibration import PAPER_GRID, FitMethod, TemperatureFit, collect_logits, fit_temperature
 from synthrel_lightning.data.named_sets import trainer_loader
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class TemperatureScaling(Callback):
         self,
         set_name: str | None = None,
         dataloader: Any | None = None,
-        method: str = "nll",
+        method: FitMethod = "nll",
         when: str = "fit_end",
         grid: tuple[float, float, float] = PAPER_GRID,
         num_bins: int = 15,
