@@ -21,7 +21,7 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 TOOLS: dict[str, str] = {
     "generate": "synthrel_lightning.synthesis.generate",
     "correlate": "synthrel_lightning.correlate",
-    "calibrate": "synthrel_lightning.calibration",
+    "calibrate": "synthrel_lightning.commands.calibrate",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
