@@ -22,6 +22,7 @@ TOOLS: dict[str, str] = {
     "generate": "synthrel_lightning.synthesis.generate",
     "correlate": "synthrel_lightning.correlate",
     "calibrate": "synthrel_lightning.commands.calibrate",
+    "sml_stats": "synthrel_lightning.commands.sml_stats",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
