@@ -1,1 +1,1 @@
-"""Command modules: argument parsing and main of each ``python -m synthrel_lightning`` tool."""
+"""Command-line tools: one module per command, holding only its argument parsing and ``main``."""

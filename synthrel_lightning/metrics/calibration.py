@@ -30,6 +30,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
+from synthrel_lightning.metrics._checks import check_finite
 from synthrel_lightning.metrics.functional import (
     FINE_BINS,
     adaptive_ece_from_sums,
@@ -39,7 +40,11 @@ from synthrel_lightning.metrics.functional import (
 )
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+
+_NONFINITE_HINT = "check the model's output (e.g. compute in float32, look for exploding activations)"
 
 
 class CalibrationMetrics(Metric):
@@ -82,6 +87,7 @@ class CalibrationMetrics(Metric):
         k = logits.shape[1]
         target = target.to(logits.device).long()
         valid = (target >= 0) & (target < k) & (target != self.ignore_index) & (target != OOD_ID)
+        check_finite(logits, valid, type(self).__name__, "logits", channel_dim=1, hint=_NONFINITE_HINT)
         z = logits.movedim(1, -1)[valid].float()  # (N, K)
         y = target[valid]
         logp = z.log_softmax(dim=-1)
@@ -114,44 +120,20 @@ class CalibrationMetrics(Metric):
             "accuracy": self.bins[2].sum() / n,
         }
 
-    def reliability_diagram(self, title: str | None = None) -> Figure:
-        """Matplotlib Figure of per-bin accuracy vs confidence (equal-width bins) with the pixel share per bin."""
-        from matplotlib.figure import Figure  # no pyplot: works headless, leaves the user's backend alone
-
+    def _synced_bins(self) -> Tensor:
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
-            count, conf, correct = self.bins.detach().cpu()
-        width = 1.0 / self.num_bins
-        centers = (torch.arange(self.num_bins, dtype=torch.float64) + 0.5) * width
-        acc = torch.where(count > 0, correct / count.clamp_min(1), torch.zeros_like(count))
-        mean_conf = torch.where(count > 0, conf / count.clamp_min(1), centers)
-        share = count / count.sum().clamp_min(1)
-        centers, acc, mean_conf, share = (t.numpy() for t in (centers, acc, mean_conf, share))
+            return self.bins.detach().clone().cpu()
 
-        fig = Figure(figsize=(5, 6))
-        ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        ax.bar(centers, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
-        ax.bar(
-            centers,
-            mean_conf - acc,
-            bottom=acc,
-            width=width,
-            edgecolor="tab:red",
-            color="tab:red",
-            alpha=0.3,
-            label="gap",
-        )
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set_ylabel("accuracy")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.legend(loc="upper left")
-        if count.sum() > 0:
-            ece = float((correct - conf).abs().sum() / count.sum())
-            ax.set_title((title + "\n" if title else "") + f"ECE {ece:.4f}")
-        elif title:
-            ax.set_title(title)
-        ax_hist.bar(centers, share, width=width, edgecolor="black", color="tab:gray")
-        ax_hist.set_xlabel("confidence")
-        ax_hist.set_ylabel("share of pixels")
-        fig.tight_layout()
-        return fig
+    def plot(self, ax: Axes | None = None, title: str | None = None) -> tuple[Figure, Axes]:
+        """Reliability diagram of the pixels seen on all processes (collective under DDP), as ``(figure, axes)``.
+
+        Empty bins get no bar; the ECE and the pixel count are written on it; see
+        :func:`synthrel_lightning.metrics.plots.reliability_diagram`.
+        """
+        from synthrel_lightning.metrics.plots import reliability_diagram
+
+        return reliability_diagram(self._synced_bins(), title=title, ax=ax)
+
+    def reliability_diagram(self, title: str | None = None) -> Figure:
+        """The figure of :meth:`plot`."""
+        return self.plot(title=title)[0]

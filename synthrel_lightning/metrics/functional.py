@@ -69,7 +69,8 @@ def bin_sums(bins: Tensor, confidence: Tensor, correct: Tensor, num_bins: int) -
     """Per-bin sums ``(..., 3, num_bins)`` float64 (pixel count, summed confidence, summed correctness).
 
     ``bins`` and ``confidence`` have shape ``(..., N)`` (leading dimensions, e.g. one row per
-    temperature, get their own sums); ``correct`` (bool or 0/1) broadcasts to it.
+    temperature, get their own sums); ``correct`` (bool or 0/1) broadcasts to it. Counts are
+    exact integers; confidence sums are float64.
     """
     lead = tuple(confidence.shape[:-1])
     rows = math.prod(lead)
@@ -77,10 +78,15 @@ def bin_sums(bins: Tensor, confidence: Tensor, correct: Tensor, num_bins: int) -
     flat = bins.reshape(rows, -1) + torch.arange(rows, device=device)[:, None] * num_bins
     flat = flat.reshape(-1)
     size = rows * num_bins
-    out = torch.zeros(3, size, dtype=torch.float64, device=device)
-    out[0] = torch.bincount(flat, minlength=size).double()  # deterministic on CUDA, unlike index_add_
-    out[1].index_add_(0, flat, confidence.reshape(-1).double())
-    out[2].index_add_(0, flat, correct.expand(confidence.shape).reshape(-1).double())
+    hit = correct.expand(confidence.shape).reshape(-1)
+    hit = hit if hit.dtype == torch.bool else hit != 0
+    out = torch.stack(
+        [
+            torch.bincount(flat, minlength=size).double(),  # unweighted bincount is deterministic on CUDA
+            torch.bincount(flat, weights=confidence.reshape(-1).double(), minlength=size),
+            torch.bincount(flat[hit], minlength=size).double(),
+        ]
+    )
     return out.view(3, rows, num_bins).movedim(0, 1).reshape(*lead, 3, num_bins)
 
 

@@ -34,7 +34,7 @@ computes exactly what the exact mode would on scores rounded to their bin. Bins:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -49,6 +49,10 @@ from synthrel_lightning.metrics.functional import (
     curve_counts_from_histogram,
     curve_counts_from_scores,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _EXP_WINDOW = 32  # float bins cover |score| in [2**-32, 2**32)
 _F32_MANTISSA = 23
@@ -228,8 +232,9 @@ class PixelOODMetrics(Metric):
     def curves(self, max_points: int = 512) -> dict[str, Tensor]:
         """Dataset-level ROC (``fpr``, ``tpr``) and precision-recall (``recall``, ``precision``) curves.
 
-        At most ``max_points`` points per curve (evenly spaced over the distinct thresholds,
-        the last one kept), from the states of all processes (collective under DDP).
+        Also ``auroc``, ``ap`` and ``fpr95`` of the full curves. At most ``max_points`` points
+        per curve (evenly spaced over the distinct thresholds, the last one kept), from the
+        states of all processes (collective under DDP).
         """
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
             if self.mode == "exact":
@@ -240,6 +245,7 @@ class PixelOODMetrics(Metric):
                 tps, fps, _ = curve_counts_from_histogram(self.hist)
         if tps.numel() == 0 or tps[-1] == 0 or fps[-1] == 0:
             raise NotComputableError(f"{type(self).__name__}: curves need OOD and in-distribution pixels")
+        summary = binary_curve_metrics(tps, fps)
         keep = torch.unique(
             torch.linspace(0, tps.numel() - 1, min(max_points, tps.numel()), device=tps.device).round().long()
         )
@@ -249,7 +255,20 @@ class PixelOODMetrics(Metric):
             "tpr": (tps / tps[-1]).cpu(),
             "recall": (tps / tps[-1]).cpu(),
             "precision": (tps / (tps + fps)).cpu(),
+            **{key: summary[key].cpu() for key in ("auroc", "ap", "fpr95")},
         }
+
+    def plot(
+        self, ax: tuple[Axes, Axes] | None = None, title: str | None = None, max_points: int = 512
+    ) -> tuple[Figure, tuple[Axes, Axes]]:
+        """ROC and precision-recall curves with AUROC, FPR95 and AP, as ``(figure, (roc_axes, pr_axes))``.
+
+        Draws into the two axes ``ax`` when given; collective under DDP like :meth:`curves`.
+        """
+        from synthrel_lightning.metrics.plots import roc_pr_figure
+
+        fig = roc_pr_figure(self.curves(max_points), title=title, axes=ax)
+        return fig, ax if ax is not None else (fig.axes[0], fig.axes[1])
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, num_bins={self.num_bins}, score_range={self.score_range}"

@@ -565,7 +565,7 @@ class OODSegmenter(L.LightningModule):
                         )
                         values.update(metrics["components"].compute())
                     if self.keep_evaluation_plots:
-                        from synthrel_lightning.plots import roc_pr_figure
+                        from synthrel_lightning.metrics.plots import roc_pr_figure
 
                         plots["roc_pr"] = roc_pr_figure(
                             metrics["pixel_ood"].curves(), title=f"{stage}/{name} ({self.ood_score})"
