@@ -262,3 +262,21 @@ def test_options_come_from_the_library_signature() -> None:
         build_parser().parse_args(
             ["--zoo=[{name: a}]", "--data=lightning.LightningDataModule", "--pairs=[]", "--interval=percentile"]
         )
+
+
+def test_a_zoo_file_replaces_the_study_zoo() -> None:
+    from pathlib import Path
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    study = build_parser().parse_args(["--config", str(recipes / "correlate_cityscapes.yaml")])
+    both = build_parser().parse_args(
+        [
+            "--config",
+            str(recipes / "correlate_cityscapes.yaml"),
+            "--config",
+            str(recipes / "zoo_cityscapes_public.yaml"),
+        ]
+    )
+    zoo = yaml.safe_load((recipes / "zoo_cityscapes_public.yaml").read_text())["zoo"]
+    assert [e.name for e in both.zoo] == [e["name"] for e in zoo]
+    assert both.pairs == study.pairs and both.output_dir == study.output_dir
