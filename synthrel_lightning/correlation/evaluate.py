@@ -45,6 +45,8 @@ class TrainerEvaluator:
         datamodule: the LightningDataModule whose validation sets are evaluated.
         trainer: ``lightning.Trainer`` keyword arguments (accelerator, devices, precision, ...).
         frame_stats_dir: where each model's per-frame statistics go (``<dir>/<model>.npz``); none if None.
+            They are saved from single-process evaluations only (with several processes each
+            keeps its own shard of frames).
         frame_sets: set name -> metrics whose per-frame statistics are kept.
         root_dir: each model's own outputs (e.g. its metrics summary) go to ``<root_dir>/<model>``.
         trust_checkpoint: allow checkpoints holding arbitrary pickled objects for every entry.
@@ -92,7 +94,15 @@ class TrainerEvaluator:
         trainer = L.Trainer(callbacks=callbacks, **kwargs)
         trainer.validate(model, datamodule=self.datamodule, verbose=False)
         metrics = metrics_from_callback_metrics(trainer.callback_metrics)
-        if collector is not None and trainer.is_global_zero:
+        if collector is not None and trainer.world_size > 1:
+            # Each process kept the frames of its own shard: a partial file would bias the curves.
+            log.warning(
+                "correlate: %s: per-frame statistics are not saved with %d processes (each saw only its shard); "
+                "evaluate on one device for subsampling curves",
+                entry.name,
+                trainer.world_size,
+            )
+        elif collector is not None:
             save_frame_stats(self.frame_stats_dir / f"{slug(entry.name)}.npz", collector.arrays())
         return metrics
 
