@@ -280,3 +280,21 @@ def test_a_zoo_file_replaces_the_study_zoo() -> None:
     zoo = yaml.safe_load((recipes / "zoo_cityscapes_public.yaml").read_text())["zoo"]
     assert [e.name for e in both.zoo] == [e["name"] for e in zoo]
     assert both.pairs == study.pairs and both.output_dir == study.output_dir
+
+
+@pytest.mark.slow
+def test_multi_process_evaluation_saves_no_partial_frame_statistics(tiny_zoo, tmp_path, caplog) -> None:
+    from synthrel_lightning.correlation.evaluate import TrainerEvaluator
+
+    config = yaml.safe_load((tiny_zoo / "zoo.yaml").read_text())
+    data = DemoTwoSets(**config["data"]["init_args"])
+    entry = ZooEntry(**config["zoo"][0])
+    # Without the metrics summary: it reads trainer.log_dir (a collective) on rank 0 only, which fails with 2 processes.
+    entry.model = {**entry.model, "init_args": {**entry.model["init_args"], "summary": False}}
+    trainer = {"accelerator": "cpu", "devices": 2, "strategy": "ddp_spawn"}
+    evaluator = TrainerEvaluator(data, trainer, tmp_path / "frame_stats", {"demo_train": ["miou"]}, tmp_path / "models")
+    with caplog.at_level(logging.WARNING, logger="synthrel_lightning"):
+        metrics = evaluator(entry)
+    assert 0.0 <= metrics["demo_train"]["miou"] <= 1.0
+    assert not (tmp_path / "frame_stats").exists()
+    assert any("per-frame statistics are not saved with 2 processes" in m for m in caplog.messages)
