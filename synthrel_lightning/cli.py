@@ -19,9 +19,10 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 """The embedded demo's configuration, used when ``fit`` gets no config."""
 
 TOOLS: dict[str, str] = {
-    "generate": "synthrel_lightning.synthesis.generate",
-    "correlate": "synthrel_lightning.correlate",
+    "correlate": "synthrel_lightning.commands.correlate",
     "calibrate": "synthrel_lightning.commands.calibrate",
+    "sml_stats": "synthrel_lightning.commands.sml_stats",
+    "generate": "synthrel_lightning.synthesis.generate",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 

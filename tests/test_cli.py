@@ -87,7 +87,7 @@ def test_fit_without_config_runs_the_demo_end_to_end(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("recipe", CORRELATE_RECIPES, ids=[r.stem for r in CORRELATE_RECIPES])
 def test_correlate_recipes_parse(recipe: Path) -> None:
-    from synthrel_lightning.correlate import build_parser
+    from synthrel_lightning.commands.correlate import build_parser
 
     cfg = build_parser().parse_args(["--config", str(recipe)])
     assert len(cfg.zoo) >= 2 and cfg.pairs
