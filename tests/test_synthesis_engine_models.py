@@ -10,7 +10,7 @@ import pytest
 from synthrel_lightning.synthesis.domains import DomainShiftGenerator
 from synthrel_lightning.synthesis.engine import InpaintingEngine
 from synthrel_lightning.synthesis.object_masks import MaskRules, OpenVocabMasker
-from synthrel_lightning.synthesis.tiny import (
+from synthrel_lightning.testing import (
     build_tiny_controlnet_pipeline,
     build_tiny_inpaint_pipeline,
     build_tiny_owlv2,

@@ -1,9 +1,15 @@
-"""Tiny randomly initialised Stable Diffusion pipelines (inpainting, ControlNet) built offline from configs.
+"""Tiny randomly initialised models built offline: try the generation tools without a GPU or the hub.
 
-They have the real diffusers/transformers classes and the real data flow of the full
-models at a size that runs in well under a second per call on a CPU: used by the
-tests, the demo and the wrapper-overhead benchmark. Their outputs are noise-like
-images, not objects.
+The builders make real diffusers/transformers pipelines (Stable Diffusion inpainting,
+ControlNet, OWLv2, SAM) with random weights at a size that runs in well under a second
+per call on a CPU. Their outputs are noise-like images, not objects: they exercise the
+whole data flow (tests, benchmarks of the wrapper's overhead, a first run of ``generate``).
+
+From the command line, :class:`TinyInpaintingEngine` is the engine to name::
+
+    python -m synthrel_lightning generate --bank out/bank \
+        --source synthrel_lightning.data.DemoScenes --source.num_scenes 4 \
+        --engine synthrel_lightning.testing.TinyInpaintingEngine --devices 1 --accelerator cpu
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from synthrel_lightning.synthesis.engine import InpaintingEngine
+
 __all__ = [
+    "TinyInpaintingEngine",
     "build_tiny_tokenizer",
     "build_tiny_components",
     "build_tiny_inpaint_pipeline",
@@ -254,3 +263,31 @@ def build_tiny_sam(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
         )
     )
     return model, processor
+
+
+class TinyInpaintingEngine(InpaintingEngine):
+    """An :class:`~synthrel_lightning.synthesis.engine.InpaintingEngine` on a tiny random pipeline (offline, CPU).
+
+    The defaults run fast on a laptop CPU: 2 denoising steps at 64 px, float32, changed-pixels masks.
+    Any engine option can still be given (``refine``, ``guidance_scale``, ...).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        device: str = "cpu",
+        num_inference_steps: int = 2,
+        resolution: int = 64,
+        mask_method: str = "changed",
+        **engine_options: Any,
+    ) -> None:
+        super().__init__(
+            model_id="tiny-random-sd-inpainting",
+            device=device,
+            dtype="float32",
+            num_inference_steps=num_inference_steps,
+            resolution=resolution,
+            mask_method=mask_method,
+            pipeline=build_tiny_inpaint_pipeline(seed),
+            **engine_options,
+        )

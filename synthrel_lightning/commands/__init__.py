@@ -1,0 +1,1 @@
+"""Command modules of ``python -m synthrel_lightning <tool>``: argument parsing and ``main`` only."""
