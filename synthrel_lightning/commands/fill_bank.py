@@ -35,7 +35,7 @@ def build_parser() -> Any:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Fill the bank, print what was written where; exit 1 when the fill stopped on repeated failures."""
+    """Fill the bank and print what was written where; exit non-zero when items failed (a rerun retries them)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     cfg = parser.parse_args(args)
@@ -55,3 +55,5 @@ def main(args: list[str] | None = None) -> None:
         print(json.dumps(dict(report.as_dict(), missing_images=len(missing)), indent=2))
     if report.fatal:
         raise SystemExit(f"fill_bank stopped: {report.fatal}")
+    if report.failed:
+        raise SystemExit(f"fill_bank: {report.failed} item(s) failed; first: {report.failed_items[0]}")
