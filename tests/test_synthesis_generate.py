@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 from pathlib import Path
 
@@ -274,6 +275,30 @@ def test_temp_files_of_killed_writers_are_cleaned_at_start(tmp_path: Path, two_f
     summary = run_cli(capsys, "--config", str(cfg), "--objects_per_frame", "1")
     assert summary["temp_files_removed"] == 2 and not dead.exists() and not stale_png.exists()
     assert summary["done"] == 1 and OutlierBank(bank).temp_files() == []
+
+
+class SelfTerminatingEngine(TinyInpaintingEngine):
+    """The tiny engine; its first pipeline call sends SIGTERM to this very process (a scheduler stopping the job)."""
+
+    def pipeline_call(self, **kwargs):
+        if self.stats["calls"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().pipeline_call(**kwargs)
+
+
+def test_sigterm_stops_after_the_current_batch_in_process(tmp_path: Path, two_frames: Path) -> None:
+    from synthrel_lightning.data.cityscapes import CityscapesDataset
+
+    before = signal.getsignal(signal.SIGTERM)
+    kwargs = dict(vocabulary=["zebra"], objects_per_frame=3, batch_size=1, accelerator="cpu", devices=1, progress=False)
+    source = CityscapesDataset(two_frames, split="val")
+    summary = generate(str(tmp_path / "bank"), source, engine=SelfTerminatingEngine(), **kwargs)
+    assert summary.interrupted == "SIGTERM" and summary.done == 1 and summary.pending == 5
+    assert "stopped early by SIGTERM" in summary.report() and "rerun the same command to resume" in summary.report()
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+    assert len(OutlierBank(tmp_path / "bank", mode="r")) == 1
+    again = generate(str(tmp_path / "bank"), source, engine=TinyInpaintingEngine(), **kwargs)
+    assert (again.skipped, again.done, again.interrupted) == (1, 5, None)
 
 
 def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
