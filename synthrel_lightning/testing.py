@@ -23,6 +23,7 @@ from typing import Any
 from synthrel_lightning.synthesis.engine import InpaintingEngine
 
 __all__ = [
+    "FaultySource",
     "TinyInpaintingEngine",
     "build_tiny_tokenizer",
     "build_tiny_components",
@@ -291,3 +292,28 @@ class TinyInpaintingEngine(InpaintingEngine):
             pipeline=build_tiny_inpaint_pipeline(seed),
             **engine_options,
         )
+
+
+class FaultySource:
+    """Procedural outliers that fail on chosen calls and take ``delay_s`` each: to watch failure handling at work.
+
+    Picklable and importable, so it can be built in a background process through a ProducerSpec.
+    """
+
+    def __init__(self, fail_calls: tuple[int, ...] = (1,), delay_s: float = 0.0, size_range: tuple[int, int] = (8, 16)):
+        self.fail_calls = tuple(int(c) for c in fail_calls)
+        self.delay_s = float(delay_s)
+        self.size_range = tuple(size_range)
+        self.calls = 0
+
+    def sample(self, rng: Any) -> Any:
+        """The next outlier, or a RuntimeError on the calls listed in ``fail_calls`` (0-based)."""
+        import time
+
+        from synthrel_lightning.synthesis.sources.procedural import ProceduralObjectSource
+
+        call, self.calls = self.calls, self.calls + 1
+        time.sleep(self.delay_s)
+        if call in self.fail_calls:
+            raise RuntimeError(f"simulated producer failure on call {call}")
+        return ProceduralObjectSource(size_range=self.size_range).sample(rng)
