@@ -104,7 +104,7 @@ def build_tiny_controlnet(seed: int = 0) -> Any:
 
 
 def build_tiny_components(seed: int = 0, unet_in_channels: int = 9) -> dict[str, Any]:
-    """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a tiny SD model (``unet_in_channels`` 9 = inpainting)."""
+    """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a tiny SD model (``unet_in_channels`` 9: inpainting)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -228,7 +228,8 @@ def build_tiny_owlv2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
             vocab_size=n, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
             max_position_embeddings=16, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1,
         ),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=image_size, patch_size=16),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=image_size, patch_size=16),
         projection_dim=32,
     )  # fmt: skip
     torch.manual_seed(seed)
@@ -250,7 +251,8 @@ def build_tiny_sam(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
             patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=8,
         ),
         prompt_encoder_config=dict(hidden_size=16, image_size=image_size, patch_size=8, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                                 iou_head_hidden_dim=16),
     )  # fmt: skip
     torch.manual_seed(seed)
     model = SamModel(config).eval()

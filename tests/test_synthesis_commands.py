@@ -61,14 +61,20 @@ def test_fill_bank_command_from_coco(tmp_path: Path, coco_set: tuple[Path, Path]
     assert (report["produced"], report["skipped"], report["failed"], report["missing_images"]) == (5, 0, 0, 1)
     assert f"-> {bank}" in err and "1 source images missing" in err
     entries = [e for _, e in OutlierBank(bank, mode="r").iter_entries()]
-    assert len(entries) == 5 and {e.name for e in entries} <= {"box", "slab"} and all(e.model == "coco-paste" for e in entries)
+    assert (
+        len(entries) == 5
+        and {e.name for e in entries} <= {"box", "slab"}
+        and all(e.model == "coco-paste" for e in entries)
+    )
     # Resumable: a rerun adds nothing; a larger n adds only the new items.
     cli_main([*args[:4], "7", *args[5:]])
     again = json.loads(capsys.readouterr().out)
     assert (again["produced"], again["skipped"]) == (2, 5)
     # Without the opt-in, the missing image is an error that names it (when drawn).
     with pytest.raises(SystemExit, match="lost.png"):
-        cli_main([a for a in args if a not in ("--source.on_missing", "skip")][:4] + ["20", *args[5:-4], "--json", "true"])
+        cli_main(
+            [a for a in args if a not in ("--source.on_missing", "skip")][:4] + ["20", *args[5:-4], "--json", "true"]
+        )
 
 
 def test_generate_command_with_the_tiny_offline_engine(tmp_path: Path, cityscapes_mini: Path, capfd) -> None:

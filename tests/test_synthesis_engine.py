@@ -11,10 +11,9 @@ import torch
 from synthrel_lightning.labels import OOD_ID, TRAIN_NAME_TO_ID
 from synthrel_lightning.seeding import torch_generator
 from synthrel_lightning.synthesis.engine import InpaintingEngine, ModelLoadError, output_problem
+from synthrel_lightning.synthesis.geometry import Box
 from synthrel_lightning.synthesis.object_masks import BoxMasker, ChangedPixelsMasker, MaskRules, build_masker, feather
 from synthrel_lightning.synthesis.protocol import context_window, crop_to_tensor, paste_square, snap_size, soft_box_mask
-from synthrel_lightning.synthesis.geometry import Box
-from synthrel_lightning.testing import build_tiny_inpaint_pipeline, save_tiny_pipeline
 from synthrel_lightning.synthesis.vocabulary import (
     PAPER_OBJECTS,
     VocabularyEntry,
@@ -23,6 +22,7 @@ from synthrel_lightning.synthesis.vocabulary import (
     load_vocabulary,
     resolve_vocabulary,
 )
+from synthrel_lightning.testing import build_tiny_inpaint_pipeline, save_tiny_pipeline
 
 RES = 64  # tiny pipelines are run at 64x64 (a multiple of 8, like real SD needs)
 

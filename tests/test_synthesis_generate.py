@@ -1,4 +1,4 @@
-"""`generate`: the Lightning predict loop that fills an outlier bank, end to end on real frames and a tiny saved pipeline."""
+"""`generate`: the predict loop that fills an outlier bank, end to end on real frames and a tiny saved pipeline."""
 
 from __future__ import annotations
 
@@ -242,7 +242,9 @@ def test_per_item_faults_are_retried_counted_and_named(tmp_path: Path, two_frame
         progress=False,
     )
     vocab = resolve_vocabulary(["lion", "zebra"])
-    ds = WorkItemDataset(FlakyFrames(two_frames, names, broken=2), vocab, PlacementSampler(), seed=0, objects_per_frame=3)
+    ds = WorkItemDataset(
+        FlakyFrames(two_frames, names, broken=2), vocab, PlacementSampler(), seed=0, objects_per_frame=3
+    )
     lions = [it for it in (ds[i] for i in range(6)) if it.object.name == "lion"]
     assert lions and len(lions) < 6  # both kinds of items exist with this seed
     # Every lion failed after 1 + 1 tries; the unreadable frame's 3 items failed; the others were written.
@@ -261,7 +263,9 @@ def test_per_item_faults_are_retried_counted_and_named(tmp_path: Path, two_frame
             assert all(p.is_file() for p in eval_paths(eval_dir, it.key))
 
 
-def test_temp_files_of_killed_writers_are_cleaned_at_start(tmp_path: Path, two_frames: Path, tiny_folder: Path, capsys) -> None:
+def test_temp_files_of_killed_writers_are_cleaned_at_start(
+    tmp_path: Path, two_frames: Path, tiny_folder: Path, capsys
+) -> None:
     bank, eval_dir = tmp_path / "bank", tmp_path / "eval"
     OutlierBank(bank)
     shard = bank / "00a"

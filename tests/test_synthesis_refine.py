@@ -83,6 +83,8 @@ def test_paper_recipe_turns_refinement_on() -> None:
         assert eng.refine_region == "frame" and eng.refine_max_side is None
         assert (eng.guidance_scale, eng.strength, eng.dtype, eng.resolution) == (15.0, 1.0, "float16", 512)
     train = parser.parse_args(["--config", str(REPO / "recipes/generate_sd_inpainting.yaml")])
-    assert train.bank == "data/outlier_bank/train" and train.write == "object" and train.source.init_args.split == "train"
+    assert (
+        train.bank == "data/outlier_bank/train" and train.write == "object" and train.source.init_args.split == "train"
+    )
     val = parser.parse_args(["--config", str(REPO / "recipes/generate_sd_inpainting_val.yaml")])
     assert val.bank == "data/outlier_bank/val" and val.write == "both" and val.eval_dir

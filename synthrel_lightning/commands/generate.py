@@ -1,4 +1,4 @@
-"""``python -m synthrel_lightning generate``: inpaint objects into frames, filling an outlier bank (and evaluation frames).
+"""``python -m synthrel_lightning generate``: inpaint objects into frames, filling an outlier bank and evaluation sets.
 
 Options are those of :func:`synthrel_lightning.synthesis.generate.generate`; ``--config gen.yaml``
 reads them from YAML (recipes/generate_sd_inpainting.yaml). Without a GPU or the hub, name the tiny
@@ -32,7 +32,7 @@ def build_parser() -> Any:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run ``generate`` with command-line/YAML options; print a report (and JSON with --json); exit 128+signal if stopped."""
+    """Run ``generate`` from command-line/YAML options, print a report (JSON with --json); 128+signal if stopped."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     cfg = parser.parse_args(args)

@@ -203,7 +203,8 @@ class InpaintingEngine:
             raise ValueError("batch_size and num_inference_steps must be >= 1 and max_retries >= 0")
         if cpu_offload and resolved.type == "cpu":
             raise ValueError(
-                "cpu_offload=True offloads to the CPU between GPU calls; it needs device='cuda' or 'auto' on a GPU machine"
+                "cpu_offload=True offloads to the CPU between GPU calls; it needs "
+                "device='cuda' or 'auto' on a GPU machine"
             )
         if "{object}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{object}}', got {prompt_template!r}")
@@ -284,11 +285,13 @@ class InpaintingEngine:
         if path.exists() or looks_local:
             if not path.is_dir():
                 raise ModelLoadError(
-                    f"{what} {ident!r}: folder not found; expected a Hugging Face hub id (owner/name) or a local folder saved with save_pretrained"
+                    f"{what} {ident!r}: folder not found; expected a Hugging Face hub id (owner/name) "
+                    f"or a local folder saved with save_pretrained"
                 )
             if what.startswith("inpainting") and not (path / "model_index.json").is_file():
                 raise ModelLoadError(
-                    f"{what} {ident!r}: the folder has no model_index.json; expected a diffusers pipeline folder (save_pretrained output) or a hub id"
+                    f"{what} {ident!r}: the folder has no model_index.json; expected a diffusers "
+                    f"pipeline folder (save_pretrained output) or a hub id"
                 )
 
     def _load(self) -> Any:
@@ -303,7 +306,8 @@ class InpaintingEngine:
                 kwargs["controlnet"] = diffusers.ControlNetModel.from_pretrained(self.controlnet_id, dtype=self.dtype)
             except (OSError, ValueError) as e:
                 raise ModelLoadError(
-                    f"could not load ControlNet {self.controlnet_id!r}: expected a hub id or a ControlNetModel folder ({e})"
+                    f"could not load ControlNet {self.controlnet_id!r}: expected a hub id "
+                    f"or a ControlNetModel folder ({e})"
                 ) from e
             cls = diffusers.StableDiffusionControlNetInpaintPipeline
         try:
@@ -316,7 +320,8 @@ class InpaintingEngine:
         in_ch = getattr(pipe.unet.config, "in_channels", 9)
         if in_ch != 9:
             raise ModelLoadError(
-                f"{self.model_id!r} is not an inpainting checkpoint: its UNet takes {in_ch} input channels, inpainting needs 9"
+                f"{self.model_id!r} is not an inpainting checkpoint: its UNet takes {in_ch} "
+                f"input channels, inpainting needs 9"
             )
         if self.lora:
             pipe.load_lora_weights(self.lora)
@@ -334,7 +339,8 @@ class InpaintingEngine:
             cls = getattr(diffusers, name, None)
             if cls is None:
                 raise ValueError(
-                    f"unknown scheduler {self.scheduler!r}: diffusers has no {name} (e.g. 'DDIM', 'DPMSolverMultistep', 'LCM')"
+                    f"unknown scheduler {self.scheduler!r}: diffusers has no {name} (e.g. "
+                    f"'DDIM', 'DPMSolverMultistep', 'LCM')"
                 )
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
         if hasattr(pipe, "set_progress_bar_config"):
@@ -419,7 +425,8 @@ class InpaintingEngine:
             )
         if len(prompts) != b or len(generators) != b:
             raise ValueError(
-                f"need one prompt and one generator per image: {b} images, {len(prompts)} prompts, {len(generators)} generators"
+                f"need one prompt and one generator per image: {b} images, {len(prompts)} "
+                f"prompts, {len(generators)} generators"
             )
         if control_images is not None and control_images.shape[0] != b:
             raise ValueError(f"control_images must have {b} entries, got {control_images.shape[0]}")
@@ -509,7 +516,8 @@ class InpaintingEngine:
         n = len(frames)
         if not (len(boxes) == len(objects) == len(seeds) == n):
             raise ValueError(
-                f"frames, boxes, objects and seeds must have the same length, got {n}, {len(boxes)}, {len(objects)}, {len(seeds)}"
+                f"frames, boxes, objects and seeds must have the same length, got {n}, "
+                f"{len(boxes)}, {len(objects)}, {len(seeds)}"
             )
         labels = list(labels) if labels is not None else [None] * n
         entries = [_object_of(o) for o in objects]

@@ -36,6 +36,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class MaskRules:
     """Rejection thresholds: minimum fraction of the mask inside the box, minimum fraction of the crop covered."""
@@ -208,8 +209,8 @@ class OpenVocabMasker(ObjectMasker):
             processor = proc_cls.from_pretrained(ident)
         except (OSError, ValueError) as e:
             raise OSError(
-                f"OpenVocabMasker: could not load {kind} model {ident!r}: expected a Hugging Face hub id or a local folder "
-                f"saved with save_pretrained ({e})"
+                f"OpenVocabMasker: could not load {kind} model {ident!r}: expected a Hugging Face hub id "
+                f"or a local folder saved with save_pretrained ({e})"
             ) from e
         return model, processor
 

@@ -85,7 +85,9 @@ def crop_to_tensor(frame: np.ndarray, window: CropWindow, resolution: int = 512)
     crop = frame[window.crop.slices]
     t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div_(255.0)
     if c != resolution:
-        t = F.interpolate(t, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=c > resolution)
+        t = F.interpolate(
+            t, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=c > resolution
+        )
     return t[0].clamp_(0.0, 1.0)
 
 

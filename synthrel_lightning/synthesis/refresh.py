@@ -226,9 +226,7 @@ class OutlierBankRefresh(Callback):
             f"train/{self.log_name}_failures": float(now["failed"] + now["crashed_jobs"]),
         }
         # Logged at epoch start and end; the counts only grow, so the epoch's value is the latest (max).
-        pl_module.log_dict(
-            metrics, on_step=False, on_epoch=True, rank_zero_only=True, sync_dist=False, reduce_fx="max"
-        )
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True, sync_dist=False, reduce_fx="max")
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Log the bank's size and the counts reached so far (running jobs included)."""

@@ -65,7 +65,9 @@ class InpaintGenerationModule(L.LightningModule):
                 outcomes[it.key].result, outcomes[it.key].attempts = res, 1
             return list(outcomes.values())
         except Exception as e:  # noqa: BLE001 - retried item by item below
-            log.warning("generate: a batch of %d items failed (%s: %s); retrying item by item", len(todo), type(e).__name__, e)
+            log.warning(
+                "generate: a batch of %d items failed (%s: %s); retrying item by item", len(todo), type(e).__name__, e
+            )
         for it in todo:
             out = outcomes[it.key]
             for attempt in range(1, self.max_item_retries + 2):

@@ -9,7 +9,7 @@ __all__ = ["GenerationSummary", "gather"]
 
 
 def gather(payload: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``payload`` over all processes (ints summed, lists concatenated, dicts merged); local when not distributed."""
+    """Merge ``payload`` over all processes (ints summed, lists joined, dicts merged); as is when not distributed."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
