@@ -8,7 +8,7 @@ whole data flow (tests, benchmarks of the wrapper's overhead, a first run of ``g
 From the command line, :class:`TinyInpaintingEngine` is the engine to name::
 
     python -m synthrel_lightning generate --bank out/bank \
-        --source synthrel_lightning.data.DemoScenes --source.num_scenes 4 \
+        --source synthrel_lightning.data.CityscapesDataset --source.root <root> --source.split val \
         --engine synthrel_lightning.testing.TinyInpaintingEngine --devices 1 --accelerator cpu
 """
 
