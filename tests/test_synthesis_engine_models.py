@@ -9,8 +9,9 @@ import pytest
 
 from synthrel_lightning.synthesis.domains import DomainShiftGenerator
 from synthrel_lightning.synthesis.engine import InpaintingEngine
+from synthrel_lightning.synthesis.geometry import Box
 from synthrel_lightning.synthesis.object_masks import MaskRules, OpenVocabMasker
-from synthrel_lightning.synthesis.tiny import (
+from synthrel_lightning.testing import (
     build_tiny_controlnet_pipeline,
     build_tiny_inpaint_pipeline,
     build_tiny_owlv2,
@@ -69,11 +70,11 @@ def test_open_vocab_masker_glue(cityscapes_mini: Path) -> None:
     crop = frame[40:100, 90:150]
     box = masker.detect(crop, "lion")
     assert box is not None and 0 <= box[0] <= box[2] <= 60 and 0 <= box[1] <= box[3] <= 60
-    res = masker.mask(crop, crop, (10, 10, 50, 50), "lion")
+    res = masker.mask(crop, crop, Box(10, 10, 40), "lion")
     assert res.mask.shape == (60, 60) and res.mask.dtype == bool
     # A detector that finds nothing -> an empty, rejected mask (the frame is dropped).
     strict = OpenVocabMasker(detector=masker._detector, sam=masker._sam, box_threshold=1.0, device="cpu")
-    res = strict.mask(crop, crop, (10, 10, 50, 50), "lion")
+    res = strict.mask(crop, crop, Box(10, 10, 40), "lion")
     assert not res.accepted and res.reason == "empty mask" and strict.stats["no_detection"] == 1
     # Inside the engine.
     eng = InpaintingEngine(
