@@ -22,6 +22,9 @@ TOOLS: dict[str, str] = {
     "generate": "synthrel_lightning.synthesis.generate",
     "correlate": "synthrel_lightning.correlate",
     "calibrate": "synthrel_lightning.calibration",
+    "domains": "synthrel_lightning.commands.domains",
+    "caption": "synthrel_lightning.commands.caption",
+    "import_controlnet": "synthrel_lightning.commands.import_controlnet",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
@@ -41,7 +44,10 @@ def _usage() -> str:
         "  fit|validate|test|predict   LightningCLI over OODSegmenter; no --config runs the embedded demo\n"
         "  generate                    build an outlier bank / synthetic evaluation set with Stable Diffusion\n"
         "  correlate                   evaluate a model zoo on paired synthetic/real sets and correlate the scores\n"
-        "  calibrate                   fit a temperature on a named set and save a calibrated checkpoint\n\n"
+        "  calibrate                   fit a temperature on a named set and save a calibrated checkpoint\n"
+        "  domains                     render label maps in fog/night/rain/snow with a ControlNet (+ OOD objects)\n"
+        "  caption                     caption the frames of a Cityscapes-layout split into a JSONL file\n"
+        "  import_controlnet           convert an original-format ControlNet checkpoint for the domain generator\n\n"
         "Run any subcommand with --help for its options."
     )
 

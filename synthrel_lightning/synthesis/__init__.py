@@ -34,7 +34,7 @@ _LAZY: dict[str, str] = {
     "OutlierBankRefresh": "refresh",
     "ProducerSpec": "sources",
     "produce_into_bank": "sources",
-    # inpainting engine, vocabulary, object masks, domain shift
+    # inpainting engine, vocabulary, object masks
     "InpaintingEngine": "engine",
     "InpaintResult": "engine",
     "ModelLoadError": "engine",
@@ -43,7 +43,6 @@ _LAZY: dict[str, str] = {
     "load_vocabulary": "vocabulary",
     "ObjectMasker": "object_masks",
     "build_masker": "object_masks",
-    "DomainShiftGenerator": "domains",
     # tiny offline pipelines (tests, demo)
     "build_tiny_inpaint_pipeline": "tiny",
     "build_tiny_controlnet_pipeline": "tiny",

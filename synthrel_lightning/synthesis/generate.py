@@ -1,8 +1,7 @@
-"""``python -m synthrel_lightning generate``: build an outlier bank, synthetic evaluation frames or domain-shift sets offline.
+"""``python -m synthrel_lightning generate``: build an outlier bank and synthetic evaluation frames offline.
 
-``task: objects`` (default) inpaints objects (below); ``task: domains`` renders Cityscapes
-label maps in new domains with a ControlNet (:func:`generate_domains`) and writes each
-domain as a Cityscapes-layout dataset.
+Domain-shift sets are rendered by ``python -m synthrel_lightning domains``
+(:mod:`synthrel_lightning.generators.domain_generation`).
 
 Generation is a Lightning predict loop: work items (frame, slot) are sharded over ranks
 by Lightning's distributed sampler, :class:`InpaintGenerationModule` runs the
@@ -31,15 +30,8 @@ from synthrel_lightning.atomic import atomic_save_png
 from synthrel_lightning.labels import semantic_to_ood_target
 from synthrel_lightning.seeding import derive_seed, numpy_generator
 from synthrel_lightning.synthesis.bank import OutlierBank
-from synthrel_lightning.synthesis.domains import (
-    DomainSample,
-    DomainShiftGenerator,
-    check_domain_name,
-    train_ids_to_label_ids,
-)
 from synthrel_lightning.synthesis.engine import InpaintingEngine, InpaintResult
 from synthrel_lightning.synthesis.placement import PlacementSampler
-from synthrel_lightning.synthesis.protocol import snap_size
 from synthrel_lightning.synthesis.vocabulary import VocabularyEntry, resolve_vocabulary
 
 __all__ = [
@@ -49,11 +41,6 @@ __all__ = [
     "InpaintGenerationModule",
     "BankWriter",
     "generate",
-    "DomainWorkItems",
-    "DomainDataModule",
-    "DomainGenerationModule",
-    "DomainWriter",
-    "generate_domains",
     "build_parser",
     "main",
 ]
@@ -423,311 +410,19 @@ def generate(
     return summary
 
 
-# --------------------------------------------------------------------------- domain-shift sets
-
-_CS_IMAGE_SUFFIX = "_leftImg8bit.png"
-_CS_LABEL_SUFFIX = "_gtFine_labelIds.png"
-
-
-def _city_and_stem(dataset: Any, index: int, name: str) -> tuple[str, str]:
-    """Cityscapes city folder and file stem of a source frame (its image's folder; else the name's first token)."""
-    frames = getattr(dataset, "frames", None)
-    image = getattr(frames[index], "image", None) if frames is not None and index < len(frames) else None
-    if image is not None:
-        path = Path(image)
-        stem = path.name[: -len(_CS_IMAGE_SUFFIX)] if path.name.endswith(_CS_IMAGE_SUFFIX) else path.stem
-        return path.parent.name or "frames", stem
-    return (name.split("_", 1)[0] if "_" in name else "frames"), name
-
-
-def _source_label_ids(dataset: Any, index: int) -> Path | None:
-    """The source frame's official ``*_gtFine_labelIds.png`` if it has one (keeps every Cityscapes label id)."""
-    frames = getattr(dataset, "frames", None)
-    label = getattr(frames[index], "label", None) if frames is not None and index < len(frames) else None
-    return Path(label) if label is not None and str(label).endswith(_CS_LABEL_SUFFIX) else None
-
-
-def _resize_nearest(label: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    if label.shape[:2] == tuple(hw):
-        return label
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(label).resize((hw[1], hw[0]), resample=Image.Resampling.NEAREST))
-
-
-class DomainWorkItems(Dataset):
-    """Work items (source frame, domain) of a domain-shift set, minus those whose two files already exist.
-
-    Item ``(i, domain)`` is seeded by ``derive_seed(seed, "domains", domain, frame name)`` and written to
-    ``<out>/<domain>/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png`` and
-    ``<out>/<domain>/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png``.
-    """
-
-    def __init__(
-        self,
-        source: Dataset,
-        out: str | os.PathLike[str],
-        domains: Sequence[str],
-        split: str = "val",
-        resolution: int | None = None,
-        seed: int = 0,
-        max_frames: int | None = None,
-    ) -> None:
-        if resolution is not None and (int(resolution) < 8):
-            raise ValueError(f"resolution (output long side) must be >= 8 or None (frame size), got {resolution}")
-        if not domains:
-            raise ValueError("DomainWorkItems needs at least one domain")
-        self.source, self.out, self.split = source, Path(out), check_domain_name(split)
-        self.domains = [check_domain_name(d) for d in domains]
-        self.resolution = None if resolution is None else int(resolution)
-        self.seed = int(seed)
-        n = len(source) if max_frames is None else min(len(source), int(max_frames))
-        all_items = [(i, d) for i in range(n) for d in self.domains]
-        self.items = [(i, d) for i, d in all_items if not all(p.is_file() for p in self.paths(i, d))]
-        self.total = len(all_items)
-
-    def frame_name(self, index: int) -> str:
-        """The stable name of source frame ``index`` (without decoding it when the dataset lists its frames)."""
-        name = _frame_name(self.source, index)
-        return name if name is not None else str(self.source[index].get("name", f"#{index}"))
-
-    def paths(self, index: int, domain: str) -> tuple[Path, Path]:
-        """(image path, label-id path) of item (frame ``index``, ``domain``) in the Cityscapes layout."""
-        name = self.frame_name(index)
-        city, stem = _city_and_stem(self.source, index, name)
-        root = self.out / domain
-        return (
-            root / "leftImg8bit" / self.split / city / f"{stem}{_CS_IMAGE_SUFFIX}",
-            root / "gtFine" / self.split / city / f"{stem}{_CS_LABEL_SUFFIX}",
-        )
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        index, domain = self.items[k]
-        sample = self.source[index]
-        image = _raw_image(sample, index)
-        if sample.get("label") is None:
-            raise ValueError(
-                f"generate (task domains) conditions on label maps, but source item {index} has no 'label'"
-            )
-        label = np.asarray(sample["label"], dtype=np.uint8)
-        name = str(sample.get("name", self.frame_name(index)))
-        h, w = label.shape
-        th, tw = snap_size(h, w, self.resolution if self.resolution is not None else max(h, w))
-        ids_file = _source_label_ids(self.source, index)
-        if ids_file is not None:
-            from synthrel_lightning.data.io import read_label
-
-            label_ids = read_label(ids_file)
-        else:
-            label_ids = train_ids_to_label_ids(label, what=f"label of source frame {name!r}")
-        image_path, label_path = self.paths(index, domain)
-        return {
-            "index": index,
-            "domain": domain,
-            "name": name,
-            "image": image,
-            # Conditioning (train ids) and ground truth (label ids) at the output size.
-            "label": _resize_nearest(label, (th, tw)),
-            "label_ids": _resize_nearest(label_ids, (th, tw)),
-            "seed": derive_seed(self.seed, "domains", domain, name),
-            "image_path": str(image_path),
-            "label_path": str(label_path),
-        }
-
-
-class DomainDataModule(_HostItemsDataModule):
-    """Lists the pending (frame, domain) items in ``setup`` (on every rank, before the first predict step)."""
-
-    def __init__(
-        self,
-        source: Dataset,
-        out: str,
-        domains: Sequence[str],
-        split: str = "val",
-        resolution: int | None = None,
-        seed: int = 0,
-        max_frames: int | None = None,
-        batch_size: int = 4,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        self.source, self.out, self.domains, self.split = source, out, list(domains), split
-        self.resolution, self.seed, self.max_frames = resolution, seed, max_frames
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.items: DomainWorkItems | None = None
-
-    def setup(self, stage: str) -> None:
-        """Check which output files exist and list the items still to do."""
-        self.items = DomainWorkItems(
-            self.source, self.out, self.domains, self.split, self.resolution, self.seed, self.max_frames
-        )
-        log.info(
-            "generate domains: %d of %d items to do (%d already in %s)",
-            len(self.items),
-            self.items.total,
-            self.items.total - len(self.items),
-            self.out,
-        )
-
-
-class DomainGenerationModule(_PipelineModule):
-    """Renders a batch of (label map, domain) items with a :class:`DomainShiftGenerator`."""
-
-    def __init__(self, generator: DomainShiftGenerator) -> None:
-        super().__init__()
-        self.generator = self.worker = generator
-
-    def predict_step(self, batch: list[dict[str, Any]], batch_idx: int) -> list[tuple[dict[str, Any], DomainSample]]:
-        """Generate every item of the batch; returns (item, sample) pairs."""
-        samples = self.generator.generate(
-            [it["label"] for it in batch],
-            [it["domain"] for it in batch],
-            [it["seed"] for it in batch],
-            [it["image"] for it in batch],
-        )
-        return list(zip(batch, samples))
-
-
-class DomainWriter(BasePredictionWriter):
-    """Writes generated frames and their label-id ground truth (atomically) in the Cityscapes layout."""
-
-    def __init__(self) -> None:
-        super().__init__(write_interval="batch")
-        self.counts: dict[str, int] = {"written": 0}
-        self.per_domain: dict[str, int] = {}
-
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Write each (frame, ground truth) pair; the image goes last, so a frame counts as done only when both exist."""
-        for item, sample in prediction:
-            if sample.image.shape[:2] != item["label_ids"].shape:
-                raise RuntimeError(
-                    f"generated frame {sample.image.shape[:2]} does not match its label map {item['label_ids'].shape} ({item['name']}, {item['domain']})"
-                )
-            atomic_save_png(Path(item["label_path"]), item["label_ids"])
-            atomic_save_png(Path(item["image_path"]), sample.image)
-            self.counts["written"] += 1
-            self.per_domain[item["domain"]] = self.per_domain.get(item["domain"], 0) + 1
-
-    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Log this rank's counts."""
-        log.info("generate domains (rank %d): %s per domain %s", trainer.global_rank, self.counts, self.per_domain)
-
-
-def generate_domains(
-    out: str,
-    source: Dataset,
-    generator: DomainShiftGenerator | None = None,
-    split: str | None = None,
-    resolution: int | None = None,
-    max_frames: int | None = None,
-    seed: int = 0,
-    batch_size: int = 4,
-    num_workers: int = 0,
-    accelerator: str = "auto",
-    devices: int | str | list[int] = "auto",
-    strategy: str = "auto",
-    num_nodes: int = 1,
-    limit_predict_batches: int | float | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Render every ``source`` label map in each of ``generator.domains`` and write ``<out>/<domain>`` as a Cityscapes-layout set.
-
-    ``split``: the output split folder (default: the source's ``split``, else "val");
-    ``resolution``: output long side (snapped to a multiple of 8; default the frame size snapped);
-    items whose two files exist are skipped, so an interrupted run resumes.
-    """
-    generator = generator if generator is not None else DomainShiftGenerator()
-    split = split if split is not None else str(getattr(source, "split", "val"))
-    datamodule = DomainDataModule(
-        source, out, generator.domains, split, resolution, seed, max_frames, batch_size, num_workers
-    )
-    writer = DomainWriter()
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        callbacks=[writer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        limit_predict_batches=limit_predict_batches,
-    )
-    trainer.predict(DomainGenerationModule(generator), datamodule=datamodule, return_predictions=False)
-    assert datamodule.items is not None
-    return dict(
-        writer.counts,
-        per_domain=dict(writer.per_domain),
-        pending_at_start=len(datamodule.items),
-        total=datamodule.items.total,
-        out=str(out),
-        split=split,
-    )
-
-
 # ----------------------------------------------------------------------------------- command line
-
-Task = Literal["objects", "domains"]
-
-_SHARED = {
-    "source",
-    "seed",
-    "max_frames",
-    "batch_size",
-    "num_workers",
-    "accelerator",
-    "devices",
-    "strategy",
-    "num_nodes",
-    "limit_predict_batches",
-    "progress",
-}
-_OBJECT_ONLY = ("bank", "engine", "vocabulary", "controls", "objects_per_frame", "write", "eval_dir", "placement")
-_DOMAIN_ONLY = ("out", "generator", "split", "resolution")
 
 
 def build_parser() -> Any:
-    """The jsonargparse parser of ``generate``: ``task`` plus the options of :func:`generate` and :func:`generate_domains`."""
+    """The jsonargparse parser of ``generate``: the options of :func:`generate`."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     parser = ArgumentParser(
-        prog="python -m synthrel_lightning generate",
-        description=(
-            "task=objects: "
-            + (generate.__doc__ or "").split("\n")[0]
-            + "  task=domains: "
-            + (generate_domains.__doc__ or "").split("\n")[0]
-        ),
+        prog="python -m synthrel_lightning generate", description=(generate.__doc__ or "").split("\n")[0]
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_argument(
-        "--task",
-        type=Task,
-        default="objects",
-        help="objects: inpaint objects into an outlier bank; domains: ControlNet domain-shift sets",
-    )
-    parser.add_function_arguments(generate, as_group=False, skip={"bank"})
-    parser.add_argument("--bank", type=str | None, default=None, help="task objects: outlier bank folder (required)")
-    parser.add_function_arguments(generate_domains, as_group=False, skip=_SHARED | {"out"})
-    parser.add_argument(
-        "--out",
-        type=str | None,
-        default=None,
-        help="task domains: output folder, one Cityscapes-layout set per domain (required)",
-    )
+    parser.add_argument("--task", type=str, default="objects", help="objects (domain-shift sets: the domains command)")
+    parser.add_function_arguments(generate, as_group=False)
     return parser
 
 
@@ -735,22 +430,12 @@ def main(args: list[str] | None = None) -> None:
     """Command line of ``python -m synthrel_lightning generate`` (``--config gen.yaml``, any option overridable)."""
     parser = build_parser()
     cfg = parser.parse_args(args)
-    task = cfg.task
-    wanted, own, other = (
-        ("bank", _OBJECT_ONLY, _DOMAIN_ONLY) if task == "objects" else ("out", _DOMAIN_ONLY, _OBJECT_ONLY)
-    )
-    defaults = parser.get_defaults()
-    foreign = [k for k in other if cfg.get(k) != defaults.get(k)]
-    if foreign:
-        other_task = "domains" if task == "objects" else "objects"
+    if cfg.task != "objects":
         parser.error(
-            f"option(s) {', '.join(foreign)} belong to task {other_task!r}, but task is {task!r}; remove them or set --task={other_task}"
+            f"task {cfg.task!r}: generate builds outlier banks only (task objects); domain-shift sets are rendered by "
+            "python -m synthrel_lightning domains --config recipes/generate_domains.yaml"
         )
-    if not cfg.get(wanted):
-        parser.error(f"task {task!r} needs --{wanted}")
-    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    keep = _SHARED | set(own)
-    kwargs = {k: v for k, v in vars(init).items() if k in keep}
-    summary = generate(**kwargs) if task == "objects" else generate_domains(**kwargs)
+    init = parser.instantiate_classes(cfg)
+    summary = generate(**{k: v for k, v in vars(init).items() if k not in ("config", "task")})
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(json.dumps(summary, indent=2, default=str))
