@@ -66,7 +66,11 @@ def test_ade20k_palette_draws_the_closest_ade20k_class(label_id: int, ade: str) 
 
 def test_palettes_onehot_and_train_ids(label_ids: np.ndarray) -> None:
     cs = ENCODINGS["cityscapes_palette"].encode(np.array([[7, 26]], np.uint8))
-    assert np.round(cs[:, 0, 0] * 255).tolist() == [128, 64, 128] and np.round(cs[:, 0, 1] * 255).tolist() == [0, 0, 142]
+    assert np.round(cs[:, 0, 0] * 255).tolist() == [128, 64, 128] and np.round(cs[:, 0, 1] * 255).tolist() == [
+        0,
+        0,
+        142,
+    ]
     unlabeled = ENCODINGS["ade20k_palette"].encode(np.zeros((1, 1), np.uint8))
     assert unlabeled.ravel().tolist() == [0, 0, 0]
     onehot = ENCODINGS["onehot_label_ids"].encode(label_ids)
@@ -111,9 +115,13 @@ def test_encoding_file_and_channel_check(tmp_path: Path, caplog: pytest.LogCaptu
     assert json.loads((folder / ENCODING_FILE).read_text())["encoding"] == "label_ids_1ch"
     assert read_encoding_file(folder).name == "label_ids_1ch"
     assert resolve_encoding(folder, 1).name == "label_ids_1ch"
-    with pytest.raises(EncodingError, match=r"'label_ids_1ch' has 1 channel\(s\) but ControlNet .* conditioning_channels=3"):
+    with pytest.raises(
+        EncodingError, match=r"'label_ids_1ch' has 1 channel\(s\) but ControlNet .* conditioning_channels=3"
+    ):
         resolve_encoding(folder, 3)
-    with pytest.raises(EncodingError, match="was trained with encoding 'label_ids_1ch'.*'ade20k_palette' was requested"):
+    with pytest.raises(
+        EncodingError, match="was trained with encoding 'label_ids_1ch'.*'ade20k_palette' was requested"
+    ):
         resolve_encoding(folder, 1, "ade20k_palette")
     bare = tmp_path / "bare"
     bare.mkdir()

@@ -31,7 +31,7 @@ def main(args: list[str] | None = None) -> None:
 
     parser = build_parser()
     cfg = parser.parse_args(args)
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
     kwargs = {k: v for k, v in vars(init).items() if k != "config"}
     summary = caption_split(**kwargs)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:

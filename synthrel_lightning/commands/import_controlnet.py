@@ -1,4 +1,4 @@
-"""``python -m synthrel_lightning import_controlnet``: convert an original-format ControlNet checkpoint for the generator.
+"""``python -m synthrel_lightning import_controlnet``: convert an original-format ControlNet checkpoint.
 
 Options are those of :func:`synthrel_lightning.generators.controlnet_import.import_controlnet`, e.g.
 ``--checkpoint genval_cityscapes.ckpt --original_config cldm_v15.yaml --conditioning_channels 1

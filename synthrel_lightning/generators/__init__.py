@@ -1,4 +1,4 @@
-"""In-domain generator fine-tuning: conditioning encodings, captions, the ControlNet module and data, domain-shift rendering.
+"""In-domain generator fine-tuning: conditioning encodings, captions, ControlNet training, domain-shift rendering.
 
 Names are imported lazily, so ``import synthrel_lightning.generators`` stays cheap.
 """

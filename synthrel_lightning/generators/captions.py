@@ -132,7 +132,7 @@ class CaptionFile:
     def lookup(
         self, names: Iterable[str], on_missing: MissingCaptions = "error", generic: str = GENERIC_CAPTION
     ) -> tuple[dict[str, str], list[str]]:
-        """(caption by name, names that fell back to ``generic``); missing frames raise unless ``on_missing="generic"``."""
+        """(caption by name, names given ``generic``); missing frames raise unless ``on_missing="generic"``."""
         names = list(names)
         missing = [n for n in names if frame_key(n) not in self.captions]
         if missing and on_missing != "generic":
@@ -267,8 +267,8 @@ class Captioner(L.LightningModule):
             self.captioner = _load_captioning_model(str(self.model_source), self.torch_dtype)
         except (OSError, ValueError) as e:
             raise CaptionError(
-                f"could not load captioner {self.model_source!r}: expected a hub id or a local folder of a transformers "
-                f"image-captioning model (BLIP, BLIP-2, Florence-2) saved with save_pretrained ({e})"
+                f"could not load captioner {self.model_source!r}: expected a hub id or a local folder of a "
+                f"transformers image-captioning model (BLIP, BLIP-2, Florence-2) saved with save_pretrained ({e})"
             ) from e
         self.captioner.eval().requires_grad_(False)
 
@@ -358,7 +358,7 @@ def caption_split(
     limit_predict_batches: int | float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Caption every frame of the Cityscapes-layout ``root``/``split`` into the JSONL ``out`` (resumes; skips done frames)."""
+    """Caption every frame of the Cityscapes-layout ``root``/``split`` into the JSONL ``out`` (skips captioned frames)."""
     if Path(out).resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"caption: out {out!r} lies inside the dataset folder {root!r}; write captions elsewhere")
     captioner = captioner if captioner is not None else Captioner()

@@ -175,7 +175,7 @@ class ControlNetDataModule(L.LightningDataModule):
             self.val_set = self._pairs(self.val_split, self.val_captions, crop, self.max_val_samples)
 
     def set_epoch(self, epoch: int) -> None:
-        """Key the training crops by ``epoch`` (called by :class:`~synthrel_lightning.callbacks.epoch_sync.DataEpochSync`)."""
+        """Key the training crops by ``epoch`` (called by the ``DataEpochSync`` callback)."""
         if self.train_set is not None:
             self.train_set.set_epoch(epoch)
 

@@ -46,7 +46,7 @@ def import_controlnet(
     conditioning_channels: int | None = None,
     trusted: bool = False,
 ) -> dict[str, Any]:
-    """Convert an original-format ControlNet ``checkpoint`` (.ckpt/.safetensors) to a diffusers folder ``out`` + encoding file.
+    """Convert an original-format ControlNet ``checkpoint`` (.ckpt/.safetensors) to a diffusers folder + encoding file.
 
     ``conditioning_channels`` overrides the YAML's ``hint_channels`` (GenVal's checkpoint has 1);
     ``trusted`` allows pickled objects in a ``.ckpt`` (only for files you trust).
@@ -56,7 +56,9 @@ def import_controlnet(
     enc = get_encoding(encoding)
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (expected an original-format ControlNet .ckpt/.safetensors)")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist (expected an original-format ControlNet .ckpt/.safetensors)"
+        )
     config = _original_config(original_config, conditioning_channels)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

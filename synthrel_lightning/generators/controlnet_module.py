@@ -307,7 +307,7 @@ class ControlNetFineTuning(L.LightningModule):
 
     # ------------------------------------------------------------------ export and rendering
     def save_controlnet(self, folder: str | Path) -> Path:
-        """Write the ControlNet (EMA weights when enabled) with ``save_pretrained`` + its encoding file (+ UNet LoRA)."""
+        """Write the ControlNet (EMA weights if enabled) with ``save_pretrained`` + its encoding file (+ UNet LoRA)."""
         folder = Path(folder)
         params = list(self.controlnet.parameters())
         if self.ema is not None:

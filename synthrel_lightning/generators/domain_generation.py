@@ -41,7 +41,7 @@ from synthrel_lightning.generators.domains import (
 )
 from synthrel_lightning.labels import LABEL_IDS, OOD_ID, label_ids_to_train_ids, semantic_to_ood_target
 from synthrel_lightning.seeding import derive_seed, numpy_generator
-from synthrel_lightning.synthesis.generate import _frame_name, _HostItemsDataModule, _PipelineModule, _raw_image
+from synthrel_lightning.synthesis.generate import _frame_name, _HostItemsDataModule, _PipelineModule
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.protocol import snap_size
 
@@ -139,7 +139,9 @@ class DomainWorkItems(Dataset):
         self.crop, self.resolution, self.seed = crop, None if resolution is None else int(resolution), int(seed)
         self.captions = captions or {}
         self.ood_objects = ood_objects
-        self.placement = placement if placement is not None else PlacementSampler(size_range=(64, 160), reference_width=512)
+        self.placement = (
+            placement if placement is not None else PlacementSampler(size_range=(64, 160), reference_width=512)
+        )
         self.ood_condition_id = int(ood_condition_id)
         kinds = {"shift": ["shift"], "joint": ["joint"], "both": ["shift", "joint"]}[sets]
         n = len(source) if max_frames is None else min(len(source), int(max_frames))
@@ -185,7 +187,9 @@ class DomainWorkItems(Dataset):
             place = self.placement.sample(train_ids, rng)
             if entry is None or place is None:
                 continue
-            mask = _resize((np.asarray(entry.alpha, dtype=np.float32) > 0.5).astype(np.uint8), (place.side, place.side), True)
+            mask = _resize(
+                (np.asarray(entry.alpha, dtype=np.float32) > 0.5).astype(np.uint8), (place.side, place.side), True
+            )
             ys, xs = slice(place.y0, place.y0 + place.side), slice(place.x0, place.x0 + place.side)
             region = mask[: train_ids[ys, xs].shape[0], : train_ids[ys, xs].shape[1]].astype(bool)
             if not region.any():
@@ -201,7 +205,6 @@ class DomainWorkItems(Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         index, domain, kind = self.items[k]
         sample = self.source[index]
-        image = _raw_image(sample, index)
         if sample.get("label") is None:
             raise ValueError(f"domain generation conditions on label maps, but source item {index} has no 'label'")
         name = str(sample.get("name", self.frame_name(index)))
@@ -212,7 +215,7 @@ class DomainWorkItems(Dataset):
             label_ids = read_label(ids_file)
         else:
             label_ids = train_ids_to_label_ids(np.asarray(sample["label"]), what=f"label of source frame {name!r}")
-        label_ids = np.ascontiguousarray(self._geometry(label_ids, nearest=True))
+        label_ids = np.array(self._geometry(label_ids, nearest=True))
         train_ids = label_ids_to_train_ids(label_ids).copy()
         obj = None
         if kind == "joint":

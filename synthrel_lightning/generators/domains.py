@@ -126,8 +126,8 @@ class DomainShiftGenerator:
                 )
             except (OSError, ValueError) as e:
                 raise ModelLoadError(
-                    f"could not load base model {self.base_model_id!r} / ControlNet {self.controlnet_id!r}: expected hub ids "
-                    f"or local folders saved with save_pretrained ({e})"
+                    f"could not load base model {self.base_model_id!r} / ControlNet {self.controlnet_id!r}: "
+                    f"expected hub ids or local folders saved with save_pretrained ({e})"
                 ) from e
             if self.unet_lora is not None:
                 pipe.load_lora_weights(self.unet_lora)
@@ -183,7 +183,9 @@ class DomainShiftGenerator:
             return [
                 s
                 for i in range(len(labels))
-                for s in self._generate(labels[i : i + 1], domains[i : i + 1], seeds[i : i + 1], captions[i : i + 1], ids)
+                for s in self._generate(
+                    labels[i : i + 1], domains[i : i + 1], seeds[i : i + 1], captions[i : i + 1], ids
+                )
             ]
         for lbl in labels:
             if np.ndim(lbl) != 2:

@@ -298,7 +298,9 @@ def get_encoding(encoding: str | LabelEncoding) -> LabelEncoding:
     try:
         return ENCODINGS[str(encoding)]
     except KeyError:
-        raise EncodingError(f"unknown conditioning encoding {encoding!r}; expected one of {sorted(ENCODINGS)}") from None
+        raise EncodingError(
+            f"unknown conditioning encoding {encoding!r}; expected one of {sorted(ENCODINGS)}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- the file beside a ControlNet
@@ -349,7 +351,7 @@ def resolve_encoding(
             f"(one of {sorted(ENCODINGS)}; ade20k_palette for the public lllyasviel seg ControlNets, "
             "label_ids_1ch for GenVal's Cityscapes ControlNet)"
         )
-    if stored is None:
+    if stored is None and source is not None:
         log.warning("%s has no %s: using encoding %r as given (not verifiable)", where, ENCODING_FILE, chosen.name)
     if int(conditioning_channels) != chosen.channels:
         raise EncodingError(

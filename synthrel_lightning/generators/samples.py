@@ -80,9 +80,7 @@ class ControlNetSampleLogger(Callback):
             batch_size=len(self.domains),
         )
         dtype = pl_module.unet.dtype
-        autocast = (
-            torch.autocast(pl_module.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-        )
+        autocast = torch.autocast(pl_module.device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
         was_training = pl_module.controlnet.training
         pl_module.controlnet.eval()
         rows = []

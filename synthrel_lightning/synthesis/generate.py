@@ -435,7 +435,7 @@ def main(args: list[str] | None = None) -> None:
             f"task {cfg.task!r}: generate builds outlier banks only (task objects); domain-shift sets are rendered by "
             "python -m synthrel_lightning domains --config recipes/generate_domains.yaml"
         )
-    init = parser.instantiate_classes(cfg)
+    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
     summary = generate(**{k: v for k, v in vars(init).items() if k not in ("config", "task")})
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         print(json.dumps(summary, indent=2, default=str))
