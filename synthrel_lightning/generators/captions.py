@@ -358,7 +358,7 @@ def caption_split(
     limit_predict_batches: int | float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Caption every frame of the Cityscapes-layout ``root``/``split`` into the JSONL ``out`` (skips captioned frames)."""
+    """Caption every frame of the Cityscapes-layout ``root``/``split`` into the JSONL ``out``, skipping done frames."""
     if Path(out).resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"caption: out {out!r} lies inside the dataset folder {root!r}; write captions elsewhere")
     captioner = captioner if captioner is not None else Captioner()

@@ -1,0 +1,209 @@
+"""ControlNet fine-tuning: the training pairs, the LightningModule (loss, checkpoints, EMA, LoRA, optimisers) and
+the recipe run through ``python -m synthrel_lightning fit`` on the demo scenes with a tiny random SD."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from synthrel_lightning.cli import main as cli_main
+from synthrel_lightning.data.demo import write_demo_cityscapes
+from synthrel_lightning.generators.captions import CaptionError
+from synthrel_lightning.generators.controlnet_data import ControlNetDataModule, ControlNetPairs
+from synthrel_lightning.generators.controlnet_module import ControlNetFineTuning
+from synthrel_lightning.generators.domains import DomainShiftGenerator
+from synthrel_lightning.generators.encodings import ENCODING_FILE, ENCODINGS, EncodingError
+from synthrel_lightning.synthesis.tiny import build_tiny_components, save_tiny_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"conditioning_embedding_out_channels": (16, 32)}  # the tiny VAE downsamples by 2, not 8
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_demo_cityscapes(tmp_path_factory.mktemp("demo") / "cs", num_train=4, num_val=2, size=(64, 128))
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "sd", kind="controlnet")
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    base = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False)  # fmt: skip
+    return L.Trainer(**{**base, **kwargs})
+
+
+def test_pairs_are_genval_square_crops_with_nearest_labels(demo_root: Path, tmp_path: Path) -> None:
+    pairs = ControlNetPairs(demo_root, "train", None, "label_ids_1ch", resolution=32, seed=3)
+    item = pairs[1]
+    assert item["pixel_values"].shape == (3, 32, 32) and item["conditioning"].shape == (1, 32, 32)
+    assert -1.0 <= float(item["pixel_values"].min()) and float(item["pixel_values"].max()) <= 1.0
+    ids = item["label_ids"].numpy().astype(np.uint8)
+    assert torch.equal(item["conditioning"], ENCODINGS["label_ids_1ch"].encode_tensor(ids))
+    # A square of side min(H, W) = 64 at some offset, resized with NEAREST (GenVal's crop).
+    frame = pairs.frames[1]
+    src = np.asarray(Image.open(frame.label))
+    matches = [
+        x for x in range(src.shape[1] - 64 + 1)
+        if np.array_equal(np.asarray(Image.fromarray(src[:, x : x + 64]).resize((32, 32), Image.NEAREST)), ids)
+    ]  # fmt: skip
+    assert matches
+    # Same (seed, epoch, index) -> same crop; epochs move it.
+    assert torch.equal(
+        ControlNetPairs(demo_root, "train", None, resolution=32, seed=3)[1]["label_ids"], item["label_ids"]
+    )
+    crops = set()
+    for epoch in range(6):
+        pairs.set_epoch(epoch)
+        crops.add(pairs[1]["label_ids"].numpy().tobytes())
+    assert len(crops) > 1
+    # Captions come from the JSONL file, matched by name; a frame missing from it is an error.
+    names = [f.name for f in pairs.frames]
+    captions = tmp_path / "train.jsonl"
+    captions.write_text(
+        "".join(json.dumps({"image": f"t/{n}_leftImg8bit.png", "conditioning_image": "", "text": f"c{i}"}) + "\n"
+                for i, n in enumerate(names[:-1]))
+    )  # fmt: skip
+    with pytest.raises(CaptionError, match=rf"no caption for 1 of 4 frames \(first: {names[-1]}\)"):
+        ControlNetPairs(demo_root, "train", captions, resolution=32)
+    ok = ControlNetPairs(demo_root, "train", captions, resolution=32, on_missing_caption="generic", generic_caption="g")
+    assert [ok[i]["caption"] for i in range(4)] == ["c0", "c1", "c2", "g"]
+
+
+def test_module_checkpoints_hold_only_trained_weights_and_data_encoding_must_match(demo_root: Path) -> None:
+    module = ControlNetFineTuning(base_model=build_tiny_components(0, unet_in_channels=4), **TINY)
+    assert module.controlnet.config.conditioning_channels == 1  # label_ids_1ch
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert ckpt["state_dict"] and all(k.startswith("controlnet.") for k in ckpt["state_dict"])
+    module.on_load_checkpoint(ckpt)
+    ckpt["state_dict"].pop(next(iter(ckpt["state_dict"])))
+    with pytest.raises(KeyError, match="lacks 1 ControlNet weights"):
+        module.on_load_checkpoint(ckpt)
+    dm = ControlNetDataModule(root=str(demo_root), encoding="cityscapes_palette", resolution=32, batch_size=2,
+                              num_workers=0)  # fmt: skip
+    with pytest.raises(
+        EncodingError, match="model conditions on encoding 'label_ids_1ch' but the data .* 'cityscapes_palette'"
+    ):
+        quiet_trainer(fast_dev_run=1).fit(module, datamodule=dm)
+
+
+def test_8bit_adam_needs_bitsandbytes() -> None:
+    pytest.importorskip("torch")
+    try:
+        import bitsandbytes  # noqa: F401
+
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    module = ControlNetFineTuning(
+        base_model=build_tiny_components(0, unet_in_channels=4), optimizer="adamw_8bit", **TINY
+    )
+    with pytest.raises(ImportError, match="'adamw_8bit' needs bitsandbytes"):
+        module.configure_optimizers()
+    fused = ControlNetFineTuning(
+        base_model=build_tiny_components(0, unet_in_channels=4), optimizer="adamw_fused", **TINY
+    )
+    opt = fused.configure_optimizers()["optimizer"]
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
+
+
+def test_ema_and_unet_lora_train_and_save(demo_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    module = ControlNetFineTuning(
+        base_model=build_tiny_components(0, unet_in_channels=4), learning_rate=1e-2, ema_decay=0.5, unet_lora_rank=4,
+        gradient_checkpointing=True, save_dir=str(tmp_path / "cn"), **TINY,
+    )  # fmt: skip
+    lora0 = {n: p.detach().clone() for n, p in module.unet.named_parameters() if "lora_" in n}
+    assert lora0
+    dm = ControlNetDataModule(root=str(demo_root), resolution=32, batch_size=2, num_workers=0, max_val_samples=1)
+    quiet_trainer(max_steps=3, limit_val_batches=0).fit(module, datamodule=dm)
+    lora = dict(module.unet.named_parameters())
+    assert any(not torch.equal(lora[n], v) for n, v in lora0.items())  # the adapters trained
+    shadow = module.ema.shadow_params
+    raw = list(module.controlnet.parameters())
+    assert any(not torch.equal(s, r) for s, r in zip(shadow, raw))
+    # Saved at the end of fitting: the EMA weights, the encoding file, the UNet LoRA.
+    saved = tmp_path / "cn"
+    assert (saved / ENCODING_FILE).is_file() and list((saved / "unet_lora").glob("*.safetensors"))
+    from diffusers import ControlNetModel
+
+    reloaded = ControlNetModel.from_pretrained(str(saved))
+    assert all(torch.equal(a, b) for a, b in zip(reloaded.parameters(), shadow))
+    ckpt = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(ckpt)
+    assert any("lora_" in k for k in ckpt["state_dict"]) and "controlnet_ema" in ckpt
+
+
+@pytest.mark.slow
+def test_fit_recipe_lowers_loss_saves_resumes_and_renders(demo_root: Path, tiny_sd: Path, tmp_path: Path) -> None:
+    save_dir = tmp_path / "controlnet"
+    override = {
+        "model": {"init_args": {
+            "base_model": str(tiny_sd), "conditioning_embedding_out_channels": [16, 32], "learning_rate": 3.0e-3,
+            "save_dir": str(save_dir),
+        }},
+        "data": {"init_args": {
+            "root": str(demo_root), "train_captions": None, "val_captions": None, "resolution": 32, "batch_size": 2,
+            "num_workers": 0, "max_train_samples": 2, "val_split": "train", "max_val_samples": 2,
+        }},
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"), "accelerator": "cpu", "devices": 1, "precision": "32",
+            "accumulate_grad_batches": 1, "max_steps": 10, "limit_val_batches": 0, "logger": False,
+            "enable_progress_bar": False,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                 "init_args": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 5, "save_last": True}},
+                {"class_path": "synthrel_lightning.generators.ControlNetSampleLogger",
+                 "init_args": {"every_n_steps": 5, "domains": ["fog", "night"], "num_frames": 1,
+                               "num_inference_steps": 2}},
+            ],
+        },
+    }  # fmt: skip
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(override))
+    cli_main(["fit", "--config", str(REPO / "recipes/controlnet_cityscapes.yaml"), "--config", str(cfg)])
+
+    # Saved for the generator: save_pretrained + encoding file; a checkpoint of the trained weights only.
+    assert json.loads((save_dir / ENCODING_FILE).read_text())["encoding"] == "label_ids_1ch"
+    from synthrel_lightning.checkpoints import load_checkpoint
+
+    last = tmp_path / "ckpt" / "last.ckpt"
+    state = load_checkpoint(last)["state_dict"]
+    assert state and all(k.startswith("controlnet.") for k in state)
+    # Sample renders: label map | fog | night, one row.
+    (png,) = sorted((tmp_path / "run" / "controlnet_samples").glob("step_*.png"))[-1:]
+    assert np.asarray(Image.open(png)).shape == (32, 96, 3)
+
+    # The trained ControlNet lowers the denoising loss against a fresh one (fixed validation noise).
+    dm = ControlNetDataModule(root=str(demo_root), val_split="train", max_val_samples=2, resolution=32,
+                              batch_size=2, num_workers=0)  # fmt: skip
+    fresh = ControlNetFineTuning(base_model=str(tiny_sd), **TINY)
+    trained = ControlNetFineTuning(base_model=str(tiny_sd), controlnet=str(save_dir), **TINY)
+    before = quiet_trainer().validate(fresh, datamodule=dm, verbose=False)[0]["val/loss"]
+    after = quiet_trainer().validate(trained, datamodule=dm, verbose=False)[0]["val/loss"]
+    assert after < before
+
+    # Resume from the checkpoint for two more steps.
+    cli_main(["fit", "--config", str(REPO / "recipes/controlnet_cityscapes.yaml"), "--config", str(cfg),
+              "--trainer.max_steps", "12", "--ckpt_path", str(last)])  # fmt: skip
+    assert load_checkpoint(last)["global_step"] == 12
+
+    # The domain generator loads it directly (encoding from its file) and renders.
+    gen = DomainShiftGenerator(str(tiny_sd), str(save_dir), domains=["fog"], num_inference_steps=2, device="cpu",
+                               dtype="float32")  # fmt: skip
+    ids = np.full((32, 48), 7, np.uint8)
+    ids[:10] = 23
+    (s,) = gen.generate([ids], ["fog"], [0], ids="label_ids")
+    assert gen.encoding.name == "label_ids_1ch" and s.image.shape == (32, 48, 3)
