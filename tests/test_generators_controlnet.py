@@ -119,10 +119,10 @@ def test_8bit_adam_needs_bitsandbytes() -> None:
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
 
 
-def test_ema_and_unet_lora_train_and_save(demo_root: Path, tmp_path: Path) -> None:
+def test_ema_and_unet_lora_train_save_and_render(demo_root: Path, tiny_sd: Path, tmp_path: Path) -> None:
     pytest.importorskip("peft")
     module = ControlNetFineTuning(
-        base_model=build_tiny_components(0, unet_in_channels=4), learning_rate=1e-2, ema_decay=0.5, unet_lora_rank=4,
+        base_model=str(tiny_sd), learning_rate=1e-2, ema_decay=0.5, unet_lora_rank=4,
         gradient_checkpointing=True, save_dir=str(tmp_path / "cn"), **TINY,
     )  # fmt: skip
     lora0 = {n: p.detach().clone() for n, p in module.unet.named_parameters() if "lora_" in n}
@@ -144,6 +144,14 @@ def test_ema_and_unet_lora_train_and_save(demo_root: Path, tmp_path: Path) -> No
     ckpt = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(ckpt)
     assert any("lora_" in k for k in ckpt["state_dict"]) and "controlnet_ema" in ckpt
+    # The generator loads the ControlNet (encoding from its file) and the UNet LoRA.
+    gen = DomainShiftGenerator(
+        str(tiny_sd), str(saved), unet_lora=str(saved / "unet_lora"), domains=["fog"], num_inference_steps=1,
+        device="cpu", dtype="float32",
+    )  # fmt: skip
+    (s,) = gen.generate([np.full((16, 16), 7, np.uint8)], ["fog"], [0], ids="label_ids")
+    assert s.image.shape == (16, 16, 3) and gen.encoding.name == "label_ids_1ch"
+    assert any("lora" in n for n, _ in gen.pipeline.unet.named_parameters())
 
 
 @pytest.mark.slow
