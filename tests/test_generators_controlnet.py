@@ -215,3 +215,23 @@ def test_fit_recipe_lowers_loss_saves_resumes_and_renders(demo_root: Path, tiny_
     ids[:10] = 23
     (s,) = gen.generate([ids], ["fog"], [0], ids="label_ids")
     assert gen.encoding.name == "label_ids_1ch" and s.image.shape == (32, 48, 3)
+
+
+def test_import_controlnet_refuses_bad_inputs(tmp_path: Path, capsys) -> None:
+    from synthrel_lightning.generators.controlnet_import import import_controlnet
+
+    config = tmp_path / "cldm.yaml"
+    config.write_text(yaml.safe_dump({"model": {"params": {"unet_config": {}}}}))
+    with pytest.raises(FileNotFoundError, match="checkpoint .*missing.ckpt does not exist"):
+        import_controlnet(str(tmp_path / "missing.ckpt"), str(tmp_path / "out"), str(config))
+    ckpt = tmp_path / "sd.ckpt"
+    torch.save({"state_dict": {"model.diffusion_model.x": torch.zeros(1)}}, ckpt)
+    with pytest.raises(ValueError, match="is not a ControlNet \\(cldm\\) config"):
+        import_controlnet(str(ckpt), str(tmp_path / "out"), str(config))
+    config.write_text(yaml.safe_dump({"model": {"params": {"control_stage_config": {"params": {"hint_channels": 3}}}}}))
+    with pytest.raises(ValueError, match="holds no 'control_model.\\*' weights"):
+        import_controlnet(str(ckpt), str(tmp_path / "out"), str(config), conditioning_channels=1)
+    with pytest.raises(EncodingError, match="unknown conditioning encoding"):
+        cli_main(["import_controlnet", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
+                  "--original_config", str(config), "--encoding", "rgb"])  # fmt: skip
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
