@@ -235,3 +235,16 @@ def test_import_controlnet_refuses_bad_inputs(tmp_path: Path, capsys) -> None:
         cli_main(["import_controlnet", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o"),
                   "--original_config", str(config), "--encoding", "rgb"])  # fmt: skip
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_frozen_parts_stay_frozen_and_in_eval_mode() -> None:
+    module = ControlNetFineTuning(base_model=build_tiny_components(0, unet_in_channels=4), **TINY)
+    module.train()
+    assert module.controlnet.training and not (
+        module.unet.training or module.vae.training or module.text_encoder.training
+    )
+    trained = {id(p) for p in module.trainable_parameters()}
+    assert trained == {id(p) for p in module.controlnet.parameters()}
+    assert not any(
+        p.requires_grad for part in (module.unet, module.vae, module.text_encoder) for p in part.parameters()
+    )

@@ -161,6 +161,13 @@ class ControlNetFineTuning(L.LightningModule):
             p.requires_grad_(True)
         return [*self.controlnet.parameters(), *lora]
 
+    def train(self, mode: bool = True) -> ControlNetFineTuning:
+        """Set the training mode of the ControlNet; the frozen parts stay in eval mode (no dropout)."""
+        super().train(mode)
+        for frozen in (self.vae, self.text_encoder, self.unet):
+            frozen.eval()
+        return self
+
     def _trained_key(self, key: str) -> bool:
         return key.startswith(_TRAINED_PREFIXES) or (key.startswith("unet.") and "lora_" in key)
 
