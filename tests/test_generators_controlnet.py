@@ -217,6 +217,95 @@ def test_fit_recipe_lowers_loss_saves_resumes_and_renders(demo_root: Path, tiny_
     assert gen.encoding.name == "label_ids_1ch" and s.image.shape == (32, 48, 3)
 
 
+def to_ldm(controlnet, layers_per_block: int = 2) -> dict[str, torch.Tensor]:
+    """A diffusers ControlNet's weights under lllyasviel ControlNet's (LDM) names, ``control_model.`` prefixed."""
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "controlnet_cond_embedding.conv_in": "input_hint_block.0",
+        "controlnet_cond_embedding.conv_out": "input_hint_block.14", "controlnet_mid_block": "middle_block_out.0",
+    }  # fmt: skip
+    resnet = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
+              ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]  # fmt: skip
+
+    def rename(rest: str) -> str:
+        for a, b in resnet:
+            rest = rest.replace(a, b)
+        return rest
+
+    out = {}
+    for key, value in controlnet.state_dict().items():
+        name, leaf = key.rsplit(".", 1)
+        p = key.split(".")
+        if name in fixed:
+            new = f"{fixed[name]}.{leaf}"
+        elif p[0] == "controlnet_down_blocks":
+            new = f"zero_convs.{p[1]}.0.{leaf}"
+        elif p[:2] == ["controlnet_cond_embedding", "blocks"]:
+            new = f"input_hint_block.{2 * (int(p[2]) + 1)}.{leaf}"
+        elif p[0] == "down_blocks":
+            block, kind, layer, rest = int(p[1]), p[2], int(p[3]), ".".join(p[4:])
+            i = 1 + block * (layers_per_block + 1) + layer
+            if kind == "resnets":
+                new = f"input_blocks.{i}.0.{rename(rest)}"
+            elif kind == "attentions":
+                new = f"input_blocks.{i}.1.{rest}"
+            else:
+                new = f"input_blocks.{1 + block * (layers_per_block + 1) + layers_per_block}.0.op.{leaf}"
+        elif p[0] == "mid_block":
+            rest = ".".join(p[3:])
+            new = f"middle_block.{2 * int(p[2])}.{rename(rest)}" if p[1] == "resnets" else f"middle_block.1.{rest}"
+        else:
+            raise KeyError(key)
+        out[f"control_model.{new}"] = value
+    return out
+
+
+def test_import_controlnet_converts_an_original_format_checkpoint(tmp_path: Path, capsys) -> None:
+    from diffusers import ControlNetModel
+
+    unet = build_tiny_components(0, unet_in_channels=4)["unet"]
+    original = ControlNetModel.from_unet(unet, conditioning_channels=1).eval()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in original.parameters():
+            p.normal_(std=0.05)
+    net = {"image_size": 32, "in_channels": 4, "model_channels": 32, "attention_resolutions": [2], "num_res_blocks": 2,
+           "channel_mult": [1, 2], "num_heads": 8, "use_spatial_transformer": True, "transformer_depth": 1,
+           "context_dim": 32, "use_linear_in_transformer": False}  # fmt: skip
+    config = {"model": {"params": {
+        "control_stage_config": {"params": {**net, "hint_channels": 3}},  # as in cldm_v15.yaml; overridden below
+        "unet_config": {"params": {**net, "out_channels": 4}},
+        "first_stage_config": {"params": {"ddconfig": {"ch_mult": [1, 2]}}},
+    }}}  # fmt: skip
+    (tmp_path / "cldm.yaml").write_text(yaml.safe_dump(config))
+    # A Lightning checkpoint of the whole cldm model: other weights beside control_model.*.
+    ckpt = tmp_path / "genval.ckpt"
+    torch.save({"state_dict": {**to_ldm(original), "model.diffusion_model.x": torch.zeros(1)}}, ckpt)
+    out = tmp_path / "imported"
+    cli_main(["import_controlnet", "--checkpoint", str(ckpt), "--original_config", str(tmp_path / "cldm.yaml"),
+              "--conditioning_channels", "1", "--encoding", "label_ids_1ch", "--out", str(out)])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"out": str(out), "encoding": "label_ids_1ch", "conditioning_channels": 1}
+    assert json.loads((out / ENCODING_FILE).read_text())["encoding"] == "label_ids_1ch"
+    imported = ControlNetModel.from_pretrained(str(out))
+    a, b = original.state_dict(), imported.state_dict()
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+    # Same function, not only the same tensors.
+    x, t, text = torch.randn(1, 4, 16, 16), torch.tensor([10]), torch.randn(1, 5, 32)
+    cond = torch.rand(1, 1, 128, 128)
+    with torch.no_grad():
+        ra = original(x, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+        rb = imported(x, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+    assert all(torch.allclose(u, v, atol=1e-6) for u, v in zip([*ra[0], ra[1]], [*rb[0], rb[1]]))
+    # The encoding must fit the checkpoint's hint channels.
+    with pytest.raises(EncodingError, match="conditioning_channels=1 but encoding 'ade20k_palette' has 3"):
+        from synthrel_lightning.generators.controlnet_import import import_controlnet
+
+        import_controlnet(str(ckpt), str(tmp_path / "x"), str(tmp_path / "cldm.yaml"), "ade20k_palette", 1)
+    assert not (tmp_path / "x").exists()
+
+
 def test_import_controlnet_refuses_bad_inputs(tmp_path: Path, capsys) -> None:
     from synthrel_lightning.generators.controlnet_import import import_controlnet
 
