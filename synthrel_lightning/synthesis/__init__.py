@@ -42,7 +42,7 @@ _LAZY: dict[str, str] = {
     # background generation
     "OutlierBankRefresh": "refresh",
     "ProducerSpec": "sources",
-    # inpainting engine, vocabulary, object masks, domain shift
+    # inpainting engine, vocabulary, object masks
     "InpaintingEngine": "engine",
     "InpaintResult": "engine",
     "ModelLoadError": "engine",
@@ -51,7 +51,6 @@ _LAZY: dict[str, str] = {
     "load_vocabulary": "vocabulary",
     "ObjectMasker": "object_masks",
     "build_masker": "object_masks",
-    "DomainShiftGenerator": "domains",
     # ahead-of-time generation
     "GenerationSummary": "generate",
     # safe names
