@@ -1,6 +1,6 @@
 """ControlNet fine-tuning step time (and peak memory on CUDA): ControlNetFineTuning's denoising loss + backward + AdamW.
 
-``--model tiny`` (CPU-sized): the tiny random SD of ``synthrel_lightning.synthesis.tiny``.
+``--model tiny`` (CPU-sized): the tiny random SD of ``synthrel_lightning.testing``.
 ``--model sd15``: the Stable Diffusion 1.5 architecture (UNet, VAE, CLIP ViT-L/14 text encoder)
 built from its configuration with random weights (no download), ControlNet from the UNet,
 for the full-size cost: e.g. 512 px, batch 4, bf16 frozen parts + autocast, with and
@@ -34,7 +34,7 @@ def sd15_components() -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from synthrel_lightning.synthesis.tiny import build_tiny_tokenizer
+    from synthrel_lightning.testing import build_tiny_tokenizer
 
     unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
     vae = AutoencoderKL(
@@ -58,7 +58,7 @@ def sd15_components() -> dict[str, Any]:
 def build(model: str, checkpointing: bool) -> ControlNetFineTuning:
     """The module under test."""
     if model == "tiny":
-        from synthrel_lightning.synthesis.tiny import build_tiny_components
+        from synthrel_lightning.testing import build_tiny_components
 
         parts = build_tiny_components(0, unet_in_channels=4)
         return ControlNetFineTuning(

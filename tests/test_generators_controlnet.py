@@ -20,7 +20,7 @@ from synthrel_lightning.generators.controlnet_data import ControlNetDataModule, 
 from synthrel_lightning.generators.controlnet_module import ControlNetFineTuning
 from synthrel_lightning.generators.domains import DomainShiftGenerator
 from synthrel_lightning.generators.encodings import ENCODING_FILE, ENCODINGS, EncodingError
-from synthrel_lightning.synthesis.tiny import build_tiny_components, save_tiny_pipeline
+from synthrel_lightning.testing import build_tiny_components, save_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"conditioning_embedding_out_channels": (16, 32)}  # the tiny VAE downsamples by 2, not 8

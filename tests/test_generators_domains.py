@@ -20,7 +20,7 @@ from synthrel_lightning.generators.domain_generation import DomainWorkItems
 from synthrel_lightning.generators.domains import DomainShiftGenerator
 from synthrel_lightning.generators.encodings import ENCODINGS, EncodingError, write_encoding_file
 from synthrel_lightning.labels import LABEL_TO_TRAIN_ID, OOD_ID
-from synthrel_lightning.synthesis.tiny import build_tiny_components, build_tiny_controlnet_pipeline, save_tiny_pipeline
+from synthrel_lightning.testing import build_tiny_components, build_tiny_controlnet_pipeline, save_tiny_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 STEM = "frankfurt_000000_000294"

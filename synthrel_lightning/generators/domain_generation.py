@@ -41,7 +41,7 @@ from synthrel_lightning.generators.domains import (
 )
 from synthrel_lightning.labels import LABEL_IDS, OOD_ID, label_ids_to_train_ids, semantic_to_ood_target
 from synthrel_lightning.seeding import derive_seed, numpy_generator
-from synthrel_lightning.synthesis.generate import _frame_name, _HostItemsDataModule, _PipelineModule
+from synthrel_lightning.synthesis.generate import HostItemsDataModule, frame_name
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.protocol import snap_size
 
@@ -151,7 +151,7 @@ class DomainWorkItems(Dataset):
 
     def frame_name(self, index: int) -> str:
         """The stable name of source frame ``index`` (without decoding it when the dataset lists its frames)."""
-        name = _frame_name(self.source, index)
+        name = frame_name(self.source, index)
         return name if name is not None else str(self.source[index].get("name", f"#{index}"))
 
     def paths(self, index: int, domain: str, kind: str = "shift") -> tuple[Path, ...]:
@@ -234,7 +234,7 @@ class DomainWorkItems(Dataset):
         }
 
 
-class DomainDataModule(_HostItemsDataModule):
+class DomainDataModule(HostItemsDataModule):
     """Lists the pending items in ``setup`` (on every rank) with their captions from the caption file."""
 
     def __init__(
@@ -269,7 +269,7 @@ class DomainDataModule(_HostItemsDataModule):
         if self.captions is None:
             return {}
         n = len(self.source) if self.max_frames is None else min(len(self.source), int(self.max_frames))
-        names = [_frame_name(self.source, i) or str(self.source[i].get("name", f"#{i}")) for i in range(n)]
+        names = [frame_name(self.source, i) or str(self.source[i].get("name", f"#{i}")) for i in range(n)]
         kwargs = {} if self.generic_caption is None else {"generic": self.generic_caption}
         by_name, self.missing_captions = CaptionFile.read(self.captions).lookup(
             names, self.on_missing_caption, **kwargs
@@ -301,13 +301,18 @@ class DomainDataModule(_HostItemsDataModule):
         )
 
 
-class DomainGenerationModule(_PipelineModule):
+class DomainGenerationModule(L.LightningModule):
     """Renders a batch of items with a :class:`DomainShiftGenerator` (joint items name their object in the prompt)."""
 
     def __init__(self, generator: DomainShiftGenerator, joint_caption: str = "{caption}, with a {object}") -> None:
         super().__init__()
-        self.generator = self.worker = generator
+        self.generator = generator
         self.joint_caption = joint_caption
+
+    def on_predict_start(self) -> None:
+        """Render on this rank's device (Lightning chose it; the pipeline loads there on first use)."""
+        if self.device.type != "cpu":
+            self.generator.to(self.device)
 
     def _caption(self, item: dict[str, Any]) -> str | None:
         if item["kind"] != "joint":

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthrel_lightning.devices import resolve_device
 from synthrel_lightning.generators.captions import GENERIC_CAPTION
 from synthrel_lightning.generators.encodings import (
     EncodingError,
@@ -28,6 +29,7 @@ from synthrel_lightning.generators.encodings import (
 )
 from synthrel_lightning.seeding import torch_generator
 from synthrel_lightning.synthesis.engine import _DTYPES, ModelLoadError
+from synthrel_lightning.synthesis.names import check_name
 from synthrel_lightning.synthesis.protocol import to_uint8
 
 __all__ = ["DomainShiftGenerator", "DomainSample", "check_domain_name", "train_ids_to_label_ids"]
@@ -36,11 +38,8 @@ log = logging.getLogger(__name__)
 
 
 def check_domain_name(domain: str) -> str:
-    """``domain`` if it can name an output folder (non-empty, no path separator, not '.'/'..'), else ValueError."""
-    d = str(domain)
-    if not d.strip() or "/" in d or "\\" in d or d in (".", ".."):
-        raise ValueError(f"domain names become folder names; {domain!r} is not usable (expected e.g. 'fog', 'night')")
-    return d
+    """``domain`` if it can name an output folder (see :func:`~synthrel_lightning.synthesis.names.check_name`)."""
+    return check_name(domain, what="domain")
 
 
 @dataclass
@@ -100,7 +99,7 @@ class DomainShiftGenerator:
         self.guidance_scale = float(guidance_scale)
         self.conditioning_scale = float(conditioning_scale)
         self.unet_lora = unet_lora
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.device = resolve_device(device, who="DomainShiftGenerator")
         self.dtype = _DTYPES[dtype]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             self.dtype = torch.float32
@@ -108,6 +107,18 @@ class DomainShiftGenerator:
         self._pipeline = pipeline
         self._prebuilt = pipeline is not None
         self._encoding: LabelEncoding | None = None
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the pipeline is built (loading happens on first access to :attr:`pipeline`)."""
+        return self._pipeline is not None
+
+    def to(self, device: str | torch.device) -> DomainShiftGenerator:
+        """Run on ``device`` from now on (moves the pipeline when it is already loaded)."""
+        self.device = resolve_device(device, who="DomainShiftGenerator")
+        if self._pipeline is not None:
+            self._pipeline.to(self.device)
+        return self
 
     @property
     def pipeline(self) -> Any:

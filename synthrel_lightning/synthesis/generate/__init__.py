@@ -19,7 +19,7 @@ from synthrel_lightning.synthesis.generate.datamodule import (
     HostItemsDataModule,
     remove_stale_temp_files,
 )
-from synthrel_lightning.synthesis.generate.items import WorkItem, WorkItemDataset, WriteKind, bank_keys
+from synthrel_lightning.synthesis.generate.items import WorkItem, WorkItemDataset, WriteKind, bank_keys, frame_name
 from synthrel_lightning.synthesis.generate.module import InpaintGenerationModule, ItemOutcome
 from synthrel_lightning.synthesis.generate.progress import GenerationProgress
 from synthrel_lightning.synthesis.generate.run import generate
@@ -42,6 +42,7 @@ __all__ = [
     "WriteKind",
     "bank_keys",
     "eval_paths",
+    "frame_name",
     "gather",
     "generate",
     "remove_stale_temp_files",

@@ -15,7 +15,7 @@ from synthrel_lightning.synthesis.geometry import Box
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.vocabulary import VocabularyEntry
 
-__all__ = ["WorkItem", "WorkItemDataset", "WriteKind", "bank_keys"]
+__all__ = ["frame_name", "WorkItem", "WorkItemDataset", "WriteKind", "bank_keys"]
 
 WriteKind = Literal["object", "frame", "both"]
 
@@ -50,7 +50,8 @@ class WorkItem:
         return f"{self.name}#{self.slot}"
 
 
-def _frame_name(dataset: Any, index: int) -> str | None:
+def frame_name(dataset: Any, index: int) -> str | None:
+    """The name of frame ``index`` of ``dataset`` when it lists ``frames`` with names, else None."""
     """The frame's name without decoding it, when the dataset lists its frames (``dataset.frames[i].name``)."""
     frames = getattr(dataset, "frames", None)
     if frames is not None and index < len(frames) and hasattr(frames[index], "name"):
@@ -102,7 +103,7 @@ class WorkItemDataset(Dataset):
 
     def key(self, index: int, slot: int) -> str:
         """The bank key of item (frame ``index``, ``slot``): stable across runs and device counts."""
-        name = _frame_name(self.source, index)
+        name = frame_name(self.source, index)
         return OutlierBank.make_key("inpaint", self.seed, name if name is not None else f"#{index}", slot)
 
     def __len__(self) -> int:
@@ -113,7 +114,7 @@ class WorkItemDataset(Dataset):
         rng = numpy_generator(self.seed, "generate", index, slot)
         entry = self.vocabulary[int(rng.integers(len(self.vocabulary)))]
         key, seed = self.key(index, slot), derive_seed(self.seed, "generate", index, slot)
-        name = _frame_name(self.source, index) or f"#{index}"
+        name = frame_name(self.source, index) or f"#{index}"
         try:
             sample = self.source[index]
             image = _raw_image(sample, index)
