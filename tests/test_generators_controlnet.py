@@ -337,3 +337,34 @@ def test_frozen_parts_stay_frozen_and_in_eval_mode() -> None:
     assert not any(
         p.requires_grad for part in (module.unet, module.vae, module.text_encoder) for p in part.parameters()
     )
+
+
+def test_sample_renders_reach_the_tensorboard_logger(demo_root: Path, tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from synthrel_lightning.generators.samples import ControlNetSampleLogger
+
+    module = ControlNetFineTuning(base_model=build_tiny_components(0, unet_in_channels=4), **TINY)
+    dm = ControlNetDataModule(root=str(demo_root), resolution=32, batch_size=2, num_workers=0, max_val_samples=2)
+    samples = ControlNetSampleLogger(every_n_steps=1, domains=["fog", "snow"], num_frames=2, num_inference_steps=1)
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    quiet_trainer(max_steps=1, limit_val_batches=0, logger=logger, callbacks=[samples]).fit(module, datamodule=dm)
+    (png,) = samples.saved
+    assert np.asarray(Image.open(png)).shape == (64, 96, 3)  # two frames x (label map | fog | snow)
+    events = EventAccumulator(logger.log_dir)
+    events.Reload()
+    assert "controlnet/samples" in events.Tags()["images"]
+    assert module.controlnet.training  # back in training mode after rendering
+
+
+def test_bf16_mixed_keeps_frozen_parts_in_bf16_and_the_controlnet_in_fp32(demo_root: Path) -> None:
+    module = ControlNetFineTuning(base_model=build_tiny_components(0, unet_in_channels=4), **TINY)
+    dm = ControlNetDataModule(root=str(demo_root), resolution=32, batch_size=2, num_workers=0, max_val_samples=1)
+    before = [p.detach().clone() for p in module.controlnet.parameters()]
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, precision="bf16-mixed")
+    trainer.fit(module, datamodule=dm)
+    assert module.unet.dtype == module.vae.dtype == module.text_encoder.dtype == torch.bfloat16
+    assert module.controlnet.dtype == torch.float32
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.controlnet.parameters()))

@@ -359,3 +359,19 @@ def test_generate_points_domain_users_to_the_domains_command(capsys) -> None:
             ]
         )
     assert "python -m synthrel_lightning domains" in capsys.readouterr().err
+
+
+def test_domains_command_builds_the_joint_set_options(cityscapes_mini: Path) -> None:
+    from synthrel_lightning.commands.domains import build_parser
+    from synthrel_lightning.synthesis.sources import ProceduralObjectSource
+
+    parser = build_parser()
+    cfg = parser.parse_args([
+        "--config", str(REPO / "recipes/generate_domains.yaml"), "--source.root", str(cityscapes_mini),
+        "--sets", "both", "--ood_objects", "synthrel_lightning.synthesis.ProceduralObjectSource",
+        "--ood_objects.size_range", "[16, 32]",
+    ])  # fmt: skip
+    init = parser.instantiate(cfg)
+    assert isinstance(init.ood_objects, ProceduralObjectSource) and init.ood_objects.size_range == (16, 32)
+    assert init.sets == "both" and isinstance(init.generator, DomainShiftGenerator)
+    assert init.generator.requested_encoding == "ade20k_palette"

@@ -44,6 +44,7 @@ from synthrel_lightning.seeding import derive_seed, numpy_generator
 from synthrel_lightning.synthesis.generate import HostItemsDataModule, frame_name
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.protocol import snap_size
+from synthrel_lightning.synthesis.sources import OutlierSource
 
 __all__ = [
     "Crop",
@@ -118,7 +119,7 @@ class DomainWorkItems(Dataset):
         max_frames: int | None = None,
         captions: dict[str, str] | None = None,
         sets: SetKind = "shift",
-        ood_objects: Any = None,
+        ood_objects: OutlierSource | None = None,
         placement: PlacementSampler | None = None,
         ood_condition_id: int = 0,
     ) -> None:
@@ -251,7 +252,7 @@ class DomainDataModule(HostItemsDataModule):
         on_missing_caption: MissingCaptions = "error",
         generic_caption: str | None = None,
         sets: SetKind = "shift",
-        ood_objects: Any = None,
+        ood_objects: OutlierSource | None = None,
         ood_condition_id: int = 0,
         batch_size: int = 4,
         num_workers: int = 0,
@@ -385,7 +386,7 @@ def generate_domains(
     crop: Crop = "square",
     resolution: int | None = 512,
     sets: SetKind = "shift",
-    ood_objects: Any = None,
+    ood_objects: OutlierSource | None = None,
     ood_condition_id: int = 0,
     max_frames: int | None = None,
     seed: int = 0,
