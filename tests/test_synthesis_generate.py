@@ -305,28 +305,43 @@ def test_sigterm_stops_after_the_current_batch_in_process(tmp_path: Path, two_fr
     assert (again.skipped, again.done, again.interrupted) == (1, 5, None)
 
 
-def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
-    import torch.distributed as dist
-
-    from synthrel_lightning.synthesis.generate import gather
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    merged = gather({"counts": {"done": rank + 1, "failed": rank}, "failed_items": [f"frame{rank}#0: boom"] * rank})
-    if rank == 0:
-        Path(out).write_text(json.dumps(merged))
-    dist.destroy_process_group()
-
-
 def test_counts_are_gathered_over_processes(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
+    from _gather_worker import gather_worker
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     out = tmp_path / "merged.json"
-    mp.spawn(_gather_worker, args=(3, port, str(out)), nprocs=3, join=True)
+    mp.spawn(gather_worker, args=(3, port, str(out)), nprocs=3, join=True)
     merged = json.loads(out.read_text())
     assert merged["counts"] == {"done": 6, "failed": 3}
     assert merged["failed_items"] == ["frame1#0: boom", "frame2#0: boom", "frame2#0: boom"]
+
+
+def test_an_evaluation_png_that_cannot_be_written_fails_the_item_and_a_rerun_redoes_it(
+    tmp_path: Path, two_frames: Path
+) -> None:
+    from synthrel_lightning.data.cityscapes import CityscapesDataset
+
+    bank, eval_dir = tmp_path / "bank", tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "labels").write_text("a file where the labels folder should be")
+    kwargs = dict(
+        vocabulary=["zebra"],
+        objects_per_frame=2,
+        max_frames=1,
+        eval_dir=str(eval_dir),
+        accelerator="cpu",
+        devices=1,
+        progress=False,
+    )
+    source = CityscapesDataset(two_frames, split="val")
+    first = generate(str(bank), source, engine=TinyInpaintingEngine(mask_method="box"), **kwargs)
+    assert (first.done, first.failed) == (0, 2) and all("write failed" in f for f in first.failed_items)
+    assert first.bank_entries == 2  # the bank entries were committed before the PNGs failed
+    (eval_dir / "labels").unlink()
+    second = generate(str(bank), source, engine=TinyInpaintingEngine(mask_method="box"), **kwargs)
+    assert (second.skipped, second.done, second.failed) == (0, 2, 0)
+    assert len(list((eval_dir / "labels").glob("*_ood.png"))) == 2

@@ -14,36 +14,29 @@ devices and a rerun redoes only the items with a missing output (resume).
 
 from __future__ import annotations
 
-from synthrel_lightning.synthesis.generate.datamodule import (
-    GenerationDataModule,
-    HostItemsDataModule,
-    remove_stale_temp_files,
-)
-from synthrel_lightning.synthesis.generate.items import WorkItem, WorkItemDataset, WriteKind, bank_keys, frame_name
-from synthrel_lightning.synthesis.generate.module import InpaintGenerationModule, ItemOutcome
-from synthrel_lightning.synthesis.generate.progress import GenerationProgress
-from synthrel_lightning.synthesis.generate.run import generate
-from synthrel_lightning.synthesis.generate.stop import StopSignals
-from synthrel_lightning.synthesis.generate.summary import GenerationSummary, gather
-from synthrel_lightning.synthesis.generate.writer import BankWriter, GenerationStopped, eval_paths
+from synthrel_lightning._lazy import lazy_exports
 
-__all__ = [
-    "BankWriter",
-    "GenerationDataModule",
-    "GenerationProgress",
-    "GenerationStopped",
-    "GenerationSummary",
-    "HostItemsDataModule",
-    "InpaintGenerationModule",
-    "ItemOutcome",
-    "StopSignals",
-    "WorkItem",
-    "WorkItemDataset",
-    "WriteKind",
-    "bank_keys",
-    "eval_paths",
-    "frame_name",
-    "gather",
-    "generate",
-    "remove_stale_temp_files",
-]
+_LAZY: dict[str, str] = {
+    "GenerationDataModule": "datamodule",
+    "HostItemsDataModule": "datamodule",
+    "remove_stale_temp_files": "datamodule",
+    "WorkItem": "items",
+    "WorkItemDataset": "items",
+    "WriteKind": "items",
+    "bank_keys": "items",
+    "frame_name": "items",
+    "InpaintGenerationModule": "module",
+    "ItemOutcome": "module",
+    "GenerationProgress": "progress",
+    "generate": "run",
+    "StopSignals": "stop",
+    "GenerationSummary": "summary",
+    "gather": "summary",
+    "BankWriter": "writer",
+    "GenerationStopped": "writer",
+    "eval_paths": "writer",
+}
+
+__all__ = sorted(_LAZY)
+
+__getattr__, __dir__ = lazy_exports(__name__, {name: f".{module}" for name, module in _LAZY.items()})
