@@ -278,7 +278,7 @@ def test_work_items_square_crop_full_frame_seeds_and_label_ids(tmp_path: Path, c
     sq = DomainWorkItems(src, tmp_path, ["fog"])[0]["label_ids"]
     assert sq.shape == (512, 512) and set(np.unique(sq)) <= set(np.unique(src_ids))
     assert np.array_equal(sq[::4, ::4], src_ids[:, 64:192])  # 128x128 centre square, upsampled x4 by NEAREST
-    with pytest.raises(ValueError, match="domain names become folder names"):
+    with pytest.raises(ValueError, match="cannot be used as a file or folder name"):
         DomainWorkItems(src, tmp_path, ["fog/night"])
     with pytest.raises(ValueError, match="pass ood_objects"):
         DomainWorkItems(src, tmp_path, ["fog"], sets="joint")
@@ -343,8 +343,8 @@ def test_recipes_parse_and_match_correlate_recipe() -> None:
         assert name.removeprefix("synthetic_") in gen.domains
 
 
-def test_generate_points_domain_users_to_the_domains_command(capsys) -> None:
-    with pytest.raises(SystemExit):
+def test_generate_points_domain_users_to_the_domains_command() -> None:
+    with pytest.raises(SystemExit, match="python -m synthrel_lightning domains"):
         cli_main(
             [
                 "generate",
@@ -358,7 +358,6 @@ def test_generate_points_domain_users_to_the_domains_command(capsys) -> None:
                 "x",
             ]
         )
-    assert "python -m synthrel_lightning domains" in capsys.readouterr().err
 
 
 def test_domains_command_builds_the_joint_set_options(cityscapes_mini: Path) -> None:

@@ -34,8 +34,14 @@ def build_parser() -> Any:
 def main(args: list[str] | None = None) -> None:
     """Run ``generate`` from command-line/YAML options, print a report (JSON with --json); 128+signal if stopped."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if args is None else args)
+    if any(a == "--task" or a.startswith("--task=") for a in argv):
+        raise SystemExit(
+            "generate: --task is gone; generate inpaints objects. Render domain-shift sets with "
+            "`python -m synthrel_lightning domains --config recipes/generate_domains.yaml`."
+        )
     parser = build_parser()
-    cfg = parser.parse_args(args)
+    cfg = parser.parse_args(argv)
     init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
     kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "json", "__path__")}
     summary = generate(**kwargs)
