@@ -19,10 +19,14 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 """The embedded demo's configuration, used when ``fit`` gets no config."""
 
 TOOLS: dict[str, str] = {
+    "generate": "synthrel_lightning.commands.generate",
+    "fill_bank": "synthrel_lightning.commands.fill_bank",
+    "domains": "synthrel_lightning.commands.domains",
+    "caption": "synthrel_lightning.commands.caption",
+    "import_controlnet": "synthrel_lightning.commands.import_controlnet",
     "correlate": "synthrel_lightning.commands.correlate",
     "calibrate": "synthrel_lightning.commands.calibrate",
     "sml_stats": "synthrel_lightning.commands.sml_stats",
-    "generate": "synthrel_lightning.synthesis.generate",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
@@ -41,8 +45,12 @@ def _usage() -> str:
         "usage: python -m synthrel_lightning {fit,validate,test,predict,generate,correlate,calibrate} [options]\n\n"
         "  fit|validate|test|predict   LightningCLI over OODSegmenter; no --config runs the embedded demo\n"
         "  generate                    build an outlier bank / synthetic evaluation set with Stable Diffusion\n"
+        "  fill_bank                   fill an outlier bank from a GPU-free source (COCO cut-outs, shapes)\n"
         "  correlate                   evaluate a model zoo on paired synthetic/real sets and correlate the scores\n"
-        "  calibrate                   fit a temperature on a named set and save a calibrated checkpoint\n\n"
+        "  calibrate                   fit a temperature on a named set and save a calibrated checkpoint\n"
+        "  domains                     render label maps in fog/night/rain/snow with a ControlNet (+ OOD objects)\n"
+        "  caption                     caption the frames of a Cityscapes-layout split into a JSONL file\n"
+        "  import_controlnet           convert an original-format ControlNet checkpoint for the domain generator\n\n"
         "Run any subcommand with --help for its options."
     )
 

@@ -92,8 +92,9 @@ def test_reliability_diagram(tmp_path) -> None:
     m = CalibrationMetrics()
     m.update(z, t)
     fig = m.reliability_diagram(title="demo")
-    assert len(fig.axes) == 2
-    assert "ECE" in fig.axes[0].get_title()
+    assert len(fig.axes) == 2  # the diagram and its pixel-share axis
+    assert fig.axes[0].get_title() == "demo"
+    assert f"ECE {float(m.compute()['ece']):.4f}" in fig.axes[0].texts[0].get_text()
     path = tmp_path / "reliability.png"
     fig.savefig(path)
     assert path.stat().st_size > 1000

@@ -34,7 +34,7 @@ PAPER_OBJECTS: tuple[str, ...] = (
     "penguin", "dolphin", "kangaroo", "gorilla", "cheetah", "polar bear", "koala", "zebra", "hippopotamus",
     "chimpanzee", "flamingo", "panda",
 )  # fmt: skip
-"""The paper's 42 OOD object names (REFERENCE.md §1a)."""
+"""The 42 OOD object names of Loiseau et al. (ECCV 2024, arXiv 2312.09231; github.com/valeoai/GenVal)."""
 
 DEFAULT_CONTROL_CLASSES: tuple[str, ...] = ("car", "person", "bicycle", "motorcycle", "truck", "bus", "rider")
 """In-distribution classes inpainted as controls (labelled with their own train ids)."""
@@ -53,8 +53,8 @@ class VocabularyEntry:
             raise ValueError("a vocabulary entry needs a non-empty object name")
         if not (0 <= int(self.label_value) < NUM_CLASSES or int(self.label_value) == OOD_ID):
             raise ValueError(
-                f"vocabulary entry {self.name!r}: label_value must be a train id 0..{NUM_CLASSES - 1} or {OOD_ID} (OOD), "
-                f"got {self.label_value!r}"
+                f"vocabulary entry {self.name!r}: label_value must be a train id 0..{NUM_CLASSES - 1} "
+                f"or {OOD_ID} (OOD), got {self.label_value!r}"
             )
 
     @property
@@ -142,7 +142,7 @@ def load_vocabulary(path: str | os.PathLike[str]) -> list[VocabularyEntry]:
 def resolve_vocabulary(
     spec: str | os.PathLike[str] | Iterable[Any] | None = None, controls: Sequence[str] = ()
 ) -> list[VocabularyEntry]:
-    """A vocabulary from ``spec``: None/"paper" = the 42 objects, a file path, or a list of names/mappings; plus controls."""
+    """A vocabulary from ``spec`` (None/"paper": the 42 objects, a file path, or names/mappings), plus controls."""
     if spec is None or (isinstance(spec, str) and spec == "paper"):
         entries = default_vocabulary()
     elif isinstance(spec, (str, os.PathLike)):
