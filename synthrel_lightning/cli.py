@@ -22,6 +22,7 @@ TOOLS: dict[str, str] = {
     "generate": "synthrel_lightning.synthesis.generate",
     "correlate": "synthrel_lightning.correlate",
     "calibrate": "synthrel_lightning.calibration",
+    "export_submission": "synthrel_lightning.commands.export_submission",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 

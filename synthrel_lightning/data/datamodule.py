@@ -125,8 +125,9 @@ class SegmentationDataModule(L.LightningDataModule):
         """Build the datasets the stage needs, check skip-mode datasets, wrap them with mixing and transforms."""
         needs_train = stage in (None, "fit")
         needs_predict = stage in (None, "predict") and self.predict_folder is not None
+        needs_eval = not (stage == "predict" and self.predict_folder is not None)
         if (
-            "eval" in self._built
+            ("eval" in self._built or not needs_eval)
             and ("train" in self._built or not needs_train)
             and ("predict" in self._built or not needs_predict)
         ):
@@ -137,7 +138,7 @@ class SegmentationDataModule(L.LightningDataModule):
             _check_frames(self.train_set)
             self._train = KeyedDataset(self.train_set, self.train_transform, mixer=self.outliers, seed=seed)
             self._built.add("train")
-        if "eval" not in self._built:
+        if needs_eval and "eval" not in self._built:
             for ds in (*self.val_sets.values(), *self.test_sets.values()):
                 _check_frames(getattr(ds, "base", ds))
             self._val = {
@@ -333,7 +334,7 @@ class CityscapesOODDataModule(SegmentationDataModule):
             self.train_set = CityscapesDataset(
                 self.root, split=self.train_split, on_error=self.on_error, max_samples=self.max_train_samples
             )  # type: ignore[arg-type,assignment]
-        if "eval" in self._built:
+        if "eval" in self._built or (stage == "predict" and self.predict_folder is not None):
             return
         val = CityscapesDataset(
             self.root, split=self.val_split, on_error=self.on_error, max_samples=self.max_val_samples
