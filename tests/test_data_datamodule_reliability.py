@@ -200,3 +200,32 @@ def test_mixed_size_evaluation_set_gives_the_same_metrics_at_any_batch_size(tmp_
         assert math.isclose(value, four[key], rel_tol=1e-5, abs_tol=1e-6) or (
             math.isnan(value) and math.isnan(four[key])
         ), key
+
+
+def test_one_benchmark_is_added_by_dotted_cli_overrides(
+    tmp_path: Path, road_anomaly_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--data.init_args.extra_val_sets.<name>=<class>`` + ``.<name>.<arg>=...``: no overlay file needed."""
+    from synthrel_lightning.cli import DEMO_CONFIG, main
+
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "validate",
+            "--config",
+            str(DEMO_CONFIG),
+            f"--data.init_args.root={tmp_path / 'demo'}",
+            "--data.init_args.num_train=2",
+            "--data.init_args.num_val=1",
+            "--data.init_args.extra_val_sets.road_anomaly=synthrel_lightning.data.RoadAnomalyDataset",
+            f"--data.init_args.extra_val_sets.road_anomaly.root={road_anomaly_root}",
+            "--data.init_args.extra_val_sets.road_anomaly.max_samples=2",
+            "--data.init_args.eval_batch_size=2",
+            "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+            f"--trainer.logger.save_dir={tmp_path / 'logs'}",
+            "--trainer.callbacks=[]",
+        ]
+    )
+    (metrics_file,) = (tmp_path / "logs").rglob("metrics.csv")
+    header = metrics_file.read_text().splitlines()[0].split(",")
+    assert "val/road_anomaly/ap" in header and "data/road_anomaly/skipped" in header
