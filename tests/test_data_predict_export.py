@@ -1,4 +1,4 @@
-"""Predict on any image folder (API and CLI) and benchmark submissions (SegmentMeIfYouCan files, Fishyscapes estimator)."""
+"""Predict on any image folder (API and CLI); benchmark submissions (SegmentMeIfYouCan files, Fishyscapes)."""
 
 from __future__ import annotations
 
@@ -108,10 +108,12 @@ def test_smiyc_export_round_trips_through_the_official_file_naming(tmp_path: Pat
     scores = {"validation0000": rng.random((40, 64)).astype(np.float32), "zebra0001": rng.random((48, 64))}
     written = export_smiyc(scores.items(), tmp_path / "outputs", method="SynthRel", dataset="AnomalyTrack-test")
     for fid, score in scores.items():
-        official = tmp_path / "outputs" / SMIYC_TEMPLATE.format(
-            method_name="SynthRel", dset_name="AnomalyTrack-test", fid=fid
+        official = (
+            tmp_path / "outputs" / SMIYC_TEMPLATE.format(method_name="SynthRel", dset_name="AnomalyTrack-test", fid=fid)
         )
-        assert official in written and smiyc_path(tmp_path / "outputs", "SynthRel", "AnomalyTrack-test", fid) == official
+        assert (
+            official in written and smiyc_path(tmp_path / "outputs", "SynthRel", "AnomalyTrack-test", fid) == official
+        )
         read = _read_as_the_benchmark_does(official)
         assert read.dtype == np.float16 and np.array_equal(read, score.astype(np.float16))
         assert np.array_equal(read_smiyc_score(official), read)
@@ -138,7 +140,11 @@ def test_export_submission_command_converts_predicted_score_maps(tmp_path: Path,
             "--dataset=ObstacleTrack-test",
         ]
     )
-    path = tmp_path / "sub" / SMIYC_TEMPLATE.format(method_name="SynthRel", dset_name="ObstacleTrack-test", fid="airplane0000")
+    path = (
+        tmp_path
+        / "sub"
+        / SMIYC_TEMPLATE.format(method_name="SynthRel", dset_name="ObstacleTrack-test", fid="airplane0000")
+    )
     assert np.array_equal(_read_as_the_benchmark_does(path), maps["airplane0000"].astype(np.float16))
     assert "wrote 1 SegmentMeIfYouCan score files" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no '\\*_score.npy' score maps"):

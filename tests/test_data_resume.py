@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 import lightning as L
-import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
@@ -78,12 +77,16 @@ def test_fit_resume_fit_serves_the_same_batches_and_weights(tmp_path: Path) -> N
     root = tmp_path / "demo"
     straight, straight_hashes = _fit(tmp_path / "a", root, epochs=2, workers=0)
     first, first_hashes = _fit(tmp_path / "b", root, epochs=1, workers=2)
-    resumed, resumed_hashes = _fit(tmp_path / "b", root, epochs=2, workers=2, ckpt=tmp_path / "b" / "ckpt" / "last.ckpt")
+    resumed, resumed_hashes = _fit(
+        tmp_path / "b", root, epochs=2, workers=2, ckpt=tmp_path / "b" / "ckpt" / "last.ckpt"
+    )
     assert len(straight_hashes.seen) == 4
     assert first_hashes.seen + resumed_hashes.seen == straight_hashes.seen
     # The two epochs differ (order, outliers and augmentation move on with the epoch).
     assert straight_hashes.seen[0][1] != straight_hashes.seen[2][1]
-    for (name, a), b in zip(straight.lightning_module.state_dict().items(), resumed.lightning_module.state_dict().values()):
+    for (name, a), b in zip(
+        straight.lightning_module.state_dict().items(), resumed.lightning_module.state_dict().values()
+    ):
         assert torch.equal(a, b), name
     metrics_a = {k: float(v) for k, v in straight.callback_metrics.items()}
     metrics_b = {k: float(v) for k, v in resumed.callback_metrics.items()}

@@ -32,7 +32,9 @@ class BinaryOODDataset(SegmentationDataset):
 
 
 class RoadAnomalyDataset(SegmentationDataset):
-    """Road Anomaly (Lis et al. 2019): ``frame_list.json``, ``frames/<name>.jpg``, ``frames/<name>.labels/labels_semantic.png``.
+    """Road Anomaly (Lis et al. 2019).
+
+    Layout: ``frame_list.json``, ``frames/<name>.jpg``, ``frames/<name>.labels/labels_semantic.png``.
 
     Label values >= 2 are anomalies (OOD 1); 0 (and 1) are road scene (0). No void.
     """
@@ -140,7 +142,8 @@ class SMIYCDataset(BinaryOODDataset):
             candidates.append(Frame(stem, image, label))
         if not candidates:
             raise DatasetError(
-                f"SMIYCDataset: no {self.track}-track images of split {self.split!r} under {self.root / prefix / 'images'} "
+                f"SMIYCDataset: no {self.track}-track images of split {self.split!r} "
+                f"under {self.root / prefix / 'images'} "
                 + (
                     "(split 'test' = images without a label file)"
                     if self.split == "test"
@@ -157,7 +160,9 @@ class SMIYCDataset(BinaryOODDataset):
 
 
 class FishyscapesLostAndFoundDataset(BinaryOODDataset):
-    """Fishyscapes Lost & Found: ``{image_dir}/{name}{image_suffix}`` + ``{label_dir}/{name}{label_suffix}``, labels 0/1/255.
+    """Fishyscapes Lost & Found, labels 0/1/255.
+
+    Layout: ``{image_dir}/{name}{image_suffix}`` + ``{label_dir}/{name}{label_suffix}``.
 
     Redistributed archives name folders and files differently, so every part is configurable.
     """

@@ -9,6 +9,7 @@ of DataLoader workers.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Mapping
@@ -132,7 +133,10 @@ class SegmentationDataModule(L.LightningDataModule):
             and ("predict" in self._built or not needs_predict)
         ):
             return
-        self.build_sets(stage)
+        if inspect.signature(self.build_sets).parameters:
+            self.build_sets(stage)
+        else:  # an override written without the stage argument builds everything
+            self.build_sets()  # type: ignore[call-arg]
         seed = _resolve_seed(self.seed)
         if needs_train and self.train_set is not None and "train" not in self._built:
             _check_frames(self.train_set)

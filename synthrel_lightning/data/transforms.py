@@ -72,7 +72,8 @@ class SegmentationTransform:
         for i, t in enumerate(steps):
             if not isinstance(t, (A.BasicTransform, A.BaseCompose)):
                 raise TypeError(
-                    f"SegmentationTransform: transforms[{i}] is {type(t).__name__}; expected an albumentations transform"
+                    f"SegmentationTransform: transforms[{i}] is {type(t).__name__}; "
+                    "expected an albumentations transform"
                 )
         if normalize and any(isinstance(t, A.Normalize) for t in _flatten(steps)):
             raise ValueError(
@@ -182,7 +183,9 @@ def train_transform(
     std: Sequence[float] = IMAGENET_STD,
     seed: int | None = None,
 ) -> SegmentationTransform:
-    """Standard segmentation training augmentation: [resize to base_size,] random scale, pad (void), random crop, flip, colour jitter.
+    """Standard segmentation training augmentation.
+
+    Steps: [resize to base_size,] random scale, pad (void), random crop, flip, colour jitter.
 
     Sizes are ``(height, width)``; ``color_jitter`` is the brightness/contrast/saturation
     strength (hue gets a quarter of it), 0 disables it.
