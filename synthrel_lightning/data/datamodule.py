@@ -174,10 +174,10 @@ class SegmentationDataModule(L.LightningDataModule):
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order, outlier draws and augmentations the training loader serves."""
         self._epoch = int(epoch)
-        if self._train is not None:
-            self._train.set_epoch(self._epoch)
         if self._sampler is not None:
-            self._sampler.set_epoch(self._epoch)
+            self._sampler.set_epoch(self._epoch)  # forwards to the training set
+        elif self._train is not None:
+            self._train.set_epoch(self._epoch)
 
     def skipped_counts(self) -> dict[str, int]:
         """Frames left out of each set by ``on_error="skip"`` (``"train"`` and every evaluation set's name)."""

@@ -27,10 +27,11 @@ class EpochSampler(DistributedSampler):
     Each index is yielded as a :class:`~synthrel_lightning.data.sample.SampleKey` ``(epoch, index)``,
     so the dataset's random draws are keyed by the epoch the sampler was in when it drew the order,
     whatever the worker processes knew. Being a ``DistributedSampler``, Lightning neither replaces
-    nor wraps it (``use_distributed_sampler``) and calls :meth:`set_epoch` before every epoch; the
-    rank's share is every ``world_size``-th index of the permutation (padded by repetition, or cut
-    with ``drop_last``), as ``torch.utils.data.DistributedSampler`` does. ``num_replicas``/``rank``
-    default to the process group (1/0 outside one).
+    nor wraps it (``use_distributed_sampler``) and calls :meth:`set_epoch` before every epoch, which
+    also calls the dataset's own ``set_epoch`` (if any). The rank's share is every ``world_size``-th
+    index of the permutation (padded by repetition, or cut with ``drop_last``), as
+    ``torch.utils.data.DistributedSampler`` does. ``num_replicas``/``rank`` default to the process
+    group (1/0 outside one).
     """
 
     def __init__(
@@ -73,5 +74,8 @@ class EpochSampler(DistributedSampler):
         return iter([SampleKey(epoch, i) for i in self.order()])
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose order (and sample keys) the next iteration yields."""
+        """Select the epoch whose order (and sample keys) the next iteration yields; tell the dataset too."""
         self.epoch = int(epoch)
+        forward = getattr(self.dataset, "set_epoch", None)
+        if callable(forward):
+            forward(self.epoch)
