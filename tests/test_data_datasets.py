@@ -302,8 +302,11 @@ def test_smiyc_split_filter_and_track_root(tmp_path: Path) -> None:
     assert len(SMIYCDataset(tmp_path, track="obstacle", split=None)) == 3
     # root may be the track folder itself.
     assert len(SMIYCDataset(tmp_path / "dataset_ObstacleTrack", track="obstacle")) == 3
-    with pytest.raises(DatasetError, match="no obstacle-track images of split 'test'"):
-        SMIYCDataset(tmp_path, track="obstacle", split="test")
+    # split="test": the images whose labels are withheld, served unlabelled.
+    test = SMIYCDataset(tmp_path, track="obstacle", split="test")
+    assert len(test) == 1 and not test.has_ood and (test[0]["ood"] == 255).all()
+    with pytest.raises(DatasetError, match="no obstacle-track images of split 'train'"):
+        SMIYCDataset(tmp_path, track="obstacle", split="train")
     with pytest.raises(ValueError, match="track must be one of"):
         SMIYCDataset(tmp_path, track="lost")  # type: ignore[arg-type]
 

@@ -1,4 +1,5 @@
-"""Datasets (Cityscapes, OOD benchmarks, shifted domains, demo scenes), transforms and DataModules.
+"""Datasets (Cityscapes, OOD benchmarks, shifted domains, image folders, demo scenes), typed samples, transforms,
+epoch-keyed sampling and DataModules.
 
 Exports resolve lazily, so importing one dataset does not import Lightning or albumentations.
 """
