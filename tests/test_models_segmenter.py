@@ -339,3 +339,20 @@ def test_a_typo_in_ood_score_is_caught_when_the_config_is_parsed() -> None:
     assert parser.parse_args(["--model.ood_score=standardized_max_logit"]).model.ood_score == "standardized_max_logit"
     with pytest.raises(Exception, match="energi"):
         parser.parse_args(["--model.ood_score=energi"])
+
+
+def test_ood_score_may_be_a_module() -> None:
+    from synthrel_lightning.scores import StandardizedMaxLogit
+
+    class NegativeMean(nn.Module):
+        def forward(self, logits):
+            return -logits.mean(1)
+
+    module = OODSegmenter(TinySegmenter(width=8), ood_score=NegativeMean()).eval()
+    logits = module(torch.randn(1, 3, 32, 32))
+    torch.testing.assert_close(module.score(logits), -logits.mean(1))
+    assert module.ood_score == "NegativeMean"
+    sml = OODSegmenter(TinySegmenter(num_classes=10, width=8), num_classes=10, ood_score=StandardizedMaxLogit(10))
+    assert sml.scorer.num_classes == 10
+    with pytest.raises(ValueError, match="num_classes=19, the model 10"):
+        OODSegmenter(TinySegmenter(num_classes=10, width=8), num_classes=10, ood_score=StandardizedMaxLogit(19))
