@@ -64,7 +64,7 @@ def _validate(
     return {k: float(v) for d in out for k, v in d.items()}
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_two_process_validation_matches_one_process(tmp_path: Path) -> None:
     root = tmp_path / "demo"
     _data(root).prepare_data()
@@ -98,4 +98,4 @@ def test_two_process_validation_matches_one_process(tmp_path: Path) -> None:
         assert key in one and key in two, key
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
         averaged = (shards[0][key] + shards[1][key]) / 2
-        assert abs(averaged - one[key]) > 1e-3, (key, averaged, one[key])
+        assert abs(averaged - one[key]) > 1e-4, (key, averaged, one[key])  # 10x the tolerance above
