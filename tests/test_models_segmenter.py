@@ -356,3 +356,36 @@ def test_ood_score_may_be_a_module() -> None:
     assert sml.scorer.num_classes == 10
     with pytest.raises(ValueError, match="num_classes=19, the model 10"):
         OODSegmenter(TinySegmenter(num_classes=10, width=8), num_classes=10, ood_score=StandardizedMaxLogit(19))
+
+
+def test_validate_reports_component_metrics_equal_to_the_official_code_port(tmp_path) -> None:
+    import numpy as np
+    from test_metrics_components import reference_frame
+
+    from synthrel_lightning.metrics import SIOU_THRESHOLDS, TRACK_SIZES
+
+    torch.manual_seed(0)
+    module = OODSegmenter(TinySegmenter(width=8), ood_score="msp", component_tracks={"objects": "obstacle"})
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    out = trainer.validate(module, datamodule=_NamedData(), verbose=False)[1]
+    assert {"val/objects/siou", "val/objects/ppv", "val/objects/mean_f1"} <= set(out)
+    threshold = out["val/objects/best_f1_threshold"]
+    seg_min, inst_min = TRACK_SIZES["obstacle"]
+    siou, ppv = [], []
+    module.eval()
+    with torch.no_grad():
+        for batch in _NamedData().val_dataloader()[1]:
+            scores = module.score(module(batch["image"]))
+            for s, o in zip(scores.numpy(), batch["ood"].numpy()):
+                ref = reference_frame(s, o, threshold, seg_min, inst_min)
+                siou += list(ref["siou_gt"])
+                ppv += list(ref["ppv"])
+    siou_a, ppv_a = np.array(siou), np.array(ppv)
+    assert len(siou_a) > 0 and len(ppv_a) > 0
+    f1 = []
+    for tau in SIOU_THRESHOLDS:
+        tp, fn, fp = (siou_a >= tau).sum(), (siou_a < tau).sum(), (ppv_a < tau).sum()
+        f1.append(2 * tp / (2 * tp + fn + fp))
+    assert out["val/objects/siou"] == pytest.approx(siou_a.mean(), abs=1e-6)
+    assert out["val/objects/ppv"] == pytest.approx(ppv_a.mean(), abs=1e-6)
+    assert out["val/objects/mean_f1"] == pytest.approx(float(np.mean(f1)), abs=1e-6)
