@@ -24,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from synthrel_lightning.data.cityscapes import CityscapesDataset
-from synthrel_lightning.data.datamodule import TransformedDataset
+from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.data.transforms import train_transform
 from synthrel_lightning.synthesis import (
     BankSource,
@@ -111,7 +111,7 @@ def main() -> None:
         setup_s = time.perf_counter() - t0
         base = CityscapesDataset(root, split="train")
         transform = train_transform(crop_size=(512, 1024), seed=0)
-        plain = TransformedDataset(base, transform)
+        plain = KeyedDataset(base, transform)
         configs = {
             "plain": plain,
             f"mixing p={args.probability}": OutlierMixingDataset(

@@ -58,7 +58,7 @@ METHODS = {
     "margin label smoothing (m 10, alpha 0.1)": lambda: [MarginLabelSmoothing(margin=10.0, alpha=0.1)],
 }
 CALIBRATION_METHODS = ("label smoothing (0.1)", "focal loss (gamma 2)", "margin label smoothing (m 10, alpha 0.1)")
-SCORES = ("msp", "max_logit", "entropy", "energy", "rba")
+SCORES = ("msp", "max_logit", "entropy", "energy", "sigmoid_sum")
 
 
 class Fogged(torch.utils.data.Dataset):
@@ -156,7 +156,7 @@ def main() -> None:
         "+ energy hinge (estimated margins)": "energy",
         "+ energy hinge (estimated margins, weight 1)": "energy",
         "+ energy hinge (margins estimated over 16 steps, then frozen)": "energy",
-        "+ RbA rejection": "rba",
+        "+ RbA rejection": "sigmoid_sum",
         "+ max-score margin": "msp",
     }
     print("| method | score | AP | AUROC | FPR95 | mIoU | AP (CE only, same score) |")

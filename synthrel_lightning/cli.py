@@ -27,6 +27,7 @@ TOOLS: dict[str, str] = {
     "correlate": "synthrel_lightning.commands.correlate",
     "calibrate": "synthrel_lightning.commands.calibrate",
     "sml_stats": "synthrel_lightning.commands.sml_stats",
+    "export_submission": "synthrel_lightning.commands.export_submission",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 

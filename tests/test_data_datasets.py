@@ -302,8 +302,11 @@ def test_smiyc_split_filter_and_track_root(tmp_path: Path) -> None:
     assert len(SMIYCDataset(tmp_path, track="obstacle", split=None)) == 3
     # root may be the track folder itself.
     assert len(SMIYCDataset(tmp_path / "dataset_ObstacleTrack", track="obstacle")) == 3
-    with pytest.raises(DatasetError, match="no obstacle-track images of split 'test'"):
-        SMIYCDataset(tmp_path, track="obstacle", split="test")
+    # split="test": the images whose labels are withheld, served unlabelled.
+    test = SMIYCDataset(tmp_path, track="obstacle", split="test")
+    assert len(test) == 1 and not test.has_ood and (test[0]["ood"] == 255).all()
+    with pytest.raises(DatasetError, match="no obstacle-track images of split 'train'"):
+        SMIYCDataset(tmp_path, track="obstacle", split="train")
     with pytest.raises(ValueError, match="track must be one of"):
         SMIYCDataset(tmp_path, track="lost")  # type: ignore[arg-type]
 
@@ -400,11 +403,13 @@ def test_truncated_image(tmp_path: Path, kind: Kind, caplog: pytest.LogCaptureFi
         ds[1]
     assert str(img) in str(err.value)
     skipping = kind.build(tmp_path, on_error="skip")
+    names = [f.name for f in skipping.frames]
     with caplog.at_level(logging.WARNING):
-        s = skipping[1]
-    assert s["name"] == skipping.names[2]  # the next good frame, deterministically
-    assert skipping.num_skipped == 1 and skipping.skipped[0].name == skipping.names[1]
-    assert skipping[1]["name"] == skipping.names[2] and skipping.num_skipped == 1  # counted once
+        served = [skipping[i]["name"] for i in range(len(skipping))]
+    # The bad frame is removed, not replaced: no frame is served twice and the length drops.
+    assert served == [names[0], names[2]] and len(skipping) == 2 and skipping.names == served
+    assert skipping.num_skipped == 1 and skipping.skipped[0].name == names[1]
+    assert [skipping[i]["name"] for i in range(2)] == served and skipping.num_skipped == 1  # counted once
     assert any("corrupt or truncated" in r.getMessage() for r in caplog.records)
 
 
@@ -419,8 +424,9 @@ def test_label_of_another_size(tmp_path: Path, kind: Kind) -> None:
     assert str(img) in msg and str(lab) in msg
     assert f"{W - 4}x{H + 2}" in msg and f"{W}x{H}" in msg
     skipping = kind.build(tmp_path, on_error="skip")
-    assert skipping[2]["name"] == skipping.names[0]  # wraps around to the first good frame
-    assert skipping.num_skipped == 1
+    names = [f.name for f in skipping.frames]
+    assert skipping.names == names[:2] and [skipping[i]["name"] for i in range(2)] == names[:2]
+    assert skipping.num_skipped == 1 and str(lab) in skipping.skipped[0].reason
 
 
 def test_label_values_outside_the_known_ids(tmp_path: Path, kind: Kind) -> None:
@@ -437,7 +443,8 @@ def test_label_values_outside_the_known_ids(tmp_path: Path, kind: Kind) -> None:
     msg = str(err.value)
     assert str(lab) in msg and f"{{{kind.bad_value}}}" in msg and f"expected only {kind.expected}" in msg
     skipping = kind.build(tmp_path, on_error="skip")
-    assert [skipping[i]["name"] for i in range(3)] == [skipping.names[1], skipping.names[1], skipping.names[2]]
+    names = [f.name for f in skipping.frames]
+    assert [skipping[i]["name"] for i in range(len(skipping))] == names[1:]  # no duplicate of frame 1
     assert skipping.num_skipped == 1
 
 

@@ -112,8 +112,9 @@ def test_cityscapes_datamodule_extra_sets_and_errors(
         )
 
 
-def test_datamodule_trains_with_a_foreign_lightning_module(tmp_path: Path) -> None:
-    """The DataModule works unchanged with someone else's LightningModule."""
+@pytest.mark.parametrize("with_sync", [True, False], ids=["with-DataEpochSync", "plain-trainer"])
+def test_datamodule_trains_with_a_foreign_lightning_module(tmp_path: Path, with_sync: bool) -> None:
+    """The DataModule works unchanged with someone else's LightningModule, with or without the callback."""
     from synthrel_lightning.callbacks import DataEpochSync
 
     class Plain(L.LightningModule):
@@ -147,7 +148,7 @@ def test_datamodule_trains_with_a_foreign_lightning_module(tmp_path: Path) -> No
         enable_checkpointing=False,
         enable_progress_bar=False,
         limit_val_batches=0,
-        callbacks=[DataEpochSync()],
+        callbacks=[DataEpochSync()] if with_sync else [],
         default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=dm)

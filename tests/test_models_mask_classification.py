@@ -243,3 +243,19 @@ def test_mask_classification_and_per_pixel_terms_are_checked_at_construction() -
         OODSegmenter(seg, num_classes=K, losses=[CrossEntropy()])
     with pytest.raises(ValueError, match="match no parameter"):
         OODSegmenter(seg, num_classes=K, trainable=["no_such_layer"])
+
+
+def test_raw_transformers_mask2former_is_identified_and_missing_checkpoints_are_named(tmp_path) -> None:
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    torch.manual_seed(0)
+    raw = Mask2FormerForUniversalSegmentation(
+        Mask2FormerConfig(num_labels=K, use_pretrained_backbone=False, **MASK2FORMER)
+    ).eval()
+    module = OODSegmenter(raw, num_classes=K, ood_score="rba", model_criterion=0.0)
+    assert module.output_kind == "mask_classification"
+    with torch.no_grad():
+        assert module(torch.randn(1, 3, 64, 64)).shape == (1, K, 64, 64)
+    missing = tmp_path / "no_such_checkpoint"
+    with pytest.raises(ValueError, match=f"HFMask2Former: cannot load checkpoint '{missing}'"):
+        HFMask2Former(checkpoint=str(missing), num_classes=K)

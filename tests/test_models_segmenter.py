@@ -339,3 +339,53 @@ def test_a_typo_in_ood_score_is_caught_when_the_config_is_parsed() -> None:
     assert parser.parse_args(["--model.ood_score=standardized_max_logit"]).model.ood_score == "standardized_max_logit"
     with pytest.raises(Exception, match="energi"):
         parser.parse_args(["--model.ood_score=energi"])
+
+
+def test_ood_score_may_be_a_module() -> None:
+    from synthrel_lightning.scores import StandardizedMaxLogit
+
+    class NegativeMean(nn.Module):
+        def forward(self, logits):
+            return -logits.mean(1)
+
+    module = OODSegmenter(TinySegmenter(width=8), ood_score=NegativeMean()).eval()
+    logits = module(torch.randn(1, 3, 32, 32))
+    torch.testing.assert_close(module.score(logits), -logits.mean(1))
+    assert module.ood_score == "NegativeMean"
+    sml = OODSegmenter(TinySegmenter(num_classes=10, width=8), num_classes=10, ood_score=StandardizedMaxLogit(10))
+    assert sml.scorer.num_classes == 10
+    with pytest.raises(ValueError, match="num_classes=19, the model 10"):
+        OODSegmenter(TinySegmenter(num_classes=10, width=8), num_classes=10, ood_score=StandardizedMaxLogit(19))
+
+
+def test_validate_reports_component_metrics_equal_to_the_official_code_port(tmp_path) -> None:
+    import numpy as np
+    from test_metrics_components import reference_frame
+
+    from synthrel_lightning.metrics import SIOU_THRESHOLDS, TRACK_SIZES
+
+    torch.manual_seed(0)
+    module = OODSegmenter(TinySegmenter(width=8), ood_score="msp", component_tracks={"objects": "obstacle"})
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    out = trainer.validate(module, datamodule=_NamedData(), verbose=False)[1]
+    assert {"val/objects/siou", "val/objects/ppv", "val/objects/mean_f1"} <= set(out)
+    threshold = out["val/objects/best_f1_threshold"]
+    seg_min, inst_min = TRACK_SIZES["obstacle"]
+    siou, ppv = [], []
+    module.eval()
+    with torch.no_grad():
+        for batch in _NamedData().val_dataloader()[1]:
+            scores = module.score(module(batch["image"]))
+            for s, o in zip(scores.numpy(), batch["ood"].numpy()):
+                ref = reference_frame(s, o, threshold, seg_min, inst_min)
+                siou += list(ref["siou_gt"])
+                ppv += list(ref["ppv"])
+    siou_a, ppv_a = np.array(siou), np.array(ppv)
+    assert len(siou_a) > 0 and len(ppv_a) > 0
+    f1 = []
+    for tau in SIOU_THRESHOLDS:
+        tp, fn, fp = (siou_a >= tau).sum(), (siou_a < tau).sum(), (ppv_a < tau).sum()
+        f1.append(2 * tp / (2 * tp + fn + fp))
+    assert out["val/objects/siou"] == pytest.approx(siou_a.mean(), abs=1e-6)
+    assert out["val/objects/ppv"] == pytest.approx(ppv_a.mean(), abs=1e-6)
+    assert out["val/objects/mean_f1"] == pytest.approx(float(np.mean(f1)), abs=1e-6)

@@ -63,7 +63,8 @@ def test_public_zoo_entries_instantiate_and_score_with_tiny_configs() -> None:
     for entry in zoo:
         spec = _tiny(entry["model"])
         parser.parse_object({"model": spec})  # every entry: class paths, arguments and score names check
-        by_segmenter.setdefault(entry["name"].rsplit("_", 1)[0].removesuffix("_max"), []).append(spec)
+        # with tiny configs substituted, entries of one segmenter class differ only in their score
+        by_segmenter.setdefault(spec["init_args"]["segmenter"]["class_path"], []).append(spec)
     images = torch.randn(1, 3, 64, 64)
     for specs in by_segmenter.values():
         model = parser.instantiate(parser.parse_object({"model": specs[0]})).model.eval()
@@ -73,4 +74,4 @@ def test_public_zoo_entries_instantiate_and_score_with_tiny_configs() -> None:
             for spec in specs:
                 model.set_ood_score(spec["init_args"]["ood_score"])
                 assert torch.isfinite(model.score(logits)).all()
-    assert len(by_segmenter) == 11
+    assert len(by_segmenter) == 3

@@ -1,4 +1,4 @@
-"""Keeps epoch-seeded datasets in step with the trainer's epoch (also after a resume)."""
+"""Keeps epoch-keyed data in step with the trainer's epoch (also after a resume) and logs skipped frames."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ from lightning.pytorch.callbacks import Callback
 
 
 class DataEpochSync(Callback):
-    """Calls ``set_epoch(epoch)`` on the datamodule (or train datasets) before each epoch's iteration.
+    """Calls ``set_epoch(epoch)`` on the datamodule (or train datasets) before each epoch; logs skip counts.
 
-    Synthetic outliers are drawn from generators keyed by the epoch, so a resumed
-    run sees the same data. Train loaders must not use persistent workers (their
-    copies of the dataset would not see the new epoch).
+    The DataModules key every random draw by ``(seed, epoch, index)``, so a resumed run sees
+    the same data; their sampler also receives Lightning's own ``set_epoch``, so this callback
+    matters for datasets used outside them. A datamodule with ``skipped_counts()`` (see
+    :meth:`~synthrel_lightning.data.datamodule.SegmentationDataModule.skipped_counts`) has
+    the number of frames each set left out logged as ``data/<set>/skipped`` at the end of every
+    training and validation epoch. Skips are decided once per run, identically on every
+    process, so the logged value is the count over the whole set (not a per-process share).
     """
 
     def _sync(self, trainer: L.Trainer) -> None:
@@ -32,6 +36,13 @@ class DataEpochSync(Callback):
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
 
+    def _log_skips(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        counts = getattr(trainer.datamodule, "skipped_counts", None)
+        if not callable(counts):
+            return
+        for name, n in counts().items():
+            pl_module.log(f"data/{name}/skipped", float(n), on_step=False, on_epoch=True, sync_dist=False)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Sync at the start of fitting (covers a resume in the middle of an epoch)."""
         self._sync(trainer)
@@ -39,3 +50,16 @@ class DataEpochSync(Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Sync before every epoch's dataloader iterator is created."""
         self._sync(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the skip counts with the epoch's metrics."""
+        self._log_skips(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the skip counts with the validation metrics (``validate`` runs too)."""
+        if not trainer.sanity_checking:
+            self._log_skips(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the skip counts with the test metrics."""
+        self._log_skips(trainer, pl_module)

@@ -48,6 +48,11 @@ class PredictionWriter(BasePredictionWriter):
         preds = prediction["prediction"].cpu().numpy()
         scores = prediction["score"].float().cpu().numpy()
         names = prediction.get("name") or [f"frame_{batch_idx:06d}_{i}" for i in range(len(preds))]
+        sizes = batch.get("size") if isinstance(batch, dict) else None
+        if sizes is not None:  # frames padded to a common size: keep each frame's own region
+            sizes = sizes.tolist()
+            preds = [p[:h, :w] for p, (h, w) in zip(preds, sizes)]
+            scores = [s[:h, :w] for s, (h, w) in zip(scores, sizes)]
         for name, pred, score in zip(names, preds, scores):
             stem = str(name).replace("/", "_")
             pred = pred.astype(np.uint8)

@@ -27,9 +27,7 @@ class SMLStatistics(L.Callback):
         loader = trainer.train_dataloader
         if loader is None:
             loader = trainer.datamodule.train_dataloader()
-        device_batches = (
-            pl_module.transfer_batch_to_device(batch, pl_module.device, 0) for batch in loader
-        )
+        device_batches = (pl_module.transfer_batch_to_device(batch, pl_module.device, 0) for batch in loader)
         compute(device_batches, max_batches=max_batches)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -1,4 +1,5 @@
-"""Datasets (Cityscapes, OOD benchmarks, shifted domains, demo scenes), transforms and DataModules.
+"""Datasets (Cityscapes, OOD benchmarks, shifted domains, image folders, demo scenes), typed samples, transforms,
+epoch-keyed sampling and DataModules.
 
 Exports resolve lazily, so importing one dataset does not import Lightning or albumentations.
 """
@@ -25,7 +26,13 @@ _EXPORTS: dict[str, str] = {
     "eval_transform": "synthrel_lightning.data.transforms",
     "denormalize": "synthrel_lightning.data.transforms",
     "write_demo_cityscapes": "synthrel_lightning.data.demo",
-    "TransformedDataset": "synthrel_lightning.data.datamodule",
+    "KeyedDataset": "synthrel_lightning.data.keyed",
+    "EpochSampler": "synthrel_lightning.data.sampler",
+    "Sample": "synthrel_lightning.data.sample",
+    "Batch": "synthrel_lightning.data.sample",
+    "SampleKey": "synthrel_lightning.data.sample",
+    "collate_samples": "synthrel_lightning.data.collate",
+    "FolderDataset": "synthrel_lightning.data.folder",
     "SegmentationDataModule": "synthrel_lightning.data.datamodule",
     "CityscapesOODDataModule": "synthrel_lightning.data.datamodule",
     "DemoDataModule": "synthrel_lightning.data.datamodule",

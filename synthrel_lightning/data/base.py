@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -19,12 +21,12 @@ from synthrel_lightning.data.io import (
     read_image,
     read_label,
 )
+from synthrel_lightning.data.sample import Sample, SampleKey
 
 __all__ = ["Frame", "SkippedFrame", "SegmentationDataset", "Sample", "Transform", "OnError"]
 
 logger = logging.getLogger(__name__)
 
-Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
 OnError = Literal["raise", "skip"]
 
@@ -51,11 +53,17 @@ class SegmentationDataset(Dataset[Sample]):
     """Base of the file-backed datasets: index files once, load and check a frame on access.
 
     Subclasses implement :meth:`_index` (list the frames; no decoding) and :meth:`_load`
-    (read one frame into the raw sample dict ``image``/``label``/``ood``/``name``).
-    ``on_error="skip"`` replaces a bad frame by the next good one (deterministically)
-    and records it in :attr:`skipped` instead of raising. Frames skipped while loading
-    inside DataLoader worker processes are recorded in those processes only; the
-    logged warnings are the cross-process record.
+    (read one frame into the raw :class:`~synthrel_lightning.data.sample.Sample`).
+
+    ``on_error="skip"`` removes bad frames from the dataset instead of raising: frames
+    whose files are missing are dropped while indexing, and frames that fail only when
+    decoded (truncated, corrupt, wrong size or values) are found by :meth:`check_frames`,
+    which loads every frame once (threaded) before the first access — the DataModules run
+    it in ``setup``, shared across DDP ranks. A skipped frame is never served, no other
+    frame is served in its place, ``len()`` counts the good frames only, and every skip is
+    recorded in :attr:`skipped` (with its reason) and logged as a warning. The check costs
+    one decode of every frame: about 40 ms per 2048x1024 Cityscapes image + label on one core
+    (the 2975 training frames: about 2 minutes, less with threads).
     """
 
     has_semantics: ClassVar[bool] = True
@@ -81,7 +89,6 @@ class SegmentationDataset(Dataset[Sample]):
         self.on_error: OnError = on_error
         self.max_samples = None if max_samples is None else int(max_samples)
         self.skipped: list[SkippedFrame] = []
-        self._bad: set[int] = set()
         if not self.root.is_dir():
             raise DatasetError(
                 f"{type(self).__name__}: dataset root {self.root} "
@@ -94,6 +101,8 @@ class SegmentationDataset(Dataset[Sample]):
         if not frames:
             raise DatasetError(f"{type(self).__name__}: no usable frames found under {self.root}")
         self.frames: list[Frame] = frames
+        self.checked = on_error == "raise"
+        """Whether every frame is known to load (always True with ``on_error="raise"``)."""
 
     # --- to implement -------------------------------------------------------------
     def _index(self) -> list[Frame]:  # pragma: no cover - interface
@@ -162,40 +171,83 @@ class SegmentationDataset(Dataset[Sample]):
         self.skipped.append(SkippedFrame(name, reason))
         logger.warning("%s: skipping frame %r: %s", type(self).__name__, name, reason)
 
+    # --- skip mode: decide ahead ----------------------------------------------------
+    def find_bad(self, indices: Sequence[int] | None = None, threads: int | None = None) -> dict[int, str]:
+        """Load frames ``indices`` (default: all) and return ``{index: reason}`` for those that fail."""
+        todo = list(range(len(self.frames))) if indices is None else [int(i) for i in indices]
+
+        def attempt(i: int) -> str | None:
+            try:
+                self._load(self.frames[i])
+            except DatasetError as exc:
+                return str(exc)
+            return None
+
+        workers = max(1, min(threads or os.cpu_count() or 1, 8, len(todo) or 1))
+        if workers == 1:
+            reasons = [attempt(i) for i in todo]
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                reasons = list(pool.map(attempt, todo))
+        return {i: r for i, r in zip(todo, reasons) if r is not None}
+
+    def drop(self, bad: Mapping[int, str]) -> None:
+        """Remove frames ``{index: reason}`` (indices into the current frame list), recording each as skipped."""
+        if self.on_error != "skip" and bad:
+            i, reason = next(iter(bad.items()))
+            raise DatasetError(f"{type(self).__name__}: {reason}")
+        for i in sorted(bad):
+            self._fail(self.frames[i].name, bad[i])
+        keep = [f for i, f in enumerate(self.frames) if i not in bad]
+        if not keep:
+            raise DatasetError(
+                f"{type(self).__name__}: every one of the {len(self.frames)} frames under {self.root} is unreadable"
+            )
+        self.frames = keep
+        self.checked = True
+
+    def check_frames(self) -> list[SkippedFrame]:
+        """In skip mode, load every frame once and remove those that fail; returns the frames skipped so far."""
+        if not self.checked:
+            self.drop(self.find_bad())
+        return list(self.skipped)
+
     # --- Dataset API --------------------------------------------------------------
     @property
     def names(self) -> list[str]:
         """Stable frame ids, in dataset order."""
+        self.check_frames()
         return [f.name for f in self.frames]
 
     @property
     def num_skipped(self) -> int:
-        """How many frames were skipped in this process."""
+        """How many frames were skipped (left out of the dataset)."""
         return len(self.skipped)
 
     def __len__(self) -> int:
+        self.check_frames()
         return len(self.frames)
 
-    def load_raw(self, index: int) -> Sample:
-        """The checked raw sample of frame ``index`` (before ``transform``); the skip policy applies."""
+    def load_raw(self, index: int | SampleKey) -> Sample:
+        """The checked raw sample of frame ``index`` (before ``transform``)."""
+        if isinstance(index, tuple):
+            index = index[1]
+        self.check_frames()
         n = len(self.frames)
         if not -n <= index < n:
             raise IndexError(f"{type(self).__name__}: index {index} out of range for {n} frames")
-        index %= n
+        frame = self.frames[index % n]
         if self.on_error == "raise":
-            return self._load(self.frames[index])
-        for offset in range(n):
-            i = (index + offset) % n
-            if i in self._bad:
-                continue
-            try:
-                return self._load(self.frames[i])
-            except DatasetError as exc:
-                self._bad.add(i)
-                self._fail(self.frames[i].name, str(exc))
-        raise DatasetError(f"{type(self).__name__}: every one of the {n} frames under {self.root} is unreadable")
+            return self._load(frame)
+        try:
+            return self._load(frame)
+        except DatasetError as exc:
+            raise DatasetError(
+                f"{type(self).__name__}: frame {frame.name!r} loaded when the dataset was checked but fails now "
+                f"(were its files changed?): {exc}"
+            ) from exc
 
-    def __getitem__(self, index: int) -> Sample:
+    def __getitem__(self, index: int | SampleKey) -> Sample:
         sample = self.load_raw(index)
         if self.transform is not None:
             sample = self.transform(sample)

@@ -32,7 +32,9 @@ class BinaryOODDataset(SegmentationDataset):
 
 
 class RoadAnomalyDataset(SegmentationDataset):
-    """Road Anomaly (Lis et al. 2019): ``frame_list.json``, ``frames/<name>.jpg``, ``frames/<name>.labels/labels_semantic.png``.
+    """Road Anomaly (Lis et al. 2019).
+
+    Layout: ``frame_list.json``, ``frames/<name>.jpg``, ``frames/<name>.labels/labels_semantic.png``.
 
     Label values >= 2 are anomalies (OOD 1); 0 (and 1) are road scene (0). No void.
     """
@@ -84,9 +86,11 @@ class SMIYCDataset(BinaryOODDataset):
 
     Layout: ``dataset_AnomalyTrack/images/{id}.jpg`` or ``dataset_ObstacleTrack/images/{id}.webp``
     with ``labels_masks/{id}_labels_semantic.png``. ``root`` may be the folder holding the
-    track folders or a track folder itself. Only frames with public labels are used: with
-    ``split="validation"`` ids starting with ``validation`` (an image of that split without
-    its label is an error); with ``split=None`` every image that has a label.
+    track folders or a track folder itself. With ``split="validation"`` the frames are the ids
+    starting with ``validation`` (an image of that split without its label is an error); with
+    ``split=None`` every image that has a label; with ``split="test"`` every image whose label
+    the benchmark withholds, served unlabelled (``label``/``ood`` all void) for prediction and
+    submission (``ood`` then holds no ground truth: ``has_ood`` is False).
     """
 
     _TRACKS = {"anomaly": ("dataset_AnomalyTrack", ".jpg"), "obstacle": ("dataset_ObstacleTrack", ".webp")}
@@ -106,6 +110,8 @@ class SMIYCDataset(BinaryOODDataset):
         self.track = track
         self.split = split
         self.image_ext = image_ext or self._TRACKS[track][1]
+        if split == "test":
+            self.has_ood = False  # type: ignore[misc]
         super().__init__(root, transform=transform, on_error=on_error, max_samples=max_samples)
 
     def _index(self) -> list[Frame]:
@@ -124,6 +130,10 @@ class SMIYCDataset(BinaryOODDataset):
         for image in images:
             stem = image.name[: -len(self.image_ext)]
             label = label_dir / f"{stem}_labels_semantic.png"
+            if self.split == "test":
+                if not label.is_file():
+                    candidates.append(Frame(stem, image, None))
+                continue
             if self.split is not None:
                 if not stem.startswith(self.split):
                     continue
@@ -132,14 +142,27 @@ class SMIYCDataset(BinaryOODDataset):
             candidates.append(Frame(stem, image, label))
         if not candidates:
             raise DatasetError(
-                f"SMIYCDataset: no {self.track}-track images of split {self.split!r} under {self.root / prefix / 'images'} "
-                f"(expected names starting with {self.split!r}; layout: {layout})"
+                f"SMIYCDataset: no {self.track}-track images of split {self.split!r} "
+                f"under {self.root / prefix / 'images'} "
+                + (
+                    "(split 'test' = images without a label file)"
+                    if self.split == "test"
+                    else f"(expected names starting with {self.split!r}; layout: {layout})"
+                )
             )
         return self._pair(candidates)
 
+    def _load(self, frame: Frame) -> Sample:
+        if frame.label is None:
+            image = read_image(frame.image)
+            return {"image": image, "label": void_like(image), "ood": void_like(image), "name": frame.name}
+        return super()._load(frame)
+
 
 class FishyscapesLostAndFoundDataset(BinaryOODDataset):
-    """Fishyscapes Lost & Found: ``{image_dir}/{name}{image_suffix}`` + ``{label_dir}/{name}{label_suffix}``, labels 0/1/255.
+    """Fishyscapes Lost & Found, labels 0/1/255.
+
+    Layout: ``{image_dir}/{name}{image_suffix}`` + ``{label_dir}/{name}{label_suffix}``.
 
     Redistributed archives name folders and files differently, so every part is configurable.
     """

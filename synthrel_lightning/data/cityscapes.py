@@ -10,7 +10,10 @@ __all__ = ["CityscapesDataset"]
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _LABEL_SUFFIX = "_gtFine_labelIds.png"
-_LAYOUT = "leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png + gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png"
+_LAYOUT = (
+    "leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png"
+    " + gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png"
+)
 
 
 class CityscapesDataset(SegmentationDataset):

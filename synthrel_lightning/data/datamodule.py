@@ -1,8 +1,17 @@
-"""LightningDataModules: Cityscapes-format training (optionally mixed with outliers) + named evaluation sets."""
+"""LightningDataModules: Cityscapes-format training (optionally mixed with outliers) + named evaluation sets.
+
+Every random choice of the training data is keyed by ``(seed, epoch, sample index)``: the
+order comes from an :class:`~synthrel_lightning.data.sampler.EpochSampler`, outliers and
+augmentations from :class:`~synthrel_lightning.data.keyed.KeyedDataset`. A run resumed from
+a checkpoint therefore sees exactly the batches an uninterrupted run sees, with any number
+of DataLoader workers.
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,31 +20,40 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from synthrel_lightning.data.base import Sample, Transform
-from synthrel_lightning.synthesis.mixing import OutlierMixer, OutlierMixingDataset
+from synthrel_lightning.data.base import Transform
+from synthrel_lightning.data.collate import collate_samples
+from synthrel_lightning.data.keyed import KeyedDataset
+from synthrel_lightning.data.sample import Sample
+from synthrel_lightning.data.sampler import EpochSampler
+from synthrel_lightning.synthesis.mixing import OutlierMixer
 
 log = logging.getLogger(__name__)
 
+TRAIN_SET = "train"
+"""The key of the training set in :meth:`SegmentationDataModule.skipped_counts`."""
 
-class TransformedDataset(Dataset[Sample]):
-    """Applies a sample transform on top of a dataset of raw samples."""
 
-    def __init__(self, base: Dataset[Sample], transform: Transform | None) -> None:
-        self.base = base
-        self.transform = transform
+def _resolve_seed(seed: int | None) -> int:
+    """``seed``, else the seed given to ``seed_everything`` (``PL_GLOBAL_SEED``), else 0."""
+    if seed is not None:
+        return int(seed)
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> Sample:
-        sample = self.base[index]
-        return self.transform(sample) if self.transform is not None else sample
-
-    def __getattr__(self, name: str) -> Any:
-        # Expose has_semantics/has_ood/names of the wrapped dataset.
-        if name == "base":
-            raise AttributeError(name)
-        return getattr(self.base, name)
+def _check_frames(dataset: Any) -> None:
+    """Run a skip-mode dataset's frame check once, each DDP rank checking a share of the frames."""
+    if getattr(dataset, "checked", True) or not callable(getattr(dataset, "find_bad", None)):
+        return
+    n = len(dataset.frames)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        mine = dataset.find_bad(range(rank, n, world))
+        gathered: list[Any] = [None] * world
+        torch.distributed.all_gather_object(gathered, mine)
+        bad = {int(i): r for part in gathered for i, r in part.items()}
+    else:
+        bad = dataset.find_bad()
+    dataset.drop(bad)
 
 
 class SegmentationDataModule(L.LightningDataModule):
@@ -43,10 +61,19 @@ class SegmentationDataModule(L.LightningDataModule):
 
     Every evaluation set appears as one validation/test dataloader, in order, and its
     name is in :attr:`val_set_names` / :attr:`test_set_names`, which the OOD segmenter
-    uses to key its metrics (``val/<name>/<metric>``). Usable in a plain
-    ``lightning.Trainer`` or, after ``prepare_data()`` and ``setup()``, as plain
-    DataLoaders in any PyTorch loop (call :meth:`set_epoch` each epoch there).
+    uses to key its metrics (``val/<name>/<metric>``). Loaders yield
+    :class:`~synthrel_lightning.data.sample.Batch` dicts; frames of different sizes in one
+    evaluation batch are padded with void (see :func:`~synthrel_lightning.data.collate.collate_samples`).
+    Usable in a plain ``lightning.Trainer`` or, after ``prepare_data()`` and ``setup()``, as
+    plain DataLoaders in any PyTorch loop (call :meth:`set_epoch` before each epoch there).
     Datasets hold raw samples (no transform); the module applies its transforms.
+
+    Args:
+        seed: seed of the training order and augmentations; ``None`` takes the seed given to
+            ``seed_everything`` (``PL_GLOBAL_SEED``), else 0.
+        predict_set: the evaluation set ``predict`` runs on (default: the first test or validation set).
+        predict_folder: a folder of images to predict on instead (JPEG/PNG/WebP, recursive,
+            see :class:`~synthrel_lightning.data.folder.FolderDataset`).
     """
 
     def __init__(
@@ -62,6 +89,8 @@ class SegmentationDataModule(L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         predict_set: str | None = None,
+        predict_folder: str | Path | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         self.train_set = train_set
@@ -75,27 +104,61 @@ class SegmentationDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.predict_set = predict_set
-        self._train: Dataset[Sample] | None = None
-        self._val: dict[str, Dataset[Sample]] = {}
-        self._test: dict[str, Dataset[Sample]] = {}
+        self.predict_folder = None if predict_folder is None else Path(predict_folder).expanduser()
+        self.seed = seed
+        self._train: KeyedDataset | None = None
+        self._val: dict[str, KeyedDataset] = {}
+        self._test: dict[str, KeyedDataset] = {}
+        self._predict: KeyedDataset | None = None
+        self._sampler: EpochSampler | None = None
         self._epoch = 0
+        self._built: set[str] = set()
 
     # ------------------------------------------------------------------ building
-    def build_sets(self) -> None:
-        """Hook for subclasses that build ``train_set``/``val_sets``/``test_sets`` lazily (in setup)."""
+    def build_sets(self, stage: str | None = None) -> None:
+        """Hook for subclasses that build ``train_set``/``val_sets``/``test_sets`` lazily (in setup).
+
+        Build only what ``stage`` needs: the training set for ``"fit"`` (or ``None``), the
+        evaluation sets for every stage.
+        """
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets and wrap them with outlier mixing and transforms."""
-        if self._train is not None or self._val or self._test:
+        """Build the datasets the stage needs, check skip-mode datasets, wrap them with mixing and transforms."""
+        needs_train = stage in (None, "fit")
+        needs_predict = stage in (None, "predict") and self.predict_folder is not None
+        needs_eval = not (stage == "predict" and self.predict_folder is not None)
+        if (
+            ("eval" in self._built or not needs_eval)
+            and ("train" in self._built or not needs_train)
+            and ("predict" in self._built or not needs_predict)
+        ):
             return
-        self.build_sets()
-        if self.train_set is not None:
-            if self.outliers is not None:
-                self._train = OutlierMixingDataset(self.train_set, self.outliers, transform=self.train_transform)
-            else:
-                self._train = TransformedDataset(self.train_set, self.train_transform)
-        self._val = {name: TransformedDataset(ds, self.eval_transform) for name, ds in self.val_sets.items()}
-        self._test = {name: TransformedDataset(ds, self.eval_transform) for name, ds in self.test_sets.items()}
+        if inspect.signature(self.build_sets).parameters:
+            self.build_sets(stage)
+        else:  # an override written without the stage argument builds everything
+            self.build_sets()  # type: ignore[call-arg]
+        seed = _resolve_seed(self.seed)
+        if needs_train and self.train_set is not None and "train" not in self._built:
+            _check_frames(self.train_set)
+            self._train = KeyedDataset(self.train_set, self.train_transform, mixer=self.outliers, seed=seed)
+            self._built.add("train")
+        if needs_eval and "eval" not in self._built:
+            for ds in (*self.val_sets.values(), *self.test_sets.values()):
+                _check_frames(getattr(ds, "base", ds))
+            self._val = {
+                n: KeyedDataset(ds, self.eval_transform, seed=seed, fixed_epoch=0) for n, ds in self.val_sets.items()
+            }
+            self._test = {
+                n: KeyedDataset(ds, self.eval_transform, seed=seed, fixed_epoch=0) for n, ds in self.test_sets.items()
+            }
+            self._built.add("eval")
+        if needs_predict and "predict" not in self._built:
+            from synthrel_lightning.data.folder import FolderDataset
+
+            folder = FolderDataset(self.predict_folder, on_error=getattr(self, "on_error", "raise"))  # type: ignore[arg-type]
+            _check_frames(folder)
+            self._predict = KeyedDataset(folder, self.eval_transform, seed=seed, fixed_epoch=0)
+            self._built.add("predict")
         self.set_epoch(self._epoch)
 
     @property
@@ -109,15 +172,35 @@ class SegmentationDataModule(L.LightningDataModule):
         return list(self.test_sets) if self.test_sets else list(self.val_sets)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose seeded outlier draws the training set serves."""
+        """Select the epoch whose order, outlier draws and augmentations the training loader serves."""
         self._epoch = int(epoch)
-        if self._train is not None and hasattr(self._train, "set_epoch"):
+        if self._sampler is not None:
+            self._sampler.set_epoch(self._epoch)  # forwards to the training set
+        elif self._train is not None:
             self._train.set_epoch(self._epoch)
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Frames left out of each set by ``on_error="skip"`` (``"train"`` and every evaluation set's name)."""
+        counts: dict[str, int] = {}
+        if self._train is not None:
+            counts[TRAIN_SET] = int(getattr(self._train, "num_skipped", 0))
+        for name, ds in {**self._val, **self._test}.items():
+            counts[name] = int(getattr(ds, "num_skipped", 0))
+        if self._predict is not None:
+            counts["predict"] = int(getattr(self._predict, "num_skipped", 0))
+        return counts
 
     # --------------------------------------------------------------- dataloaders
     def _loader(self, dataset: Dataset[Sample], train: bool) -> DataLoader[Sample]:
-        sampler = None
-        if not train and torch.distributed.is_available() and torch.distributed.is_initialized():
+        sampler: torch.utils.data.Sampler | None = None
+        if train:
+            trainer = getattr(self, "trainer", None)
+            if trainer is not None:
+                # Lightning creates the iterator (and forks workers) before it calls set_epoch.
+                self._epoch = int(trainer.current_epoch)
+            sampler = self._sampler = EpochSampler(dataset, seed=_resolve_seed(self.seed), epoch=self._epoch)  # type: ignore[arg-type]
+            self.set_epoch(self._epoch)
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 
             # Every frame exactly once across processes: a padding DistributedSampler would
@@ -126,19 +209,19 @@ class SegmentationDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
             sampler=sampler,
+            collate_fn=collate_samples,
             drop_last=train and len(dataset) >= self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
-            # Not persistent: workers must re-read the dataset after set_epoch().
+            # Not persistent: workers re-read the outlier source (e.g. a growing bank) every epoch.
             persistent_workers=False,
         )
 
     def train_dataloader(self) -> DataLoader[Sample]:
-        """The (mixed) training loader."""
+        """The (mixed) training loader, in the order of the current epoch."""
         if self._train is None:
-            raise RuntimeError(f"{type(self).__name__}: no training set configured (or setup() not called)")
+            raise RuntimeError(f"{type(self).__name__}: no training set configured (or setup('fit') not called)")
         return self._loader(self._train, train=True)
 
     def val_dataloader(self) -> list[DataLoader[Sample]]:
@@ -151,7 +234,9 @@ class SegmentationDataModule(L.LightningDataModule):
         return [self._loader(ds, train=False) for ds in sets.values()]
 
     def predict_dataloader(self) -> DataLoader[Sample]:
-        """The loader of ``predict_set`` (default: the first test or validation set)."""
+        """The loader of ``predict_folder`` if given, else of ``predict_set`` (default: the first evaluation set)."""
+        if self._predict is not None:
+            return self._loader(self._predict, train=False)
         sets = {**self._val, **self._test}
         if not sets:
             raise RuntimeError(f"{type(self).__name__}: no evaluation set to predict on")
@@ -164,6 +249,9 @@ class SegmentationDataModule(L.LightningDataModule):
 class CityscapesOODDataModule(SegmentationDataModule):
     """Cityscapes (official layout) for training/validation, mixed with synthetic outliers.
 
+    Reads ``root`` and never writes into it. Only the splits a stage needs are indexed:
+    ``validate``/``test``/``predict`` need no training split.
+
     Args:
         root: Cityscapes root (``leftImg8bit/`` and ``gtFine/``).
         outliers: an outlier mixer for training frames (e.g.
@@ -172,9 +260,13 @@ class CityscapesOODDataModule(SegmentationDataModule):
         val_outliers: an outlier mixer applied with fixed seeds to the validation frames,
             served as an extra evaluation set named ``<name>_objects`` (synthetic OOD objects).
         extra_val_sets / extra_test_sets: more named evaluation sets (Road Anomaly,
-            SMIYC, Fishyscapes, ACDC, Dark Zurich, synthetic domain sets, ...).
+            SMIYC, Fishyscapes, ACDC, Dark Zurich, synthetic domain sets, ...); one set can
+            be added from the command line with
+            ``--data.init_args.extra_val_sets.<name>=<class path> --data.init_args.extra_val_sets.<name>.root=...``.
         crop_size / scale_range / eval_size: training crop (H, W), scale augmentation and
             evaluation resize (None = native size).
+        on_error: ``"skip"`` leaves unreadable frames out of the Cityscapes splits (see
+            :class:`~synthrel_lightning.data.base.SegmentationDataset`); counts in :meth:`skipped_counts`.
     """
 
     def __init__(
@@ -200,6 +292,8 @@ class CityscapesOODDataModule(SegmentationDataModule):
         max_val_samples: int | None = None,
         on_error: str = "raise",
         predict_set: str | None = None,
+        predict_folder: str | Path | None = None,
+        seed: int | None = None,
     ) -> None:
         from synthrel_lightning.data.transforms import eval_transform as make_eval
         from synthrel_lightning.data.transforms import train_transform as make_train
@@ -213,6 +307,8 @@ class CityscapesOODDataModule(SegmentationDataModule):
             num_workers=num_workers,
             pin_memory=pin_memory,
             predict_set=predict_set,
+            predict_folder=predict_folder,
+            seed=seed,
         )
         self.root = Path(root)
         self.name = name
@@ -234,20 +330,23 @@ class CityscapesOODDataModule(SegmentationDataModule):
         }  # type: ignore[dict-item]
         self.test_sets = dict(self.extra_test_sets)
 
-    def build_sets(self) -> None:
-        """Index the Cityscapes splits (no decoding)."""
+    def build_sets(self, stage: str | None = None) -> None:
+        """Index the Cityscapes splits ``stage`` needs (no decoding)."""
         from synthrel_lightning.data.cityscapes import CityscapesDataset
 
-        self.train_set = CityscapesDataset(
-            self.root, split=self.train_split, on_error=self.on_error, max_samples=self.max_train_samples
-        )  # type: ignore[arg-type]
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = CityscapesDataset(
+                self.root, split=self.train_split, on_error=self.on_error, max_samples=self.max_train_samples
+            )  # type: ignore[arg-type,assignment]
+        if "eval" in self._built or (stage == "predict" and self.predict_folder is not None):
+            return
         val = CityscapesDataset(
             self.root, split=self.val_split, on_error=self.on_error, max_samples=self.max_val_samples
         )  # type: ignore[arg-type]
         sets: dict[str, Dataset[Sample]] = {self.name: val}
         if self.val_outliers is not None:
             # Fixed epoch: the synthetic evaluation set is the same at every validation.
-            sets[f"{self.name}_objects"] = OutlierMixingDataset(val, self.val_outliers, transform=None)
+            sets[f"{self.name}_objects"] = KeyedDataset(val, mixer=self.val_outliers, fixed_epoch=0)
         sets.update(self.extra_val_sets)
         self.val_sets = sets
 
@@ -255,7 +354,10 @@ class CityscapesOODDataModule(SegmentationDataModule):
 class DemoDataModule(CityscapesOODDataModule):
     """The embedded demo: procedural street scenes in the Cityscapes layout, with procedural outliers.
 
-    ``prepare_data`` writes the scenes under ``root`` (once; an interrupted write resumes).
+    ``prepare_data`` writes the scenes under ``root``, a folder the demo owns: it must be new,
+    empty or written by the demo before (it holds a ``.synthrel-demo.json`` marker); a folder
+    holding anything else — a real dataset — is refused and left untouched. An interrupted
+    write resumes.
     """
 
     def __init__(
@@ -276,6 +378,9 @@ class DemoDataModule(CityscapesOODDataModule):
         eval_batch_size: int = 8,
         num_workers: int = 0,
         pin_memory: bool = False,
+        predict_set: str | None = None,
+        predict_folder: str | Path | None = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -291,6 +396,9 @@ class DemoDataModule(CityscapesOODDataModule):
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
             pin_memory=pin_memory,
+            predict_set=predict_set,
+            predict_folder=predict_folder,
+            seed=seed,
         )
         self.num_train = num_train
         self.num_val = num_val
@@ -303,7 +411,7 @@ class DemoDataModule(CityscapesOODDataModule):
 
         write_demo_cityscapes(self.root, self.num_train, self.num_val, self.image_size, self.scene_seed)  # type: ignore[arg-type]
 
-    def build_sets(self) -> None:
+    def build_sets(self, stage: str | None = None) -> None:
         """Write the scenes if needed (plain-loop users may skip prepare_data), then index them."""
         self.prepare_data()
-        super().build_sets()
+        super().build_sets(stage)

@@ -8,6 +8,7 @@ Cityscapes label ids, so the same loaders serve the demo and real Cityscapes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -15,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from synthrel_lightning.atomic import atomic_save_png
+from synthrel_lightning.atomic import atomic_save_png, atomic_write_json
+from synthrel_lightning.data.io import DatasetError
 from synthrel_lightning.seeding import numpy_generator
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ _BASE_COLORS = {
     _CAR: (30, 40, 150),
 }
 _CITIES = {"train": ("demotown", "synthville"), "val": ("valburg",), "test": ("testdorf",)}
+MARKER = ".synthrel-demo.json"
+"""The file that marks a folder as written by the demo (and records how)."""
 
 
 def _draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +120,46 @@ def _draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.n
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
+def _only_demo_files(root: Path) -> bool:
+    """Whether every file under ``root`` is a scene file the demo writes (a folder from before the marker)."""
+    cities = {c for names in _CITIES.values() for c in names}
+    for path in root.rglob("*"):
+        if path.is_dir():
+            continue
+        parts = path.relative_to(root).parts
+        if len(parts) != 4 or parts[0] not in ("leftImg8bit", "gtFine") or parts[2] not in cities:
+            return False
+        if not parts[3].startswith(parts[2] + "_") or not parts[3].endswith(".png"):
+            return False
+    return True
+
+
+def _claim(root: Path, settings: dict[str, object]) -> None:
+    """Make sure ``root`` is the demo's own folder for these settings, marking it if new or empty."""
+    marker = root / MARKER
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"demo scenes: {root} is a file; pass a folder for the demo to write its scenes into")
+    if marker.is_file():
+        try:
+            recorded = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DatasetError(f"demo scenes: cannot read the demo marker {marker}: {exc}") from exc
+        mine = {k: recorded.get(k) for k in settings}
+        if mine != settings:
+            raise DatasetError(
+                f"demo scenes: {root} holds scenes written with {mine}, not {settings}; "
+                "pass another folder (or delete this one) to write scenes with the new settings"
+            )
+        return
+    if root.is_dir() and any(root.iterdir()) and not _only_demo_files(root):
+        raise DatasetError(
+            f"demo scenes: {root} already holds files the demo did not write; the demo writes its procedural "
+            "scenes only into a new or empty folder it owns. To train on a real dataset use "
+            "synthrel_lightning.data.CityscapesOODDataModule (its root is only read); for the demo pass another root"
+        )
+    atomic_write_json(marker, {"written_by": "synthrel_lightning demo scenes", **settings})
+
+
 def write_demo_cityscapes(
     root: str | os.PathLike[str],
     num_train: int = 64,
@@ -125,12 +169,17 @@ def write_demo_cityscapes(
 ) -> Path:
     """Write (or complete) a procedural dataset in the Cityscapes layout under ``root``; returns it.
 
-    Frames already on disk are kept, so an interrupted run resumes. ``size`` is (H, W).
+    ``root`` must be a folder the demo owns: new, empty, or marked by an earlier call
+    (``.synthrel-demo.json``, which records ``size`` and ``seed``). A folder holding anything
+    else raises :class:`~synthrel_lightning.data.io.DatasetError` before a single file is
+    written, so a real dataset is never modified. Frames already on disk are kept, so an
+    interrupted run resumes. ``size`` is (H, W).
     """
     root = Path(root)
     height, width = size
     if height < 32 or width < 32:
         raise ValueError(f"write_demo_cityscapes: size must be at least 32x32, got {size}")
+    _claim(root, {"size": [int(height), int(width)], "seed": int(seed)})
     written = 0
     for split, count in (("train", num_train), ("val", num_val)):
         cities = _CITIES[split]

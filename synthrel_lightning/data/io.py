@@ -165,7 +165,7 @@ def describe_values(values: Iterable[int], limit: int = 20) -> str:
 
 
 def check_label_values(label: np.ndarray, allowed: Iterable[int], path: PathLike, what: str = "label values") -> None:
-    """Raise :class:`DatasetError` naming ``path``, the stray values and the allowed ones if any value is not allowed."""
+    """Raise :class:`DatasetError` naming ``path``, the stray and the allowed values, if any value is not allowed."""
     allowed_set = {int(v) for v in allowed}
     if label.dtype == np.uint8:
         present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))

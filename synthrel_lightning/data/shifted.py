@@ -53,7 +53,9 @@ class _TrainIdDataset(SegmentationDataset):
 
 
 class ACDCDataset(_TrainIdDataset):
-    """ACDC (Sakaridis et al. 2021): ``rgb_anon/{cond}/{split}/{seq}/*_rgb_anon.png`` + ``gt/{cond}/{split}/{seq}/*_gt_labelTrainIds.png``.
+    """ACDC (Sakaridis et al. 2021).
+
+    Layout: ``rgb_anon/{cond}/{split}/{seq}/*_rgb_anon.png`` + ``gt/{cond}/{split}/{seq}/*_gt_labelTrainIds.png``.
 
     ``condition`` is one of fog/night/rain/snow or a list of them (frames ordered by
     condition, then path). ``use_invalid_mask`` also reads ``*_gt_invIds.png`` and
@@ -82,7 +84,10 @@ class ACDCDataset(_TrainIdDataset):
     def _index(self) -> list[Frame]:
         candidates: list[Frame] = []
         for cond in self.conditions:
-            layout = f"rgb_anon/{cond}/{self.split}/{{seq}}/*{_IMAGE_SUFFIX} + gt/{cond}/{self.split}/{{seq}}/*{_LABEL_SUFFIX}"
+            layout = (
+                f"rgb_anon/{cond}/{self.split}/{{seq}}/*{_IMAGE_SUFFIX}"
+                f" + gt/{cond}/{self.split}/{{seq}}/*{_LABEL_SUFFIX}"
+            )
             self._require_dir(f"rgb_anon/{cond}/{self.split}", layout)
             self._require_dir(f"gt/{cond}/{self.split}", layout)
             candidates += self._frames_in(
@@ -96,7 +101,9 @@ class ACDCDataset(_TrainIdDataset):
 
 
 class DarkZurichDataset(_TrainIdDataset):
-    """Dark Zurich (Sakaridis et al. 2019) night frames: ``rgb_anon/{split}/night/{seq}/*_rgb_anon.png`` + ``gt/{split}/night/{seq}/*_gt_labelTrainIds.png``.
+    """Dark Zurich (Sakaridis et al. 2019) night frames.
+
+    Layout: ``rgb_anon/{split}/night/{seq}/*_rgb_anon.png`` + ``gt/{split}/night/{seq}/*_gt_labelTrainIds.png``.
 
     The public labelled split is ``val`` (sequence GOPR0356).
     """

@@ -83,6 +83,7 @@ class SyntheticFramesDataset(SegmentationDataset):
                 raise DatasetError(
                     f"OOD target {stored_path} disagrees with label {frame.label} on {n} px "
                     "(expected 1 exactly where the label is 254 and 255 where it is 255); "
-                    "were the files written by different runs? Re-run generate, or pass verify_ood=False to trust the label"
+                    "were the files written by different runs? "
+                    "Re-run generate, or pass verify_ood=False to trust the label"
                 )
         return {"image": image, "label": label, "ood": ood, "name": frame.name}

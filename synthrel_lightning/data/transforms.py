@@ -45,10 +45,14 @@ class SegmentationTransform:
     ``transforms`` is an ``albumentations.Compose`` or a list of albumentations transforms
     (e.g. from YAML); ``ood`` is registered as an extra mask target, mask interpolation is
     forced to nearest, and with ``normalize`` an ``albumentations.Normalize(mean, std)``
-    is appended before conversion to tensors. The random state is re-seeded once per
-    process from ``seed``, the torch seed of the process (per DataLoader worker: different
-    per worker and epoch, reproducible under ``seed_everything``) and the DDP rank, so
-    workers never repeat each other's augmentations.
+    is appended before conversion to tensors.
+
+    Called with ``seed=`` (as the DataModules do, with a seed derived from
+    ``(seed, epoch, sample index)``), the draws of that call depend on that seed alone, so
+    a sample is augmented identically whatever the worker, rank or resume. Called without,
+    the random state is re-seeded once per process from ``seed``, the torch seed of the
+    process (per DataLoader worker: different per worker and epoch, reproducible under
+    ``seed_everything``) and the DDP rank, so workers never repeat each other's augmentations.
     """
 
     def __init__(
@@ -68,7 +72,8 @@ class SegmentationTransform:
         for i, t in enumerate(steps):
             if not isinstance(t, (A.BasicTransform, A.BaseCompose)):
                 raise TypeError(
-                    f"SegmentationTransform: transforms[{i}] is {type(t).__name__}; expected an albumentations transform"
+                    f"SegmentationTransform: transforms[{i}] is {type(t).__name__}; "
+                    "expected an albumentations transform"
                 )
         if normalize and any(isinstance(t, A.Normalize) for t in _flatten(steps)):
             raise ValueError(
@@ -101,11 +106,15 @@ class SegmentationTransform:
         self.pipeline.set_random_seed(s & 0xFFFFFFFF)
         self._seeded_for = key
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        """Transform one sample dict; returns a new dict with tensors for image/label/ood."""
+    def __call__(self, sample: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+        """Transform one sample dict (its random draws keyed by ``seed`` if given); returns a new dict of tensors."""
         if "image" not in sample:
             raise KeyError(f"SegmentationTransform: sample has no 'image' (keys: {sorted(sample)})")
-        self._reseed()
+        if seed is None:
+            self._reseed()
+        else:
+            self.pipeline.set_random_seed(int(seed) & 0xFFFFFFFF)
+            self._seeded_for = None  # the next unkeyed call restarts this process's own stream
         inputs: dict[str, Any] = {"image": sample["image"]}
         for key in MASK_KEYS:
             if key in sample:
@@ -174,7 +183,9 @@ def train_transform(
     std: Sequence[float] = IMAGENET_STD,
     seed: int | None = None,
 ) -> SegmentationTransform:
-    """Standard segmentation training augmentation: [resize to base_size,] random scale, pad (void), random crop, flip, colour jitter.
+    """Standard segmentation training augmentation.
+
+    Steps: [resize to base_size,] random scale, pad (void), random crop, flip, colour jitter.
 
     Sizes are ``(height, width)``; ``color_jitter`` is the brightness/contrast/saturation
     strength (hue gets a quarter of it), 0 disables it.

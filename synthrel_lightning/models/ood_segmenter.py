@@ -98,8 +98,9 @@ class OODSegmenter(L.LightningModule):
             scores (B,K,h,w) at the mask resolution, for the last and every auxiliary decoder layer.
         loss_weights: weights by term name (e.g. ``{"energy_hinge": 0.2}``) overriding the terms' own.
         model_criterion: weight of a mask-classification model's own criterion (0 leaves it out).
-        ood_score: a score name (see :data:`synthrel_lightning.scores.SCORE_NAMES`) or an
-            :class:`~synthrel_lightning.scores.OODScore` module.
+        ood_score: a score name (see :data:`synthrel_lightning.scores.SCORE_NAMES`), an
+            :class:`~synthrel_lightning.scores.OODScore` module, or any module mapping temperature-scaled
+            class scores (B,K,H,W) to a score map (B,H,W).
         trainable: regular expressions over the segmenter's parameter names; when given, only matching
             parameters train (RbA: ``["class_predictor", "mask_embedder"]`` for Mask2Former).
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``).
@@ -130,7 +131,7 @@ class OODSegmenter(L.LightningModule):
         losses: list[LossTerm] | None = None,
         loss_weights: dict[str, float] | None = None,
         model_criterion: float = 1.0,
-        ood_score: ScoreName | OODScore = "energy",
+        ood_score: ScoreName | nn.Module = "energy",
         trainable: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
@@ -248,16 +249,18 @@ class OODSegmenter(L.LightningModule):
         self.keep_evaluation_plots = False
         self.evaluation_plots: dict[str, dict[str, Any]] = {}
 
-    def _build_scorer(self, ood_score: str | OODScore) -> OODScore:
-        from synthrel_lightning.scores import build_scorer
+    def _build_scorer(self, ood_score: str | nn.Module) -> OODScore:
+        from synthrel_lightning.scores import ModuleScore, build_scorer
 
         if isinstance(ood_score, str):
             scorer = build_scorer(ood_score, num_classes=self.num_classes)
         elif isinstance(ood_score, OODScore):
             scorer = ood_score
+        elif isinstance(ood_score, nn.Module):
+            scorer = ModuleScore(ood_score)
         else:
             raise TypeError(
-                f"OODSegmenter: ood_score must be a score name or an OODScore module, got {type(ood_score).__name__}"
+                f"OODSegmenter: ood_score must be a score name or an nn.Module, got {type(ood_score).__name__}"
             )
         scorer.check_output_kind(self.output_kind)
         if getattr(scorer, "num_classes", self.num_classes) != self.num_classes:
@@ -308,7 +311,7 @@ class OODSegmenter(L.LightningModule):
         """Temperature-scaled per-pixel class scores (B,K,H,W) at the input resolution."""
         return self.raw_logits(images) / self.temperature
 
-    def set_ood_score(self, score: str | OODScore) -> None:
+    def set_ood_score(self, score: str | nn.Module) -> None:
         """Switch the OOD score used by evaluation and prediction (e.g. to compare scores on one model)."""
         self.scorer = self._build_scorer(score).to(self.device)
         self.ood_score = self.scorer.name

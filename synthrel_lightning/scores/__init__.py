@@ -8,7 +8,7 @@
 """
 
 from synthrel_lightning.scores.pixel import OODScorer
-from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
+from synthrel_lightning.scores.protocol import ModuleScore, OODScore, OutputKind, StatefulScore
 from synthrel_lightning.scores.registry import (
     SCORE_NAMES,
     STATELESS_SCORE_NAMES,
@@ -22,6 +22,7 @@ from synthrel_lightning.scores.sml import StandardizedMaxLogit
 __all__ = [
     "SCORE_NAMES",
     "STATELESS_SCORE_NAMES",
+    "ModuleScore",
     "OODScore",
     "OODScorer",
     "OutputKind",

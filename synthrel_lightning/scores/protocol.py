@@ -66,4 +66,21 @@ class StatefulScore(OODScore):
         raise NotImplementedError
 
 
-__all__ = ["OODScore", "OutputKind", "StatefulScore"]
+class ModuleScore(OODScore):
+    """Any module mapping temperature-scaled class scores (B,K,H,W) to a score map (B,H,W), as an OOD score."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        """The wrapped module's class name."""
+        return type(self.module).__name__
+
+    def forward(self, class_scores: Tensor) -> Tensor:
+        """Score map ``(B, H, W)``, higher = more OOD."""
+        return self.module(class_scores)
+
+
+__all__ = ["ModuleScore", "OODScore", "OutputKind", "StatefulScore"]

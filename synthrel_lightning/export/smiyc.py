@@ -1,0 +1,144 @@
+"""SegmentMeIfYouCan submissions: one HDF5 file of anomaly scores per frame.
+
+The benchmark's code (github.com/SegmentMeIfYouCan/road-anomaly-benchmark,
+``road_anomaly_benchmark/evaluation.py``) stores and reads a method's output for frame
+``fid`` of dataset ``dset_name`` at ``<DIR_OUTPUTS>/anomaly_p/<method_name>/<dset_name>/<fid>.hdf5``:
+an HDF5 file holding the (H, W) score map (higher = more anomalous, at the image's own
+size) as float16 in the dataset ``value``, gzip-compressed (level 9). Pointing its
+``DIR_OUTPUTS`` at the folder written here lets its ``metric`` command evaluate the scores,
+and the folder is what the leaderboard's submission archive holds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from synthrel_lightning.atomic import atomic_write
+
+__all__ = [
+    "SMIYC_DATASETS",
+    "smiyc_path",
+    "write_smiyc_score",
+    "read_smiyc_score",
+    "export_smiyc",
+    "export_smiyc_folder",
+]
+
+SMIYC_DATASETS: tuple[str, ...] = (
+    "AnomalyTrack-test",
+    "AnomalyTrack-validation",
+    "AnomalyTrack-all",
+    "ObstacleTrack-test",
+    "ObstacleTrack-validation",
+    "ObstacleTrack-all",
+    "LostAndFound-testNoKnown",
+    "FishyLAFAnomaly-val",
+)
+"""Dataset names of the benchmark's registry that a submission commonly targets."""
+
+_VAR = "value"
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _check_part(what: str, value: str) -> str:
+    if not _SAFE.match(value) or value in (".", ".."):
+        raise ValueError(
+            f"SMIYC export: {what} {value!r} must be a plain file name (letters, digits, '.', '_', '-'), "
+            "as the benchmark uses it as a folder or file name"
+        )
+    return value
+
+
+def smiyc_path(output_dir: str | os.PathLike[str], method: str, dataset: str, fid: str) -> Path:
+    """Where the benchmark looks for frame ``fid``: ``output_dir/anomaly_p/<method>/<dataset>/<fid>.hdf5``."""
+    return (
+        Path(output_dir)
+        / "anomaly_p"
+        / _check_part("method name", method)
+        / _check_part("dataset name", dataset)
+        / f"{_check_part('frame id', fid)}.hdf5"
+    )
+
+
+def write_smiyc_score(path: str | os.PathLike[str], score: np.ndarray) -> Path:
+    """Write one (H, W) score map as the benchmark stores it (float16 ``value``, gzip 9), atomically."""
+    import h5py
+
+    arr = np.asarray(score)
+    if arr.ndim != 2:
+        raise ValueError(f"SMIYC export: a score map must be (H, W), got shape {arr.shape} for {path}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"SMIYC export: the score map for {path} holds NaN or infinite values")
+
+    def write(tmp: str) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset(_VAR, data=arr.astype(np.float16), compression=9)
+
+    return atomic_write(path, write)
+
+
+def read_smiyc_score(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a score map the way the benchmark does (``value`` of the HDF5 file, squeezed)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        if _VAR not in f:
+            raise KeyError(f"SMIYC file {path} has no {_VAR!r} dataset (keys: {list(f.keys())})")
+        return np.squeeze(f[_VAR][:])
+
+
+def export_smiyc(
+    scores: Iterable[tuple[str, np.ndarray]],
+    output_dir: str | os.PathLike[str],
+    method: str,
+    dataset: str = "AnomalyTrack-test",
+) -> list[Path]:
+    """Write every ``(frame id, (H, W) score map)`` as the benchmark's per-frame file; returns the paths.
+
+    Frame ids are the image file names without extension (``SMIYCDataset`` and
+    ``FolderDataset`` over the track's ``images/`` folder name frames this way).
+    """
+    written = []
+    for fid, score in scores:
+        written.append(write_smiyc_score(smiyc_path(output_dir, method, dataset, fid), score))
+    if not written:
+        raise ValueError(f"SMIYC export: no score maps given for {method}/{dataset}")
+    return written
+
+
+def export_smiyc_folder(
+    scores: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    method: str,
+    dataset: str = "AnomalyTrack-test",
+    suffix: str = "_score.npy",
+) -> list[Path]:
+    """Convert the ``<fid><suffix>`` score maps ``predict`` wrote under ``scores`` into a SMIYC submission.
+
+    Args:
+        scores: folder of NumPy (H, W) score maps, one per frame (``predict``'s prediction folder).
+        output_dir: the submission folder (the benchmark's ``DIR_OUTPUTS``); files go to
+            ``output_dir/anomaly_p/<method>/<dataset>/<fid>.hdf5``.
+        method: the method name shown by the benchmark.
+        dataset: the benchmark dataset the frames belong to (e.g. ``AnomalyTrack-test``, ``ObstacleTrack-test``).
+        suffix: ending of the score files after the frame id.
+    """
+    folder = Path(scores)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"SMIYC export: score folder {folder} does not exist; run predict first")
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"SMIYC export: no '*{suffix}' score maps in {folder}; run predict into this folder")
+
+    def load(path: Path) -> tuple[str, np.ndarray]:
+        try:
+            return path.name[: -len(suffix)], np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"SMIYC export: cannot read score map {path}: {exc}") from exc
+
+    return export_smiyc((load(p) for p in files), output_dir, method, dataset)

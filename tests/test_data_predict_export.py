@@ -1,0 +1,166 @@
+"""Predict on any image folder (API and CLI); benchmark submissions (SegmentMeIfYouCan files, Fishyscapes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from synthrel_lightning.cli import DEMO_CONFIG, main
+from synthrel_lightning.data import DatasetError, FolderDataset, SMIYCDataset, eval_transform
+from synthrel_lightning.export import FishyscapesEstimator, export_smiyc, read_smiyc_score, smiyc_path
+from synthrel_lightning.models import OODSegmenter, TinySegmenter
+
+SMIYC_TEMPLATE = "anomaly_p/{method_name}/{dset_name}/{fid}.hdf5"
+"""The benchmark's own path template (road_anomaly_benchmark/evaluation.py, under DIR_OUTPUTS)."""
+
+
+def _image(path: Path, h: int, w: int, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def _folder(root: Path) -> Path:
+    _image(root / "a.jpg", 40, 64, 0)
+    _image(root / "street" / "b.PNG", 48, 64, 1)
+    _image(root / "street" / "deeper" / "c.webp", 40, 64, 2)
+    _image(root / ".cache" / "hidden.jpg", 40, 64, 3)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_dataset_finds_images_recursively_with_relative_names(tmp_path: Path) -> None:
+    ds = FolderDataset(_folder(tmp_path / "imgs"))
+    assert ds.names == ["a", "street/b", "street/deeper/c"]
+    sample = ds[1]
+    assert sample["image"].shape == (48, 64, 3) and (sample["label"] == 255).all() and (sample["ood"] == 255).all()
+    _image(tmp_path / "imgs" / "a.png", 8, 8, 4)
+    with pytest.raises(DatasetError, match="would both be named 'a'"):
+        FolderDataset(tmp_path / "imgs")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no images"):
+        FolderDataset(tmp_path / "empty")
+
+
+def test_predict_on_a_folder_from_the_cli_writes_score_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = _folder(tmp_path / "imgs")
+    out = tmp_path / "pred"
+    monkeypatch.chdir(tmp_path)
+    main(
+        [
+            "predict",
+            "--config",
+            str(DEMO_CONFIG),
+            f"--data.init_args.root={tmp_path / 'demo'}",
+            f"--data.init_args.predict_folder={images}",
+            "--data.init_args.eval_batch_size=3",
+            f"--model.init_args.prediction_dir={out}",
+            "--trainer.logger=false",
+        ]
+    )
+    scores = sorted(p.name for p in out.glob("*_score.npy"))
+    assert scores == ["a_score.npy", "street_b_score.npy", "street_deeper_c_score.npy"]
+    # Frames of different sizes share a padded batch; each map has its own image's size.
+    assert np.load(out / "a_score.npy").shape == (40, 64)
+    assert np.load(out / "street_b_score.npy").shape == (48, 64)
+
+
+def test_predict_set_is_accepted_by_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "--config", str(DEMO_CONFIG), "--data.init_args.predict_set=demo_objects", "--print_config"])
+    assert done.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["init_args"]["predict_set"] == "demo_objects"
+
+
+def test_smiyc_test_split_serves_unlabelled_images(tmp_path: Path) -> None:
+    track = tmp_path / "dataset_AnomalyTrack"
+    _image(track / "images" / "validation0000.jpg", 40, 64, 0)
+    (track / "labels_masks").mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 64), np.uint8)).save(track / "labels_masks" / "validation0000_labels_semantic.png")
+    _image(track / "images" / "airplane0000.jpg", 40, 64, 1)
+    _image(track / "images" / "zebra0001.jpg", 48, 64, 2)
+    test = SMIYCDataset(tmp_path, split="test")
+    assert test.names == ["airplane0000", "zebra0001"] and not test.has_ood
+    assert (test[1]["ood"] == 255).all() and test[1]["image"].shape == (48, 64, 3)
+    assert SMIYCDataset(tmp_path).names == ["validation0000"]
+
+
+def _read_as_the_benchmark_does(path: Path) -> np.ndarray:
+    """road_anomaly_benchmark ChannelLoaderHDF5.read_file + Evaluation's np.squeeze."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        variable = handle["value"]
+        value = variable[:] if len(variable.shape) > 0 else variable
+    return np.squeeze(value)
+
+
+def test_smiyc_export_round_trips_through_the_official_file_naming(tmp_path: Path) -> None:
+    import h5py
+
+    rng = np.random.default_rng(0)
+    scores = {"validation0000": rng.random((40, 64)).astype(np.float32), "zebra0001": rng.random((48, 64))}
+    written = export_smiyc(scores.items(), tmp_path / "outputs", method="SynthRel", dataset="AnomalyTrack-test")
+    for fid, score in scores.items():
+        official = (
+            tmp_path / "outputs" / SMIYC_TEMPLATE.format(method_name="SynthRel", dset_name="AnomalyTrack-test", fid=fid)
+        )
+        assert (
+            official in written and smiyc_path(tmp_path / "outputs", "SynthRel", "AnomalyTrack-test", fid) == official
+        )
+        read = _read_as_the_benchmark_does(official)
+        assert read.dtype == np.float16 and np.array_equal(read, score.astype(np.float16))
+        assert np.array_equal(read_smiyc_score(official), read)
+        with h5py.File(official) as f:
+            assert f["value"].compression == "gzip" and f["value"].compression_opts == 9
+    with pytest.raises(ValueError, match="frame id"):
+        export_smiyc([("../escape", scores["zebra0001"])], tmp_path / "outputs", method="SynthRel")
+    with pytest.raises(ValueError, match=r"must be \(H, W\)"):
+        export_smiyc([("x", np.zeros((1, 2, 3)))], tmp_path / "outputs", method="SynthRel")
+
+
+def test_export_submission_command_converts_predicted_score_maps(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    maps = {"airplane0000": np.linspace(0, 1, 40 * 64, dtype=np.float32).reshape(40, 64)}
+    np.save(pred / "airplane0000_score.npy", maps["airplane0000"])
+    (pred / "airplane0000_pred.png").write_bytes(b"")  # other outputs of predict are ignored
+    main(
+        [
+            "export_submission",
+            f"--scores={pred}",
+            f"--output_dir={tmp_path / 'sub'}",
+            "--method=SynthRel",
+            "--dataset=ObstacleTrack-test",
+        ]
+    )
+    path = (
+        tmp_path
+        / "sub"
+        / SMIYC_TEMPLATE.format(method_name="SynthRel", dset_name="ObstacleTrack-test", fid="airplane0000")
+    )
+    assert np.array_equal(_read_as_the_benchmark_does(path), maps["airplane0000"].astype(np.float16))
+    assert "wrote 1 SegmentMeIfYouCan score files" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no '\\*_score.npy' score maps"):
+        main(["export_submission", f"--scores={tmp_path / 'sub'}", f"--output_dir={tmp_path}", "--method=X"])
+
+
+def test_fishyscapes_estimator_follows_the_benchmark_contract() -> None:
+    torch.manual_seed(0)
+    model = OODSegmenter(TinySegmenter(num_classes=19, width=4, depth=1), ood_score="msp", summary=False)
+    estimator = FishyscapesEstimator(model)
+    image = np.random.default_rng(0).integers(0, 255, (40, 64, 3), dtype=np.uint8)
+    # bdlb's evaluate(): uncertainties.append(estimator(batch['image_left']).numpy())
+    uncertainty = estimator(torch.from_numpy(image)).numpy()
+    assert uncertainty.shape == (40, 64) and uncertainty.dtype == np.float32
+    with torch.no_grad():
+        expected = model.score(model(eval_transform()({"image": image})["image"][None]))[0]
+    np.testing.assert_allclose(uncertainty, expected.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        estimator(np.zeros((40, 64)))
