@@ -374,3 +374,25 @@ def test_domains_command_builds_the_joint_set_options(cityscapes_mini: Path) -> 
     assert isinstance(init.ood_objects, ProceduralObjectSource) and init.ood_objects.size_range == (16, 32)
     assert init.sets == "both" and isinstance(init.generator, DomainShiftGenerator)
     assert init.generator.requested_encoding == "ade20k_palette"
+
+
+class _NamedFrames(torch.utils.data.Dataset):
+    """A custom source whose frame names try to leave the output folder."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        label = np.zeros((16, 32), dtype=np.int64)
+        return {"image": torch.zeros(3, 16, 32), "label": torch.from_numpy(label), "name": self.names[index]}
+
+
+@pytest.mark.parametrize("bad", ["../../escaped", "/abs/escaped", "city_../../x", ".git"])
+def test_frame_names_cannot_move_domain_writes_outside_the_output_folder(tmp_path: Path, bad: str) -> None:
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="cannot be used as a file or folder name|leaves its output folder"):
+        DomainWorkItems(_NamedFrames([bad]), out, ["fog"], crop="full", resolution=32)
+    assert not any(p for p in tmp_path.rglob("*escaped*"))

@@ -42,6 +42,7 @@ from synthrel_lightning.generators.domains import (
 from synthrel_lightning.labels import LABEL_IDS, OOD_ID, label_ids_to_train_ids, semantic_to_ood_target
 from synthrel_lightning.seeding import derive_seed, numpy_generator
 from synthrel_lightning.synthesis.generate import HostItemsDataModule, frame_name
+from synthrel_lightning.synthesis.names import path_within
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.protocol import snap_size
 from synthrel_lightning.synthesis.sources import OutlierSource
@@ -159,17 +160,18 @@ class DomainWorkItems(Dataset):
         """The files of item (frame ``index``, ``domain``, ``kind``); the image is first."""
         name = self.frame_name(index)
         city, stem = _city_and_stem(self.source, index, name)
+        # Every part built from a name (domain, split, city, stem) is checked, so a frame named
+        # "../x" or "/abs/x" cannot move a write outside the output folder.
+        what = f"frame {name!r}"
         if kind == "joint":
-            root = self.out / f"{domain}-ood"
             return (
-                root / "images" / f"{stem}.png",
-                root / "labels" / f"{stem}_labelTrainIds.png",
-                root / "labels" / f"{stem}_ood.png",
+                path_within(self.out, f"{domain}-ood", "images", f"{stem}.png", what=what),
+                path_within(self.out, f"{domain}-ood", "labels", f"{stem}_labelTrainIds.png", what=what),
+                path_within(self.out, f"{domain}-ood", "labels", f"{stem}_ood.png", what=what),
             )
-        root = self.out / domain
         return (
-            root / "leftImg8bit" / self.split / city / f"{stem}{_CS_IMAGE_SUFFIX}",
-            root / "gtFine" / self.split / city / f"{stem}{_CS_LABEL_SUFFIX}",
+            path_within(self.out, domain, "leftImg8bit", self.split, city, f"{stem}{_CS_IMAGE_SUFFIX}", what=what),
+            path_within(self.out, domain, "gtFine", self.split, city, f"{stem}{_CS_LABEL_SUFFIX}", what=what),
         )
 
     def _geometry(self, array: np.ndarray, nearest: bool) -> np.ndarray:
