@@ -35,14 +35,21 @@ VERBOSE_ENV = "SYNTHREL_VERBOSE"
 CONFIG_FLAGS = ("--config", "-c")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment (which may have been replaced since set-up)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Show the package's log records (INFO and up) on stderr in a concise format, once per process."""
+    """Show the package's log records (INFO and up) on stderr as ``LEVEL module: message``, once per process."""
     logger = logging.getLogger("synthrel_lightning")
     logger.setLevel(level)
-    if not any(getattr(h, "_synthrel", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-        handler._synthrel = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
 
 
