@@ -11,6 +11,7 @@ On top of Lightning's :class:`~lightning.pytorch.cli.LightningCLI`:
 - with ``--ckpt_path`` the checkpoint's model settings replace the configured ones (Lightning's
   rule), except ``prediction_dir``, an output setting, which is honoured; other replaced
   settings are reported in a warning;
+- each command closes its wandb runs when it ends, so commands run in one process stay separate runs;
 - configuration errors (bad option values, constructors that reject their arguments) raise
   :class:`ConfigurationError`, whose message leads with the cause.
 """
@@ -186,6 +187,19 @@ class SynthrelCLI(LightningCLI):
             field = "name" if issubclass(cls, WandbLogger) else field
             if field and node.init_args.get(field) is None:
                 node.init_args[field] = current_run_id()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the trainer method, then close the command's wandb runs (the next command is another run)."""
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            from lightning.pytorch.loggers import WandbLogger
+
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger) and getattr(logger, "_experiment", None) is not None:
+                    finish = getattr(logger.experiment, "finish", None)
+                    if callable(finish):
+                        finish()
 
     def instantiate_classes(self) -> None:
         """Instantiate; a constructor that rejects its configuration becomes a :class:`ConfigurationError`."""
