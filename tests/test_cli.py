@@ -187,8 +187,11 @@ def test_demo_end_to_end_then_load_and_predict(tmp_path: Path, monkeypatch, caps
 
         preds = tmp_path / "my_predictions"
         predict = ["predict", "--config", "demo", *TINY[2:], f"--ckpt_path={ckpt}"]
-        assert _exit_code([*predict, f"--model.init_args.prediction_dir={preds}"]) == 0
+        overrides = [f"--model.init_args.prediction_dir={preds}", "--model.init_args.ood_score=entropy"]
+        assert _exit_code([*predict, *overrides]) == 0
         err = capsys.readouterr().err
+        # The checkpoint's model settings win (Lightning's rule), and the replaced option is named.
+        assert "replace the configured ood_score='entropy' -> 'msp' (checkpoint wins)" in err
         written = sorted(p.name for p in preds.iterdir())
         assert written and len(written) % 3 == 0 and any(n.endswith("_score.npy") for n in written)
         assert f"wrote {len(written)} files ({len(written) // 3} frames" in err and str(preds) in err
