@@ -7,8 +7,9 @@ LightningDataModule (see :mod:`synthrel_lightning.trainer_cli`); they need ``--c
 also reachable as ``--config demo``), as does ``fit`` given no argument at all. The tools in
 :data:`TOOLS` have their own options (``python -m synthrel_lightning <tool> --help``).
 
-Configuration errors print one short message leading with the cause and exit with status 2;
-``--verbose`` (or ``SYNTHREL_VERBOSE=1``) adds the full report.
+Configuration errors of the trainer subcommands print one short message leading with the cause
+and exit with status 2; ``--verbose`` (or ``SYNTHREL_VERBOSE=1``) adds the full report. The
+package's log records (INFO and up) are shown on stderr for every subcommand.
 """
 
 from __future__ import annotations
@@ -93,8 +94,6 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m synthrel_lightning`` and the ``synthrel`` script."""
     from_argv = args is None
     args = list(sys.argv[1:] if args is None else args)
-    verbose = "--verbose" in args or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
-    args = [a for a in args if a != "--verbose"]
     if not args or args[0] in ("-h", "--help"):
         print(_usage())
         return
@@ -103,6 +102,8 @@ def main(args: list[str] | None = None) -> None:
     if sub in TOOLS:
         import_module(TOOLS[sub]).main(args[1:])
         return
+    verbose = "--verbose" in args or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--verbose"]
     if sub == "demo" or (sub == "fit" and len(args) == 1):
         print(
             f"Running the embedded demo (procedural street scenes, written under outputs/demo unless "

@@ -211,3 +211,16 @@ def test_correlate_recipes_parse(recipe: Path) -> None:
     assert len(cfg.zoo) >= 2 and cfg.pairs
     names = {p["synthetic"] if isinstance(p, dict) else p.synthetic for p in cfg.pairs}
     assert names
+
+
+def test_each_command_starts_a_new_run_and_launched_ranks_share_it(monkeypatch) -> None:
+    from synthrel_lightning.runs import RUN_ID_ENV, current_run_id
+
+    monkeypatch.delenv(RUN_ID_ENV, raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    first = current_run_id(fresh=True)
+    second = current_run_id(fresh=True)
+    assert first != second and current_run_id() == second
+    # A process launched for a distributed run (LOCAL_RANK set) keeps its launcher's id.
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert current_run_id(fresh=True) == second
