@@ -33,7 +33,7 @@ def build_random_sd15_inpaint() -> Any:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from synthrel_lightning.synthesis.tiny import build_tiny_tokenizer
+    from synthrel_lightning.testing import build_tiny_tokenizer
 
     unet = UNet2DConditionModel(
         sample_size=64,
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
         pipe = engine.pipeline
     else:
         if a.tiny:
-            from synthrel_lightning.synthesis.tiny import build_tiny_inpaint_pipeline
+            from synthrel_lightning.testing import build_tiny_inpaint_pipeline
 
             pipe = build_tiny_inpaint_pipeline(0)
         else:

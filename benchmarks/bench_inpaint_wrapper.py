@@ -37,7 +37,7 @@ def _sync(device: torch.device) -> None:
 def build_pipeline(model_id: str | None, device: str, dtype: str) -> object:
     """The pipeline under test: tiny random (None), full-size random SD 1.5 ("random-sd15"), or a checkpoint."""
     if model_id is None:
-        from synthrel_lightning.synthesis.tiny import build_tiny_inpaint_pipeline
+        from synthrel_lightning.testing import build_tiny_inpaint_pipeline
 
         pipe = build_tiny_inpaint_pipeline(0)
     elif model_id == "random-sd15":

@@ -26,11 +26,11 @@ import torch
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, VOID_ID
 from synthrel_lightning.losses import (
     CrossEntropy,
-    EnergyHinge,
+    EnergyHingeEstimatedMargins,
     LossTerm,
-    MaxScoreMargin,
+    MaxSoftmaxMargin,
     PositiveEnergy,
-    RbARejection,
+    SigmoidSumRejection,
     UniformOutlierExposure,
 )
 from synthrel_lightning.models import OODSegmenter, SMPSegmenter, TinySegmenter
@@ -52,9 +52,9 @@ def reliability_terms() -> list[LossTerm]:
     return [
         CrossEntropy(),
         UniformOutlierExposure(weight=0.5),
-        EnergyHinge(weight=0.1, estimate_margins=True),
-        RbARejection(weight=0.1, inlier_weight=0.1),
-        MaxScoreMargin(weight=0.1),
+        EnergyHingeEstimatedMargins(weight=0.1),
+        SigmoidSumRejection(weight=0.1, inlier_weight=0.1),
+        MaxSoftmaxMargin(weight=0.1),
         PositiveEnergy(weight=0.1),
     ]
 

@@ -26,11 +26,12 @@ from synthrel_lightning.data import CityscapesDataset, DemoDataModule, write_dem
 from synthrel_lightning.losses import (
     CrossEntropy,
     EnergyHinge,
+    EnergyHingeEstimatedMargins,
     FocalLoss,
     LabelSmoothingCE,
     MarginLabelSmoothing,
-    MaxScoreMargin,
-    RbARejection,
+    MaxSoftmaxMargin,
+    SigmoidSumRejection,
     UniformOutlierExposure,
 )
 from synthrel_lightning.models import OODSegmenter, TinySegmenter
@@ -40,17 +41,17 @@ METHODS = {
     "cross-entropy only": lambda: [CrossEntropy()],
     "+ uniform OE (λ=0.5)": lambda: [CrossEntropy(), UniformOutlierExposure(weight=0.5)],
     "+ energy hinge (fixed margins)": lambda: [CrossEntropy(), EnergyHinge(weight=0.1)],
-    "+ energy hinge (estimated margins)": lambda: [CrossEntropy(), EnergyHinge(weight=0.1, estimate_margins=True)],
+    "+ energy hinge (estimated margins)": lambda: [CrossEntropy(), EnergyHingeEstimatedMargins(weight=0.1)],
     "+ energy hinge (estimated margins, weight 1)": lambda: [
         CrossEntropy(),
-        EnergyHinge(weight=1.0, estimate_margins=True),
+        EnergyHingeEstimatedMargins(weight=1.0),
     ],
     "+ energy hinge (margins estimated over 16 steps, then frozen)": lambda: [
         CrossEntropy(),
-        EnergyHinge(weight=0.1, estimate_margins=True, freeze_after=16),
+        EnergyHingeEstimatedMargins(weight=0.1, freeze_after=16),
     ],
-    "+ RbA rejection": lambda: [CrossEntropy(), RbARejection(weight=0.5)],
-    "+ max-score margin": lambda: [CrossEntropy(), MaxScoreMargin(weight=0.5)],
+    "+ RbA rejection": lambda: [CrossEntropy(), SigmoidSumRejection(weight=0.5)],
+    "+ max-score margin": lambda: [CrossEntropy(), MaxSoftmaxMargin(weight=0.5)],
     # Calibration terms (in place of plain cross-entropy): judged by ECE on the clean set.
     "label smoothing (0.1)": lambda: [LabelSmoothingCE(smoothing=0.1)],
     "focal loss (gamma 2)": lambda: [FocalLoss(gamma=2.0)],

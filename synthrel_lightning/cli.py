@@ -25,9 +25,14 @@ DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 """The packaged demo configuration: ``demo`` runs it; ``--config demo`` names it."""
 
 TOOLS: dict[str, str] = {
-    "generate": "synthrel_lightning.synthesis.generate",
-    "correlate": "synthrel_lightning.correlate",
-    "calibrate": "synthrel_lightning.calibration",
+    "generate": "synthrel_lightning.commands.generate",
+    "fill_bank": "synthrel_lightning.commands.fill_bank",
+    "domains": "synthrel_lightning.commands.domains",
+    "caption": "synthrel_lightning.commands.caption",
+    "import_controlnet": "synthrel_lightning.commands.import_controlnet",
+    "correlate": "synthrel_lightning.commands.correlate",
+    "calibrate": "synthrel_lightning.commands.calibrate",
+    "sml_stats": "synthrel_lightning.commands.sml_stats",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
@@ -76,8 +81,15 @@ def _usage() -> str:
         "usage: python -m synthrel_lightning {demo,fit,validate,test,predict," + ",".join(TOOLS) + "} [options]\n\n"
         "  demo                        train and validate on the embedded demo (procedural scenes; a few CPU minutes)\n"
         "  fit|validate|test|predict   LightningCLI: --config recipe.yaml [--config callbacks/x.yaml] [options]\n"
-        + "".join(f"  {name:<28}see: python -m synthrel_lightning {name} --help\n" for name in TOOLS)
-        + "\nOptions: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
+        "  generate                    build an outlier bank / synthetic evaluation set with Stable Diffusion\n"
+        "  fill_bank                   fill an outlier bank from a GPU-free source (COCO cut-outs, shapes)\n"
+        "  correlate                   evaluate a model zoo on paired synthetic/real sets and correlate the scores\n"
+        "  calibrate                   fit a temperature on a named set and save a calibrated checkpoint\n"
+        "  sml_stats                   standardized-max-logit class statistics for a checkpoint\n"
+        "  domains                     render label maps in fog/night/rain/snow with a ControlNet (+ OOD objects)\n"
+        "  caption                     caption the frames of a Cityscapes-layout split into a JSONL file\n"
+        "  import_controlnet           convert an original-format ControlNet checkpoint for the domain generator\n\n"
+        "Options: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
         "Run any subcommand with --help for its options."
     )
 

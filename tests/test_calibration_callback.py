@@ -1,8 +1,10 @@
-"""TemperatureScaling with real Lightning trainers, and the calibrate tool on real checkpoints."""
+"""TemperatureScaling with real Lightning trainers, and the calibrate tool on real (and crafted) checkpoints."""
 
 from __future__ import annotations
 
 import csv
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -15,8 +17,10 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from synthrel_lightning.calibration import calibrate, collect_logits, fit_temperature, main
+from synthrel_lightning.calibration import calibrate, collect_logits, expected_calibration_error, fit_temperature
 from synthrel_lightning.callbacks import TemperatureScaling
+from synthrel_lightning.checkpoints import CheckpointError
+from synthrel_lightning.commands.calibrate import main
 
 K = 5
 OVERCONFIDENCE = 3.0
@@ -121,7 +125,7 @@ def test_fit_end_writes_the_fitted_temperature_into_the_module(tmp_path: Path) -
     assert callback.temperature is not None
     assert model.temperature.item() == pytest.approx(callback.temperature, rel=1e-6)
     assert callback.temperature == pytest.approx(OVERCONFIDENCE, rel=0.15)
-    expected = fit_temperature(collect_logits(model, data.val_dataloader()[0]), method="nll")
+    expected = fit_temperature(collect_logits(model, data.val_dataloader()[0]), method="nll").temperature
     assert callback.temperature == pytest.approx(expected, rel=1e-6)
     rows = list(csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv")))
     logged = [float(r["calibration/temperature"]) for r in rows if r.get("calibration/temperature")]
@@ -161,7 +165,7 @@ def test_a_dataloader_can_be_given_directly(tmp_path: Path) -> None:
         model, datamodule=TinyData()
     )
     first_batch = next(iter(loader))
-    expected = fit_temperature([(model.raw_logits(first_batch["image"]).detach(), first_batch["label"])])
+    expected = fit_temperature([(model.raw_logits(first_batch["image"]).detach(), first_batch["label"])]).temperature
     assert callback.temperature == pytest.approx(expected, rel=1e-5)
 
 
@@ -184,13 +188,18 @@ def test_unknown_set_and_missing_buffer_are_reported(tmp_path: Path) -> None:
         TemperatureScaling(when="epoch")
 
 
-def test_calibrate_tool_writes_a_calibrated_copy_of_the_checkpoint(tmp_path: Path) -> None:
+def trained_checkpoint(tmp_path: Path) -> tuple[TinyContractModule, Path]:
+    """A briefly trained model and its Lightning checkpoint."""
     model = TinyContractModule()
     trainer = make_trainer(tmp_path, [], enable_checkpointing=False, limit_val_batches=0)
     trainer.fit(model, datamodule=TinyData())
     source = tmp_path / "model.ckpt"
     trainer.save_checkpoint(source)
-    original = source.read_bytes()
+    return model, source
+
+
+def write_recipe(tmp_path: Path) -> Path:
+    """A training recipe (model built at another scale: the checkpoint's weights must win)."""
     recipe = {
         "seed_everything": 0,
         "trainer": {"max_epochs": 3, "logger": False},
@@ -199,34 +208,91 @@ def test_calibrate_tool_writes_a_calibrated_copy_of_the_checkpoint(tmp_path: Pat
     }
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe))
+    return config
+
+
+def test_calibrate_tool_writes_a_calibrated_copy_of_the_checkpoint(tmp_path: Path, capsys) -> None:
+    model, source = trained_checkpoint(tmp_path)
+    original = source.read_bytes()
     out = tmp_path / "calibrated" / "model-T.ckpt"
-    main(
-        [
-            "--config",
-            str(config),
-            "--ckpt_path",
-            str(source),
-            "--set_name",
-            "clean",
-            "--output",
-            str(out),
-            "--device",
-            "cpu",
-        ]
-    )
+    args = ["--config", str(write_recipe(tmp_path)), "--ckpt_path", str(source), "--set_name", "clean"]
+    old_umask = os.umask(0o027)
+    try:
+        report = main([*args, "--output", str(out), "--device", "cpu", "--progress", "false"])
+    finally:
+        os.umask(old_umask)
 
     assert source.read_bytes() == original
     assert sorted(p.name for p in out.parent.iterdir()) == ["model-T.ckpt"]  # no temporary left behind
-    saved = torch.load(out, weights_only=False)
-    expected = fit_temperature(collect_logits(model, TinyData().val_dataloader()[0]))
+    assert out.stat().st_mode & 0o777 == 0o640  # the umask decides, as for any file the user creates
+    saved = torch.load(out, weights_only=True)  # plain values only: loads without trusting the file
+    logits = list(collect_logits(model, TinyData().val_dataloader()[0]))
+    expected = fit_temperature(logits).temperature
     assert saved["state_dict"]["temperature"].item() == pytest.approx(expected, rel=1e-5)
     assert saved["calibration"]["set_name"] == "clean"
+    assert saved["calibration"]["temperature"] == report.fit.temperature
     assert saved["optimizer_states"]  # the rest of the checkpoint is kept, so training can resume
     restored = TinyContractModule.load_from_checkpoint(out)
     assert restored.temperature.item() == pytest.approx(expected, rel=1e-5)
 
-    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+    # the report: T, ECE before/after on the set, pixels used, where the checkpoint went
+    assert report.fit.pixels == report.fit.fit_pixels == 12 * 15 * 16  # the void row is left out
+    assert report.fit.ece_before == pytest.approx(expected_calibration_error(*map(torch.cat, zip(*logits))), rel=1e-6)
+    assert report.fit.ece_after < report.fit.ece_before
+    printed = capsys.readouterr().out
+    assert f"temperature: {report.fit.temperature:.6g} (nll) on set clean" in printed
+    assert f"{report.fit.ece_before:.4f} before -> {report.fit.ece_after:.4f} after" in printed
+    assert "pixels used: 2,880" in printed and f"calibrated checkpoint: {out}" in printed
+
+    with pytest.raises(CheckpointError, match="missing.ckpt"):
         calibrate(TinyContractModule(), TinyData(), tmp_path / "missing.ckpt")
+    with pytest.raises(SystemExit, match="is the input checkpoint"):
+        main([*args, "--output", str(source)])
+
+
+class Payload:
+    """Pickles as a call of os.makedirs: loading it with weights_only=False would create a folder."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+@dataclass
+class Recipe:
+    """A harmless custom object, as older checkpoints pickle in their hyper-parameters."""
+
+    lr: float
+
+
+def test_calibrate_refuses_a_crafted_checkpoint_unless_trusted(tmp_path: Path, capsys) -> None:
+    _, source = trained_checkpoint(tmp_path)
+    config = write_recipe(tmp_path)
+    checkpoint = torch.load(source, weights_only=True)
+    marker = tmp_path / "code-ran"
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save({**checkpoint, "hyper_parameters": {"x": Payload(str(marker))}}, crafted)
+    out = tmp_path / "out.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", str(config), "--ckpt_path", str(crafted), "--output", str(out), "--set_name", "clean"])
+    message = exit_info.value.code
+    assert isinstance(message, str)  # SystemExit with a message: exit status 1, the message on stderr
+    assert message.startswith(f"error: calibrate: checkpoint {crafted} holds objects that are not plain tensors")
+    assert "--trust_checkpoint" in message
+    assert not marker.exists() and not out.exists()
+
+    custom = tmp_path / "custom.ckpt"
+    torch.save({**checkpoint, "hyper_parameters": {"recipe": Recipe(0.1)}}, custom)
+    with pytest.raises(SystemExit, match="--trust_checkpoint"):
+        main(["--config", str(config), "--ckpt_path", str(custom), "--output", str(out), "--set_name", "clean"])
+    args = ["--config", str(config), "--ckpt_path", str(custom), "--output", str(out), "--set_name", "clean"]
+    capsys.readouterr()
+    report = main([*args, "--trust_checkpoint", "true"])
+    assert torch.load(out, weights_only=False)["hyper_parameters"]["recipe"] == Recipe(0.1)
+    assert report.output == out
+    assert "collecting logits (clean)" in capsys.readouterr().err  # the progress bar
 
 
 def test_real_ood_segmenter_on_demo_scenes(tmp_path: Path) -> None:
@@ -274,5 +340,5 @@ def test_real_ood_segmenter_on_demo_scenes(tmp_path: Path) -> None:
     model.temperature.fill_(1.0)
     dm = DemoDataModule(**data_args)
     dm.setup("validate")
-    expected = fit_temperature(collect_logits(model, dm.val_dataloader()[0]), method="nll")
+    expected = fit_temperature(collect_logits(model, dm.val_dataloader()[0]), method="nll").temperature
     assert torch.load(out, weights_only=False)["state_dict"]["temperature"].item() == pytest.approx(expected, rel=1e-5)

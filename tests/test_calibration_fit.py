@@ -1,4 +1,4 @@
-"""Temperature fitting: recovery of a known temperature, streaming, exact ECE, errors, logit collection."""
+"""Temperature fitting: recovery of a known temperature, streaming, exact ECE, its report, errors, logit collection."""
 
 from __future__ import annotations
 
@@ -47,20 +47,47 @@ def as_images(logits: torch.Tensor, labels: torch.Tensor, batch: int, h: int, w:
 def test_nll_recovers_a_known_temperature(scale: float) -> None:
     logits, labels = synthetic(scale, 60_000)
     batches = [(logits[i : i + 7_000], labels[i : i + 7_000]) for i in range(0, 60_000, 7_000)]
-    t = fit_temperature(batches, method="nll")
+    t = fit_temperature(batches, method="nll").temperature
     assert t == pytest.approx(scale, rel=0.04)
 
 
 @pytest.mark.parametrize("scale", [2.5, 0.7])
 def test_ece_grid_recovers_a_known_temperature_and_lowers_ece(scale: float) -> None:
     logits, labels = synthetic(scale, 24_000, seed=1)
-    t = fit_temperature((logits, labels), method="ece_grid")
+    t = fit_temperature((logits, labels), method="ece_grid").temperature
     assert t == pytest.approx(scale, rel=0.1)
     before = expected_calibration_error(logits, labels)
     after = expected_calibration_error(logits, labels, temperature=t)
     assert after < 0.5 * before
     # Grid values only: start + i * step.
     assert round((t - 0.5) / 0.01, 6) == round((t - 0.5) / 0.01)
+
+
+@pytest.mark.parametrize("method", ["ece_grid", "nll"])
+def test_fit_reports_the_ece_before_and_after_on_the_pixels_it_used(method: str) -> None:
+    logits, labels = synthetic(2.5, 20_000, seed=5)
+    fit = fit_temperature((logits, labels), method=method, max_pixels=5_000)
+    before = expected_calibration_error(logits, labels)
+    after = expected_calibration_error(logits, labels, temperature=fit.temperature)
+    assert fit.method == method and fit.num_bins == 15 and fit.pixels == 20_000
+    if method == "ece_grid":  # every pixel: the exact values
+        assert fit.fit_pixels == 20_000
+        assert fit.ece_before == pytest.approx(before, rel=1e-9)
+        assert fit.ece_after == pytest.approx(after, rel=1e-9)
+    else:  # the uniform subsample: close to the full-set values
+        assert fit.fit_pixels == 5_000
+        assert fit.ece_before == pytest.approx(before, abs=0.02)
+        assert fit.ece_after == pytest.approx(after, abs=0.02)
+    assert fit.ece_after < 0.5 * fit.ece_before
+    assert fit.as_dict() == {
+        "temperature": fit.temperature,
+        "method": method,
+        "pixels": 20_000,
+        "fit_pixels": fit.fit_pixels,
+        "ece_before": fit.ece_before,
+        "ece_after": fit.ece_after,
+        "num_bins": 15,
+    }
 
 
 def test_streamed_image_batches_equal_collected_pixels_and_skip_void_and_ood() -> None:
@@ -70,13 +97,13 @@ def test_streamed_image_batches_equal_collected_pixels_and_skip_void_and_ood() -
     flat_y = torch.cat([y.reshape(-1) for _, y in batches])
     keep = flat_y < K
     grid = (0.5, 4.0, 0.05)
-    streamed = fit_temperature(iter(batches), method="ece_grid", grid=grid)
-    collected = fit_temperature((flat_z[keep], flat_y[keep]), method="ece_grid", grid=grid)
+    streamed = fit_temperature(iter(batches), method="ece_grid", grid=grid).temperature
+    collected = fit_temperature((flat_z[keep], flat_y[keep]), method="ece_grid", grid=grid).temperature
     assert streamed == collected
     # The void pixels carry large garbage logits: had they counted, the fit would differ.
-    assert streamed != fit_temperature((flat_z, flat_y.clamp(max=K - 1)), method="ece_grid", grid=grid)
-    nll_streamed = fit_temperature(iter(batches), method="nll")
-    nll_collected = fit_temperature((flat_z[keep], flat_y[keep]), method="nll")
+    assert streamed != fit_temperature((flat_z, flat_y.clamp(max=K - 1)), method="ece_grid", grid=grid).temperature
+    nll_streamed = fit_temperature(iter(batches), method="nll").temperature
+    nll_collected = fit_temperature((flat_z[keep], flat_y[keep]), method="nll").temperature
     assert nll_streamed == pytest.approx(nll_collected, rel=1e-5)
 
 
@@ -101,10 +128,10 @@ def test_ece_matches_torchmetrics_on_every_temperature() -> None:
 def test_nll_subsample_is_seeded_and_capped() -> None:
     logits, labels = synthetic(2.0, 40_000, seed=4)
     batches = [(logits[i : i + 5_000], labels[i : i + 5_000]) for i in range(0, 40_000, 5_000)]
-    a = fit_temperature(batches, method="nll", max_pixels=3_000, seed=11)
-    b = fit_temperature(batches, method="nll", max_pixels=3_000, seed=11)
-    c = fit_temperature(batches, method="nll", max_pixels=3_000, seed=12)
-    full = fit_temperature(batches, method="nll")
+    a = fit_temperature(batches, method="nll", max_pixels=3_000, seed=11).temperature
+    b = fit_temperature(batches, method="nll", max_pixels=3_000, seed=11).temperature
+    c = fit_temperature(batches, method="nll", max_pixels=3_000, seed=12).temperature
+    full = fit_temperature(batches, method="nll").temperature
     assert a == b and a != c
     assert a == pytest.approx(2.0, rel=0.15) and full == pytest.approx(2.0, rel=0.05)
 
@@ -201,6 +228,6 @@ def test_collect_logits_feeds_fit_temperature_end_to_end() -> None:
     model = ScaledLinear()
     with torch.no_grad():
         model.conv.weight.mul_(3.0)
-    t = fit_temperature(collect_logits(model, DataLoader(Frames(16), batch_size=4)), method="nll")
+    t = fit_temperature(collect_logits(model, DataLoader(Frames(16), batch_size=4)), method="nll").temperature
     # Labels are independent of the images: the calibrated prediction is near uniform, hence T >> 1.
     assert t > 3.0

@@ -13,7 +13,7 @@ from scipy import stats
 from torch.utils.data import DataLoader, TensorDataset
 
 from synthrel_lightning.callbacks import MetricCorrelation
-from synthrel_lightning.correlation import pool_histories
+from synthrel_lightning.correlation.histories import pool_histories
 
 SYN = [0.31, 0.45, 0.40, 0.62, 0.58, 0.70]
 REAL = [0.20, 0.41, 0.30, 0.55, 0.61, 0.66]
@@ -78,6 +78,9 @@ def test_logs_correlations_matching_scipy_to_tensorboard_and_file(tmp_path, capl
     assert corr["pearson"].coefficient == pytest.approx(stats.pearsonr(x, y)[0])
     assert corr["spearman"].coefficient == pytest.approx(stats.spearmanr(x, y)[0])
     assert corr["kendall"].coefficient == pytest.approx(stats.kendalltau(x, y)[0])
+    # Four points: exact p-values, an interval that is not a point, and the small-n warning.
+    assert corr["spearman"].p_value == pytest.approx(2 / 24) and corr["spearman"].interval == "copula"
+    assert corr["spearman"].ci_high - corr["spearman"].ci_low > 0.5 and corr["spearman"].warning.startswith("only 4")
     saved = json.loads(history.read_text())
     # Logged values pass through float32 tensors.
     assert [r["epoch"] for r in saved["records"]] == [0, 1, 2, 3]
@@ -133,6 +136,7 @@ def test_plot_falls_back_to_png_in_log_dir(tmp_path) -> None:
     _trainer(tmp_path, 3, [cb], logger=logger).fit(_Logs(SYN, REAL), _loader(), _loader())
     pngs = sorted((tmp_path / "csv").rglob("*.png"))
     assert len(pngs) == 1 and pngs[0].name.startswith("corr_synthetic_fog-acdc_fog_miou_scatter")
+    assert pngs[0].with_suffix(".svg").is_file() and pngs[0].with_suffix(".pdf").is_file()
     rows = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text()
     assert "corr/synthetic_fog~acdc_fog/miou/spearman" in rows
 

@@ -1,22 +1,20 @@
-"""Correlation statistics: coefficients against scipy, bootstrap CIs, undefined cases, subsampling curve."""
+"""Correlation statistics: coefficients against scipy, exact small-sample p-values and intervals, undefined cases."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from synthrel_lightning.correlation import (
+from synthrel_lightning.correlation.statistics import (
+    FEW_MODELS,
+    copula_interval,
     correlate_pairs,
-    correlate_records,
-    ece_from_bins,
-    miou_from_confusion,
-    pixel_ood_from_histograms,
-    pool_histories,
-    subsample_curve,
-    write_json_atomic,
+    fisher_z_interval,
+    format_correlation,
 )
 
 
@@ -30,19 +28,86 @@ def _data(n: int = 25, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def test_coefficients_and_pvalues_match_scipy() -> None:
+def test_coefficients_and_large_n_pvalues_match_scipy() -> None:
     x, y = _data()
-    res = correlate_pairs(x, y, bootstrap=200, seed=1)
+    res = correlate_pairs(x, y)
     for method, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
         ref = fn(x, y)
-        assert res[method].ok and res[method].n == x.size
+        assert res[method].ok and res[method].n == x.size and res[method].warning == ""
         assert res[method].coefficient == pytest.approx(float(ref[0]), abs=1e-12)
         assert res[method].p_value == pytest.approx(float(ref[1]), rel=1e-9)
 
 
+def test_perfect_ranking_of_four_models_has_exact_p_and_a_wide_interval() -> None:
+    # Four models ranked identically on both sets: the issue's case (was p = 0 and [1.00, 1.00]).
+    x, y = [0.30, 0.42, 0.55, 0.61], [0.21, 0.35, 0.41, 0.60]
+    res = correlate_pairs(x, y)
+    for method in ("spearman", "kendall"):
+        c = res[method]
+        assert c.coefficient == pytest.approx(1.0)
+        # Exact: 1 of the 24 orderings is as concordant, 1 as discordant.
+        assert c.p_value == pytest.approx(2 / 24) and c.p_method == "exact permutation (24 pairings)"
+        assert c.interval == "copula" and c.ci_high == pytest.approx(1.0)
+        # Not significant at 5%, so the 95% interval reaches below zero.
+        assert c.ci_low < 0.0 and c.ci_high - c.ci_low > 1.0
+        assert "only 4 models" in c.warning and "fewer than 8" in c.warning
+    assert res["pearson"].p_value == pytest.approx(2 / 24) and res["pearson"].ci_low < res["pearson"].coefficient
+
+
+def test_exact_pvalues_match_scipy_exact_kendall_and_enumeration() -> None:
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=6), rng.normal(size=6)
+    res = correlate_pairs(x, y, interval="fisher_z")
+    assert res["kendall"].p_value == pytest.approx(stats.kendalltau(x, y, method="exact").pvalue, abs=1e-12)
+    import itertools
+
+    rho = stats.spearmanr(x, y)[0]
+    perms = [stats.spearmanr(x, y[list(p)])[0] for p in itertools.permutations(range(6))]
+    two_sided = 2 * min(np.mean(np.array(perms) >= rho - 1e-12), np.mean(np.array(perms) <= rho + 1e-12))
+    assert res["spearman"].p_value == pytest.approx(min(1.0, two_sided), abs=1e-12)
+
+
+def test_three_models_report_a_warning_and_a_non_degenerate_interval() -> None:
+    res = correlate_pairs([0.1, 0.2, 0.3], [0.3, 0.5, 0.55])
+    for c in res.values():
+        assert c.ok and c.warning.startswith("only 3 models")
+        assert c.ci_low is not None and c.ci_high - c.ci_low > 1.0
+        assert c.p_value == pytest.approx(2 / 6)
+    assert format_correlation(res["spearman"]).startswith("spearman rho=1.000 [")
+
+
+def test_copula_interval_agrees_with_fisher_z_for_pearson_and_is_seeded() -> None:
+    # Under a Gaussian copula with normal marginals the inversion is the exact normal-theory
+    # interval, which Fisher's z approximates well from a handful of points on.
+    for r, n in ((0.6, 7), (-0.3, 10), (0.9, 12)):
+        lo, hi = copula_interval("pearson", r, n, 0.95, seed=1)
+        f_lo, f_hi = fisher_z_interval("pearson", r, n, 0.95)
+        assert lo == pytest.approx(f_lo, abs=0.05) and hi == pytest.approx(f_hi, abs=0.05)
+    assert copula_interval("kendall", 0.6, 6, seed=3) == copula_interval("kendall", 0.6, 6, seed=3)
+
+
+def test_fisher_z_intervals_from_eight_models_follow_their_formulas() -> None:
+    x, y = _data(n=12, seed=8)
+    res = correlate_pairs(x, y, ci=0.9)
+    q = stats.norm.ppf(0.95)
+    se = {
+        "pearson": 1 / math.sqrt(9),
+        "spearman": math.sqrt((1 + res["spearman"].coefficient ** 2 / 2) / 9),
+        "kendall": math.sqrt(0.437 / 8),
+    }
+    for method, s in se.items():
+        c = res[method]
+        z = math.atanh(c.coefficient)
+        assert c.interval == "fisher_z" and c.warning == ""
+        assert (c.ci_low, c.ci_high) == pytest.approx((math.tanh(z - q * s), math.tanh(z + q * s)))
+    # A perfect ranking gets the exact interval even with many models: never a degenerate one.
+    perfect = correlate_pairs(np.arange(FEW_MODELS + 2.0), np.arange(FEW_MODELS + 2.0) ** 2)
+    assert perfect["spearman"].interval == "copula" and perfect["spearman"].ci_low < 1.0 - 1e-3
+
+
 def test_bootstrap_ci_matches_manual_percentiles_and_brackets_estimate() -> None:
     x, y = _data(n=15)
-    res = correlate_pairs(x, y, methods=("pearson", "kendall"), bootstrap=300, ci=0.9, seed=7)
+    res = correlate_pairs(x, y, methods=("pearson", "kendall"), interval="bootstrap", bootstrap=300, ci=0.9, seed=7)
     rng = np.random.default_rng(7)
     idx = rng.integers(0, x.size, size=(300, x.size))
     for method, fn in (("pearson", stats.pearsonr), ("kendall", stats.kendalltau)):
@@ -53,6 +118,7 @@ def test_bootstrap_ci_matches_manual_percentiles_and_brackets_estimate() -> None
                 continue
             boot.append(float(fn(xs, ys)[0]))
         lo, hi = np.quantile(boot, [0.05, 0.95])
+        assert res[method].interval == "bootstrap"
         assert res[method].ci_low == pytest.approx(lo, abs=1e-9)
         assert res[method].ci_high == pytest.approx(hi, abs=1e-9)
         assert res[method].ci_low <= res[method].coefficient <= res[method].ci_high
@@ -63,7 +129,7 @@ def test_too_few_points_and_constant_input_are_reported_not_nan() -> None:
     res = correlate_pairs([0.1, 0.2], [0.3, 0.5])
     for c in res.values():
         assert not c.ok and c.status == "not_enough_points" and c.coefficient is None
-        assert c.message == "not enough points (n=2, need ≥ 3)"
+        assert c.message == "not enough points (n=2, need ≥ 3)" and c.warning == ""
     res = correlate_pairs([0.4, 0.4, 0.4, 0.4], [0.1, 0.2, 0.3, 0.4])
     assert res["spearman"].status == "constant_input"
     assert "x (synthetic) is constant" in res["spearman"].message and res["spearman"].coefficient is None
@@ -77,66 +143,5 @@ def test_bad_input_raises_clear_errors() -> None:
         correlate_pairs([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="unknown correlation method 'cosine'"):
         correlate_pairs([1, 2, 3], [1, 2, 4], methods=("cosine",))
-
-
-def test_reducers_match_reference_definitions() -> None:
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    rng = np.random.default_rng(0)
-    conf = rng.integers(0, 50, size=(4, 4))
-    tp = np.diag(conf)
-    assert miou_from_confusion(conf) == pytest.approx(np.mean(tp / (conf.sum(0) + conf.sum(1) - tp)))
-    # Integer-valued scores: a histogram with one bin per value is exact.
-    scores = rng.integers(0, 20, size=2000)
-    labels = (rng.random(2000) < 0.2 + 0.03 * scores).astype(int)
-    hist = np.stack([np.bincount(scores[labels == 0], minlength=20), np.bincount(scores[labels == 1], minlength=20)])
-    got = pixel_ood_from_histograms(hist)
-    assert got["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
-    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    bins = np.array([[10, 30], [6.0, 27.0], [5, 24]])
-    assert ece_from_bins(bins) == pytest.approx((1 + 3) / 40)
-
-
-def test_subsample_curve_recomputes_dataset_level_metric_on_shared_subsets() -> None:
-    rng = np.random.default_rng(5)
-    n_models, n_frames, k = 6, 12, 3
-    quality = np.linspace(0.3, 0.9, n_models)
-    frame_stats = []
-    for q in quality:
-        conf = np.zeros((n_frames, k, k))
-        for f in range(n_frames):
-            total = rng.integers(50, 100, size=k)
-            correct = rng.binomial(total, q)
-            conf[f][np.arange(k), np.arange(k)] = correct
-            conf[f][np.arange(k), (np.arange(k) + 1) % k] = total - correct
-        frame_stats.append(conf)
-    real = quality + rng.normal(scale=0.02, size=n_models)
-    curve = subsample_curve(frame_stats, real, "miou", sizes=[1, 4, n_frames], repeats=15, seed=2)
-    assert [p.size for p in curve] == [1, 4, n_frames]
-    full = curve[-1]
-    assert full.repeats == 1 and full.valid == 1
-    x_full = [miou_from_confusion(s.sum(0)) for s in frame_stats]
-    assert full.mean == pytest.approx(stats.pearsonr(x_full, real)[0], abs=1e-12)
-    assert all(p.low <= p.mean <= p.high for p in curve)
-    # Fewer frames make the synthetic estimate noisier, which can only blur the correlation on average.
-    assert curve[0].std >= curve[1].std - 1e-9
-    with pytest.raises(ValueError, match="same frames"):
-        subsample_curve([frame_stats[0], frame_stats[1][:5], frame_stats[2]], real[:3], "miou")
-    with pytest.raises(ValueError, match="outside 1..12"):
-        subsample_curve(frame_stats, real, "miou", sizes=[13])
-
-
-def test_histories_pool_and_correlate(tmp_path) -> None:
-    x, y = _data(n=8)
-    recs = [{"synthetic": "s", "real": "r", "metric": "miou", "x": float(a), "y": float(b)} for a, b in zip(x, y)]
-    write_json_atomic(tmp_path / "a.json", {"records": recs[:4]})
-    write_json_atomic(tmp_path / "b.json", {"records": recs[4:]})
-    pooled = pool_histories([tmp_path / "a.json", tmp_path / "b.json"])
-    assert len(pooled) == 8 and pooled[0]["source"].endswith("a.json")
-    res = correlate_records(pooled, bootstrap=50)
-    assert res["s~r/miou"]["pearson"].coefficient == pytest.approx(stats.pearsonr(x, y)[0])
-    (tmp_path / "bad.json").write_text("{}")
-    with pytest.raises(ValueError, match="bad.json has no 'records' list"):
-        pool_histories([tmp_path / "bad.json"])
-    with pytest.raises(FileNotFoundError, match="missing.json"):
-        pool_histories([tmp_path / "missing.json"])
+    with pytest.raises(ValueError, match="unknown interval method 'percentile'"):
+        correlate_pairs([1, 2, 3], [1, 2, 4], interval="percentile")

@@ -11,11 +11,11 @@ import torch
 import yaml
 from PIL import Image
 
+from synthrel_lightning.commands.generate import main as generate_main
 from synthrel_lightning.data import SyntheticFramesDataset
 from synthrel_lightning.data.io import DatasetError
 from synthrel_lightning.labels import OOD_ID
-from synthrel_lightning.synthesis.generate import main as generate_main
-from synthrel_lightning.synthesis.tiny import save_tiny_pipeline
+from synthrel_lightning.testing import save_tiny_pipeline
 
 
 @pytest.fixture(scope="module")

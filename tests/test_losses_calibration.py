@@ -70,9 +70,9 @@ CASES = [
     (LabelSmoothingCE(smoothing=0.3), lambda z, t: ref_label_smoothing(z, t, 0.3)),
     (FocalLoss(), lambda z, t: ref_focal(z, t, 2.0)),
     (FocalLoss(gamma=0.5), lambda z, t: ref_focal(z, t, 0.5)),
-    (MarginLabelSmoothing(), lambda z, t: ref_mbls(z, t, 10.0, 0.1, "sum")),
-    (MarginLabelSmoothing(margin=1.0, alpha=0.2), lambda z, t: ref_mbls(z, t, 1.0, 0.2, "sum")),
-    (MarginLabelSmoothing(margin=1.0, class_reduction="mean"), lambda z, t: ref_mbls(z, t, 1.0, 0.1, "mean")),
+    (MarginLabelSmoothing(), lambda z, t: ref_mbls(z, t, 10.0, 0.1, "mean")),
+    (MarginLabelSmoothing(margin=1.0, alpha=0.2), lambda z, t: ref_mbls(z, t, 1.0, 0.2, "mean")),
+    (MarginLabelSmoothing(margin=1.0, class_reduction="sum"), lambda z, t: ref_mbls(z, t, 1.0, 0.1, "sum")),
 ]
 
 

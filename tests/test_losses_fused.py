@@ -14,14 +14,16 @@ from synthrel_lightning.losses import (
     STAT_NAMES,
     CrossEntropy,
     EnergyHinge,
+    EnergyHingeEstimatedMargins,
     FocalLoss,
     LabelSmoothingCE,
     LossTerm,
     MarginLabelSmoothing,
-    MaxScoreMargin,
+    MaxSoftmaxMargin,
+    MetaOoD,
     PixelStats,
     PositiveEnergy,
-    RbARejection,
+    SigmoidSumRejection,
     UniformOutlierExposure,
     evaluate_terms,
 )
@@ -44,14 +46,17 @@ def all_terms() -> list[LossTerm]:
     return [
         CrossEntropy(),
         UniformOutlierExposure(weight=0.5),
-        EnergyHinge(weight=0.1, estimate_margins=True),
-        RbARejection(weight=0.1, inlier_weight=0.1),
-        MaxScoreMargin(weight=0.1),
+        EnergyHingeEstimatedMargins(weight=0.1),
+        SigmoidSumRejection(weight=0.1, inlier_weight=0.1),
+        MaxSoftmaxMargin(weight=0.1),
         PositiveEnergy(weight=0.1),
         CrossEntropy(weight=0.3, class_weights=[1.0, 2.0, 0.5, 1.5, 3.0]),
         LabelSmoothingCE(weight=0.2),
         FocalLoss(weight=0.2),
         MarginLabelSmoothing(weight=0.2, margin=1.0),
+        MetaOoD(weight=0.5),
+        EnergyHinge(weight=0.1, m_in=-3.0, m_out=-1.0),
+        MarginLabelSmoothing(weight=0.2, margin=1.0, class_reduction="sum"),
     ]
 
 
@@ -71,15 +76,24 @@ def old_formulation(term: LossTerm, z: torch.Tensor, t: torch.Tensor) -> torch.T
         return F.cross_entropy(z, t.masked_fill(~inl, VOID_ID), weight=w, ignore_index=VOID_ID)
     if isinstance(term, UniformOutlierExposure):
         return mmean(lse - z.mean(1), ood)
+    if isinstance(term, MetaOoD):
+        soft = torch.zeros_like(z)
+        soft.scatter_(1, safe[:, None], inl[:, None].to(z.dtype) * (1 - term.lam))
+        soft = torch.where(ood[:, None], term.lam / K, soft)
+        return (soft * -logp).mean()
     if isinstance(term, EnergyHinge):
         e = -lse
-        return mmean(F.relu(e - term.m_in).square(), inl) + mmean(F.relu(term.m_out - e).square(), ood)
-    if isinstance(term, RbARejection):
+        m_in, m_out = (torch.as_tensor(m, dtype=z.dtype) for m in (term.m_in, term.m_out))
+        hinge_in, hinge_out = mmean(F.relu(e - m_in).square(), inl), mmean(F.relu(m_out - e).square(), ood)
+        loss = 0.5 * (hinge_in + hinge_out) if ood.any() else hinge_in
+        smooth = ((e[:, 1:] - e[:, :-1]) ** 2).sum() + ((e[:, :, 1:] - e[:, :, :-1]) ** 2).sum()
+        return loss + term.sparsity_weight * e[ood].norm() + term.smoothness_weight * smooth / 2
+    if isinstance(term, SigmoidSumRejection):
         s = torch.sigmoid(z).sum(1)
         return mmean(F.softplus(s - term.ood_margin), ood) + term.inlier_weight * mmean(
             F.softplus(term.inlier_margin - s), inl
         )
-    if isinstance(term, MaxScoreMargin):
+    if isinstance(term, MaxSoftmaxMargin):
         d = 1 - torch.exp(z.amax(1) - lse)
         return mmean(F.relu(term.margin - d).square(), ood) + term.inlier_weight * mmean(d.square(), inl)
     if isinstance(term, PositiveEnergy):
@@ -89,7 +103,8 @@ def old_formulation(term: LossTerm, z: torch.Tensor, t: torch.Tensor) -> torch.T
     if isinstance(term, FocalLoss):
         return mmean(-(-torch.expm1(logp_t)).pow(term.gamma) * logp_t, inl)
     if isinstance(term, MarginLabelSmoothing):
-        gaps = F.relu(z.amax(1, keepdim=True) - z - term.margin).sum(1)
+        gaps = F.relu(z.amax(1, keepdim=True) - z - term.margin)
+        gaps = gaps.sum(1) if term.class_reduction == "sum" else gaps.mean(1)
         return mmean(-logp_t + term.alpha * gaps, inl)
     raise AssertionError(type(term))
 
@@ -155,15 +170,17 @@ def test_compute_losses_equals_the_terms_called_one_by_one() -> None:
     parts = module.compute_losses(z, target)
     parts["loss"].backward()
 
-    alone = all_terms()  # fresh terms, so EnergyHinge starts from the same margins
+    alone = all_terms()  # fresh terms, so the estimated margins start from the same values
     z2 = logits.clone().requires_grad_(True)
     total = sum(t.weight * t(z2, target) for t in alone)
     total.backward()
     torch.testing.assert_close(parts["loss"], total, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(z.grad, z2.grad, rtol=1e-4, atol=1e-7)
-    assert parts["loss_energy_hinge"].item() == pytest.approx(alone[2](logits, target).item(), rel=1e-5)
+    fresh = EnergyHingeEstimatedMargins(weight=0.1)
+    assert parts["loss_energy_hinge_estimated_margins"].item() == pytest.approx(fresh(logits, target).item(), rel=1e-5)
     assert module.losses[2].m_in.item() == pytest.approx(alone[2].m_in.item(), rel=1e-6)
-    assert {"loss_cross_entropy", "loss_cross_entropy_", "loss_rba_rejection", "loss_focal"} <= set(parts)
+    expected_keys = {"loss_cross_entropy", "loss_cross_entropy_", "loss_sigmoid_sum_rejection", "loss_focal"}
+    assert expected_keys | {"loss_meta_ood", "loss_energy_hinge", "loss_margin_label_smoothing_"} <= set(parts)
 
 
 def test_bad_target_raises_once_and_leaves_estimated_margins_alone() -> None:
@@ -221,7 +238,11 @@ def test_empty_masks_give_graph_keeping_zeros_in_the_shared_path() -> None:
     logits, _ = make_batch()
     target = torch.full((2, 4, 6), VOID_ID)
     z = logits.clone().requires_grad_(True)
-    values, valid = evaluate_terms(all_terms(), z, target)
+    terms = all_terms()
+    for term in terms:
+        if isinstance(term, EnergyHinge):  # PEBAL's smoothness covers the whole energy map, void included
+            term.smoothness_weight = 0.0
+    values, valid = evaluate_terms(terms, z, target)
     assert bool(valid) and all(v.item() == 0.0 for v in values)
     sum(values).backward()
     assert torch.count_nonzero(z.grad) == 0

@@ -1,4 +1,4 @@
-"""Outlier-exposure loss terms against direct per-pixel computations, plus gradient directions."""
+"""Per-pixel outlier loss terms against direct per-pixel computations, plus gradient directions."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ from jsonargparse import ArgumentParser
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.losses import (
-    CrossEntropy,
     EnergyHinge,
+    EnergyHingeEstimatedMargins,
+    GamblerLoss,
     LossTerm,
-    MaxScoreMargin,
+    Mask2AnomalyMarginLoss,
+    MaxSoftmaxMargin,
+    MetaOoD,
     PositiveEnergy,
-    RbARejection,
+    RbALoss,
+    SigmoidSumRejection,
     UniformOutlierExposure,
-    meta_ood_losses,
 )
 
 K = 4
@@ -63,13 +66,33 @@ def ref_oe(logits, target) -> float:
     return mean([-sum(v - lse(z) for v in z) / K for z, t in pixels(logits, target) if t == OOD_ID])
 
 
-def ref_energy(logits, target, m_in, m_out) -> float:
+def ref_energy(logits, target, m_in, m_out, sparsity=5e-4, smoothness=3e-6) -> float:
+    """PEBAL's energy loss: halved hinges (with OOD pixels), L2 norm of OOD energies, neighbour smoothness."""
     li = [max(-lse(z) - m_in, 0.0) ** 2 for z, t in pixels(logits, target) if t < K]
     lo = [max(m_out + lse(z), 0.0) ** 2 for z, t in pixels(logits, target) if t == OOD_ID]
-    return mean(li) + mean(lo)
+    hinge = 0.5 * (mean(li) + mean(lo)) if lo else mean(li)
+    norm = math.sqrt(sum(lse(z) ** 2 for z, t in pixels(logits, target) if t == OOD_ID))
+    b, _, h, w = logits.shape
+    energy = [[[-lse([float(v) for v in logits[i, :, y, x]]) for x in range(w)] for y in range(h)] for i in range(b)]
+    diffs = [(e[y + 1][x] - e[y][x]) ** 2 for e in energy for y in range(h - 1) for x in range(w)]
+    diffs += [(e[y][x + 1] - e[y][x]) ** 2 for e in energy for y in range(h) for x in range(w - 1)]
+    return hinge + sparsity * norm + smoothness * sum(diffs) / 2
 
 
-def ref_rba(logits, target, mode, ood_margin, inlier_weight, inlier_margin) -> float:
+def ref_meta_ood(logits, target, lam) -> float:
+    """Soft targets 1-λ (inlier label) and λ/K (OOD), zero on void, averaged over every (pixel, class)."""
+    total = 0.0
+    n = 0
+    for z, t in pixels(logits, target):
+        n += 1
+        if t < K:
+            total += (1 - lam) * (lse(z) - z[t])
+        elif t == OOD_ID:
+            total += lam * sum(lse(z) - v for v in z) / K
+    return total / (n * K)
+
+
+def ref_sigmoid_sum(logits, target, mode, ood_margin, inlier_weight, inlier_margin) -> float:
     f = (lambda x: math.log1p(math.exp(x))) if mode == "softplus" else (lambda x: max(x, 0.0))
     lo = [f(sum(sigmoid(v) for v in z) - ood_margin) for z, t in pixels(logits, target) if t == OOD_ID]
     li = [f(inlier_margin - sum(sigmoid(v) for v in z)) for z, t in pixels(logits, target) if t < K]
@@ -91,15 +114,21 @@ def ref_positive_energy(logits, target) -> float:
 
 CASES = [
     (UniformOutlierExposure(), lambda z, t: ref_oe(z, t)),
+    (MetaOoD(), lambda z, t: ref_meta_ood(z, t, 0.9)),
+    (MetaOoD(lam=0.3), lambda z, t: ref_meta_ood(z, t, 0.3)),
     (EnergyHinge(), lambda z, t: ref_energy(z, t, -12.0, -6.0)),
     (EnergyHinge(m_in=-2.0, m_out=-1.0), lambda z, t: ref_energy(z, t, -2.0, -1.0)),
-    (RbARejection(), lambda z, t: ref_rba(z, t, "softplus", 0.0, 0.0, 1.0)),
     (
-        RbARejection(mode="hinge", ood_margin=1.5, inlier_weight=0.5, inlier_margin=2.5),
-        lambda z, t: ref_rba(z, t, "hinge", 1.5, 0.5, 2.5),
+        EnergyHinge(m_in=-2.0, m_out=-1.0, sparsity_weight=0.1, smoothness_weight=0.0),
+        lambda z, t: ref_energy(z, t, -2.0, -1.0, 0.1, 0.0),
     ),
-    (MaxScoreMargin(), lambda z, t: ref_max_score(z, t, 1.0, 1.0)),
-    (MaxScoreMargin(margin=0.5, inlier_weight=0.0), lambda z, t: ref_max_score(z, t, 0.5, 0.0)),
+    (SigmoidSumRejection(), lambda z, t: ref_sigmoid_sum(z, t, "softplus", 0.0, 0.0, 1.0)),
+    (
+        SigmoidSumRejection(mode="hinge", ood_margin=1.5, inlier_weight=0.5, inlier_margin=2.5),
+        lambda z, t: ref_sigmoid_sum(z, t, "hinge", 1.5, 0.5, 2.5),
+    ),
+    (MaxSoftmaxMargin(), lambda z, t: ref_max_score(z, t, 1.0, 1.0)),
+    (MaxSoftmaxMargin(margin=0.5, inlier_weight=0.0), lambda z, t: ref_max_score(z, t, 0.5, 0.0)),
     (PositiveEnergy(), lambda z, t: ref_positive_energy(z, t)),
 ]
 
@@ -116,9 +145,9 @@ def test_matches_direct_computation(term: LossTerm, reference, scale: float) -> 
 OOD_ONLY = [
     UniformOutlierExposure,
     PositiveEnergy,
-    lambda: RbARejection(),
-    lambda: MaxScoreMargin(inlier_weight=0.0),
-    lambda: EnergyHinge(m_in=100.0, m_out=200.0),
+    lambda: SigmoidSumRejection(),
+    lambda: MaxSoftmaxMargin(inlier_weight=0.0),
+    lambda: EnergyHinge(m_in=100.0, m_out=200.0, smoothness_weight=0.0),
 ]
 
 
@@ -203,39 +232,47 @@ def test_positive_energy_step_raises_ood_energy() -> None:
     assert _ood_mean(_energy(stepped), target) > _ood_mean(_energy(logits), target)
 
 
-def test_rba_step_lowers_ood_class_scores_and_raises_rba_score() -> None:
+def test_sigmoid_sum_step_lowers_ood_class_scores_and_raises_its_score() -> None:
     logits, target = make_batch()
-    term = RbARejection(inlier_weight=1.0, inlier_margin=3.0)
+    term = SigmoidSumRejection(inlier_weight=1.0, inlier_margin=3.0)
     before, after, stepped = _sgd_step(term, logits, target, lr=1.0)
     s = lambda z: torch.sigmoid(z).sum(1)  # noqa: E731
     assert after < before
-    assert _ood_mean(-s(stepped), target) > _ood_mean(-s(logits), target)  # RbA OOD score rises on OOD
+    assert _ood_mean(-s(stepped), target) > _ood_mean(-s(logits), target)  # the -S score rises on OOD
     assert s(stepped)[target < K].mean() > s(logits)[target < K].mean()
 
 
-def test_max_score_margin_step_lowers_ood_confidence() -> None:
+def test_max_softmax_margin_step_lowers_ood_confidence() -> None:
     logits, target = make_batch(scale=3.0)
-    before, after, stepped = _sgd_step(MaxScoreMargin(), logits, target, lr=1.0)
+    before, after, stepped = _sgd_step(MaxSoftmaxMargin(), logits, target, lr=1.0)
     msp = lambda z: torch.softmax(z, 1).amax(1)  # noqa: E731
     assert after < before
     assert _ood_mean(msp(stepped), target) < _ood_mean(msp(logits), target)
     assert msp(stepped)[target < K].mean() > msp(logits)[target < K].mean()
 
 
-def test_meta_ood_weights_reproduce_the_lambda_mixture() -> None:
-    logits, target = make_batch()
-    terms = meta_ood_losses(lam=0.9)
-    assert [type(t) for t in terms] == [CrossEntropy, UniformOutlierExposure]
-    total = sum(t.weight * t(logits, target) for t in terms)
-    ce = mean([lse(z) - z[t] for z, t in pixels(logits, target) if t < K])
-    assert total.item() == pytest.approx(0.1 * ce + 0.9 * ref_oe(logits, target), rel=1e-9)
-    with pytest.raises(ValueError, match="lam"):
-        meta_ood_losses(lam=1.5)
+def test_meta_ood_step_raises_ood_entropy_and_inlier_target_probability() -> None:
+    logits, target = make_batch(scale=3.0)
+    before, after, stepped = _sgd_step(MetaOoD(lam=0.5), logits, target, lr=20.0)
+
+    def entropy(z):
+        p = torch.softmax(z, 1)
+        return -(p * torch.log_softmax(z, 1)).sum(1)
+
+    def p_target(z):
+        inl = target < K
+        return torch.softmax(z, 1).gather(1, torch.where(inl, target, 0)[:, None])[:, 0][inl].mean().item()
+
+    assert after < before
+    assert _ood_mean(entropy(stepped), target) > _ood_mean(entropy(logits), target)
+    assert p_target(stepped) > p_target(logits)
+    with pytest.raises(ValueError, match="lam must be in"):
+        MetaOoD(lam=1.5)
 
 
 def test_energy_hinge_estimates_margins_from_inlier_energies() -> None:
     logits, target = make_batch(scale=3.0)
-    term = EnergyHinge(estimate_margins=True, in_quantile=0.75, margin_gap=4.0, momentum=0.5)
+    term = EnergyHingeEstimatedMargins(in_quantile=0.75, margin_gap=4.0, momentum=0.5)
     energies = _energy(logits)[target < K].float()
     q1 = torch.quantile(energies, 0.75).item()
     value = term(logits, target)
@@ -257,14 +294,14 @@ def test_energy_hinge_estimates_margins_from_inlier_energies() -> None:
 
     state = term.state_dict()
     assert set(state) == {"m_in", "m_out", "num_updates"}
-    restored = EnergyHinge(estimate_margins=True)
+    restored = EnergyHingeEstimatedMargins()
     restored.load_state_dict(state)
     assert restored.m_in.item() == term.m_in.item()
 
 
 def test_energy_hinge_margins_stop_after_freeze_and_carry_no_gradient() -> None:
     logits, target = make_batch(scale=3.0)
-    term = EnergyHinge(estimate_margins=True, freeze_after=1)
+    term = EnergyHingeEstimatedMargins(freeze_after=1)
     z = logits.clone().requires_grad_(True)
     term(z, target).backward()
     first = term.m_in.item()
@@ -274,9 +311,17 @@ def test_energy_hinge_margins_stop_after_freeze_and_carry_no_gradient() -> None:
     assert int(term.num_updates) == 1
 
 
-def test_energy_hinge_rejects_inverted_margins() -> None:
+def test_energy_hinge_rejects_bad_settings() -> None:
     with pytest.raises(ValueError, match="m_in"):
         EnergyHinge(m_in=0.0, m_out=-1.0)
+    with pytest.raises(ValueError, match="sparsity_weight"):
+        EnergyHinge(sparsity_weight=-1.0)
+    with pytest.raises(ValueError, match="EnergyHingeEstimatedMargins: in_quantile"):
+        EnergyHingeEstimatedMargins(in_quantile=2.0)
+    with pytest.raises(ValueError, match="freeze_after"):
+        EnergyHingeEstimatedMargins(freeze_after=-1)
+    with pytest.raises(ValueError, match="K\\+1 >= 2"):
+        EnergyHinge(abstention_channel=True)(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long))
 
 
 def test_terms_are_configurable_from_yaml() -> None:
@@ -286,18 +331,34 @@ def test_terms_are_configurable_from_yaml() -> None:
         """
 losses:
   - class_path: synthrel_lightning.losses.CrossEntropy
-  - class_path: synthrel_lightning.losses.EnergyHinge
-    init_args: {weight: 0.1, estimate_margins: true, in_quantile: 0.8}
-  - class_path: synthrel_lightning.losses.RbARejection
+  - class_path: synthrel_lightning.losses.EnergyHingeEstimatedMargins
+    init_args: {weight: 0.1, in_quantile: 0.8}
+  - class_path: synthrel_lightning.losses.SigmoidSumRejection
     init_args: {mode: hinge}
+  - class_path: synthrel_lightning.losses.MetaOoD
+    init_args: {lam: 0.9}
+  - class_path: synthrel_lightning.losses.EnergyHinge
+    init_args: {weight: 0.1}
 """
     )
     cfg = parser.parse_object(config)
     terms = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(cfg).losses
-    assert [type(t).__name__ for t in terms] == ["CrossEntropy", "EnergyHinge", "RbARejection"]
-    assert terms[1].weight == 0.1 and terms[1].estimate_margins and terms[1].in_quantile == 0.8
-    assert terms[2].mode == "hinge"
-    assert [t.name for t in terms] == ["cross_entropy", "energy_hinge", "rba_rejection"]
+    assert [type(t).__name__ for t in terms] == [
+        "CrossEntropy",
+        "EnergyHingeEstimatedMargins",
+        "SigmoidSumRejection",
+        "MetaOoD",
+        "EnergyHinge",
+    ]
+    assert terms[1].weight == 0.1 and terms[1].in_quantile == 0.8
+    assert terms[2].mode == "hinge" and terms[3].lam == 0.9
+    assert [t.name for t in terms] == [
+        "cross_entropy",
+        "energy_hinge_estimated_margins",
+        "sigmoid_sum_rejection",
+        "meta_ood",
+        "energy_hinge",
+    ]
 
 
 def _distributed_worker(rank: int, world: int, init_file: str, results: str) -> None:
@@ -310,7 +371,7 @@ def _distributed_worker(rank: int, world: int, init_file: str, results: str) -> 
         logits = torch.full((1, K, 1, n), -1e4)
         logits[:, 0] = -energy
         target = torch.zeros(1, 1, n, dtype=torch.long)
-        term = EnergyHinge(estimate_margins=True, in_quantile=0.5, margin_gap=3.0)
+        term = EnergyHingeEstimatedMargins(in_quantile=0.5, margin_gap=3.0)
         term(logits, target)
         torch.save({"m_in": term.m_in.item(), "m_out": term.m_out.item()}, f"{results}.{rank}")
     finally:
@@ -341,3 +402,47 @@ def test_terms_sharing_one_batch_see_in_place_changes() -> None:
     target[0, 1, 1] = K  # nor the target check
     with pytest.raises(ValueError, match=rf"\[{K}\]"):
         UniformOutlierExposure()(logits, target)
+
+
+def test_gambler_loss_reads_the_last_channel_as_abstention_and_rejects_bad_settings() -> None:
+    logits, target = make_batch(scale=2.0)  # K channels: K-1 classes and the abstention class
+    with pytest.raises(ValueError, match=rf"values \[{K - 1}\] outside 0..{K - 2}"):
+        GamblerLoss()(torch.nn.functional.pad(logits, (2, 2, 2, 2)), torch.nn.functional.pad(target, (2, 2, 2, 2)))
+    with pytest.raises(ValueError, match="kernel_size"):
+        GamblerLoss(kernel_size=4)
+    with pytest.raises(ValueError, match="ood_reg"):
+        GamblerLoss(ood_reg=-0.1)
+    with pytest.raises(ValueError, match="K\\+1 >= 2"):
+        GamblerLoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_gambler_step_raises_abstention_on_ood_pixels() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, K + 1, 8, 8, generator=g, dtype=torch.float64)
+    target = torch.randint(0, K, (2, 8, 8), generator=g)
+    target[1, 2:5, 2:5] = OOD_ID
+    before, after, stepped = _sgd_step(GamblerLoss(ood_reg=1.0), logits, target, lr=1.0)
+    abstain = lambda z: torch.softmax(z, 1)[:, -1]  # noqa: E731
+    assert after < before
+    assert _ood_mean(abstain(stepped), target) > _ood_mean(abstain(logits), target)
+
+
+def _class_scores(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    pred_logits = torch.randn(2, 5, K + 1, generator=g, dtype=torch.float64)
+    pred_masks = torch.randn(2, 5, 3, 5, generator=g, dtype=torch.float64)
+    return torch.einsum("bqc,bqhw->bchw", torch.softmax(pred_logits, -1)[..., :-1], torch.sigmoid(pred_masks))
+
+
+@pytest.mark.parametrize("term", [RbALoss(), Mask2AnomalyMarginLoss()], ids=lambda t: type(t).__name__)
+def test_mask_classification_step_lowers_the_loss_and_separates_scores(term: LossTerm) -> None:
+    scores = _class_scores(1)
+    _, target = make_batch()
+    before, after, stepped = _sgd_step(term, scores, target, lr=0.05)
+    assert after < before
+    # Both scores are computed at the scores' resolution, which equals the target's here.
+    gap = lambda s: _ood_mean(term.score(s), target) - term.score(s)[target < K].mean().item()  # noqa: E731
+    if isinstance(term, RbALoss):
+        assert gap(stepped) > gap(scores)
+    else:  # with scores <= 0, both parts of the authors' margin loss pull every score towards 0
+        assert term.score(stepped).abs().mean() < term.score(scores).abs().mean()

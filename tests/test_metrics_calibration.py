@@ -92,8 +92,9 @@ def test_reliability_diagram(tmp_path) -> None:
     m = CalibrationMetrics()
     m.update(z, t)
     fig = m.reliability_diagram(title="demo")
-    assert len(fig.axes) == 2
-    assert "ECE" in fig.axes[0].get_title()
+    assert len(fig.axes) == 2  # the diagram and its pixel-share axis
+    assert fig.axes[0].get_title() == "demo"
+    assert f"ECE {float(m.compute()['ece']):.4f}" in fig.axes[0].texts[0].get_text()
     path = tmp_path / "reliability.png"
     fig.savefig(path)
     assert path.stat().st_size > 1000
@@ -108,3 +109,26 @@ def test_errors() -> None:
     m.update(torch.zeros(1, 3, 4, 4), torch.full((1, 4, 4), 255))
     with pytest.raises(ValueError, match="no valid"):
         m.compute()
+
+
+def test_non_finite_logits_raise_with_count_and_location_and_leave_the_state_untouched() -> None:
+    z, t = make_batch(1, 4.0)
+    m = CalibrationMetrics()
+    m.update(z, t)
+    before = m.compute()
+    bad = z.clone()
+    bad[0, :2, 10, 7] = float("nan")  # two NaN logits at one labelled pixel
+    bad[1, 3, 20, 30] = float("inf")
+    bad[0, :, 0, 0] = float("nan")  # a void pixel (row 0): not counted, not an error
+    with pytest.raises(ValueError) as err:
+        m.update(bad, t)
+    message = str(err.value)
+    assert message.startswith(f"CalibrationMetrics: 3 of {z.numel()} logits at counted pixels are NaN or infinite")
+    assert "(2 NaN, 1 infinite) at 2 pixel(s) in batch item(s) [0, 1]" in message
+    assert "the first at batch item 0, row 10, column 7" in message
+    after = m.compute()
+    assert all(float(after[k]) == float(before[k]) for k in before)
+    nan_on_void = z.clone()
+    nan_on_void[:, :, 0] = float("nan")
+    m.update(nan_on_void, t)
+    assert math.isfinite(float(m.compute()["ece"]))

@@ -145,3 +145,48 @@ def test_threshold_required_and_bad_inputs() -> None:
     empty = ComponentMetrics(threshold=0.0)
     empty.update(torch.zeros(8, 8), torch.zeros(8, 8, dtype=torch.long))
     assert all(math.isnan(float(v)) for v in empty.compute().values())
+
+
+def blobby_frames(seed: int, n: int = 3, h: int = 48, w: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Frames with several GT blobs, a void band and noisy blobby scores."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        gt = ndimage.gaussian_filter(rng.random((h, w)), 2.5) > 0.56
+        label = gt.astype(np.int64)
+        label[:4] = 255
+        score = ndimage.gaussian_filter(gt + rng.normal(0, 0.6, (h, w)), 1.5).astype(np.float32)
+        frames.append((torch.from_numpy(score)[None], torch.from_numpy(label)[None]))
+    return frames
+
+
+def test_one_pass_with_deferred_frames_equals_the_two_pass_protocol() -> None:
+    from synthrel_lightning.metrics import PixelOODMetrics
+
+    frames = blobby_frames(0)
+    pixel = PixelOODMetrics(mode="exact")
+    deferred = ComponentMetrics(defer=True, min_pred_size=8, min_gt_size=6)
+    for scores, target in frames:  # the single pass
+        pixel.update(scores, target)
+        deferred.update(scores, target)
+    assert deferred.pending_frames == 3
+    with pytest.raises(RuntimeError, match="3 deferred frame"):
+        deferred.compute()
+    threshold = float(pixel.compute()["best_f1_threshold"])
+    deferred.set_threshold(threshold)
+    assert deferred.pending_frames == 0
+    two_pass = ComponentMetrics(threshold=threshold, min_pred_size=8, min_gt_size=6)
+    for scores, target in frames:
+        two_pass.update(scores, target)
+    expected = two_pass.compute()
+    got = deferred.compute()
+    assert int(two_pass.n_gt) >= 3
+    for key, value in expected.items():
+        assert float(got[key]) == pytest.approx(float(value), nan_ok=True), key
+    # frames after the threshold is known are scored at once; reset drops deferred frames
+    deferred.update(*frames[0])
+    assert deferred.pending_frames == 0
+    later = ComponentMetrics(defer=True)
+    later.update(*frames[1])
+    later.reset()
+    assert later.pending_frames == 0

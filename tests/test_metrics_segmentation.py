@@ -63,3 +63,21 @@ def test_custom_classes_and_errors() -> None:
         m.update(torch.tensor([[7, 0]]), torch.tensor([[1, 0]]))
     with pytest.raises(ValueError, match="class_names"):
         SegmentationIoU(num_classes=3, class_names=["a", "b"])
+
+
+def test_non_finite_logits_raise_instead_of_becoming_a_class() -> None:
+    m = SegmentationIoU(num_classes=3, class_names=["a", "b", "c"])
+    logits = torch.zeros(2, 3, 4, 5)
+    logits[:, 1] = 1.0
+    target = torch.ones(2, 4, 5, dtype=torch.long)
+    target[:, 0] = 255
+    logits[1, :, 2, 3] = float("nan")
+    logits[1, :, 0, 0] = float("nan")  # void pixel: ignored
+    with pytest.raises(
+        ValueError, match=r"3 of 120 logits .* \(3 NaN, 0 infinite\) at 1 pixel\(s\) in batch item\(s\) \[1\]"
+    ):
+        m.update(logits, target)
+    assert int(m.confmat.sum()) == 0
+    logits[1, :, 2, 3] = torch.tensor([0.0, 1.0, 0.0])
+    m.update(logits, target)
+    assert float(m.compute()["iou_b"]) == 1.0

@@ -9,7 +9,7 @@ from torch import nn
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.losses import CrossEntropy
-from synthrel_lightning.models import HFSegformer, OODSegmenter, SMPSegmenter, TinySegmenter
+from synthrel_lightning.models import EvaluationResult, HFSegformer, OODSegmenter, SMPSegmenter, TinySegmenter
 
 
 def _batch(b: int = 2, h: int = 64, w: int = 96, seed: int = 0) -> dict:
@@ -145,25 +145,197 @@ def test_predict_returns_prediction_and_score_maps(tmp_path) -> None:
     assert np.array_equal(np.asarray(Image.open(written / "f0_pred.png")), out[0]["prediction"][0].numpy())
 
 
-def test_standardized_max_logit_statistics_come_from_training(tmp_path) -> None:
-    module = OODSegmenter(
-        TinySegmenter(width=8), ood_score="standardized_max_logit", optimizer=lambda p: torch.optim.SGD(p, lr=0.01)
-    )
+def _fit(module: OODSegmenter, tmp_path, data: L.LightningDataModule | None = None, **kwargs) -> L.Trainer:
     trainer = L.Trainer(
-        max_epochs=2,
-        default_root_dir=tmp_path,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
+        **{
+            "max_epochs": 1,
+            "default_root_dir": tmp_path,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "num_sanity_val_steps": 0,
+            **kwargs,
+        }
     )
-    trainer.fit(module, datamodule=_NamedData())
+    trainer.fit(module, datamodule=data or _NamedData())
+    return trainer
+
+
+class _TenClassData(_NamedData):
+    """Labels with 10 classes only."""
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(_TenClasses(_Loader(4, False)), batch_size=2)
+
+    def val_dataloader(self):
+        return [torch.utils.data.DataLoader(_TenClasses(_Loader(2, s)), batch_size=2) for s in (False, True)]
+
+
+class _TenClasses(torch.utils.data.Dataset):
+    def __init__(self, base: torch.utils.data.Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.base[i]
+        s["label"] = torch.where(s["label"] < 19, s["label"] % 10, s["label"])
+        return s
+
+
+def test_standardized_max_logit_is_built_for_the_model_class_count(tmp_path) -> None:
+    """Regression: the score was built for 19 classes whatever num_classes, and failed on its first update."""
+    module = OODSegmenter(
+        TinySegmenter(num_classes=10, width=8),
+        num_classes=10,
+        ood_score="standardized_max_logit",
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.01),
+    )
+    assert module.scorer.num_classes == 10
+    trainer = _fit(module, tmp_path, _TenClassData())
     assert torch.isfinite(trainer.callback_metrics["val/objects/ap"])
-    assert (module.scorer.class_std[module.scorer.class_std > 0]).numel() > 0
+
+
+def test_standardized_max_logit_statistics_equal_an_eval_mode_pass_of_the_final_model(tmp_path) -> None:
+    module = OODSegmenter(
+        TinySegmenter(width=8), ood_score="standardized_max_logit", optimizer=lambda p: torch.optim.SGD(p, lr=0.5)
+    )
+    data = _NamedData()
+    _fit(module, tmp_path, data, max_epochs=2)
+    # independent pass: final weights, eval mode (BatchNorm running statistics), every training pixel
+    # not labelled OOD, grouped by prediction, unbiased variance (the authors' calculate_statistics.py)
+    module.eval()
+    maxima, preds = [], []
+    with torch.no_grad():
+        for batch in data.train_dataloader():
+            z = module.segmenter(batch["image"])
+            z = nn.functional.interpolate(z, size=batch["label"].shape[-2:], mode="bilinear", align_corners=False)
+            keep = batch["label"] != OOD_ID
+            maxima.append(z.amax(1)[keep])
+            preds.append(z.argmax(1)[keep])
+    m, p = torch.cat(maxima).double(), torch.cat(preds)
+    scorer = module.scorer
+    checked = 0
+    for c in range(19):
+        sel = m[p == c]
+        if sel.numel() >= 2:
+            torch.testing.assert_close(scorer.class_mean[c].double(), sel.mean(), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(scorer.class_std[c].double(), sel.std(), rtol=1e-4, atol=1e-6)
+            checked += 1
+    assert checked >= 1
+    # train-mode logits (batch statistics) give other statistics: the pass really ran in eval mode
+    module.train()
+    with torch.no_grad():
+        z = module.segmenter(next(iter(data.train_dataloader()))["image"])
+    assert not torch.allclose(z.amax(1).mean().double(), m.mean(), atol=1e-3)
+
+
+def test_sml_without_statistics_says_how_to_compute_them() -> None:
+    module = OODSegmenter(TinySegmenter(width=8), ood_score="standardized_max_logit").eval()
+    with pytest.raises(RuntimeError, match="SMLStatistics.*sml_stats"):
+        module.score(module(torch.randn(1, 3, 32, 32)))
+
+
+def test_validation_returns_evaluation_results_and_non_finite_outputs_name_the_set(tmp_path) -> None:
+    results: list[EvaluationResult] = []
+
+    class Collect(L.Callback):
+        def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+            results.append(outputs)
+
+    module = OODSegmenter(TinySegmenter(width=8), summary=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path, callbacks=[Collect()])
+    trainer.validate(module, datamodule=_NamedData(), verbose=False)
+    assert [(r.set_name, r.batch_idx) for r in results] == [("clean", 0), ("objects", 0)]
+    r = results[1]
+    assert r.logits.shape == (2, 19, 32, 48) and r.score.shape == (2, 32, 48) and r.names == ["f0", "f1"]
+    module.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(r.score, module.score(module(r.images)))
+    assert module.set_name("val", 1) == "objects"
+
+    class Broken(nn.Module):
+        def forward(self, images):
+            out = torch.zeros(images.shape[0], 19, *images.shape[-2:])
+            out[..., 0, 0] = float("nan")
+            return out
+
+    with pytest.raises(FloatingPointError, match=r"val set 'clean', batch 0"):
+        trainer.validate(OODSegmenter(Broken(), summary=False), datamodule=_NamedData(), verbose=False)
+
+
+def test_metric_groups_are_configurable_per_set(tmp_path) -> None:
+    module = OODSegmenter(
+        TinySegmenter(width=8),
+        metrics=["segmentation"],
+        set_metrics={"objects": ["pixel_ood"]},
+        summary=False,
+    )
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    out = trainer.validate(module, datamodule=_NamedData(), verbose=False)
+    assert "val/clean/miou" in out[0] and "val/clean/ece" not in out[0]
+    assert "val/objects/ap" in out[1] and "val/objects/miou" not in out[1] and "val/objects/siou" not in out[1]
+    with pytest.raises(ValueError, match="unknown metric groups.*valid"):
+        OODSegmenter(TinySegmenter(width=8), metrics=["segmentaton"])
+
+
+def test_paper_protocol_averages_per_image_metrics_with_void_as_negative(tmp_path) -> None:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    module = OODSegmenter(TinySegmenter(width=8), ood_protocol="paper", summary=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    out = trainer.validate(module, datamodule=_NamedData(), verbose=False)[1]
+    aps, aurocs = [], []
+    module.eval()
+    with torch.no_grad():
+        for batch in _NamedData().val_dataloader()[1]:
+            scores = module.score(module(batch["image"]))
+            for s, o in zip(scores, batch["ood"]):
+                y = (o == 1).flatten().numpy()  # void (255) counts as negative
+                aps.append(average_precision_score(y, s.flatten().numpy()))
+                aurocs.append(roc_auc_score(y, s.flatten().numpy()))
+    assert out["val/objects/ap"] == pytest.approx(sum(aps) / len(aps), abs=1e-5)
+    assert out["val/objects/auroc"] == pytest.approx(sum(aurocs) / len(aurocs), abs=1e-5)
+    assert "val/objects/pooled_ap" in out
+
+
+def test_raw_transformers_segformer_is_accepted_and_unknown_outputs_are_explained() -> None:
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    raw = SegformerForSemanticSegmentation(
+        SegformerConfig(
+            num_labels=19,
+            hidden_sizes=[8, 16, 32, 64],
+            depths=[1, 1, 1, 1],
+            decoder_hidden_size=32,
+            num_attention_heads=[1, 1, 2, 2],
+        )
+    )
+    module = OODSegmenter(raw)
+    assert module.output_kind == "per_pixel"
+    assert module(torch.randn(1, 3, 64, 96)).shape == (1, 19, 64, 96)
+
+    class Pair(nn.Module):
+        def forward(self, images):
+            return (images, images)
+
+    with pytest.raises(TypeError, match="returned a tuple.*Expected per-pixel logits"):
+        OODSegmenter(Pair())(torch.randn(1, 3, 8, 8))
 
 
 def test_unknown_score_and_bad_losses_are_rejected() -> None:
-    with pytest.raises(ValueError, match="energy"):
+    with pytest.raises(ValueError, match="unknown OOD score 'not-a-score'; valid names: msp, max_logit"):
         OODSegmenter(TinySegmenter(width=8), ood_score="not-a-score")
     with pytest.raises(TypeError, match="LossTerm"):
         OODSegmenter(TinySegmenter(width=8), losses=[nn.CrossEntropyLoss()])  # type: ignore[list-item]
+
+
+def test_a_typo_in_ood_score_is_caught_when_the_config_is_parsed() -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(OODSegmenter, "model", skip={"segmenter"})
+    assert parser.parse_args(["--model.ood_score=standardized_max_logit"]).model.ood_score == "standardized_max_logit"
+    with pytest.raises(Exception, match="energi"):
+        parser.parse_args(["--model.ood_score=energi"])

@@ -11,9 +11,9 @@ import torch
 from synthrel_lightning.labels import OOD_ID, TRAIN_NAME_TO_ID
 from synthrel_lightning.seeding import torch_generator
 from synthrel_lightning.synthesis.engine import InpaintingEngine, ModelLoadError, output_problem
+from synthrel_lightning.synthesis.geometry import Box
 from synthrel_lightning.synthesis.object_masks import BoxMasker, ChangedPixelsMasker, MaskRules, build_masker, feather
 from synthrel_lightning.synthesis.protocol import context_window, crop_to_tensor, paste_square, snap_size, soft_box_mask
-from synthrel_lightning.synthesis.tiny import build_tiny_inpaint_pipeline, save_tiny_pipeline
 from synthrel_lightning.synthesis.vocabulary import (
     PAPER_OBJECTS,
     VocabularyEntry,
@@ -22,6 +22,7 @@ from synthrel_lightning.synthesis.vocabulary import (
     load_vocabulary,
     resolve_vocabulary,
 )
+from synthrel_lightning.testing import build_tiny_inpaint_pipeline, save_tiny_pipeline
 
 RES = 64  # tiny pipelines are run at 64x64 (a multiple of 8, like real SD needs)
 
@@ -76,12 +77,12 @@ def test_paper_vocabulary_and_articles(tmp_path: Path) -> None:
 # -- protocol geometry -------------------------------------------------------------------
 def test_context_window_centred_and_clamped() -> None:
     w = context_window((800, 500, 400), (1024, 2048))
-    assert (w.c, w.cx0, w.cy0) == (600, 700, 400) and w.box_in_crop == (100, 100, 500, 500)
+    assert w.crop == Box(700, 400, 600) and w.box_in_crop.xyxy == (100, 100, 500, 500) and w.box == Box(800, 500, 400)
     # Near the right/bottom border the crop shifts inside the frame and keeps its size.
     w = context_window((1900, 900, 124), (1024, 2048))
-    assert w.cx0 + w.c == 2048 and w.cy0 + w.c == 1024 and w.c == 186
-    bx0, by0, bx1, by1 = w.box_in_crop
-    assert (bx1 - bx0, by1 - by0) == (124, 124) and bx1 <= w.c and by1 <= w.c
+    assert w.crop.x1 == 2048 and w.crop.y1 == 1024 and w.crop.side == 186
+    bx0, by0, bx1, by1 = w.box_in_crop.xyxy
+    assert (bx1 - bx0, by1 - by0) == (124, 124) and bx1 <= w.crop.side and by1 <= w.crop.side
     with pytest.raises(ValueError, match="does not fit"):
         context_window((2000, 0, 100), (1024, 2048))
 
@@ -145,15 +146,24 @@ def test_nan_outputs_are_retried_then_skipped(frame: np.ndarray) -> None:
 
 
 def test_synthesize_protocol(tiny_pipe, frame: np.ndarray) -> None:
-    eng = make_engine(tiny_pipe, mask_method="changed", refine=True)
     car = VocabularyEntry("car", TRAIN_NAME_TO_ID["car"])
+    # Without refinement only the square changes.
+    plain = make_engine(tiny_pipe, mask_method="changed")
+    for r, (x0, y0, s) in zip(plain.synthesize_batch([frame], [(10, 60, 48)], ["elephant"], [0]), [(10, 60, 48)]):
+        changed = (r.image != frame).any(axis=2)
+        outside = changed.copy()
+        outside[y0 : y0 + s, x0 : x0 + s] = False
+        assert r.ok and changed.any() and not outside.any()
+    # With the authors' refinement the whole refined frame is kept; the patch is its square.
+    eng = make_engine(tiny_pipe, mask_method="changed", refine=True)
     a, b = eng.synthesize_batch([frame, frame], [(10, 60, 48), (150, 70, 36)], ["elephant", car], [0, 1])
     for r, (x0, y0, s) in ((a, (10, 60, 48)), (b, (150, 70, 36))):
         assert r.ok, r.reason
         changed = (r.image != frame).any(axis=2)
         outside = changed.copy()
         outside[y0 : y0 + s, x0 : x0 + s] = False
-        assert not outside.any() and changed.any()
+        assert outside.any() and changed.any()
+        assert r.box == Box(x0, y0, s)
         assert np.array_equal(r.patch, r.image[y0 : y0 + s, x0 : x0 + s])
         assert r.object_mask.shape == (s, s) and r.object_mask.any() and r.alpha.shape == (s, s)
         assert r.model_id == eng.model_id
@@ -194,7 +204,7 @@ def test_load_from_local_folder_and_errors(tmp_path: Path, frame: np.ndarray) ->
         resolution=RES,
         scheduler="DPMSolverMultistep",
     )
-    assert eng._pipeline is None  # lazy
+    assert not eng.loaded  # lazy
     res = eng.synthesize(frame, (100, 60, 40), "lion", seed=0)
     assert res.ok and eng.pipeline.unet.dtype == torch.float32  # fp16 falls back to fp32 on CPU
     assert type(eng.pipeline.scheduler).__name__ == "DPMSolverMultistepScheduler"
@@ -230,7 +240,7 @@ def test_controlnet_inpainting(frame: np.ndarray) -> None:
 # -- object masks ----------------------------------------------------------------------------
 def test_mask_rules_and_maskers() -> None:
     rules = MaskRules()
-    box = (10, 10, 50, 50)
+    box = Box(10, 10, 40)
     m = np.zeros((60, 60), bool)
     assert rules.check(m, box) == "empty mask"
     m[20:40, 20:40] = True

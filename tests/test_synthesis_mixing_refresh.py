@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import lightning as L
@@ -89,3 +90,46 @@ def test_refresh_grows_the_bank_during_training(tmp_path: Path) -> None:
     assert "train/other_bank_failures" in trainer.callback_metrics
     # The mixer picked up entries generated during epoch 0 at the start of epoch 1 (if done by then).
     assert len(source) >= 3
+
+
+class WaitingSegmenter(TinySegmenter):
+    """Its first training step waits until the background job has committed ``n`` entries to ``bank``."""
+
+    def __init__(self, bank: Path, n: int) -> None:
+        super().__init__()
+        self.bank, self.n, self.waited = bank, n, False
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        deadline = time.monotonic() + 240
+        while not self.waited and OutlierBank(self.bank, mode="a").refresh() < self.n:
+            assert time.monotonic() < deadline, "the background producer wrote nothing in 240 s"
+            time.sleep(0.1)
+        self.waited = True
+        return super().training_step(batch, batch_idx)
+
+
+def test_refresh_logs_the_progress_of_running_jobs(tmp_path: Path) -> None:
+    """Entries and failures of a job still running at the epoch's end are in the logged counts (not 0)."""
+    root = tmp_path / "bank"
+    spec = ProducerSpec("synthrel_lightning.testing.FaultySource", {"fail_calls": [1], "delay_s": 0.5})
+    refresh = OutlierBankRefresh(spec, root, refresh_fraction=0.0, min_per_epoch=40, wait_on_fit_end_s=0)
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[refresh],
+    )
+    trainer.fit(WaitingSegmenter(root, 3), DataLoader(Frames(), batch_size=4, collate_fn=_collate_raw))
+    assert trainer.callback_metrics["train/bank_generated"] >= 3
+    assert trainer.callback_metrics["train/bank_failures"] >= 1
+    assert refresh.pending == 0 and OutlierBank(root).temp_files() == []
+
+
+def _collate_raw(items: list[dict]) -> dict:
+    image = torch.stack([torch.from_numpy(it["image"]).permute(2, 0, 1).float() / 255 for it in items])
+    label = torch.stack([torch.from_numpy(it["label"]).long() for it in items])
+    return {"image": image, "label": label, "ood": label.clone()}

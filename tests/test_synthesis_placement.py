@@ -23,9 +23,9 @@ def test_boxes_and_context_inside_frame_and_below_top_quarter() -> None:
     for i in range(200):
         p = sampler.sample(label, np.random.default_rng(i))
         assert p is not None
-        x0, y0, x1, y1 = p.box
+        x0, y0, x1, y1 = p.xyxy
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
-        cx0, cy0, cx1, cy1 = p.context
+        cx0, cy0, cx1, cy1 = p.context.xyxy
         assert 0 <= cx0 and cx1 <= w and cy1 <= h
         assert cy0 >= h // 4, f"context crop top {cy0} in the top quarter of a {h}-row frame"
         assert cx1 - cx0 == p.context_side and p.context_side == round(1.5 * p.side)
@@ -57,7 +57,7 @@ def test_fallback_paper_rule_and_none() -> None:
     for i in range(100):
         p = paper.sample(no_road, np.random.default_rng(i))
         assert p is not None and p.rule == "paper"
-        assert p.context[1] >= 64
+        assert p.context.y0 >= 64
         sides.append(p.side)
     # Sizes scale with the frame width: 512 px wide -> [64, 128].
     assert 64 <= min(sides) and max(sides) <= 128 and max(sides) - min(sides) > 30
@@ -94,7 +94,7 @@ def test_deterministic_given_generator() -> None:
     label = _street()
     a = [PlacementSampler().sample(label, np.random.default_rng(7)) for _ in range(3)]
     assert a[0] == a[1] == a[2]
-    others = {PlacementSampler().sample(label, np.random.default_rng(s)).box for s in range(20)}
+    others = {PlacementSampler().sample(label, np.random.default_rng(s)).xyxy for s in range(20)}
     assert len(others) > 15
 
 

@@ -18,7 +18,6 @@ from synthrel_lightning.synthesis.sources import (
     ProducerSpec,
     decode_coco_rle,
     fill_bank,
-    produce_into_bank,
 )
 
 
@@ -186,11 +185,11 @@ def test_bank_source_pickles_without_the_open_bank(tmp_path: Path) -> None:
 def test_fill_bank_is_resumable(tmp_path: Path) -> None:
     bank = OutlierBank(tmp_path)
     src = ProceduralObjectSource(size_range=(8, 16))
-    keys = fill_bank(src, bank, 6, seed=1)
+    keys = fill_bank(src, bank, 6, seed=1).keys
     mtimes = {k: bank.path(k).stat().st_mtime_ns for k in keys}
     bank.path(keys[2]).unlink()  # an item lost in a crash
     again = fill_bank(src, bank, 6, seed=1)
-    assert again == keys
+    assert again.keys == keys and (again.produced, again.skipped, again.failed) == (1, 5, 0)
     assert all(bank.path(k).stat().st_mtime_ns == mtimes[k] for k in keys if k != keys[2])
     assert bank.get(keys[2]).metadata["slot"] == 2 and bank.get(keys[2]).seed == 1
 
@@ -209,29 +208,76 @@ class _Flaky:
         return self.inner.sample(rng)
 
 
-def test_produce_into_bank_counts_failures(tmp_path: Path) -> None:
+def test_fill_bank_counts_and_names_failures(tmp_path: Path) -> None:
     reports: list[dict] = []
-    st = produce_into_bank(_Flaky(), tmp_path, 9, seed=0, namespace="t", report=reports.append)
-    assert (st["produced"], st["failed"], st["fatal"]) == (6, 3, None)
-    assert "out of memory" in st["errors"][-1] and reports[-1]["produced"] == 6
+    st = fill_bank(_Flaky(), tmp_path, 9, seed=0, namespace="t", report=reports.append)
+    assert (st.produced, st.failed, st.fatal) == (6, 3, None)
+    assert "out of memory" in st.errors[-1] and reports[-1]["produced"] == 6 and reports[-1]["keys"] == 6
+    assert st.failed_items == [f"t#{i}: RuntimeError: GPU out of memory (simulated by the producer)" for i in (2, 5, 8)]
     assert len(OutlierBank(tmp_path)) == 6
     spec = ProducerSpec("synthrel_lightning.synthesis.sources.ProceduralObjectSource", {"size_range": (8, 16)})
-    st = produce_into_bank(spec, tmp_path, 9, seed=0, namespace="t")
-    assert (st["produced"], st["skipped"]) == (3, 6)
-    bad = produce_into_bank(ProducerSpec("no.such.Producer"), tmp_path, 2, seed=0, namespace="t2")
-    assert bad["produced"] == 0 and "no.such.Producer" in bad["fatal"]
+    st = fill_bank(spec, tmp_path, 9, seed=0, namespace="t")
+    assert (st.produced, st.skipped) == (3, 6) and len(st.keys) == 9
+    bad = fill_bank(ProducerSpec("no.such.Producer"), tmp_path, 2, seed=0, namespace="t2")
+    assert bad.produced == 0 and "no.such.Producer" in bad.fatal
+
+
+class _Empty:
+    """A source with nothing to serve."""
+
+    def sample(self, rng: np.random.Generator) -> None:
+        return None
+
+
+def test_fill_bank_stops_after_consecutive_failures(tmp_path: Path) -> None:
+    st = fill_bank(_Empty(), tmp_path, 10, max_consecutive_failures=3)
+    assert st.failed == 3 and st.produced == 0 and "3 consecutive failures" in st.fatal
+    assert "returned no outlier" in st.failed_items[0]
+
+
+def test_producer_spec_builds_nested_objects(tmp_path: Path) -> None:
+    """A producer receives objects (e.g. datasets) as nested class_path mappings, built in its process."""
+    spec = ProducerSpec(
+        "synthrel_lightning.synthesis.sources.BankSource",
+        {"bank": {"class_path": "synthrel_lightning.synthesis.bank.OutlierBank", "init_args": {"root": str(tmp_path)}}},
+    )
+    fill_bank(ProceduralObjectSource(size_range=(8, 16)), OutlierBank(tmp_path), 2, seed=0)
+    src = spec.build()
+    assert isinstance(src, BankSource) and src.root == tmp_path and len(src) == 2
+
+
+def test_coco_source_missing_image_opt_in_skip(coco, tmp_path: Path) -> None:
+    ann, root, _ = coco
+    data = json.loads(Path(ann).read_text())
+    # A second image named by the annotation file but absent from the image folder.
+    data["images"].append({"id": 2, "file_name": "b.png", "height": 60, "width": 40})
+    data["annotations"].append(dict(data["annotations"][0], id=20, image_id=2))
+    ann2 = tmp_path / "instances_missing.json"
+    ann2.write_text(json.dumps(data))
+    # Default: drawing it is an error naming the file and the way out.
+    strict = CocoObjectSource(ann2, root, min_area=50)
+    assert len(strict) == 3
+    with pytest.raises(FileNotFoundError, match=r"b\.png.*on_missing='skip'"):
+        strict.get([a["id"] for a in strict.annotations].index(20))
+    lenient = CocoObjectSource(ann2, root, min_area=50, on_missing="skip")
+    assert lenient.missing_images == ["b.png"] and len(lenient) == 2
+    assert 20 not in [a["id"] for a in lenient.annotations]
+    report = fill_bank(lenient, OutlierBank(tmp_path / "bank"), 6, seed=0)
+    assert report.produced == 6 and report.failed == 0
+    with pytest.raises(ValueError, match="on_missing"):
+        CocoObjectSource(ann2, root, on_missing="ignore")
 
 
 @pytest.mark.slow
 def test_inpainting_source_fills_a_bank_with_the_tiny_pipeline(tmp_path: Path, cityscapes_mini: Path) -> None:
+    from synthrel_lightning.data.cityscapes import CityscapesDataset
     from synthrel_lightning.synthesis.placement import PlacementSampler
     from synthrel_lightning.synthesis.sources import InpaintingSource
-    from synthrel_lightning.synthesis.tiny import save_tiny_pipeline
+    from synthrel_lightning.testing import save_tiny_pipeline
 
     save_tiny_pipeline(tmp_path / "tiny")
     src = InpaintingSource(
-        frames_root=cityscapes_mini,
-        split="val",
+        frames=CityscapesDataset(cityscapes_mini, split="val"),
         engine={
             "model_id": str(tmp_path / "tiny"),
             "dtype": "float32",
@@ -243,7 +289,7 @@ def test_inpainting_source_fills_a_bank_with_the_tiny_pipeline(tmp_path: Path, c
         vocabulary=["zebra"],
     )
     bank = OutlierBank(tmp_path / "bank")
-    keys = fill_bank(src, bank, 2, seed=0)
+    keys = fill_bank(src, bank, 2, seed=0).keys
     assert len(keys) == 2 and bank.verify() == []
     e = bank.get(keys[0])
     assert e.name == "zebra" and e.prompt == "A photo of a zebra" and e.metadata["frame"] == "frankfurt_000000_000294"
@@ -252,7 +298,7 @@ def test_inpainting_source_fills_a_bank_with_the_tiny_pipeline(tmp_path: Path, c
 
 def test_bank_source_cache_serves_the_same_draws_and_still_skips_corrupt_entries(tmp_path: Path) -> None:
     bank = OutlierBank(tmp_path)
-    keys = fill_bank(ProceduralObjectSource(size_range=(8, 16)), bank, 6, seed=2)
+    keys = fill_bank(ProceduralObjectSource(size_range=(8, 16)), bank, 6, seed=2).keys
     cached, uncached = BankSource(tmp_path, cache_size=4), BankSource(tmp_path, cache_size=0)
     for seed in range(30):  # more draws than the cache holds: eviction is exercised
         a, b = cached.sample(np.random.default_rng(seed)), uncached.sample(np.random.default_rng(seed))

@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "MetricsSummary": "synthrel_lightning.callbacks.summary",
     "ReliabilityPlots": "synthrel_lightning.callbacks.reliability_plots",
     "PredictionWriter": "synthrel_lightning.callbacks.prediction_writer",
+    "SMLStatistics": "synthrel_lightning.callbacks.sml_statistics",
     "OutlierBankRefresh": "synthrel_lightning.synthesis.refresh",
 }
 

@@ -13,19 +13,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from synthrel_lightning.correlation import (
-    METHODS,
-    MIN_POINTS,
-    Correlation,
-    correlate_pairs,
-    pair_key,
-    pool_histories,
-    write_json_atomic,
-)
+from synthrel_lightning.atomic import atomic_write_json
+from synthrel_lightning.correlation.pairs import pair_key
+from synthrel_lightning.correlation.statistics import INTERVALS, METHODS, MIN_POINTS, Correlation, correlate_pairs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MetricCorrelation", "pool_histories", "log_figure"]
+__all__ = ["MetricCorrelation", "log_figure"]
 
 
 def _strip_dataloader_suffix(key: str) -> str:
@@ -43,11 +37,11 @@ def _metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
 def log_figure(trainer: L.Trainer, tag: str, fig: Any, fallback_dir: str | Path | None = None) -> list[str]:
     """Send a matplotlib figure to every logger that takes images (TensorBoard, wandb); PNG in the log dir otherwise.
 
-    Returns where it went (``"tensorboard"``, ``"wandb"`` or PNG paths).
+    Returns where it went: ``"tensorboard"``, ``"wandb"``, or the PNG's path (SVG and PDF are written beside it).
     """
     from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-    from synthrel_lightning.plots import figure_to_array, save_figure
+    from synthrel_lightning.figures import figure_to_array, save_figure
 
     sent: list[str] = []
     step = trainer.global_step
@@ -65,7 +59,7 @@ def log_figure(trainer: L.Trainer, tag: str, fig: Any, fallback_dir: str | Path 
             else trainer.default_root_dir
         )
         safe = tag.replace("/", "_").replace("~", "-")
-        sent.append(str(save_figure(fig, Path(root) / "plots" / f"{safe}_step{step:06d}.png")))
+        sent.append(str(save_figure(fig, Path(root) / "plots" / f"{safe}_step{step:06d}.png")[0]))
     return sent
 
 
@@ -78,7 +72,9 @@ class MetricCorrelation(Callback):
     and ``.../{method}_ci_low|high``) are logged once there are at least 3 points. The
     history lives in the checkpoint (``state_dict``) and, when ``history_path`` is given,
     in a JSON file rewritten atomically after each validation, so the files of several
-    sweep runs can be pooled with :func:`pool_histories`.
+    sweep runs can be pooled with :func:`synthrel_lightning.correlation.histories.pool_histories`.
+    Coefficients, p-values and intervals are those of
+    :func:`synthrel_lightning.correlation.statistics.correlate_pairs` (``interval`` chooses the interval).
 
     Points from successive epochs of one run are not independent samples; pooled
     histories across runs (e.g. a sweep's final validations) are the meaningful use.
@@ -92,6 +88,7 @@ class MetricCorrelation(Callback):
         bootstrap: int = 1000,
         ci: float = 0.95,
         methods: Sequence[str] = METHODS,
+        interval: str = "auto",
         log_plot: bool = True,
         run_id: str | None = None,
     ) -> None:
@@ -105,6 +102,9 @@ class MetricCorrelation(Callback):
         bad = [m for m in self.methods if m not in METHODS]
         if bad:
             raise ValueError(f"MetricCorrelation: unknown methods {bad}; expected some of {METHODS}")
+        if interval not in INTERVALS:
+            raise ValueError(f"MetricCorrelation: unknown interval {interval!r}; expected one of {INTERVALS}")
+        self.interval = interval
         self.log_plot = log_plot
         self.run_id = run_id or os.environ.get("WANDB_RUN_ID") or uuid.uuid4().hex[:8]
         self.records: list[dict[str, Any]] = []
@@ -117,7 +117,8 @@ class MetricCorrelation(Callback):
         out: list[tuple[str, str, str]] = []
         if not pairs:
             raise ValueError(
-                "MetricCorrelation: pairs is empty; give e.g. [{synthetic: synthetic_fog, real: acdc_fog, metric: miou}]"
+                "MetricCorrelation: pairs is empty; "
+                "give e.g. [{synthetic: synthetic_fog, real: acdc_fog, metric: miou}]"
             )
         for p in pairs:
             if (
@@ -177,7 +178,7 @@ class MetricCorrelation(Callback):
                 }
             )
         if self.history_path and trainer.is_global_zero:
-            write_json_atomic(self.history_path, {"pairs": [list(p) for p in self.pairs], "records": self.records})
+            atomic_write_json(self.history_path, {"pairs": [list(p) for p in self.pairs], "records": self.records})
         self._log_correlations(trainer)
 
     def _points(self, synthetic: str, real: str, metric: str) -> tuple[list[float], list[float], list[str]]:
@@ -199,7 +200,9 @@ class MetricCorrelation(Callback):
                     )
                     self._said_waiting = True
                 continue
-            corr = correlate_pairs(xs, ys, self.methods, self.bootstrap, self.ci, seed=len(xs))
+            corr = correlate_pairs(
+                xs, ys, self.methods, ci=self.ci, interval=self.interval, bootstrap=self.bootstrap, seed=len(xs)
+            )
             self.last_correlations[key] = corr
             for method, c in corr.items():
                 if not c.ok:
@@ -209,7 +212,7 @@ class MetricCorrelation(Callback):
                     logged[f"corr/{key}/{method}_ci_low"] = c.ci_low
                     logged[f"corr/{key}/{method}_ci_high"] = c.ci_high
             if self.log_plot and trainer.is_global_zero:
-                from synthrel_lightning.plots import scatter_figure
+                from synthrel_lightning.correlation.plots import scatter_figure
 
                 fig = scatter_figure(xs, ys, labels=None, correlations=corr, xlabel=f"{s} {m}", ylabel=f"{r} {m}")
                 log_figure(trainer, f"corr/{key}/scatter", fig)

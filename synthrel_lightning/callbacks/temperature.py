@@ -10,7 +10,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from synthrel_lightning.calibration import PAPER_GRID, collect_logits, datamodule_loader, fit_temperature, named_loader
+from synthrel_lightning.calibration import PAPER_GRID, FitMethod, TemperatureFit, collect_logits, fit_temperature
+from synthrel_lightning.data.named_sets import trainer_loader
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class TemperatureScaling(Callback):
         self,
         set_name: str | None = None,
         dataloader: Any | None = None,
-        method: str = "nll",
+        method: FitMethod = "nll",
         when: str = "fit_end",
         grid: tuple[float, float, float] = PAPER_GRID,
         num_bins: int = 15,
@@ -68,14 +69,13 @@ class TemperatureScaling(Callback):
         self.seed = seed
         self.temperature: float | None = None
         """The last fitted temperature."""
+        self.last_fit: TemperatureFit | None = None
+        """The last fit on this process (rank 0 only): T and the ECE before/after on the pixels used."""
 
     def _loader(self, trainer: L.Trainer) -> Any:
         if self.dataloader is not None:
             return self.dataloader
-        dm = trainer.datamodule
-        if dm is not None:
-            return datamodule_loader(dm, self.set_name, "TemperatureScaling")
-        return named_loader(trainer.val_dataloaders, None, self.set_name, "TemperatureScaling")
+        return trainer_loader(trainer, self.set_name, "val", "TemperatureScaling")
 
     def fit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
         """Fit T (on rank 0, broadcast to all) and write it into ``pl_module.temperature``."""
@@ -89,7 +89,7 @@ class TemperatureScaling(Callback):
         if trainer.is_global_zero:
             # Fitting needs autograd (LBFGS) even inside Lightning's inference-mode loops.
             with torch.inference_mode(False):
-                value = fit_temperature(
+                self.last_fit = fit_temperature(
                     collect_logits(pl_module, self._loader(trainer), max_batches=self.max_batches),
                     method=self.method,
                     grid=self.grid,
@@ -97,6 +97,7 @@ class TemperatureScaling(Callback):
                     max_pixels=self.max_pixels,
                     seed=self.seed,
                 )
+                value = self.last_fit.temperature
         value = float(trainer.strategy.broadcast(value, src=0))
         with torch.no_grad():
             buffer.fill_(value)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from synthrel_lightning.losses.stats import PixelStats
+from synthrel_lightning.losses.stats import PixelStats
 
 
 class LossTerm(nn.Module):
@@ -24,10 +22,18 @@ class LossTerm(nn.Module):
     :attr:`stats_needed` and implements :meth:`forward_stats`; the segmenter then computes
     those statistics once for all terms of a step (see
     :class:`~synthrel_lightning.losses.stats.PixelStats`).
+
+    A term with :attr:`requires_mask_classification` instead takes the per-pixel class
+    scores of a mask-classification model, ``l_k = Σ_q softmax(c_q)[k] σ(m_q)`` (B,K,h,w) at
+    the mask resolution, as its first argument (see
+    :func:`~synthrel_lightning.losses.objective.evaluate_terms`); a segmenter with per-pixel
+    logits only cannot train it.
     """
 
     #: Pixel statistics :meth:`forward_stats` reads; empty for terms without that method.
     stats_needed: ClassVar[frozenset[str]] = frozenset()
+    #: Whether the term reads mask-classification class scores instead of per-pixel logits.
+    requires_mask_classification: ClassVar[bool] = False
 
     def __init__(self, weight: float = 1.0) -> None:
         super().__init__()
@@ -37,7 +43,7 @@ class LossTerm(nn.Module):
 
     @property
     def name(self) -> str:
-        """Snake-case name used in logged keys (``train/loss_<name>``)."""
+        """Snake-case name used in logged keys (``train/loss_<name>``) and ``loss_weights``."""
         base = type(self).__name__.removesuffix("Loss").removesuffix("Term")
         return re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
 
@@ -55,29 +61,7 @@ class LossTerm(nn.Module):
 
     def _via_stats(self, logits: Tensor, target: Tensor) -> Tensor:
         """``forward`` of a stats-based term used on its own."""
-        from synthrel_lightning.losses.stats import PixelStats
-
         return self.forward_stats(PixelStats(logits, target, self.stats_needed, who=type(self).__name__))
 
 
-def check_logits_target(logits: Tensor, target: Tensor, who: str) -> None:
-    """Raise a clear error unless ``logits`` is (B,K,H,W) and ``target`` is (B,H,W) integer."""
-    if logits.ndim != 4:
-        raise ValueError(f"{who}: logits must be (B, K, H, W), got shape {tuple(logits.shape)}")
-    if target.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(
-            f"{who}: target shape {tuple(target.shape)} does not match logits "
-            f"{tuple(logits.shape)}; expected (B, H, W) = {(logits.shape[0], *logits.shape[2:])}"
-        )
-    if target.dtype.is_floating_point:
-        raise TypeError(f"{who}: target must be an integer tensor of train ids, got {target.dtype}")
-
-
-def finite_mean(values: Tensor, logits: Tensor) -> Tensor:
-    """Mean of ``values``, or a zero that keeps the graph when ``values`` is empty."""
-    if values.numel() == 0:
-        return logits.sum() * 0.0
-    return values.mean()
-
-
-__all__ = ["LossTerm", "check_logits_target", "finite_mean", "torch"]
+__all__ = ["LossTerm"]

@@ -1,5 +1,10 @@
 """Calibration-aware classification terms on inlier pixels; they replace or complement CrossEntropy.
 
+Label smoothing (C. Szegedy et al., "Rethinking the Inception Architecture", CVPR 2016), focal
+loss (T.-Y. Lin et al., ICCV 2017; for calibration J. Mukhoti et al., NeurIPS 2020) and
+margin-based label smoothing (B. Liu et al., "The Devil is in the Margin: Margin-based Label
+Smoothing for Network Calibration", CVPR 2022, github.com/by-liu/MbLS).
+
 OOD (254) and void (255) pixels are ignored; a batch without inliers gives an exact zero
 that keeps the graph.
 """
@@ -74,16 +79,17 @@ class FocalLoss(LossTerm):
 
 
 class MarginLabelSmoothing(LossTerm):
-    """Margin-based label smoothing (MbLS, Liu et al. CVPR 2022).
+    """Margin-based label smoothing (MbLS: B. Liu, I. Ben Ayed, A. Galdran, J. Dolz, CVPR 2022).
 
     ``L = mean_I [ -log p_y + α R(z) ]`` with the logit-distance penalty
-    ``R(z) = Σ_k relu(max_j z_j - z_k - m)``. The paper writes the sum over classes;
-    the authors' code averages over classes instead, which is
-    ``class_reduction="mean"`` (the same as ``α/K`` with the sum).
+    ``R(z) = mean_k relu(max_j z_j - z_k - m)``, ``m = 10``, ``α = 0.1``: the authors' code
+    (github.com/by-liu/MbLS, ``calibrate/losses/logit_margin_l1.py`` ``LogitMarginL1``)
+    averages the penalty over classes. The paper writes a sum over classes, which is
+    ``class_reduction="sum"`` (the same as ``K α`` with the mean).
     """
 
     def __init__(
-        self, weight: float = 1.0, margin: float = 10.0, alpha: float = 0.1, class_reduction: str = "sum"
+        self, weight: float = 1.0, margin: float = 10.0, alpha: float = 0.1, class_reduction: str = "mean"
     ) -> None:
         super().__init__(weight)
         if margin < 0:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
-from synthrel_lightning.losses.base import LossTerm, check_logits_target, finite_mean
-
-if TYPE_CHECKING:
-    from synthrel_lightning.losses.stats import PixelStats
+from synthrel_lightning.losses.base import LossTerm
+from synthrel_lightning.losses.checks import check_logits_target, finite_mean
+from synthrel_lightning.losses.stats import PixelStats
 
 
 class CrossEntropy(LossTerm):

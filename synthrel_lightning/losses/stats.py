@@ -1,8 +1,8 @@
 """Per-pixel statistics of one (logits, target) pair, computed once and shared by the loss terms.
 
-Every loss term of this package is a function of a few per-pixel reductions of the logits
-over the class axis (logsumexp, max, mean, sum of sigmoids, the target's logit) and of the
-inlier/OOD masks. Computing those once, in one autograd node, replaces one or more passes
+Most per-pixel loss terms of this package are functions of a few per-pixel reductions of the
+logits over the class axis (logsumexp, max, mean, sum of sigmoids, the target's logit) and of
+the inlier/OOD masks. Computing those once, in one autograd node, replaces one or more passes
 over the full (B, K, H, W) logits per term, forward and backward, by a handful of passes
 for the whole objective: the backward of the node builds the logits' gradient in one go
 from the (B, H, W) gradients of the statistics.
@@ -10,17 +10,13 @@ from the (B, H, W) gradients of the statistics.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
-from synthrel_lightning.labels import OOD_ID, VOID_ID
-from synthrel_lightning.losses.base import check_logits_target
-
-if TYPE_CHECKING:
-    from synthrel_lightning.losses.base import LossTerm
+from synthrel_lightning.labels import OOD_ID
+from synthrel_lightning.losses.checks import check_logits_target, check_target_ids, invalid_ids
 
 #: Names of the statistics a :class:`PixelStats` can hold (a term's ``stats_needed``).
 STAT_NAMES = frozenset({"lse", "max", "mean", "sigmoid_sum", "target_logit"})
@@ -148,9 +144,9 @@ class PixelStats:
         self.num_classes = int(logits.shape[1])
         self.inlier = (target >= 0) & (target < self.num_classes)
         self.ood = target == OOD_ID
-        self._bad = ~(self.inlier | self.ood | (target == VOID_ID))
+        self._bad = invalid_ids(target, self.num_classes)
         self._validated = False
-        #: A 0-d boolean tensor, True when the target is valid; state updates (EnergyHinge's
+        #: A 0-d boolean tensor, True when the target is valid; state updates (estimated energy
         #: margins) are gated on it while the check itself is deferred.
         self.valid: Tensor | None = None
         if validate:
@@ -195,12 +191,7 @@ class PixelStats:
         """Raise a clear ``ValueError`` if the target holds values other than 0..K-1, 254 and 255."""
         if self._validated:
             return
-        if bool(self._bad.any()):
-            values = sorted(self.target[self._bad].unique().tolist())[:10]
-            raise ValueError(
-                f"{self.who}: target holds values {values} outside 0..{self.num_classes - 1}, "
-                f"{OOD_ID} (OOD) and {VOID_ID} (void)"
-            )
+        check_target_ids(self.target, self.num_classes, self.who)
         self._validated = True
 
     def inlier_mean(self, values: Tensor) -> Tensor:
@@ -212,6 +203,11 @@ class PixelStats:
         """Mean of per-pixel ``values`` over OOD pixels (an exact, graph-keeping zero without any)."""
         return torch.where(self.ood, values, 0.0).sum() * self._inverse_counts["ood"]
 
+    @property
+    def has_ood(self) -> Tensor:
+        """0-d boolean tensor: whether the batch holds OOD pixels (no host sync)."""
+        return self.ood.any()
+
     def need(self, name: str) -> Tensor:
         """The statistic ``name``, or a clear error if it was not requested."""
         value = getattr(self, name, None) if name in STAT_NAMES else None
@@ -220,26 +216,4 @@ class PixelStats:
         return value
 
 
-def evaluate_terms(
-    terms: Sequence[LossTerm], logits: Tensor, target: Tensor, who: str = "loss", fused: bool = True
-) -> tuple[list[Tensor], Tensor]:
-    """Unweighted values of ``terms`` on one batch, sharing one :class:`PixelStats`.
-
-    Terms without :meth:`~LossTerm.forward_stats` are called as ``term(logits, target)``.
-    The target's values are not checked here: the second result is a 0-d boolean tensor,
-    True when they are valid; the caller checks it (one host sync) once everything is
-    queued, and calls :func:`check_target_values` for the error if it is False.
-    """
-    needs = frozenset().union(*(t.stats_needed for t in terms if t.supports_stats))
-    stats = PixelStats(logits, target, needs, who=who, validate=False, fused=fused)
-    values = [t.forward_stats(stats) if t.supports_stats else t(logits, target) for t in terms]
-    assert stats.valid is not None
-    return values, stats.valid
-
-
-def check_target_values(logits: Tensor, target: Tensor, who: str) -> None:
-    """Raise a clear error unless ``target`` fits ``logits`` and holds only 0..K-1, 254 and 255."""
-    PixelStats(logits, target, needs=(), who=who, validate=True)
-
-
-__all__ = ["STAT_NAMES", "PixelStats", "check_target_values", "evaluate_terms"]
+__all__ = ["STAT_NAMES", "PixelStats"]

@@ -1,4 +1,4 @@
-"""Input checks shared by the metrics (one device sync per batch at most)."""
+"""Input checks shared by the metrics (one device sync per batch when the input is good)."""
 
 from __future__ import annotations
 
@@ -36,10 +36,39 @@ def check_binary_inputs(scores: Tensor, target: Tensor, ignore_index: int, who: 
             f"1 (OOD) and {ignore_index} (ignored)"
         )
     if not all_finite:
-        n_nonfinite = int((valid & ~torch.isfinite(scores)).sum())
-        if n_nonfinite:
-            raise ValueError(
-                f"{who}: {n_nonfinite} of {scores.numel()} scores at non-ignored pixels are NaN or infinite; "
-                "fix the score function (e.g. clamp logits, compute in float32)"
-            )
+        check_finite(
+            scores, valid, who, "scores", hint="fix the score function (e.g. clamp logits, compute in float32)"
+        )
     return target, valid
+
+
+def _where(index: list[int]) -> str:
+    if len(index) == 3:
+        return f"batch item {index[0]}, row {index[1]}, column {index[2]}"
+    return f"index {tuple(index)}"
+
+
+def check_finite(
+    values: Tensor, valid: Tensor | None, who: str, what: str, channel_dim: int | None = None, hint: str = ""
+) -> None:
+    """Raise a ValueError saying how many of ``values`` at ``valid`` pixels are NaN / infinite, and where.
+
+    ``values`` has the shape of ``valid`` or, with ``channel_dim``, one more dimension
+    (e.g. logits ``(B, K, H, W)`` with ``channel_dim=1`` against ``(B, H, W)``). Values at
+    pixels outside ``valid`` are not checked. One device sync when everything is finite.
+    """
+    finite = torch.isfinite(values)
+    pixel_ok = finite.all(dim=channel_dim) if channel_dim is not None else finite
+    bad = ~pixel_ok if valid is None else ~pixel_ok & valid
+    if not bool(bad.any()):
+        return
+    per_pixel = values.movedim(channel_dim, -1)[bad] if channel_dim is not None else values[bad]
+    n_nan, n_inf, n_pixels = (int(x) for x in (per_pixel.isnan().sum(), per_pixel.isinf().sum(), bad.sum()))
+    positions = torch.nonzero(bad)
+    items = torch.unique(positions[:, 0]).tolist() if bad.ndim > 1 else []
+    in_items = f" in batch item(s) {items[:10]}{' ...' if len(items) > 10 else ''}" if bad.ndim == 3 else ""
+    raise ValueError(
+        f"{who}: {n_nan + n_inf} of {values.numel()} {what} at counted pixels are NaN or infinite "
+        f"({n_nan} NaN, {n_inf} infinite) at {n_pixels} pixel(s){in_items}; the first at "
+        f"{_where(positions[0].tolist())}" + (f". {hint}" if hint else "")
+    )

@@ -30,35 +30,21 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
+from synthrel_lightning.metrics._checks import check_finite
+from synthrel_lightning.metrics.functional import (
+    FINE_BINS,
+    adaptive_ece_from_sums,
+    ece_from_sums,
+    fine_bin_sums,
+    top1_bin_sums,
+)
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-_FINE_MBITS = 6  # 64 sub-bins per octave of u = 1 - confidence
-_FINE_OCTAVES = 24  # u in [2**-24, 1): float32 cannot tell confidences closer to 1 apart
-_FINE_BINS = (_FINE_OCTAVES << _FINE_MBITS) + 1
 
-
-def _fine_bin(confidence: Tensor) -> Tensor:
-    """Fine log-scale bin of ``u = 1 - confidence`` (0 = smallest u, i.e. most confident)."""
-    u = (1.0 - confidence.float()).clamp_min(0.0).contiguous()
-    shift = 23 - _FINE_MBITS
-    idx = (u.view(torch.int32) >> shift) - ((127 - _FINE_OCTAVES) << _FINE_MBITS) + 1
-    return idx.clamp_(0, _FINE_BINS - 1).to(torch.int64)
-
-
-def equal_mass_ece(count: Tensor, conf_sum: Tensor, correct_sum: Tensor, num_bins: int) -> Tensor:
-    """Adaptive ECE from a fine histogram (counts, confidence sums, correct counts), splitting straddling bins proportionally."""
-    count = count.double()
-    total = count.sum()
-    hi = count.cumsum(0)
-    lo = hi - count
-    edges = torch.linspace(0, 1, num_bins + 1, dtype=torch.float64, device=count.device) * total
-    # overlap[b, f]: how many pixels of fine bin f fall into equal-mass bin b
-    overlap = (torch.minimum(hi[None], edges[1:, None]) - torch.maximum(lo[None], edges[:-1, None])).clamp_min(0)
-    frac = overlap / count.clamp_min(1)[None]
-    gap = (frac @ correct_sum.double() - frac @ conf_sum.double()).abs()
-    return gap.sum() / total
+_NONFINITE_HINT = "check the model's output (e.g. compute in float32, look for exploding activations)"
 
 
 class CalibrationMetrics(Metric):
@@ -78,12 +64,9 @@ class CalibrationMetrics(Metric):
             raise ValueError(f"CalibrationMetrics: num_bins must be >= 1, got {num_bins}")
         self.num_bins = int(num_bins)
         self.ignore_index = int(ignore_index)
-        self.add_state("bin_count", default=torch.zeros(num_bins, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("bin_conf", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("bin_correct", default=torch.zeros(num_bins, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("fine_count", default=torch.zeros(_FINE_BINS, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("fine_conf", default=torch.zeros(_FINE_BINS, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("fine_correct", default=torch.zeros(_FINE_BINS, dtype=torch.int64), dist_reduce_fx="sum")
+        # rows: pixel count, summed confidence, summed correctness (see metrics.functional)
+        self.add_state("bins", default=torch.zeros(3, num_bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("fine_bins", default=torch.zeros(3, FINE_BINS, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("brier_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("nll_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -104,12 +87,13 @@ class CalibrationMetrics(Metric):
         k = logits.shape[1]
         target = target.to(logits.device).long()
         valid = (target >= 0) & (target < k) & (target != self.ignore_index) & (target != OOD_ID)
+        check_finite(logits, valid, type(self).__name__, "logits", channel_dim=1, hint=_NONFINITE_HINT)
         z = logits.movedim(1, -1)[valid].float()  # (N, K)
         y = target[valid]
         logp = z.log_softmax(dim=-1)
         logp_max, pred = logp.max(dim=-1)
         conf = logp_max.exp()
-        correct = (pred == y).long()
+        correct = pred == y
         logp_y = logp.gather(-1, y[:, None]).squeeze(-1)
         p = logp.exp()
         # sum_k (p_k - y_k)^2 = sum_k p_k^2 - 2 p_y + 1
@@ -117,72 +101,39 @@ class CalibrationMetrics(Metric):
         self.brier_sum += brier.sum(dtype=torch.float64)
         self.nll_sum += (-logp_y).sum(dtype=torch.float64)
 
-        coarse = (conf * self.num_bins).long().clamp_(0, self.num_bins - 1)
-        self.bin_count += torch.bincount(coarse, minlength=self.num_bins)
-        self.bin_correct.index_add_(0, coarse, correct)
-        self.bin_conf.index_add_(0, coarse, conf.double())
-        fine = _fine_bin(conf)
-        self.fine_count += torch.bincount(fine, minlength=_FINE_BINS)
-        self.fine_correct.index_add_(0, fine, correct)
-        self.fine_conf.index_add_(0, fine, conf.double())
+        self.bins += top1_bin_sums(conf, correct, self.num_bins)
+        self.fine_bins += fine_bin_sums(conf, correct)
 
     def _total(self) -> int:
-        return int(self.bin_count.sum())
+        return int(self.bins[0].sum())
 
     def compute(self) -> dict[str, Tensor]:
         """``ece``, ``adaptive_ece``, ``brier``, ``nll`` and ``accuracy`` over all pixels seen."""
         n = self._total()
         if n == 0:
             raise ValueError("CalibrationMetrics: no valid (non-ignored, in-distribution) pixel was seen")
-        ece = (self.bin_correct.double() - self.bin_conf).abs().sum() / n
         return {
-            "ece": ece,
-            "adaptive_ece": equal_mass_ece(self.fine_count, self.fine_conf, self.fine_correct, self.num_bins),
+            "ece": ece_from_sums(self.bins),
+            "adaptive_ece": adaptive_ece_from_sums(self.fine_bins, self.num_bins),
             "brier": self.brier_sum / n,
             "nll": self.nll_sum / n,
-            "accuracy": self.bin_correct.sum().double() / n,
+            "accuracy": self.bins[2].sum() / n,
         }
 
-    def reliability_diagram(self, title: str | None = None) -> Figure:
-        """Matplotlib Figure of per-bin accuracy vs confidence (equal-width bins) with the pixel share per bin."""
-        from matplotlib.figure import Figure  # no pyplot: works headless, leaves the user's backend alone
-
+    def _synced_bins(self) -> Tensor:
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
-            count = self.bin_count.detach().double().cpu()
-            conf = self.bin_conf.detach().cpu()
-            correct = self.bin_correct.detach().double().cpu()
-        width = 1.0 / self.num_bins
-        centers = (torch.arange(self.num_bins, dtype=torch.float64) + 0.5) * width
-        acc = torch.where(count > 0, correct / count.clamp_min(1), torch.zeros_like(count))
-        mean_conf = torch.where(count > 0, conf / count.clamp_min(1), centers)
-        share = count / count.sum().clamp_min(1)
-        centers, acc, mean_conf, share = (t.numpy() for t in (centers, acc, mean_conf, share))
+            return self.bins.detach().clone().cpu()
 
-        fig = Figure(figsize=(5, 6))
-        ax, ax_hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-        ax.bar(centers, acc, width=width, edgecolor="black", color="tab:blue", label="accuracy")
-        ax.bar(
-            centers,
-            mean_conf - acc,
-            bottom=acc,
-            width=width,
-            edgecolor="tab:red",
-            color="tab:red",
-            alpha=0.3,
-            label="gap",
-        )
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set_ylabel("accuracy")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.legend(loc="upper left")
-        if count.sum() > 0:
-            ece = float((correct - conf).abs().sum() / count.sum())
-            ax.set_title((title + "\n" if title else "") + f"ECE {ece:.4f}")
-        elif title:
-            ax.set_title(title)
-        ax_hist.bar(centers, share, width=width, edgecolor="black", color="tab:gray")
-        ax_hist.set_xlabel("confidence")
-        ax_hist.set_ylabel("share of pixels")
-        fig.tight_layout()
-        return fig
+    def plot(self, ax: Axes | None = None, title: str | None = None) -> tuple[Figure, Axes]:
+        """Reliability diagram of the pixels seen on all processes (collective under DDP), as ``(figure, axes)``.
+
+        Empty bins get no bar; the ECE and the pixel count are written on it; see
+        :func:`synthrel_lightning.metrics.plots.reliability_diagram`.
+        """
+        from synthrel_lightning.metrics.plots import reliability_diagram
+
+        return reliability_diagram(self._synced_bins(), title=title, ax=ax)
+
+    def reliability_diagram(self, title: str | None = None) -> Figure:
+        """The figure of :meth:`plot`."""
+        return self.plot(title=title)[0]

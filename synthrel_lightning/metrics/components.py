@@ -19,10 +19,16 @@ Per frame, following the official benchmark code:
    ``siou`` and ``ppv`` are the means over all pooled components.
 
 The threshold: SMIYC uses the pixel-level best-F1 threshold, known only after a
-pass over the whole dataset. This metric is exact and therefore needs the
-threshold before ``update``: either fixed by the user, or obtained with the
-two-pass protocol ``PixelOODMetrics`` (pass 1, ``best_f1_threshold``) ->
-``ComponentMetrics.set_threshold`` (or ``threshold=``) -> pass 2.
+pass over the whole dataset. This metric is exact, so the threshold must be known
+before frames are scored. Three ways:
+
+* fixed by the user (``threshold=``);
+* two passes: ``PixelOODMetrics`` (pass 1, ``best_f1_threshold``) ->
+  ``ComponentMetrics.set_threshold`` -> ``update`` (pass 2);
+* one pass with ``defer=True``: ``update`` before a threshold is set keeps the
+  frames (scores float32 on the CPU, targets uint8: 5 bytes per pixel, on each
+  process), and ``set_threshold`` (after the pixel pass, with the same value on
+  every process) scores them and releases them. Same values as two passes.
 """
 
 from __future__ import annotations
@@ -105,8 +111,8 @@ class ComponentMetrics(Metric):
 
     ``update(scores, target)``: scores float ``(H, W)`` or ``(N, H, W)`` (one frame
     per leading index), target of the same shape with 0 / 1 / ``ignore_index``.
-    The threshold must be known before ``update`` (see the module docstring for
-    the two-pass protocol). States are pooled counts and sums (``sum`` reduction).
+    The threshold must be known before ``update``, or, with ``defer=True``, before
+    ``compute`` (see the module docstring). States are pooled counts and sums (``sum`` reduction).
     Means over zero components and F1 with no component at all are NaN.
     """
 
@@ -122,9 +128,12 @@ class ComponentMetrics(Metric):
         min_gt_size: int | None = None,
         inclusive: bool = False,
         ignore_index: int = VOID_ID,
+        defer: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.defer = bool(defer)
+        self._pending: list[tuple[Tensor, Tensor]] = []
         if track not in TRACK_SIZES:
             raise ValueError(f"ComponentMetrics: track must be one of {sorted(TRACK_SIZES)}, got {track!r}")
         default_pred, default_gt = TRACK_SIZES[track]
@@ -147,24 +156,41 @@ class ComponentMetrics(Metric):
             self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def set_threshold(self, threshold: float) -> None:
-        """Set the score threshold (e.g. ``PixelOODMetrics``' ``best_f1_threshold``) used by later updates."""
+        """Set the score threshold (e.g. ``PixelOODMetrics``' ``best_f1_threshold``); scores deferred frames with it."""
         threshold = float(threshold)
         if math.isnan(threshold):
             raise ValueError("ComponentMetrics: threshold is NaN")
         self.threshold = threshold
+        pending, self._pending = self._pending, []
+        for scores, target in pending:
+            self._accumulate(scores, target)
+
+    @property
+    def pending_frames(self) -> int:
+        """Frames kept by ``defer=True`` until a threshold is set."""
+        return sum(scores.shape[0] for scores, _ in self._pending)
 
     def update(self, scores: Tensor, target: Tensor) -> None:
         """Add frames: scores ``(H, W)`` or ``(N, H, W)`` and binary targets (0 / 1 / ignore_index)."""
-        if self.threshold is None:
+        if self.threshold is None and not self.defer:
             raise RuntimeError(
-                "ComponentMetrics: no threshold set. Pass threshold= or call set_threshold(t) before update; "
-                "SMIYC uses PixelOODMetrics' best_f1_threshold from a first pass over the data"
+                "ComponentMetrics: no threshold set. Pass threshold= or call set_threshold(t) before update "
+                "(or construct with defer=True to keep the frames until then); SMIYC uses PixelOODMetrics' "
+                "best_f1_threshold from a first pass over the data"
             )
         target, _ = check_binary_inputs(scores, target, self.ignore_index, type(self).__name__)
         if scores.ndim == 2:
             scores, target = scores[None], target[None]
         if scores.ndim != 3:
             raise ValueError(f"ComponentMetrics: scores must be (H, W) or (N, H, W), got {tuple(scores.shape)}")
+        if self.threshold is None:
+            small = torch.uint8 if 0 <= self.ignore_index <= 255 else torch.int64
+            self._pending.append((scores.detach().float().cpu(), target.detach().to("cpu", small)))
+            return
+        self._accumulate(scores, target)
+
+    def _accumulate(self, scores: Tensor, target: Tensor) -> None:
+        assert self.threshold is not None
         # threshold on the device; only the boolean masks travel to the CPU for scipy
         pred = (scores >= self.threshold) if self.inclusive else (scores > self.threshold)
         pred_np = pred.cpu().numpy()
@@ -195,8 +221,18 @@ class ComponentMetrics(Metric):
         self.siou_pred_sum += float(sums[1])
         self.ppv_sum += float(sums[2])
 
+    def reset(self) -> None:
+        """Clear the pooled counts and any deferred frames (the threshold is kept)."""
+        super().reset()
+        self._pending = []
+
     def compute(self) -> dict[str, Tensor]:
         """Pooled ``siou``, ``siou_pred``, ``ppv``, ``mean_f1`` and ``f1_25``, ``f1_50``, ``f1_75``."""
+        if self._pending:
+            raise RuntimeError(
+                f"ComponentMetrics: {self.pending_frames} deferred frame(s) wait for a threshold; call "
+                "set_threshold(PixelOODMetrics(...).compute()['best_f1_threshold']) before compute()"
+            )
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.tp.device)
         n_gt, n_pred = self.n_gt.double(), self.n_pred.double()
         denom = (2 * self.tp + self.fn + self.fp).double()
@@ -216,5 +252,5 @@ class ComponentMetrics(Metric):
     def extra_repr(self) -> str:
         return (
             f"track={self.track!r}, threshold={self.threshold}, min_pred_size={self.min_pred_size}, "
-            f"min_gt_size={self.min_gt_size}, inclusive={self.inclusive}"
+            f"min_gt_size={self.min_gt_size}, inclusive={self.inclusive}, defer={self.defer}"
         )

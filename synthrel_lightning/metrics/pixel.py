@@ -34,7 +34,7 @@ computes exactly what the exact mode would on scores rounded to their bin. Bins:
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -42,6 +42,17 @@ from torchmetrics import Metric
 
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.metrics._checks import check_binary_inputs
+from synthrel_lightning.metrics.functional import (
+    best_f1,
+    binary_curve_metrics,
+    binary_ood_metrics,
+    curve_counts_from_histogram,
+    curve_counts_from_scores,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _EXP_WINDOW = 32  # float bins cover |score| in [2**-32, 2**32)
 _F32_MANTISSA = 23
@@ -57,53 +68,20 @@ def _bits_to_float(bits: int) -> float:
     return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32).item())
 
 
-def curve_metrics(tps: Tensor, fps: Tensor, thresholds: Tensor | None = None) -> dict[str, Tensor]:
-    """AUROC, AP, FPR95, best F1 from cumulative TP/FP counts at descending distinct thresholds."""
-    tps = tps.double()
-    fps = fps.double()
-    n_pos, n_neg = tps[-1], fps[-1]
-    tpr = tps / n_pos
-    fpr = fps / n_neg
-    zero = tps.new_zeros(1)
-    auroc = torch.trapezoid(torch.cat([zero, tpr]), torch.cat([zero, fpr]))
-    precision = tps / (tps + fps)
-    ap = ((tpr - torch.cat([zero, tpr[:-1]])) * precision).sum()
-    # integer comparison avoids float rounding of tps / n_pos right at 0.95
-    reached = tps * 100 >= n_pos * 95
-    fpr95 = fpr[int(reached.to(torch.uint8).argmax())]
-    f1 = 2 * tps / (tps + fps + n_pos)
-    best = int(f1.argmax())
-    out = {"auroc": auroc, "ap": ap, "fpr95": fpr95, "best_f1": f1[best]}
-    if thresholds is not None:
-        out["best_f1_threshold"] = thresholds[best].double()
-    out["_best_index"] = torch.tensor(best)
-    return out
-
-
 def pixel_ood_metrics(scores: Tensor, target: Tensor, ignore_index: int = VOID_ID) -> dict[str, Tensor]:
     """Exact (sort-based) AUROC, AP, FPR95, best F1 and its threshold over all non-ignored pixels."""
     target, valid = check_binary_inputs(scores, target, ignore_index, "pixel_ood_metrics")
-    return _exact_from_flat(scores[valid].float(), target[valid] == 1)
+    return _exact(scores[valid].float(), target[valid] == 1, "pixel_ood_metrics")
 
 
-def _exact_from_flat(scores: Tensor, positive: Tensor) -> dict[str, Tensor]:
+def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
     n_pos = int(positive.sum())
     if n_pos == 0 or n_pos == positive.numel():
         raise NotComputableError(
-            f"pixel OOD metrics need OOD and in-distribution pixels; got {n_pos} OOD and "
+            f"{who}: pixel OOD metrics need OOD and in-distribution pixels; got {n_pos} OOD and "
             f"{positive.numel() - n_pos} in-distribution pixels"
         )
-    order = torch.argsort(scores, descending=True)
-    s = scores[order]
-    tp_cum = positive[order].to(torch.int64).cumsum(0)
-    # the last index of each run of equal scores is one threshold
-    last = torch.nonzero(s[1:] != s[:-1]).flatten()
-    last = torch.cat([last, last.new_tensor([s.numel() - 1])])
-    tps = tp_cum[last]
-    fps = last + 1 - tps
-    out = curve_metrics(tps, fps, s[last])
-    out.pop("_best_index")
-    return out
+    return binary_ood_metrics(scores, positive)
 
 
 class PixelOODMetrics(Metric):
@@ -242,35 +220,32 @@ class PixelOODMetrics(Metric):
         if self.mode == "exact":
             scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
             positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
-            return _exact_from_flat(scores, positives)
-        hist = self.hist.flip(1)  # descending scores
-        filled = torch.nonzero(hist.sum(0)).flatten()
-        tps = hist[1, filled].cumsum(0)
-        fps = hist[0, filled].cumsum(0)
-        out = curve_metrics(tps, fps)
-        best_bin = self.num_bins - 1 - int(filled[int(out.pop("_best_index"))])
-        out["best_f1_threshold"] = torch.tensor(self.bin_lower_edge(best_bin), dtype=torch.float64, device=tps.device)
+            return _exact(scores, positives, type(self).__name__)
+        tps, fps, bins = curve_counts_from_histogram(self.hist)
+        out = binary_curve_metrics(tps, fps)
+        _, best = best_f1(tps, fps)
+        out["best_f1_threshold"] = torch.tensor(
+            self.bin_lower_edge(int(bins[best])), dtype=torch.float64, device=tps.device
+        )
         return out
 
     def curves(self, max_points: int = 512) -> dict[str, Tensor]:
         """Dataset-level ROC (``fpr``, ``tpr``) and precision-recall (``recall``, ``precision``) curves.
 
-        At most ``max_points`` points per curve (evenly spaced over the distinct thresholds,
-        the last one kept), from the states of all processes (collective under DDP).
+        Also ``auroc``, ``ap`` and ``fpr95`` of the full curves. At most ``max_points`` points
+        per curve (evenly spaced over the distinct thresholds, the last one kept), from the
+        states of all processes (collective under DDP).
         """
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
             if self.mode == "exact":
                 scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
                 positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
-                order = torch.argsort(scores, descending=True)
-                pos = positives[order].double()
-                tps, fps = pos.cumsum(0), (1 - pos).cumsum(0)
+                tps, fps, _ = curve_counts_from_scores(scores, positives)
             else:
-                hist = self.hist.flip(1)
-                filled = torch.nonzero(hist.sum(0)).flatten()
-                tps, fps = hist[1, filled].double().cumsum(0), hist[0, filled].double().cumsum(0)
+                tps, fps, _ = curve_counts_from_histogram(self.hist)
         if tps.numel() == 0 or tps[-1] == 0 or fps[-1] == 0:
             raise NotComputableError(f"{type(self).__name__}: curves need OOD and in-distribution pixels")
+        summary = binary_curve_metrics(tps, fps)
         keep = torch.unique(
             torch.linspace(0, tps.numel() - 1, min(max_points, tps.numel()), device=tps.device).round().long()
         )
@@ -280,7 +255,20 @@ class PixelOODMetrics(Metric):
             "tpr": (tps / tps[-1]).cpu(),
             "recall": (tps / tps[-1]).cpu(),
             "precision": (tps / (tps + fps)).cpu(),
+            **{key: summary[key].cpu() for key in ("auroc", "ap", "fpr95")},
         }
+
+    def plot(
+        self, ax: tuple[Axes, Axes] | None = None, title: str | None = None, max_points: int = 512
+    ) -> tuple[Figure, tuple[Axes, Axes]]:
+        """ROC and precision-recall curves with AUROC, FPR95 and AP, as ``(figure, (roc_axes, pr_axes))``.
+
+        Draws into the two axes ``ax`` when given; collective under DDP like :meth:`curves`.
+        """
+        from synthrel_lightning.metrics.plots import roc_pr_figure
+
+        fig = roc_pr_figure(self.curves(max_points), title=title, axes=ax)
+        return fig, ax if ax is not None else (fig.axes[0], fig.axes[1])
 
     def extra_repr(self) -> str:
         return f"mode={self.mode!r}, num_bins={self.num_bins}, score_range={self.score_range}"

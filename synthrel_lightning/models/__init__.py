@@ -1,6 +1,19 @@
-"""The OOD segmenter LightningModule and segmenter factories."""
+"""The OOD segmenter LightningModule, segmenter factories and the evaluation result."""
 
+from synthrel_lightning.models.evaluation import EvaluationResult
+from synthrel_lightning.models.mask_classification import HFMask2Former, HFOneFormer
 from synthrel_lightning.models.ood_segmenter import OODSegmenter
+from synthrel_lightning.models.outputs import MaskClassificationOutput, per_pixel_class_scores
 from synthrel_lightning.models.segmenters import HFSegformer, SMPSegmenter, TinySegmenter
 
-__all__ = ["OODSegmenter", "SMPSegmenter", "HFSegformer", "TinySegmenter"]
+__all__ = [
+    "EvaluationResult",
+    "HFMask2Former",
+    "HFOneFormer",
+    "HFSegformer",
+    "MaskClassificationOutput",
+    "OODSegmenter",
+    "SMPSegmenter",
+    "TinySegmenter",
+    "per_pixel_class_scores",
+]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -14,6 +15,11 @@ from torch import Tensor, nn
 
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
+from synthrel_lightning.models.evaluation import EvaluationResult
+from synthrel_lightning.models.outputs import MaskClassificationOutput, identify_output, per_pixel_class_scores
+from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, build_set_metrics, check_metric_groups
+from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
+from synthrel_lightning.scores.registry import ScoreName
 
 log = logging.getLogger(__name__)
 
@@ -27,33 +33,94 @@ def _built_from_config() -> bool:
     return _given_hyperparameters.get() is not None
 
 
+def declared_output_kind(segmenter: nn.Module) -> OutputKind:
+    """The output kind a segmenter declares (``output_kind``), or that its transformers config names."""
+    kind = getattr(segmenter, "output_kind", None)
+    if kind is None:
+        model_type = getattr(getattr(segmenter, "config", None), "model_type", None)
+        kind = "mask_classification" if model_type in ("mask2former", "maskformer", "oneformer") else "per_pixel"
+    if kind not in ("per_pixel", "mask_classification"):
+        raise ValueError(
+            f"OODSegmenter: {type(segmenter).__name__}.output_kind is {kind!r}; expected 'per_pixel' or "
+            "'mask_classification'"
+        )
+    return kind
+
+
+def freeze_except(module: nn.Module, patterns: list[str], who: str) -> list[str]:
+    """Freeze every parameter of ``module`` whose name matches none of ``patterns`` (regular expressions)."""
+    compiled = [re.compile(p) for p in patterns]
+    kept: list[str] = []
+    for pname, param in module.named_parameters():
+        keep = any(c.search(pname) for c in compiled)
+        param.requires_grad_(keep)
+        if keep:
+            kept.append(pname)
+    if not kept:
+        raise ValueError(
+            f"{who}: trainable patterns {patterns} match no parameter of {type(module).__name__}; "
+            f"e.g. {[n for n, _ in module.named_parameters()][:5]}"
+        )
+    return kept
+
+
+def _weighted(terms: list[LossTerm], values: list[Tensor]) -> dict[str, Tensor]:
+    parts: dict[str, Tensor] = {}
+    total: Tensor | None = None
+    for term, value in zip(terms, values):
+        key = f"loss_{term.name}"
+        while key in parts:
+            key += "_"
+        parts[key] = value
+        # One fused multiply-add per term keeps the kernel count of the sum low.
+        total = value * term.weight if total is None else torch.add(total, value, alpha=term.weight)
+    if total is not None:
+        parts["loss"] = total
+    return parts
+
+
 class OODSegmenter(L.LightningModule):
     """Semantic segmenter trained for reliability: in-distribution accuracy, OOD detection, calibration.
 
     Args:
-        segmenter: any module mapping images (B,3,H,W) to logits (B,K,h,w); logits are
-            upsampled (bilinear) to the label size. See :mod:`synthrel_lightning.models.segmenters`.
+        segmenter: a module mapping images (B,3,H,W) to per-pixel logits (a (B,K,h,w) tensor, a dict
+            with ``out``/``logits``, or an object with ``.logits`` such as a raw transformers
+            ``SegformerForSemanticSegmentation``) or to mask-classification outputs
+            (:class:`~synthrel_lightning.models.HFMask2Former`, :class:`~synthrel_lightning.models.HFOneFormer`).
+            A segmenter declares its kind with an ``output_kind`` attribute (``"per_pixel"`` /
+            ``"mask_classification"``); undeclared ones are taken as per-pixel and checked on the first call.
+            Everything downstream (scores, metrics, calibration) reads per-pixel class scores at the label
+            size: the upsampled logits, or ``l_k = Σ_q softmax(c_q)[k] σ(m_q)`` of mask classification.
         num_classes: K, the number of in-distribution classes.
-        losses: weighted loss terms summed into the objective (default: cross-entropy).
-        loss_weights: weights by term name (e.g. ``{"energy_hinge": 0.2}``) overriding the
-            terms' own; flat keys such as ``--model.init_args.loss_weights.energy_hinge=0.2``
-            make them reachable from sweeps.
-        ood_score: name of the OOD score used in evaluation and prediction
-            (see :data:`synthrel_lightning.scores.SCORE_NAMES`).
+        losses: weighted loss terms summed into the objective. Per-pixel models: default cross-entropy.
+            Mask-classification models train with their own criterion (``model_criterion``) plus these
+            terms, which must declare ``requires_mask_classification`` and receive the per-pixel class
+            scores (B,K,h,w) at the mask resolution, for the last and every auxiliary decoder layer.
+        loss_weights: weights by term name (e.g. ``{"energy_hinge": 0.2}``) overriding the terms' own.
+        model_criterion: weight of a mask-classification model's own criterion (0 leaves it out).
+        ood_score: a score name (see :data:`synthrel_lightning.scores.SCORE_NAMES`) or an
+            :class:`~synthrel_lightning.scores.OODScore` module.
+        trainable: regular expressions over the segmenter's parameter names; when given, only matching
+            parameters train (RbA: ``["class_predictor", "mask_embedder"]`` for Mask2Former).
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``).
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: ``"epoch"`` or ``"step"``.
+        metrics: metric groups every set computes (``segmentation``, ``calibration``, ``pixel_ood``,
+            ``components``); OOD groups only on sets with OOD labels.
+        set_metrics: per-set overrides of ``metrics`` by set name.
+        component_tracks: SMIYC size rules of the component metrics per set name (``anomaly``: default,
+            or ``obstacle``).
+        ood_protocol: ``"benchmark"`` (SMIYC: pixels pooled over the set, void left out) or ``"paper"``
+            (AUROC/AP/FPR95 per image with void counted as negative, averaged over images; the pooled
+            values are then logged as ``pooled_<metric>``).
         ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics.
         calibration_bins: bins of the top-1 ECE.
         val_set_names / test_set_names: names of the evaluation dataloaders, used in
-            logged keys ``val/<name>/<metric>``; by default taken from the datamodule
-            (``val_set_names``/``test_set_names``), else ``val_0``, ``val_1``...
+            logged keys ``val/<name>/<metric>``; by default taken from the datamodule, else ``val_0``...
         class_names: names of the K classes (for per-class IoU keys).
         summary: write ``metrics_summary.{json,md}`` after fit/validate/test.
-        prediction_dir: where ``predict`` writes prediction and score maps
-            (default ``<log_dir>/predictions``).
-        compile_losses: compile the summed loss terms with ``torch.compile`` (CUDA only;
-            elsewhere the eager path runs). Compilation takes a while on the first steps.
+        prediction_dir: where ``predict`` writes prediction and score maps (default ``<log_dir>/predictions``).
+        compile_losses: compile the summed loss terms with ``torch.compile`` (CUDA only).
     """
 
     def __init__(
@@ -62,10 +129,16 @@ class OODSegmenter(L.LightningModule):
         num_classes: int = NUM_CLASSES,
         losses: list[LossTerm] | None = None,
         loss_weights: dict[str, float] | None = None,
-        ood_score: str = "energy",
+        model_criterion: float = 1.0,
+        ood_score: ScoreName | OODScore = "energy",
+        trainable: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         scheduler_interval: str = "epoch",
+        metrics: list[MetricGroup] | None = None,
+        set_metrics: dict[str, list[MetricGroup]] | None = None,
+        component_tracks: dict[str, Literal["anomaly", "obstacle"]] | None = None,
+        ood_protocol: Literal["benchmark", "paper"] = "benchmark",
         ood_metric_mode: str = "binned",
         calibration_bins: int = 15,
         val_set_names: list[str] | None = None,
@@ -76,22 +149,42 @@ class OODSegmenter(L.LightningModule):
         compile_losses: bool = False,
     ) -> None:
         super().__init__()
-        from synthrel_lightning.scores import build_scorer
-
         if _built_from_config():
             # LightningCLI hands over the configuration (plain data) as hyperparameters: keep
             # all of it, so load_from_checkpoint can rebuild the segmenter and loss terms.
             self.save_hyperparameters()
         else:
-            self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler"])
+            self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler", "ood_score"])
+            if isinstance(ood_score, str):
+                self.hparams["ood_score"] = ood_score
         self.segmenter = segmenter
         self.num_classes = int(num_classes)
-        self.losses = nn.ModuleList(losses if losses is not None else [CrossEntropy()])
-        if len(self.losses) == 0:
-            raise ValueError("OODSegmenter: losses must hold at least one LossTerm")
+        self.output_kind: OutputKind = declared_output_kind(segmenter)
+        self._output_checked = False
+        mask_classification = self.output_kind == "mask_classification"
+        default_losses = [] if mask_classification else [CrossEntropy()]
+        self.losses = nn.ModuleList(losses if losses is not None else default_losses)
         for term in self.losses:
             if not isinstance(term, LossTerm):
                 raise TypeError(f"OODSegmenter: losses must be LossTerm instances, got {type(term).__name__}")
+            needs_masks = bool(getattr(term, "requires_mask_classification", False))
+            if needs_masks and not mask_classification:
+                raise ValueError(
+                    f"OODSegmenter: loss term {term.name!r} needs mask-classification outputs (per-pixel class "
+                    f"scores of a Mask2Former/OneFormer), but the segmenter {type(segmenter).__name__} outputs "
+                    "per-pixel logits"
+                )
+            if mask_classification and not needs_masks:
+                raise ValueError(
+                    f"OODSegmenter: loss term {term.name!r} is defined on per-pixel logits, but the segmenter "
+                    f"{type(segmenter).__name__} is a mask-classification model, which trains with its own "
+                    "criterion (model_criterion) plus mask-classification terms"
+                )
+        if not mask_classification and len(self.losses) == 0:
+            raise ValueError("OODSegmenter: losses must hold at least one LossTerm")
+        if not model_criterion >= 0:
+            raise ValueError(f"OODSegmenter: model_criterion must be >= 0, got {model_criterion!r}")
+        self.model_criterion = float(model_criterion)
         if loss_weights:
             by_name = {term.name: term for term in self.losses}
             unknown = sorted(set(loss_weights) - set(by_name))
@@ -103,13 +196,31 @@ class OODSegmenter(L.LightningModule):
                 if not w >= 0:
                     raise ValueError(f"OODSegmenter: loss weight {term_name}={w!r} must be >= 0")
                 by_name[term_name].weight = float(w)
-        self.ood_score = ood_score
-        self.scorer = build_scorer(ood_score)
+        self.scorer = self._build_scorer(ood_score)
+        self.ood_score = self.scorer.name
+        if trainable is not None:
+            freeze_except(self.segmenter, trainable, "OODSegmenter")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.scheduler_interval = scheduler_interval
+        self.metric_groups = check_metric_groups(
+            list(metrics) if metrics is not None else list(DEFAULT_METRICS), "OODSegmenter"
+        )
+        self.set_metric_groups = {
+            name: check_metric_groups(list(groups), f"OODSegmenter set_metrics[{name!r}]")
+            for name, groups in (set_metrics or {}).items()
+        }
+        from synthrel_lightning.metrics import TRACK_SIZES
+
+        self.component_tracks = dict(component_tracks or {})
+        bad = {k: v for k, v in self.component_tracks.items() if v not in TRACK_SIZES}
+        if bad:
+            raise ValueError(f"OODSegmenter: component_tracks {bad}: tracks must be one of {sorted(TRACK_SIZES)}")
+        if ood_protocol not in ("benchmark", "paper"):
+            raise ValueError(f"OODSegmenter: ood_protocol must be 'benchmark' or 'paper', got {ood_protocol!r}")
+        self.ood_protocol = ood_protocol
         self.ood_metric_mode = ood_metric_mode
         self.calibration_bins = calibration_bins
         self.set_names: dict[str, list[str] | None] = {"val": val_set_names, "test": test_set_names}
@@ -130,50 +241,119 @@ class OODSegmenter(L.LightningModule):
         # Evaluation metrics per (stage, set name), created on first use.
         self.eval_metrics = nn.ModuleDict()
         self._seen: dict[str, dict[str, bool]] = {}
+        self._dataloader_of: dict[str, int] = {}
         self._reported_skips: set[str] = set()
-        self._score_statistics_pending = False
         # Set by ReliabilityPlots: keep each set's reliability diagram and ROC/PR figures
         # (built from the metric states of all processes) for loggers to pick up.
         self.keep_evaluation_plots = False
         self.evaluation_plots: dict[str, dict[str, Any]] = {}
 
-    # ----------------------------------------------------------------- inference
-    def raw_logits(self, images: Tensor) -> Tensor:
-        """Logits (B,K,H,W) at the input resolution, before temperature scaling."""
-        logits = self.segmenter(images)
-        if isinstance(logits, dict):  # e.g. torchvision segmentation models
-            logits = logits["out"]
-        if logits.ndim != 4 or logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"OODSegmenter: the segmenter returned shape {tuple(logits.shape)}; expected (B, {self.num_classes}, h, w)"
-            )
-        if logits.shape[-2:] != images.shape[-2:]:
-            logits = F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return logits
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Temperature-scaled logits (B,K,H,W) at the input resolution."""
-        return self.raw_logits(images) / self.temperature
-
-    def set_ood_score(self, name: str) -> None:
-        """Switch the OOD score used by evaluation and prediction (e.g. to compare scores on one model)."""
+    def _build_scorer(self, ood_score: str | OODScore) -> OODScore:
         from synthrel_lightning.scores import build_scorer
 
-        self.scorer = build_scorer(name).to(self.device)
-        self.ood_score = name
-        self.hparams["ood_score"] = name
+        if isinstance(ood_score, str):
+            scorer = build_scorer(ood_score, num_classes=self.num_classes)
+        elif isinstance(ood_score, OODScore):
+            scorer = ood_score
+        else:
+            raise TypeError(
+                f"OODSegmenter: ood_score must be a score name or an OODScore module, got {type(ood_score).__name__}"
+            )
+        scorer.check_output_kind(self.output_kind)
+        if getattr(scorer, "num_classes", self.num_classes) != self.num_classes:
+            raise ValueError(
+                f"OODSegmenter: the OOD score has num_classes={scorer.num_classes}, the model {self.num_classes}"
+            )
+        return scorer
+
+    # ----------------------------------------------------------------- inference
+    def segmenter_output(self, images: Tensor) -> Tensor | MaskClassificationOutput:
+        """The segmenter's output, identified: per-pixel logits (B,K,h,w) or mask-classification outputs."""
+        kind, content = identify_output(self.segmenter(images))
+        if kind != self.output_kind:
+            raise TypeError(
+                f"OODSegmenter: the segmenter {type(self.segmenter).__name__} returned {kind.replace('_', '-')} "
+                f"outputs but declares (or was taken to output) {self.output_kind.replace('_', '-')} ones; set its "
+                "output_kind attribute"
+            )
+        if not self._output_checked:
+            k = content.shape[1] if isinstance(content, Tensor) else content.class_logits.shape[-1] - 1
+            if (isinstance(content, Tensor) and content.ndim != 4) or k != self.num_classes:
+                shape = tuple(content.shape) if isinstance(content, Tensor) else tuple(content.class_logits.shape)
+                expected = (
+                    f"(B, {self.num_classes}, h, w)"
+                    if isinstance(content, Tensor)
+                    else f"class logits (B, Q, {self.num_classes + 1})"
+                )
+                raise ValueError(f"OODSegmenter: the segmenter returned shape {shape}; expected {expected}")
+            self._output_checked = True
+        return content
+
+    def class_scores(self, output: Tensor | MaskClassificationOutput, size: tuple[int, int]) -> Tensor:
+        """Per-pixel class scores (B,K,H,W) at ``size`` (bilinear; masks are upsampled before ``l_k``)."""
+        if isinstance(output, MaskClassificationOutput):
+            masks = output.mask_logits
+            if masks.shape[-2:] != size:
+                masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+            return per_pixel_class_scores(output.class_logits, masks)
+        if output.shape[-2:] != size:
+            output = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
+        return output
+
+    def raw_logits(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
+        """Per-pixel class scores (B,K,H,W) at the input resolution (or ``size``), before temperature scaling."""
+        return self.class_scores(self.segmenter_output(images), size or tuple(images.shape[-2:]))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Temperature-scaled per-pixel class scores (B,K,H,W) at the input resolution."""
+        return self.raw_logits(images) / self.temperature
+
+    def set_ood_score(self, score: str | OODScore) -> None:
+        """Switch the OOD score used by evaluation and prediction (e.g. to compare scores on one model)."""
+        self.scorer = self._build_scorer(score).to(self.device)
+        self.ood_score = self.scorer.name
+        self.hparams["ood_score"] = self.ood_score
 
     def score(self, logits: Tensor) -> Tensor:
-        """OOD score map (B,H,W) of temperature-scaled logits; higher = more OOD."""
-        if hasattr(self.scorer, "update_statistics"):
-            # Statistics-based scores (standardized max-logit) were fitted on raw training
-            # logits: score the raw logits, which also makes them independent of T.
+        """OOD score map (B,H,W) of temperature-scaled class scores; higher = more OOD.
+
+        Scores defined on the raw outputs (standardized max logit, RbA, Mask2Anomaly) see them
+        without the temperature.
+        """
+        if not self.scorer.uses_temperature:
             logits = logits * self.temperature
         return self.scorer(logits)
 
+    @torch.no_grad()
+    def compute_score_statistics(self, batches: Iterable[dict[str, Any]], max_batches: int | None = None) -> int:
+        """Fill a stateful score's statistics with an eval-mode pass over ``batches`` (training images).
+
+        Returns the number of batches used. Does nothing for stateless scores.
+        """
+        if not isinstance(self.scorer, StatefulScore):
+            return 0
+        was_training = self.training
+        self.eval()
+        self.scorer.reset_statistics()
+        n = 0
+        try:
+            for batch in batches:
+                if max_batches is not None and n >= max_batches:
+                    break
+                images = batch["image"].to(self.device)
+                label = batch.get("label")
+                size = tuple(label.shape[-2:]) if label is not None else tuple(images.shape[-2:])
+                raw = self.raw_logits(images, size)
+                self.scorer.update_statistics(raw, None if label is None else label.to(self.device))
+                n += 1
+            self.scorer.finalize()
+        finally:
+            self.train(was_training)
+        return n
+
     # ------------------------------------------------------------------ training
     def compute_losses(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
-        """The weighted total (``loss``) and each unweighted term (``loss_<name>``).
+        """The weighted total (``loss``) and each unweighted term (``loss_<name>``) on per-pixel logits.
 
         With several terms, the per-pixel statistics they read (logsumexp, max, sigmoid
         sums, masks) are computed once for all of them, and the target is checked once,
@@ -194,23 +374,43 @@ class OODSegmenter(L.LightningModule):
                 check_target_values(logits, target, "OODSegmenter")
         else:
             values = [term(logits, target) for term in terms]
+        return _weighted(terms, values)
+
+    def compute_mask_classification_losses(self, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
+        """The model's own criterion (``loss_criterion``) plus each term on the last and every auxiliary layer."""
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
-        for term, value in zip(terms, values):
-            key = f"loss_{term.name}"
-            while key in parts:
-                key += "_"
-            parts[key] = value
-            # One fused multiply-add per term keeps the kernel count of the sum low.
-            total = value * term.weight if total is None else torch.add(total, value, alpha=term.weight)
+        if self.model_criterion > 0:
+            criterion = getattr(self.segmenter, "criterion", None)
+            if criterion is None:
+                raise TypeError(
+                    f"OODSegmenter: the mask-classification segmenter {type(self.segmenter).__name__} has no "
+                    "criterion(output, target); wrap it in HFMask2Former/HFOneFormer or set model_criterion=0"
+                )
+            own = sum(criterion(output, target).values())
+            parts["loss_criterion"] = own
+            total = own * self.model_criterion
+        terms = list(self.losses)
+        if terms:
+            layers = [output.class_scores(), *output.aux_class_scores()]
+            values = [sum(term(scores, target) for scores in layers) for term in terms]
+            term_parts = _weighted(terms, values)
+            total = term_parts["loss"] if total is None else total + term_parts.pop("loss")
+            term_parts.pop("loss", None)
+            parts.update(term_parts)
+        if total is None:
+            raise ValueError("OODSegmenter: nothing to train: model_criterion is 0 and there are no loss terms")
         parts["loss"] = total
         return parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One optimisation step on a batch dict with ``image`` and ``label``."""
         images, target = batch["image"], batch["label"]
-        logits = self.raw_logits(images)
-        parts = self.compute_losses(logits, target)
+        output = self.segmenter_output(images)
+        if isinstance(output, MaskClassificationOutput):
+            parts = self.compute_mask_classification_losses(output, target)
+        else:
+            parts = self.compute_losses(self.class_scores(output, tuple(target.shape[-2:])), target)
         if not torch.isfinite(parts["loss"]):
             raise FloatingPointError(
                 f"OODSegmenter: non-finite training loss at step {self.global_step}: "
@@ -221,34 +421,11 @@ class OODSegmenter(L.LightningModule):
         for key, value in parts.items():
             if key != "loss":
                 self.log(f"train/{key}", value, batch_size=bs)
-        if hasattr(self.scorer, "update_statistics"):
-            self.scorer.update_statistics(logits.detach(), target)
-            self._score_statistics_pending = True
         return parts["loss"]
 
-    def on_train_epoch_start(self) -> None:
-        """Start fresh training-data statistics of stateful OOD scores (this epoch's weights only)."""
-        if hasattr(self.scorer, "reset_statistics"):
-            self.scorer.reset_statistics()
-            self._score_statistics_pending = False
-
-    def _finalize_score_statistics(self) -> None:
-        # Validation runs before on_train_epoch_end, so statistics gathered so far are
-        # finalised whenever evaluation starts, and again at the end of the epoch.
-        if self._score_statistics_pending and hasattr(self.scorer, "finalize"):
-            self.scorer.finalize()
-            self._score_statistics_pending = False
-
-    def on_validation_epoch_start(self) -> None:
-        """Finalise pending training-data statistics of stateful OOD scores."""
-        self._finalize_score_statistics()
-
-    def on_train_epoch_end(self) -> None:
-        """Finalise training-data statistics of stateful OOD scores (standardized max-logit)."""
-        self._finalize_score_statistics()
-
     # ---------------------------------------------------------------- evaluation
-    def _set_name(self, stage: str, dataloader_idx: int) -> str:
+    def set_name(self, stage: str, dataloader_idx: int) -> str:
+        """The name of evaluation set ``dataloader_idx`` of ``stage`` (``val``/``test``)."""
         names = self.set_names.get(stage)
         if names is None and self._trainer is not None and self.trainer.datamodule is not None:
             names = getattr(self.trainer.datamodule, f"{stage}_set_names", None)
@@ -259,41 +436,93 @@ class OODSegmenter(L.LightningModule):
     def _metrics_for(self, stage: str, name: str) -> nn.ModuleDict:
         key = f"{stage}__{name}"
         if key not in self.eval_metrics:
-            from synthrel_lightning.metrics import CalibrationMetrics, PixelOODMetrics, SegmentationIoU
-
-            self.eval_metrics[key] = nn.ModuleDict(
-                {
-                    "seg": SegmentationIoU(num_classes=self.num_classes, class_names=self.class_names),
-                    "ood": PixelOODMetrics(mode=self.ood_metric_mode),
-                    "cal": CalibrationMetrics(num_bins=self.calibration_bins),
-                }
+            self.eval_metrics[key] = build_set_metrics(
+                self.set_metric_groups.get(name, self.metric_groups),
+                self.num_classes,
+                self.class_names,
+                self.ood_metric_mode,
+                self.calibration_bins,
+                self.ood_protocol,
+                self.component_tracks.get(name, "anomaly"),
             ).to(self.device)
             self._seen[key] = {"seg": False, "ood": False}
         return self.eval_metrics[key]
 
-    def _eval_step(self, stage: str, batch: dict[str, Any], dataloader_idx: int) -> None:
-        name = self._set_name(stage, dataloader_idx)
-        metrics = self._metrics_for(stage, name)
-        seen = self._seen[f"{stage}__{name}"]
+    def evaluate_batch(
+        self, stage: str, batch: dict[str, Any], batch_idx: int, dataloader_idx: int
+    ) -> EvaluationResult:
+        """Class scores and OOD score of an evaluation batch, checked for non-finite values."""
+        name = self.set_name(stage, dataloader_idx)
         images = batch["image"]
-        logits = self(images)
-        label = batch.get("label")
+        label, ood = batch.get("label"), batch.get("ood")
+        size = tuple((label if label is not None else ood if ood is not None else images).shape[-2:])
+        raw = self.raw_logits(images, size)
+        logits = raw / self.temperature
+        score = self.score(logits)
+        for what, value in (("class scores", logits), ("OOD scores", score)):
+            if not bool(torch.isfinite(value).all()):
+                raise FloatingPointError(
+                    f"OODSegmenter: non-finite {what} ({self.ood_score if what == 'OOD scores' else 'model output'}) "
+                    f"in {stage} set {name!r}, batch {batch_idx}"
+                )
+        return EvaluationResult(
+            stage=stage,
+            set_name=name,
+            batch_idx=batch_idx,
+            dataloader_idx=dataloader_idx,
+            images=images,
+            logits=logits.detach(),
+            score=score.detach(),
+            label=label,
+            ood=ood,
+            names=batch.get("name"),
+        )
+
+    def _eval_step(self, stage: str, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> EvaluationResult:
+        result = self.evaluate_batch(stage, batch, batch_idx, dataloader_idx)
+        key = f"{stage}__{result.set_name}"
+        metrics = self._metrics_for(stage, result.set_name)
+        self._dataloader_of[key] = dataloader_idx
+        seen = self._seen[key]
+        label, ood = result.label, result.ood
         if label is not None and bool((label < self.num_classes).any()):
-            metrics["seg"].update(logits, label)
-            metrics["cal"].update(logits, label)
+            for group in ("segmentation", "calibration"):
+                if group in metrics:
+                    metrics[group].update(result.logits, label)
             seen["seg"] = True
-        ood = batch.get("ood")
         if ood is not None and bool((ood != VOID_ID).any()):
-            metrics["ood"].update(self.score(logits), ood)
+            if "pixel_ood" in metrics:
+                metrics["pixel_ood"].update(result.score, ood)
+            if "paper_ood" in metrics:
+                metrics["paper_ood"].update(result.score, ood)
             seen["ood"] = True
+        return result
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Update the named set's streaming metrics."""
-        self._eval_step("val", batch, dataloader_idx)
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EvaluationResult:
+        """Update the named set's streaming metrics; the batch's :class:`EvaluationResult` for callbacks."""
+        return self._eval_step("val", batch, batch_idx, dataloader_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        """Update the named set's streaming metrics."""
-        self._eval_step("test", batch, dataloader_idx)
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EvaluationResult:
+        """Update the named set's streaming metrics; the batch's :class:`EvaluationResult` for callbacks."""
+        return self._eval_step("test", batch, batch_idx, dataloader_idx)
+
+    def _component_pass(self, stage: str, name: str, dataloader_idx: int, metric: Any, threshold: float) -> None:
+        """Second pass over the set's loader: component metrics at the set's best-F1 threshold."""
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        limits = self.trainer.num_val_batches if stage == "val" else self.trainer.num_test_batches
+        limit = limits[dataloader_idx] if dataloader_idx < len(limits) else float("inf")
+        metric.set_threshold(threshold)
+        with torch.no_grad():
+            for i, batch in enumerate(loader):
+                if i >= limit:
+                    break
+                batch = self.transfer_batch_to_device(batch, self.device, dataloader_idx)
+                ood = batch.get("ood")
+                if ood is None:
+                    continue
+                result = self.evaluate_batch(stage, batch, i, dataloader_idx)
+                metric.update(result.score, ood)
 
     def _log_epoch(self, stage: str) -> None:
         for key, metrics in self.eval_metrics.items():
@@ -309,18 +538,37 @@ class OODSegmenter(L.LightningModule):
             values: dict[str, Tensor] = {}
             plots: dict[str, Any] = {}
             if flags[0] > 0:
-                values.update(metrics["seg"].compute())
-                values.update(metrics["cal"].compute())
-                if self.keep_evaluation_plots:
-                    plots["reliability_diagram"] = metrics["cal"].reliability_diagram(title=f"{stage}/{name}")
-            if flags[1] > 0:
-                if metrics["ood"].is_computable():
-                    values.update(metrics["ood"].compute())
+                if "segmentation" in metrics:
+                    values.update(metrics["segmentation"].compute())
+                if "calibration" in metrics:
+                    values.update(metrics["calibration"].compute())
                     if self.keep_evaluation_plots:
-                        from synthrel_lightning.plots import roc_pr_figure
+                        plots["reliability_diagram"] = metrics["calibration"].reliability_diagram(
+                            title=f"{stage}/{name}"
+                        )
+            if flags[1] > 0 and "pixel_ood" in metrics:
+                if metrics["pixel_ood"].is_computable():
+                    pooled = metrics["pixel_ood"].compute()
+                    if "paper_ood" in metrics:
+                        values.update({f"pooled_{k}": v for k, v in pooled.items()})
+                        if metrics["paper_ood"].is_computable():
+                            values.update(metrics["paper_ood"].compute())
+                    else:
+                        values.update(pooled)
+                    if "components" in metrics and not self.trainer.sanity_checking:
+                        self._component_pass(
+                            stage,
+                            name,
+                            self._dataloader_of.get(key, 0),
+                            metrics["components"],
+                            float(pooled["best_f1_threshold"]),
+                        )
+                        values.update(metrics["components"].compute())
+                    if self.keep_evaluation_plots:
+                        from synthrel_lightning.metrics.plots import roc_pr_figure
 
                         plots["roc_pr"] = roc_pr_figure(
-                            metrics["ood"].curves(), title=f"{stage}/{name} ({self.ood_score})"
+                            metrics["pixel_ood"].curves(), title=f"{stage}/{name} ({self.ood_score})"
                         )
                 elif key not in self._reported_skips:
                     self._reported_skips.add(key)
@@ -373,6 +621,12 @@ class OODSegmenter(L.LightningModule):
         from synthrel_lightning.callbacks.summary import MetricsSummary
 
         parts: list[L.Callback] = [DataEpochSync(), PredictionWriter(self.prediction_dir)]
+        if isinstance(self.scorer, StatefulScore):
+            from synthrel_lightning.callbacks.sml_statistics import SMLStatistics
+
+            user_callbacks = self.trainer.callbacks if self._trainer is not None else []
+            if not any(isinstance(c, SMLStatistics) for c in user_callbacks):
+                parts.append(SMLStatistics())
         if self.summary:
             parts.append(MetricsSummary())
         return parts

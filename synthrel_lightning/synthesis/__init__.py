@@ -1,5 +1,12 @@
 """Synthetic outliers: where objects go, how they are made, the on-disk bank, and mixing them into training.
 
+Folders and modules: ``geometry`` (the Box type), ``placement`` (where objects go),
+``protocol`` (context crop, mask, paste-back), ``engine`` (Stable Diffusion inpainting),
+``object_masks``, ``vocabulary``, ``bank`` (the on-disk outlier bank), ``sources/`` (paste
+sources and :func:`fill_bank`), ``mixing`` (into training frames), ``refresh`` (background
+bank growth), ``generate/`` (the predict loop of ``python -m synthrel_lightning generate``),
+``names`` (safe file names). Tiny offline pipelines live in :mod:`synthrel_lightning.testing`.
+
 Names are imported lazily so ``import synthrel_lightning.synthesis`` stays cheap (diffusers
 and transformers are only imported by the inpainting code that needs them).
 """
@@ -9,7 +16,8 @@ from __future__ import annotations
 from synthrel_lightning._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
-    # placement
+    # geometry and placement
+    "Box": "geometry",
     "Placement": "placement",
     "PlacementSampler": "placement",
     # bank
@@ -24,6 +32,7 @@ _LAZY: dict[str, str] = {
     "BankSource": "sources",
     "InpaintingSource": "sources",
     "fill_bank": "sources",
+    "FillReport": "sources",
     "decode_coco_rle": "sources",
     "polygons_to_mask": "sources",
     # mixing
@@ -33,8 +42,7 @@ _LAZY: dict[str, str] = {
     # background generation
     "OutlierBankRefresh": "refresh",
     "ProducerSpec": "sources",
-    "produce_into_bank": "sources",
-    # inpainting engine, vocabulary, object masks, domain shift
+    # inpainting engine, vocabulary, object masks
     "InpaintingEngine": "engine",
     "InpaintResult": "engine",
     "ModelLoadError": "engine",
@@ -43,11 +51,11 @@ _LAZY: dict[str, str] = {
     "load_vocabulary": "vocabulary",
     "ObjectMasker": "object_masks",
     "build_masker": "object_masks",
-    "DomainShiftGenerator": "domains",
-    # tiny offline pipelines (tests, demo)
-    "build_tiny_inpaint_pipeline": "tiny",
-    "build_tiny_controlnet_pipeline": "tiny",
-    "save_tiny_pipeline": "tiny",
+    # ahead-of-time generation
+    "GenerationSummary": "generate",
+    # safe names
+    "check_name": "names",
+    "path_within": "names",
 }
 
 __all__ = sorted(_LAZY)

@@ -2,8 +2,10 @@
 
 :class:`InpaintingEngine` wraps ``StableDiffusionInpaintPipeline`` (or
 ``StableDiffusionControlNetInpaintPipeline`` with ``controlnet_id``) and implements the
-paper's protocol (REFERENCE.md §1a) on whole frames: context crop, soft box mask,
-inpainting, paste-back of the central square, optional refinement pass, object mask.
+protocol of Loiseau et al. (ECCV 2024, arXiv 2312.09231; github.com/valeoai/GenVal) on whole
+frames: context crop, box-blurred box mask (diffusers binarises it at 0.5, so the model sees a
+box with rounded corners, not a soft mask), inpainting, paste-back of the central square, the
+refinement pass over the full frame, object mask.
 Outputs that are NaN or black (fp16 overflow, a safety checker) are retried with new
 seeds and then skipped; every outcome is counted in :attr:`InpaintingEngine.stats`.
 """
@@ -21,11 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthrel_lightning.devices import resolve_device
 from synthrel_lightning.labels import OOD_ID, colorize_train_ids
 from synthrel_lightning.seeding import torch_generator
+from synthrel_lightning.synthesis.geometry import Box
 from synthrel_lightning.synthesis.object_masks import MaskRules, ObjectMasker, build_masker, feather
 from synthrel_lightning.synthesis.protocol import (
-    BoxLike,
     CropWindow,
     context_window,
     crop_to_tensor,
@@ -81,7 +84,7 @@ class InpaintResult:
     """
 
     image: np.ndarray
-    box: tuple[int, int, int]
+    box: Box
     object_name: str
     label_value: int
     prompt: str
@@ -96,9 +99,8 @@ class InpaintResult:
 
     def frame_mask(self) -> np.ndarray:
         """The object mask at frame size (bool)."""
-        x0, y0, side = self.box
         m = np.zeros(self.image.shape[:2], dtype=bool)
-        m[y0 : y0 + side, x0 : x0 + side] = self.object_mask
+        m[self.box.slices] = self.object_mask
         return m
 
     def label_map(self, base: np.ndarray | None = None) -> np.ndarray:
@@ -172,8 +174,9 @@ class InpaintingEngine:
         control: str = "inpaint",
         refine: bool = False,
         refine_strength: float = 0.65,
+        refine_guidance_scale: float = 7.5,
         refine_region: str = "frame",
-        refine_max_side: int = 1024,
+        refine_max_side: int | None = None,
         resolution: int = 512,
         context_scale: float = 1.5,
         blur_kernel: int = 128,
@@ -185,28 +188,28 @@ class InpaintingEngine:
     ) -> None:
         if dtype not in _DTYPES:
             raise ValueError(f"InpaintingEngine dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        if device not in ("auto", "cpu") and not str(device).startswith(("cuda", "mps", "xpu")):
-            raise ValueError(
-                f"InpaintingEngine device must be 'auto', 'cpu', 'cuda[:i]', 'mps' or 'xpu', got {device!r}"
-            )
+        resolved = resolve_device(device, who="InpaintingEngine")
         if resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8 (Stable Diffusion's VAE factor), got {resolution}")
         if refine_region not in ("frame", "crop"):
             raise ValueError(f"refine_region must be 'frame' or 'crop', got {refine_region!r}")
+        if refine_max_side is not None and refine_max_side < 8:
+            raise ValueError(f"refine_max_side must be >= 8 or None (full resolution), got {refine_max_side}")
         if control not in ("inpaint", "segmentation"):
             raise ValueError(
                 f"control must be 'inpaint' (masked image) or 'segmentation' (label colours), got {control!r}"
             )
         if batch_size < 1 or num_inference_steps < 1 or max_retries < 0:
             raise ValueError("batch_size and num_inference_steps must be >= 1 and max_retries >= 0")
-        if cpu_offload and str(device) == "cpu":
+        if cpu_offload and resolved.type == "cpu":
             raise ValueError(
-                "cpu_offload=True offloads to the CPU between GPU calls; it needs device='cuda' or 'auto' on a GPU machine"
+                "cpu_offload=True offloads to the CPU between GPU calls; it needs "
+                "device='cuda' or 'auto' on a GPU machine"
             )
         if "{object}" not in prompt_template:
             raise ValueError(f"prompt_template must contain '{{object}}', got {prompt_template!r}")
         self.model_id = str(model_id)
-        self.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+        self.device = resolved
         self.dtype = _DTYPES[dtype]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             # Half precision convolutions are slow or unsupported on CPUs.
@@ -225,8 +228,9 @@ class InpaintingEngine:
         self.control = control
         self.refine = bool(refine)
         self.refine_strength = float(refine_strength)
+        self.refine_guidance_scale = float(refine_guidance_scale)
         self.refine_region = refine_region
-        self.refine_max_side = int(refine_max_side)
+        self.refine_max_side = None if refine_max_side is None else int(refine_max_side)
         self.resolution = int(resolution)
         self.context_scale = float(context_scale)
         # The paper's 128-pixel kernel is defined at 512; keep the same relative width.
@@ -250,6 +254,18 @@ class InpaintingEngine:
 
     # -- loading -----------------------------------------------------------------------
     @property
+    def loaded(self) -> bool:
+        """Whether the diffusers pipeline is loaded (it loads on first use)."""
+        return self._pipeline is not None
+
+    def to(self, device: str | torch.device) -> InpaintingEngine:
+        """Run on ``device`` from now on (a loaded pipeline is moved there); returns the engine."""
+        self.device = resolve_device(device, who="InpaintingEngine")
+        if self._pipeline is not None and not self.cpu_offload:
+            self._pipeline.to(self.device)
+        return self
+
+    @property
     def pipeline(self) -> Any:
         """The diffusers pipeline, loaded on first access."""
         if self._pipeline is None:
@@ -269,11 +285,13 @@ class InpaintingEngine:
         if path.exists() or looks_local:
             if not path.is_dir():
                 raise ModelLoadError(
-                    f"{what} {ident!r}: folder not found; expected a Hugging Face hub id (owner/name) or a local folder saved with save_pretrained"
+                    f"{what} {ident!r}: folder not found; expected a Hugging Face hub id (owner/name) "
+                    f"or a local folder saved with save_pretrained"
                 )
             if what.startswith("inpainting") and not (path / "model_index.json").is_file():
                 raise ModelLoadError(
-                    f"{what} {ident!r}: the folder has no model_index.json; expected a diffusers pipeline folder (save_pretrained output) or a hub id"
+                    f"{what} {ident!r}: the folder has no model_index.json; expected a diffusers "
+                    f"pipeline folder (save_pretrained output) or a hub id"
                 )
 
     def _load(self) -> Any:
@@ -288,7 +306,8 @@ class InpaintingEngine:
                 kwargs["controlnet"] = diffusers.ControlNetModel.from_pretrained(self.controlnet_id, dtype=self.dtype)
             except (OSError, ValueError) as e:
                 raise ModelLoadError(
-                    f"could not load ControlNet {self.controlnet_id!r}: expected a hub id or a ControlNetModel folder ({e})"
+                    f"could not load ControlNet {self.controlnet_id!r}: expected a hub id "
+                    f"or a ControlNetModel folder ({e})"
                 ) from e
             cls = diffusers.StableDiffusionControlNetInpaintPipeline
         try:
@@ -301,7 +320,8 @@ class InpaintingEngine:
         in_ch = getattr(pipe.unet.config, "in_channels", 9)
         if in_ch != 9:
             raise ModelLoadError(
-                f"{self.model_id!r} is not an inpainting checkpoint: its UNet takes {in_ch} input channels, inpainting needs 9"
+                f"{self.model_id!r} is not an inpainting checkpoint: its UNet takes {in_ch} "
+                f"input channels, inpainting needs 9"
             )
         if self.lora:
             pipe.load_lora_weights(self.lora)
@@ -319,7 +339,8 @@ class InpaintingEngine:
             cls = getattr(diffusers, name, None)
             if cls is None:
                 raise ValueError(
-                    f"unknown scheduler {self.scheduler!r}: diffusers has no {name} (e.g. 'DDIM', 'DPMSolverMultistep', 'LCM')"
+                    f"unknown scheduler {self.scheduler!r}: diffusers has no {name} (e.g. "
+                    f"'DDIM', 'DPMSolverMultistep', 'LCM')"
                 )
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
         if hasattr(pipe, "set_progress_bar_config"):
@@ -335,6 +356,14 @@ class InpaintingEngine:
         return self.prompt_template.replace("{n}", n).replace("{object}", entry.name)
 
     # -- batched inpainting ------------------------------------------------------------
+    def pipeline_call(self, **kwargs: Any) -> torch.Tensor:
+        """One call of the diffusers pipeline with ``kwargs`` (its own argument names); (B, 3, H, W) images.
+
+        Every inpainting pass goes through here: subclasses may override it to record or alter calls.
+        """
+        with torch.inference_mode():
+            return self.pipeline(**kwargs).images
+
     def _call(
         self,
         images: torch.Tensor,
@@ -343,6 +372,7 @@ class InpaintingEngine:
         generators: list[torch.Generator],
         strength: float,
         control: torch.Tensor | None,
+        guidance_scale: float,
     ) -> torch.Tensor:
         pipe = self.pipeline
         h, w = images.shape[-2:]
@@ -355,7 +385,7 @@ class InpaintingEngine:
             height=int(h),
             width=int(w),
             num_inference_steps=self.num_inference_steps,
-            guidance_scale=self.guidance_scale,
+            guidance_scale=guidance_scale,
             strength=strength,
             generator=generators,
             output_type="pt",
@@ -365,9 +395,7 @@ class InpaintingEngine:
         if control is not None:
             kwargs["control_image"] = control.to(dev)
         self.stats["calls"] += 1
-        with torch.inference_mode():
-            out = pipe(**kwargs).images
-        return out.float().cpu()
+        return self.pipeline_call(**kwargs).float().cpu()
 
     def inpaint(
         self,
@@ -377,8 +405,11 @@ class InpaintingEngine:
         generators: Sequence[torch.Generator],
         strength: float | None = None,
         control_images: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
     ) -> InpaintOutput:
-        """Inpaint a batch: images (B, 3, H, W) in [0, 1], soft masks (B, 1, H, W) (1 = repaint) -> (B, 3, H, W) in [0, 1].
+        """Inpaint a batch: images (B, 3, H, W) in [0, 1], masks (B, 1, H, W) (1 = repaint) -> (B, 3, H, W) in [0, 1].
+
+        diffusers binarises the masks at 0.5. ``strength``/``guidance_scale`` default to the engine's.
 
         Runs in chunks of ``batch_size``; NaN/black outputs are retried with fresh seeds up to
         ``max_retries`` times, then skipped (``valid`` False, the input returned, counted).
@@ -394,11 +425,13 @@ class InpaintingEngine:
             )
         if len(prompts) != b or len(generators) != b:
             raise ValueError(
-                f"need one prompt and one generator per image: {b} images, {len(prompts)} prompts, {len(generators)} generators"
+                f"need one prompt and one generator per image: {b} images, {len(prompts)} "
+                f"prompts, {len(generators)} generators"
             )
         if control_images is not None and control_images.shape[0] != b:
             raise ValueError(f"control_images must have {b} entries, got {control_images.shape[0]}")
         strength = self.strength if strength is None else float(strength)
+        guidance = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         images = images.float().clamp(0, 1)
         out = images.clone()
         valid = [False] * b
@@ -417,6 +450,7 @@ class InpaintingEngine:
                     [gens[i] for i in idx],
                     strength,
                     None if control_images is None else control_images[idx],
+                    guidance,
                 )
                 for j, i in enumerate(idx):
                     problem = output_problem(res[j])
@@ -452,7 +486,7 @@ class InpaintingEngine:
         if self.control == "segmentation":
             if label is None:
                 raise ValueError("control='segmentation' needs the frames' label maps")
-            crop_lbl = label[window.cy0 : window.cy0 + window.c, window.cx0 : window.cx0 + window.c]
+            crop_lbl = label[window.crop.slices]
             colour = torch.from_numpy(colorize_train_ids(crop_lbl)).permute(2, 0, 1)[None].float() / 255.0
             return F.interpolate(colour, size=crop.shape[-2:], mode="nearest")[0]
         # ControlNet-inpaint convention: masked pixels set to -1.
@@ -461,7 +495,7 @@ class InpaintingEngine:
         return ctrl
 
     def synthesize(
-        self, frame: np.ndarray, box: BoxLike, obj: str | VocabularyEntry, seed: int, label: np.ndarray | None = None
+        self, frame: np.ndarray, box: Box, obj: str | VocabularyEntry, seed: int, label: np.ndarray | None = None
     ) -> InpaintResult:
         """Inpaint one object into one frame (see :meth:`synthesize_batch`)."""
         return self.synthesize_batch([frame], [box], [obj], [seed], None if label is None else [label])[0]
@@ -469,16 +503,21 @@ class InpaintingEngine:
     def synthesize_batch(
         self,
         frames: Sequence[np.ndarray],
-        boxes: Sequence[BoxLike],
+        boxes: Sequence[Box],
         objects: Sequence[str | VocabularyEntry],
         seeds: Sequence[int],
         labels: Sequence[np.ndarray | None] | None = None,
     ) -> list[InpaintResult]:
-        """The paper's protocol on a batch of frames (H, W, 3 uint8), square boxes, objects and seeds."""
+        """The paper's protocol on a batch of frames (H, W, 3 uint8), square boxes, objects and seeds.
+
+        With ``refine`` the pasted frames go through the refinement pass and the refined frames are
+        the results (whole frames: at strength 0.65 every pixel is re-rendered).
+        """
         n = len(frames)
         if not (len(boxes) == len(objects) == len(seeds) == n):
             raise ValueError(
-                f"frames, boxes, objects and seeds must have the same length, got {n}, {len(boxes)}, {len(objects)}, {len(seeds)}"
+                f"frames, boxes, objects and seeds must have the same length, got {n}, "
+                f"{len(boxes)}, {len(objects)}, {len(seeds)}"
             )
         labels = list(labels) if labels is not None else [None] * n
         entries = [_object_of(o) for o in objects]
@@ -514,13 +553,21 @@ class InpaintingEngine:
             else:
                 new_frames.append(None)
                 patches.append(None)
+        pasted = list(new_frames)
         if self.refine:
             self._refine(new_frames, patches, windows, entries, seeds, labels)
         results = []
         for i, frame in enumerate(frames):
             results.append(
                 self._finish(
-                    np.asarray(frame), new_frames[i], patches[i], windows[i], entries[i], prompts[i], int(seeds[i])
+                    np.asarray(frame),
+                    new_frames[i],
+                    pasted[i],
+                    patches[i],
+                    windows[i],
+                    entries[i],
+                    prompts[i],
+                    int(seeds[i]),
                 )
             )
         return results
@@ -534,25 +581,31 @@ class InpaintingEngine:
         seeds: Sequence[int],
         labels: list,
     ) -> None:
-        """Second pass over the pasted square (mask = the square, prompt = the object name) to blend its edges."""
+        """The refinement pass of Loiseau et al.: the same pipeline over the pasted frame, mask = the hard square,
+        prompt = the bare object name, ``refine_strength`` (0.65), ``refine_guidance_scale`` (diffusers' 7.5).
+
+        ``refine_region="frame"`` (the authors'): the full frame at full resolution (snapped to a multiple
+        of 8; ``refine_max_side`` caps it) and the whole output frame is kept. ``"crop"``: the context
+        crop at ``resolution``, only the square pasted back.
+        """
         todo = [i for i, f in enumerate(new_frames) if f is not None]
         groups: dict[tuple[int, int], list[int]] = {}
         for i in todo:
             key = new_frames[i].shape[:2] if self.refine_region == "frame" else (self.resolution, self.resolution)
             groups.setdefault(tuple(key), []).append(i)
         for _, idx in sorted(groups.items()):
-            imgs, masks, ctrls, sizes = [], [], [], []
+            imgs, masks, ctrls = [], [], []
             for i in idx:
                 frame, win = new_frames[i], windows[i]
                 if self.refine_region == "frame":
                     h, w = frame.shape[:2]
-                    th, tw = snap_size(h, w, self.refine_max_side)
+                    th, tw = snap_size(h, w, self.refine_max_side or max(h, w))
                     t = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
-                    t = F.interpolate(t, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)[0].clamp(
-                        0, 1
-                    )
+                    if (th, tw) != (h, w):
+                        t = F.interpolate(t, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)
+                    t = t[0].clamp(0, 1)
                     hard = torch.zeros(1, 1, h, w)
-                    hard[..., win.y0 : win.y0 + win.side, win.x0 : win.x0 + win.side] = 1.0
+                    hard[(..., *win.box.slices)] = 1.0
                     mask = F.interpolate(hard, size=(th, tw), mode="nearest")[0]
                 else:
                     t = crop_to_tensor(frame, win, self.resolution)
@@ -564,16 +617,14 @@ class InpaintingEngine:
                         ctrls.append(self._control_full(t, mask, labels[i]))
                     else:
                         ctrls.append(self._control_for(t, mask, labels[i], win))
-                sizes.append(t.shape[-2:])
-            prompts = [entries[i].name for i in idx]
-            gens = [torch_generator(int(seeds[i]), "refine") for i in idx]
             res = self.inpaint(
                 torch.stack(imgs),
                 torch.stack(masks),
-                prompts,
-                gens,
+                [entries[i].name for i in idx],
+                [torch_generator(int(seeds[i]), "refine") for i in idx],
                 strength=self.refine_strength,
                 control_images=torch.stack(ctrls) if ctrls else None,
+                guidance_scale=self.refine_guidance_scale,
             )
             for j, i in enumerate(idx):
                 if not res.valid[j]:
@@ -582,10 +633,11 @@ class InpaintingEngine:
                 win, frame = windows[i], new_frames[i]
                 if self.refine_region == "frame":
                     h, w = frame.shape[:2]
-                    up = F.interpolate(res.images[j][None], size=(h, w), mode="bicubic", align_corners=False)[0]
-                    patch = to_uint8(up[:, win.y0 : win.y0 + win.side, win.x0 : win.x0 + win.side])
-                    frame = frame.copy()
-                    frame[win.y0 : win.y0 + win.side, win.x0 : win.x0 + win.side] = patch
+                    out = res.images[j][None]
+                    if out.shape[-2:] != (h, w):
+                        out = F.interpolate(out, size=(h, w), mode="bicubic", align_corners=False)
+                    frame = to_uint8(out[0])
+                    patch = frame[win.box.slices].copy()
                 else:
                     frame, patch = paste_square(frame, res.images[j], win)
                 new_frames[i], patches[i] = frame, patch
@@ -605,14 +657,15 @@ class InpaintingEngine:
         self,
         frame: np.ndarray,
         new_frame: np.ndarray | None,
+        pasted: np.ndarray | None,
         patch: np.ndarray | None,
         win: CropWindow,
         entry: VocabularyEntry,
         prompt: str,
         seed: int,
     ) -> InpaintResult:
-        box = (win.x0, win.y0, win.side)
-        empty = np.zeros((win.side, win.side), dtype=bool)
+        box = win.box
+        empty = np.zeros((box.side, box.side), dtype=bool)
         common = dict(
             box=box,
             object_name=entry.name,
@@ -624,18 +677,19 @@ class InpaintingEngine:
         if new_frame is None or patch is None:
             return InpaintResult(
                 frame.copy(),
-                patch=frame[win.y0 : win.y0 + win.side, win.x0 : win.x0 + win.side].copy(),
+                patch=frame[box.slices].copy(),
                 object_mask=empty,
                 alpha=empty.astype(np.float32),
                 ok=False,
                 reason="inpainting produced no usable image",
                 **common,
             )
-        sl = (slice(win.cy0, win.cy0 + win.c), slice(win.cx0, win.cx0 + win.c))
-        mres = self.masker.mask(new_frame[sl], frame[sl], win.box_in_crop, entry.name)
-        bx0, by0, bx1, by1 = win.box_in_crop
-        obj = mres.mask[by0:by1, bx0:bx1]
-        alpha = feather(obj, self.feather_sigma * win.side) * obj.any()
+        sl = win.crop.slices
+        # Maskers that compare with the original see the frame before refinement (which re-renders every pixel).
+        seen = pasted if (self.masker.compares_to_original and pasted is not None) else new_frame
+        mres = self.masker.mask(seen[sl], frame[sl], win.box_in_crop, entry.name)
+        obj = mres.mask[win.box_in_crop.slices]
+        alpha = feather(obj, self.feather_sigma * box.side) * obj.any()
         if not mres.accepted:
             self.stats["mask_rejected"] += 1
         return InpaintResult(

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from synthrel_lightning.synthesis.geometry import Box
+
 __all__ = [
     "MaskRules",
     "MaskResult",
@@ -33,8 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Box = tuple[int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,7 @@ class MaskRules:
         area = int(mask.sum())
         if area == 0:
             return "empty mask"
-        x0, y0, x1, y1 = box
-        inside = int(mask[y0:y1, x0:x1].sum()) / area
+        inside = int(mask[box.slices].sum()) / area
         if inside < self.min_inside:
             return f"only {inside:.1%} of the mask lies inside the box (< {self.min_inside:.0%})"
         cover = area / mask.size
@@ -80,6 +79,10 @@ def feather(mask: np.ndarray, sigma: float) -> np.ndarray:
 
 class ObjectMasker:
     """Base class: finds the object mask in a crop and applies :class:`MaskRules`; counts outcomes in ``stats``."""
+
+    compares_to_original: bool = False
+    """True for maskers that find the object by comparing with the original frame: the engine then hands
+    them the frame before its refinement pass (which re-renders every pixel)."""
 
     def __init__(self, rules: MaskRules | None = None) -> None:
         self.rules = rules if rules is not None else MaskRules()
@@ -113,13 +116,14 @@ class BoxMasker(ObjectMasker):
     def find(self, crop: np.ndarray, original: np.ndarray, box: Box, object_name: str) -> np.ndarray:
         """A mask that is True exactly on the box."""
         m = np.zeros(crop.shape[:2], dtype=bool)
-        x0, y0, x1, y1 = box
-        m[y0:y1, x0:x1] = True
+        m[box.slices] = True
         return m
 
 
 class ChangedPixelsMasker(ObjectMasker):
     """Pixels whose colour changed by more than ``threshold`` (0..1, mean over RGB), cleaned and largest component."""
+
+    compares_to_original = True
 
     def __init__(self, threshold: float = 0.12, opening: int = 2, rules: MaskRules | None = None) -> None:
         super().__init__(rules)
@@ -181,11 +185,9 @@ class OpenVocabMasker(ObjectMasker):
     @property
     def device(self) -> Any:
         """The torch device the models run on."""
-        import torch
+        from synthrel_lightning.devices import resolve_device
 
-        if self._device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self._device)
+        return resolve_device(self._device, who="OpenVocabMasker")
 
     def _load(self, kind: str) -> tuple[Any, Any]:
         from transformers import (
@@ -207,8 +209,8 @@ class OpenVocabMasker(ObjectMasker):
             processor = proc_cls.from_pretrained(ident)
         except (OSError, ValueError) as e:
             raise OSError(
-                f"OpenVocabMasker: could not load {kind} model {ident!r}: expected a Hugging Face hub id or a local folder "
-                f"saved with save_pretrained ({e})"
+                f"OpenVocabMasker: could not load {kind} model {ident!r}: expected a Hugging Face hub id "
+                f"or a local folder saved with save_pretrained ({e})"
             ) from e
         return model, processor
 

@@ -1,12 +1,13 @@
 """Where synthetic objects go: square boxes on or touching the drivable area of a frame.
 
-Two rules are implemented (REFERENCE.md §1a-1b):
+Two rules are implemented:
 
-* POC-style: the box overlaps the drivable area (road, sidewalk by default) by at
+* POC-style (de Jorge et al., "Placing Objects in Context via Inpainting for
+  Out-of-distribution Segmentation", ECCV 2024): the box overlaps the drivable area (road, sidewalk by default) by at
   least ``min_overlap`` of its area; with ``perspective`` the box side grows
   linearly with the row of its bottom edge, from the horizon (the top of the
   drivable area) to the bottom of the frame, so near objects are larger.
-* The paper's rule (the fallback): side ~ U[lo, hi] (scaled with the frame width),
+* Loiseau et al.'s rule (ECCV 2024, arXiv 2312.09231; the fallback): side ~ U[lo, hi] (scaled with the frame width),
   a context crop of ``context_scale`` x side centred on the box whose top edge is
   at least ``top_margin_frac`` x H, horizontal position uniform.
 """
@@ -19,41 +20,24 @@ from typing import Literal
 
 import numpy as np
 
+from synthrel_lightning.synthesis.geometry import Box
+
 __all__ = ["Placement", "PlacementSampler"]
 
 
 @dataclass(frozen=True)
-class Placement:
-    """A square box ``(x0, y0, x1, y1)`` (exclusive ends) and its context crop, in frame pixels."""
+class Placement(Box):
+    """A sampled square box (a :class:`Box`) with its context crop side, drivable overlap and the rule that made it."""
 
-    x0: int
-    y0: int
-    side: int
     context_side: int
     overlap: float
     rule: str  # "drivable" or "paper"
 
     @property
-    def x1(self) -> int:
-        """Exclusive right edge of the box."""
-        return self.x0 + self.side
-
-    @property
-    def y1(self) -> int:
-        """Exclusive bottom edge of the box."""
-        return self.y0 + self.side
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """The box as ``(x0, y0, x1, y1)``."""
-        return (self.x0, self.y0, self.x1, self.y1)
-
-    @property
-    def context(self) -> tuple[int, int, int, int]:
-        """The square context crop centred on the box, as ``(x0, y0, x1, y1)``."""
+    def context(self) -> Box:
+        """The square context crop centred on the box (before any shift into the frame)."""
         m = (self.context_side - self.side) // 2
-        x0, y0 = self.x0 - m, self.y0 - m
-        return (x0, y0, x0 + self.context_side, y0 + self.context_side)
+        return Box(self.x0 - m, self.y0 - m, self.context_side)
 
 
 class PlacementSampler:
@@ -198,7 +182,6 @@ class PlacementSampler:
                 return Placement(x0, y0, side, int(round(self.context_scale * side)), overlap, "drivable")
         return None
 
-    def drivable_overlap(self, label: np.ndarray, placement: Placement) -> float:
+    def drivable_overlap(self, label: np.ndarray, placement: Box) -> float:
         """Exact fraction of the box's pixels whose train id is drivable (full resolution)."""
-        x0, y0, x1, y1 = placement.box
-        return float(np.isin(np.asarray(label)[y0:y1, x0:x1], self.drivable_ids).mean())
+        return float(np.isin(np.asarray(label)[placement.slices], self.drivable_ids).mean())

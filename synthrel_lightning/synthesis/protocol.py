@@ -1,9 +1,12 @@
 """Geometry of the paper's inpainting protocol: context crop, soft box mask, paste-back of the square.
 
-REFERENCE.md §1a: a square box of side ``s``; a context crop of side ``1.5 s`` centred on
-it (shifted to stay inside the frame); the crop resized to 512x512 (bicubic); the box
+Loiseau et al., "Reliability in Semantic Segmentation: Can We Use Synthetic Data?", ECCV 2024
+(arXiv 2312.09231; github.com/valeoai/GenVal): a square box of side ``s``; a context crop of
+side ``1.5 s`` centred on it (shifted to stay inside the frame); the crop resized to 512x512 (bicubic); the box
 mask resized (nearest) and box-blurred (a 128x128 kernel at 512) into a soft mask; after
 inpainting, the crop is resized back and only the central ``s x s`` square is pasted.
+diffusers binarises inpainting masks (its mask processor thresholds at 0.5), so the blur
+reaches the model as a box with rounded corners, not as a soft mask.
 """
 
 from __future__ import annotations
@@ -15,78 +18,52 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthrel_lightning.synthesis.geometry import Box
+
 __all__ = [
-    "BoxLike",
     "CropWindow",
-    "as_box",
     "context_window",
     "soft_box_mask",
     "crop_to_tensor",
     "paste_square",
     "snap_size",
+    "to_uint8",
 ]
-
-BoxLike = Any
-"""A box: a ``Placement`` (``x0``, ``y0``, ``side``), a ``(x0, y0, side)`` tuple or a dict with those keys."""
-
-
-def as_box(box: BoxLike) -> tuple[int, int, int]:
-    """``(x0, y0, side)`` of a Placement, a 3-tuple/list or a mapping with keys x0/y0/side."""
-    if hasattr(box, "x0") and hasattr(box, "side"):
-        x0, y0, side = box.x0, box.y0, box.side
-    elif isinstance(box, dict):
-        try:
-            x0, y0, side = box["x0"], box["y0"], box["side"]
-        except KeyError as e:
-            raise ValueError(f"a box mapping needs keys x0, y0, side; got {sorted(box)}") from e
-    else:
-        try:
-            x0, y0, side = box
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"a box must be a Placement, (x0, y0, side) or a mapping, got {box!r}") from e
-    x0, y0, side = int(x0), int(y0), int(side)
-    if side < 1:
-        raise ValueError(f"box side must be >= 1, got {side}")
-    return x0, y0, side
 
 
 @dataclass(frozen=True)
 class CropWindow:
-    """A square context crop ``[cx0, cx0 + c) x [cy0, cy0 + c)`` of a frame and the box inside it."""
+    """A square context ``crop`` of a frame and the object ``box`` inside it (both in frame pixels)."""
 
-    cx0: int
-    cy0: int
-    c: int
-    x0: int
-    y0: int
-    side: int
+    crop: Box
+    box: Box
 
     @property
-    def box_in_crop(self) -> tuple[int, int, int, int]:
-        """The box as ``(x0, y0, x1, y1)`` in crop pixels."""
-        bx, by = self.x0 - self.cx0, self.y0 - self.cy0
-        return bx, by, bx + self.side, by + self.side
+    def box_in_crop(self) -> Box:
+        """The object box in crop pixels."""
+        return self.box.shifted(-self.crop.x0, -self.crop.y0)
 
 
-def context_window(box: BoxLike, frame_hw: tuple[int, int], context_scale: float = 1.5) -> CropWindow:
+def context_window(box: Box | Any, frame_hw: tuple[int, int], context_scale: float = 1.5) -> CropWindow:
     """The context crop of side ``context_scale * side`` centred on the box, shifted to lie inside the frame."""
-    x0, y0, side = as_box(box)
+    box = Box.coerce(box)
     h, w = int(frame_hw[0]), int(frame_hw[1])
-    if x0 < 0 or y0 < 0 or x0 + side > w or y0 + side > h:
-        raise ValueError(f"box (x0={x0}, y0={y0}, side={side}) does not fit in a {w}x{h} frame")
-    c = min(int(round(context_scale * side)), h, w)
-    c = max(c, side)
-    m = (c - side) // 2
-    cx0 = int(np.clip(x0 - m, 0, w - c))
-    cy0 = int(np.clip(y0 - m, 0, h - c))
-    return CropWindow(cx0, cy0, c, x0, y0, side)
+    if not box.fits(h, w):
+        raise ValueError(f"box (x0={box.x0}, y0={box.y0}, side={box.side}) does not fit in a {w}x{h} frame")
+    c = min(int(round(context_scale * box.side)), h, w)
+    c = max(c, box.side)
+    m = (c - box.side) // 2
+    cx0 = int(np.clip(box.x0 - m, 0, w - c))
+    cy0 = int(np.clip(box.y0 - m, 0, h - c))
+    return CropWindow(Box(cx0, cy0, c), box.as_box())
 
 
 def soft_box_mask(window: CropWindow, resolution: int = 512, blur_kernel: int = 128) -> torch.Tensor:
     """(1, R, R) float mask: the box at crop size, nearest-resized to R, box-blurred with a ``blur_kernel`` kernel."""
-    hard = torch.zeros(1, 1, window.c, window.c)
-    bx0, by0, bx1, by1 = window.box_in_crop
-    hard[..., by0:by1, bx0:bx1] = 1.0
+    c = window.crop.side
+    hard = torch.zeros(1, 1, c, c)
+    rows, cols = window.box_in_crop.slices
+    hard[..., rows, cols] = 1.0
     mask = F.interpolate(hard, size=(resolution, resolution), mode="nearest")
     k = int(blur_kernel)
     if k > 1:
@@ -104,11 +81,12 @@ def soft_box_mask(window: CropWindow, resolution: int = 512, blur_kernel: int = 
 
 def crop_to_tensor(frame: np.ndarray, window: CropWindow, resolution: int = 512) -> torch.Tensor:
     """(3, R, R) float tensor in [0, 1]: the frame's context crop resized bicubically to R."""
-    crop = frame[window.cy0 : window.cy0 + window.c, window.cx0 : window.cx0 + window.c]
+    c = window.crop.side
+    crop = frame[window.crop.slices]
     t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float().div_(255.0)
-    if window.c != resolution:
+    if c != resolution:
         t = F.interpolate(
-            t, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=window.c > resolution
+            t, size=(resolution, resolution), mode="bicubic", align_corners=False, antialias=c > resolution
         )
     return t[0].clamp_(0.0, 1.0)
 
@@ -124,14 +102,13 @@ def paste_square(frame: np.ndarray, inpainted: torch.Tensor, window: CropWindow)
     Returns the new frame (a copy) and the pasted ``side x side`` patch (uint8).
     """
     t = inpainted.detach().float()[None]
-    if t.shape[-1] != window.c:
-        t = F.interpolate(
-            t, size=(window.c, window.c), mode="bicubic", align_corners=False, antialias=t.shape[-1] > window.c
-        )
-    bx0, by0, bx1, by1 = window.box_in_crop
-    patch = to_uint8(t[0, :, by0:by1, bx0:bx1])
+    c = window.crop.side
+    if t.shape[-1] != c:
+        t = F.interpolate(t, size=(c, c), mode="bicubic", align_corners=False, antialias=t.shape[-1] > c)
+    rows, cols = window.box_in_crop.slices
+    patch = to_uint8(t[0, :, rows, cols])
     out = frame.copy()
-    out[window.y0 : window.y0 + window.side, window.x0 : window.x0 + window.side] = patch
+    out[window.box.slices] = patch
     return out, patch
 
 

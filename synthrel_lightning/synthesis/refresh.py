@@ -25,7 +25,9 @@ import torch.multiprocessing as mp
 from lightning.pytorch.callbacks import Callback
 
 from synthrel_lightning.synthesis.bank import OutlierBank
-from synthrel_lightning.synthesis.sources import OutlierSource, ProducerSpec, produce_into_bank
+from synthrel_lightning.synthesis.sources.base import OutlierSource
+from synthrel_lightning.synthesis.sources.fill import fill_bank
+from synthrel_lightning.synthesis.sources.producer import ProducerSpec
 
 __all__ = ["OutlierBankRefresh", "ProducerSpec"]
 
@@ -58,7 +60,8 @@ class OutlierBankRefresh(Callback):
         seed: base seed; item i of epoch e on rank r uses (seed, namespace, rank, epoch, i).
         wait_on_fit_end_s: how long the end of fitting waits for running jobs before stopping them.
         max_consecutive_failures: a job gives up after this many failures in a row.
-        log_name: logged as ``train/<log_name>_size``, ``_generated``, ``_failures``.
+        log_name: logged as ``train/<log_name>_size``, ``_generated``, ``_failures`` (at each epoch's start
+            and end, running jobs' progress included).
     """
 
     def __init__(
@@ -152,9 +155,9 @@ class OutlierBankRefresh(Callback):
         ctx = mp.get_context("spawn")
         q = ctx.Queue()
         namespace = f"{self.namespace}-r{trainer.global_rank}-e{epoch}"
-        # The target lives in sources.py so the child does not import Lightning (seconds per start).
+        # The target lives in sources/fill.py so the child does not import Lightning (seconds per start).
         proc = ctx.Process(
-            target=produce_into_bank,
+            target=fill_bank,
             args=(self.producer, str(self.bank_root), n, self.seed, namespace),
             kwargs={"device": self.device, "max_consecutive_failures": self.max_consecutive_failures, "report": q.put},
             daemon=True,
@@ -206,12 +209,32 @@ class OutlierBankRefresh(Callback):
             n = self._per_epoch(size)
             if n > 0:
                 self._launch(trainer, trainer.current_epoch, n)
+        self._log(pl_module, size)
+
+    def progress(self) -> dict[str, int]:
+        """Items produced and failed so far, finished jobs and the latest report of running ones together."""
+        running = [job.status for job in self._jobs]
+        produced = self.totals["produced"] + sum(int(st.get("produced", 0)) for st in running)
+        failed = self.totals["failed"] + sum(int(st.get("failed", 0)) for st in running)
+        return {"produced": produced, "failed": failed, "crashed_jobs": self.totals["crashed_jobs"]}
+
+    def _log(self, pl_module: L.LightningModule, size: int) -> None:
+        now = self.progress()
         metrics = {
             f"train/{self.log_name}_size": float(size),
-            f"train/{self.log_name}_generated": float(self.totals["produced"]),
-            f"train/{self.log_name}_failures": float(self.totals["failed"] + self.totals["crashed_jobs"]),
+            f"train/{self.log_name}_generated": float(now["produced"]),
+            f"train/{self.log_name}_failures": float(now["failed"] + now["crashed_jobs"]),
         }
-        pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True, sync_dist=False)
+        # Logged at epoch start and end; the counts only grow, so the epoch's value is the latest (max).
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True, sync_dist=False, reduce_fx="max")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Log the bank's size and the counts reached so far (running jobs included)."""
+        if not self._active(trainer):
+            return
+        for job in self._jobs:
+            self._drain(job)
+        self._log(pl_module, len(OutlierBank(self.bank_root, mode="a")))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Let running jobs finish for up to ``wait_on_fit_end_s``, then stop them."""

@@ -1,9 +1,15 @@
-"""Tiny randomly initialised Stable Diffusion pipelines (inpainting, ControlNet) built offline from configs.
+"""Tiny randomly initialised models built offline: try the generation tools without a GPU or the hub.
 
-They have the real diffusers/transformers classes and the real data flow of the full
-models at a size that runs in well under a second per call on a CPU: used by the
-tests, the demo and the wrapper-overhead benchmark. Their outputs are noise-like
-images, not objects.
+The builders make real diffusers/transformers pipelines (Stable Diffusion inpainting,
+ControlNet, OWLv2, SAM) with random weights at a size that runs in well under a second
+per call on a CPU. Their outputs are noise-like images, not objects: they exercise the
+whole data flow (tests, benchmarks of the wrapper's overhead, a first run of ``generate``).
+
+From the command line, :class:`TinyInpaintingEngine` is the engine to name::
+
+    python -m synthrel_lightning generate --bank out/bank \
+        --source synthrel_lightning.data.CityscapesDataset --source.root <root> --source.split val \
+        --engine synthrel_lightning.testing.TinyInpaintingEngine --devices 1 --accelerator cpu
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from synthrel_lightning.synthesis.engine import InpaintingEngine
+
 __all__ = [
+    "FaultySource",
+    "TinyInpaintingEngine",
     "build_tiny_tokenizer",
     "build_tiny_components",
     "build_tiny_inpaint_pipeline",
@@ -94,7 +104,7 @@ def build_tiny_controlnet(seed: int = 0) -> Any:
 
 
 def build_tiny_components(seed: int = 0, unet_in_channels: int = 9) -> dict[str, Any]:
-    """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a tiny SD model (``unet_in_channels`` 9 = inpainting)."""
+    """UNet, VAE, text encoder, tokenizer and DDIM scheduler of a tiny SD model (``unet_in_channels`` 9: inpainting)."""
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -218,7 +228,8 @@ def build_tiny_owlv2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
             vocab_size=n, hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
             max_position_embeddings=16, bos_token_id=n - 2, eos_token_id=n - 1, pad_token_id=n - 1,
         ),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=image_size, patch_size=16),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                           image_size=image_size, patch_size=16),
         projection_dim=32,
     )  # fmt: skip
     torch.manual_seed(seed)
@@ -240,7 +251,8 @@ def build_tiny_sam(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
             patch_size=8, window_size=4, global_attn_indexes=[1], mlp_dim=64, num_pos_feats=8,
         ),
         prompt_encoder_config=dict(hidden_size=16, image_size=image_size, patch_size=8, mask_input_channels=4),
-        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2, iou_head_hidden_dim=16),
+        mask_decoder_config=dict(hidden_size=16, mlp_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                                 iou_head_hidden_dim=16),
     )  # fmt: skip
     torch.manual_seed(seed)
     model = SamModel(config).eval()
@@ -254,3 +266,56 @@ def build_tiny_sam(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:
         )
     )
     return model, processor
+
+
+class TinyInpaintingEngine(InpaintingEngine):
+    """An :class:`~synthrel_lightning.synthesis.engine.InpaintingEngine` on a tiny random pipeline (offline, CPU).
+
+    The defaults run fast on a laptop CPU: 2 denoising steps at 64 px, float32, changed-pixels masks.
+    Any engine option can still be given (``refine``, ``guidance_scale``, ...).
+    """
+
+    def __init__(
+        self,
+        seed: int = 0,
+        device: str = "cpu",
+        num_inference_steps: int = 2,
+        resolution: int = 64,
+        mask_method: str = "changed",
+        **engine_options: Any,
+    ) -> None:
+        super().__init__(
+            model_id="tiny-random-sd-inpainting",
+            device=device,
+            dtype="float32",
+            num_inference_steps=num_inference_steps,
+            resolution=resolution,
+            mask_method=mask_method,
+            pipeline=build_tiny_inpaint_pipeline(seed),
+            **engine_options,
+        )
+
+
+class FaultySource:
+    """Procedural outliers that fail on chosen calls and take ``delay_s`` each: to watch failure handling at work.
+
+    Picklable and importable, so it can be built in a background process through a ProducerSpec.
+    """
+
+    def __init__(self, fail_calls: tuple[int, ...] = (1,), delay_s: float = 0.0, size_range: tuple[int, int] = (8, 16)):
+        self.fail_calls = tuple(int(c) for c in fail_calls)
+        self.delay_s = float(delay_s)
+        self.size_range = tuple(size_range)
+        self.calls = 0
+
+    def sample(self, rng: Any) -> Any:
+        """The next outlier, or a RuntimeError on the calls listed in ``fail_calls`` (0-based)."""
+        import time
+
+        from synthrel_lightning.synthesis.sources.procedural import ProceduralObjectSource
+
+        call, self.calls = self.calls, self.calls + 1
+        time.sleep(self.delay_s)
+        if call in self.fail_calls:
+            raise RuntimeError(f"simulated producer failure on call {call}")
+        return ProceduralObjectSource(size_range=self.size_range).sample(rng)

@@ -1,0 +1,243 @@
+"""Post-hoc temperature scaling: fit one global temperature T on held-out (e.g. synthetic) logits.
+
+Two fitting rules, both streaming over batches of ``(logits, target)``:
+
+- ``"ece_grid"`` (the protocol of Loiseau et al., "Reliability in Semantic Segmentation:
+  Can We Use Synthetic Data?", ECCV 2024; https://github.com/valeoai/GenVal): T on the grid
+  ``[0.5, 10)`` step ``0.01`` minimising the top-1 ECE with 15 equal-width bins over
+  non-void pixels. One pass accumulates, for every T of the grid and every bin, the
+  pixel count, the summed confidence and the summed accuracy; no pixel is stored.
+- ``"nll"``: T minimising the mean negative log-likelihood (LBFGS on ``log T``), on a
+  uniform random subsample of at most ``max_pixels`` pixels kept while streaming
+  (random keys, smallest ``max_pixels`` kept), so memory does not grow with the set.
+
+Pixels whose target is a train id ``0..K-1`` count; OOD (254) and void (255) pixels have
+no correct class and are left out. The ECE arithmetic is :mod:`synthrel_lightning.metrics.functional`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from synthrel_lightning.calibration.logits import LogitBatches, PixelReservoir, as_batches, flatten_valid
+from synthrel_lightning.labels import OOD_ID, VOID_ID
+from synthrel_lightning.metrics.functional import ece_from_sums, top1_bin_sums
+
+log = logging.getLogger(__name__)
+
+FitMethod = Literal["nll", "ece_grid"]
+"""How T is fitted: NLL by LBFGS on a pixel subsample, or the paper's ECE grid search."""
+
+PAPER_GRID: tuple[float, float, float] = (0.5, 10.0, 0.01)
+"""The authors' temperature grid: start, stop (excluded), step."""
+
+# Elements (temperatures x pixels x classes) evaluated at once by the grid search.
+_GRID_CHUNK_ELEMENTS = 1 << 23
+
+
+def temperature_grid(grid: tuple[float, float, float] = PAPER_GRID) -> Tensor:
+    """The temperatures ``start, start+step, ...`` below ``stop`` (float64)."""
+    start, stop, step = (float(v) for v in grid)
+    if not (start > 0 and stop > start and step > 0):
+        raise ValueError(f"temperature grid must be (start > 0, stop > start, step > 0), got {grid!r}")
+    n = math.ceil((stop - start) / step - 1e-9)
+    return start + step * torch.arange(n, dtype=torch.float64)
+
+
+class _BinnedTop1:
+    """Per-(temperature, bin) sums of count, confidence and correctness for top-1 ECE."""
+
+    def __init__(self, temperatures: Tensor, num_bins: int) -> None:
+        if num_bins < 1:
+            raise ValueError(f"num_bins must be >= 1, got {num_bins!r}")
+        self.temperatures = temperatures.double().reshape(-1)
+        if not bool((self.temperatures > 0).all()):
+            raise ValueError(f"temperatures must be > 0, got {self.temperatures.tolist()[:10]}")
+        self.num_bins = int(num_bins)
+        self.sums = torch.zeros(self.temperatures.numel(), 3, self.num_bins, dtype=torch.float64)
+        self.pixels = 0
+
+    def update(self, z: Tensor, y: Tensor) -> None:
+        n, k = z.shape
+        if n == 0:
+            return
+        device = z.device
+        self.sums = self.sums.to(device)
+        temps = self.temperatures.to(device=device, dtype=torch.float32)
+        # The top-1 class does not depend on T > 0; only the confidence does.
+        shifted = z - z.amax(dim=1, keepdim=True)
+        correct = z.argmax(dim=1) == y
+        n_t = temps.numel()
+        px_chunk = max(1, min(n, _GRID_CHUNK_ELEMENTS // max(1, k)))
+        t_chunk = max(1, min(n_t, _GRID_CHUNK_ELEMENTS // (px_chunk * k)))
+        for p0 in range(0, n, px_chunk):
+            d = shifted[p0 : p0 + px_chunk]
+            c = correct[p0 : p0 + px_chunk]
+            for t0 in range(0, n_t, t_chunk):
+                t = temps[t0 : t0 + t_chunk]
+                conf = torch.exp(d.unsqueeze(0) / t.view(-1, 1, 1)).sum(dim=-1).reciprocal()  # (Tc, P)
+                self.sums[t0 : t0 + t.numel()] += top1_bin_sums(conf, c, self.num_bins)
+        self.pixels += n
+
+    def ece(self) -> Tensor:
+        return ece_from_sums(self.sums).cpu()
+
+
+def _binned(data: LogitBatches | tuple[Tensor, Tensor], temperatures: Tensor, num_bins: int) -> _BinnedTop1:
+    acc = _BinnedTop1(temperatures, num_bins)
+    k: int | None = None
+    seen = 0
+    for i, (logits, target) in enumerate(as_batches(data)):
+        z, y = flatten_valid(logits, target, k, i)
+        k = logits.shape[1]
+        acc.update(z, y)
+        seen += 1
+    _check_nonempty(seen, acc.pixels)
+    return acc
+
+
+def ece_by_temperature(
+    data: LogitBatches | tuple[Tensor, Tensor], temperatures: Tensor | list[float], num_bins: int = 15
+) -> Tensor:
+    """Top-1 ECE (equal-width bins, non-void pixels) of ``logits / T`` for each T, in one streaming pass."""
+    return _binned(data, torch.as_tensor(temperatures, dtype=torch.float64), num_bins).ece()
+
+
+def expected_calibration_error(logits: Tensor, target: Tensor, num_bins: int = 15, temperature: float = 1.0) -> float:
+    """Top-1 ECE with equal-width bins over non-void pixels of ``logits / temperature``."""
+    return float(ece_by_temperature((logits, target), [temperature], num_bins)[0])
+
+
+def _check_nonempty(batches: int, pixels: int) -> None:
+    if batches == 0:
+        raise ValueError("fit_temperature: no (logits, target) batches were given; the calibration set is empty")
+    if pixels == 0:
+        raise ValueError(
+            f"fit_temperature: the {batches} batch(es) hold no pixel with a train id (all void {VOID_ID} "
+            f"or OOD {OOD_ID}); temperature scaling needs labelled in-distribution pixels"
+        )
+
+
+def _fit_nll(z: Tensor, y: Tensor, max_iter: int) -> float:
+    # Callers may sit inside Lightning's inference-mode loops; the fit needs autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        z, y = z.clone(), y.clone()
+        log_t = torch.zeros((), dtype=torch.float32, device=z.device, requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(z / log_t.exp(), y)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    t = float(log_t.detach().exp())
+    if not math.isfinite(t) or t <= 0:
+        raise FloatingPointError(f"fit_temperature: NLL fit diverged (T={t}); try method='ece_grid'")
+    return t
+
+
+@dataclass(frozen=True)
+class TemperatureFit:
+    """A fitted temperature, with the top-1 ECE before (T = 1) and after scaling on the pixels the fit used."""
+
+    temperature: float
+    method: str
+    pixels: int
+    """Labelled (train-id) pixels streamed."""
+    fit_pixels: int
+    """Pixels the fit and the two ECE values used: all of them (``ece_grid``) or the subsample (``nll``)."""
+    ece_before: float
+    ece_after: float
+    num_bins: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (for checkpoints, JSON and loggers)."""
+        return asdict(self)
+
+
+def fit_temperature(
+    data: LogitBatches | tuple[Tensor, Tensor],
+    method: FitMethod = "nll",
+    grid: tuple[float, float, float] = PAPER_GRID,
+    num_bins: int = 15,
+    max_pixels: int = 2_000_000,
+    seed: int = 0,
+    max_iter: int = 100,
+) -> TemperatureFit:
+    """Fit one global temperature on ``(logits, target)`` batches (or one collected pair).
+
+    Args:
+        data: an iterable of ``(logits, target)`` pairs, streamed once, or a single pair.
+            Logits are unscaled (B,K,H,W) or (N,K); targets train ids with 254/255 left out.
+        method: ``"nll"`` (LBFGS on the mean NLL over a pixel subsample) or ``"ece_grid"``
+            (the paper's grid search of the top-1 ECE over every pixel).
+        grid: ``(start, stop, step)`` of the ECE grid; stop is excluded.
+        num_bins: equal-width confidence bins of the ECE.
+        max_pixels: cap of the NLL method's uniform pixel subsample.
+        seed: seed of that subsample.
+        max_iter: LBFGS iterations of the NLL method.
+
+    Returns:
+        The fit: ``temperature`` T such that ``logits / T`` is calibrated, and the ECE at
+        T = 1 and at T on the pixels used.
+    """
+    if method == "ece_grid":
+        temps = temperature_grid(grid)
+        # T = 1 rides along in the same pass for the ECE before scaling
+        acc = _binned(data, torch.cat([temps, temps.new_ones(1)]), num_bins)
+        ece = acc.ece()
+        best = int(torch.argmin(ece[:-1]))
+        if best in (0, temps.numel() - 1):
+            log.warning("fit_temperature: the best T=%.4g is at the edge of the grid %s", float(temps[best]), grid)
+        return TemperatureFit(
+            temperature=round(float(temps[best]), 10),
+            method=method,
+            pixels=acc.pixels,
+            fit_pixels=acc.pixels,
+            ece_before=float(ece[-1]),
+            ece_after=float(ece[best]),
+            num_bins=num_bins,
+        )
+    if method != "nll":
+        raise ValueError(f"fit_temperature: method must be 'nll' or 'ece_grid', got {method!r}")
+    reservoir = PixelReservoir(max_pixels, seed)
+    k: int | None = None
+    seen = 0
+    for i, (logits, target) in enumerate(as_batches(data)):
+        z, y = flatten_valid(logits, target, k, i)
+        k = logits.shape[1]
+        reservoir.update(z.detach(), y)
+        seen += 1
+    _check_nonempty(seen, reservoir.pixels)
+    assert reservoir.z is not None and reservoir.y is not None
+    temperature = _fit_nll(reservoir.z, reservoir.y, max_iter)
+    before, after = ece_by_temperature((reservoir.z, reservoir.y), [1.0, temperature], num_bins).tolist()
+    return TemperatureFit(
+        temperature=temperature,
+        method=method,
+        pixels=reservoir.pixels,
+        fit_pixels=int(reservoir.y.numel()),
+        ece_before=before,
+        ece_after=after,
+        num_bins=num_bins,
+    )
+
+
+__all__ = [
+    "PAPER_GRID",
+    "FitMethod",
+    "TemperatureFit",
+    "ece_by_temperature",
+    "expected_calibration_error",
+    "fit_temperature",
+    "temperature_grid",
+]

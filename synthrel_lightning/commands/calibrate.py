@@ -1,0 +1,55 @@
+"""``python -m synthrel_lightning calibrate``: fit a temperature on a named set and save a calibrated checkpoint."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from synthrel_lightning.calibration import CalibrationReport, calibrate
+from synthrel_lightning.checkpoints import CheckpointError
+
+_RECIPE_ONLY = ("trainer", "optimizer", "lr_scheduler", "seed_everything")
+"""Sections of a training recipe that calibration reads past."""
+
+
+def build_parser() -> ArgumentParser:
+    """The ``calibrate`` parser: the recipe's ``model`` and ``data`` plus the options of :func:`calibrate`."""
+    import lightning as L
+
+    parser = ArgumentParser(
+        prog="python -m synthrel_lightning calibrate",
+        description=(
+            "Fit one temperature on a named validation set for a checkpoint and write a calibrated copy. "
+            "Reads the training recipe's model and data sections; its trainer, optimizer, lr_scheduler and "
+            "seed_everything entries are accepted and ignored."
+        ),
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="training recipe (YAML) with model and data")
+    parser.add_subclass_arguments(L.LightningModule, "model", required=True, help="the model, as in the recipe")
+    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="the data, as in the recipe")
+    parser.set_defaults({"model": {"class_path": "synthrel_lightning.models.OODSegmenter"}})
+    parser.add_function_arguments(calibrate, skip={"model", "data"})
+    for ignored in _RECIPE_ONLY:
+        parser.add_argument(f"--{ignored}", type=Any, default=None, help="ignored (read from training recipes)")
+    return parser
+
+
+def main(args: list[str] | None = None) -> CalibrationReport:
+    """Parse ``args`` (``sys.argv`` when ``None``), calibrate, print the report; bad input exits with its cause."""
+    parser = build_parser()
+    cfg = parser.parse_args(args)
+    # jsonargparse >= 4.49 renamed instantiate_classes to instantiate
+    init = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(cfg)
+    kwargs = {key: init[key] for key in inspect.signature(calibrate).parameters}
+    try:
+        report = calibrate(**kwargs)
+    except (CheckpointError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(report.summary())
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""``python -m synthrel_lightning sml_stats``: standardized-max-logit statistics for a checkpoint.
+
+The options are the parameters of :func:`synthrel_lightning.models.score_statistics.write_sml_statistics`;
+``--config`` takes the run's LightningCLI config (its ``model`` and ``data`` sections are used, the
+rest is ignored)::
+
+    python -m synthrel_lightning sml_stats --config outputs/run/config.yaml --ckpt_path outputs/run/last.ckpt
+
+writes ``outputs/run/last_sml.ckpt`` (the checkpoint plus the statistics; ``ood_score`` set to
+``standardized_max_logit``), which ``validate``/``test``/``correlate`` load like any checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+IGNORED = ("trainer", "seed_everything", "optimizer", "lr_scheduler", "ckpt_path_fit")
+
+
+def build_parser() -> Any:
+    """The jsonargparse parser of ``sml_stats``, built from :func:`write_sml_statistics`' signature."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from synthrel_lightning.models.score_statistics import write_sml_statistics
+
+    parser = ArgumentParser(
+        prog="python -m synthrel_lightning sml_stats",
+        description="Compute standardized-max-logit statistics of a checkpoint on the training images.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="the run's config (model and data sections)")
+    parser.add_function_arguments(write_sml_statistics, fail_untyped=False)
+    for key in IGNORED:
+        parser.add_argument(f"--{key}", type=Any, default=None, help="ignored (part of fit configs)")
+    return parser
+
+
+def main(args: list[str] | None = None) -> Path:
+    """Run ``sml_stats`` and print the written checkpoint's path."""
+    from synthrel_lightning.models.score_statistics import write_sml_statistics
+
+    parser = build_parser()
+    cfg = parser.parse_args(args)
+    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
+    path = write_sml_statistics(
+        model=init.model,
+        data=init.data,
+        ckpt_path=init.ckpt_path,
+        output=init.output,
+        max_batches=init.max_batches,
+        device=init.device,
+        trusted=init.trusted,
+    )
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

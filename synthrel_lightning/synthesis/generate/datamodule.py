@@ -1,0 +1,115 @@
+"""The DataModule of the generation predict loop: work items listed in ``setup``, kept on the host."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
+
+from synthrel_lightning.synthesis.bank import OutlierBank
+from synthrel_lightning.synthesis.generate.items import WorkItemDataset, WriteKind, bank_keys
+from synthrel_lightning.synthesis.generate.writer import eval_paths
+from synthrel_lightning.synthesis.placement import PlacementSampler
+from synthrel_lightning.synthesis.vocabulary import VocabularyEntry
+
+__all__ = ["HostItemsDataModule", "GenerationDataModule", "remove_stale_temp_files"]
+
+log = logging.getLogger(__name__)
+
+
+def _collate(items: list[Any]) -> list[Any]:
+    # Frames may differ in size and carry Python objects: keep the batch a list.
+    return items
+
+
+class HostItemsDataModule(L.LightningDataModule):
+    """Base for predict-only generation: ``self.items`` (built in ``setup``) served in a fixed order, on the host."""
+
+    items: Dataset | None
+    batch_size: int
+    num_workers: int
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Keep items on the host: the pipeline moves what it needs to its own device."""
+        return batch
+
+    def predict_dataloader(self) -> DataLoader:
+        """Items in a fixed order (Lightning adds a distributed sampler under DDP)."""
+        if self.items is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() has not run: no work items yet")
+        return DataLoader(
+            self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate
+        )
+
+
+def remove_stale_temp_files(bank_root: str | Path, eval_dir: str | Path | None) -> int:
+    """Delete temp files left by killed writers: the bank's (dead or old writers) and ``.tmp-*`` in ``eval_dir``."""
+    removed = OutlierBank(bank_root, mode="a").cleanup_temp()
+    if eval_dir is not None:
+        for folder in (Path(eval_dir) / "images", Path(eval_dir) / "labels"):
+            for path in folder.glob(".tmp-*") if folder.is_dir() else []:
+                try:
+                    path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
+
+
+class GenerationDataModule(HostItemsDataModule):
+    """Lists the items still to do in ``setup``: an item is done when ALL its outputs exist (bank entries, PNGs)."""
+
+    def __init__(
+        self,
+        source: Dataset,
+        bank_root: str,
+        vocabulary: Sequence[VocabularyEntry],
+        placement: PlacementSampler,
+        seed: int = 0,
+        objects_per_frame: int = 1,
+        max_frames: int | None = None,
+        write: WriteKind = "object",
+        eval_dir: str | None = None,
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.source, self.bank_root, self.vocabulary, self.placement = source, bank_root, vocabulary, placement
+        self.seed, self.objects_per_frame, self.max_frames, self.write = seed, objects_per_frame, max_frames, write
+        self.eval_dir = eval_dir
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.items: WorkItemDataset | None = None
+        self.temp_files_removed = 0
+
+    def is_done(self, key: str) -> bool:
+        """True when item ``key`` has every output: its bank entries and, with ``eval_dir``, its three PNGs."""
+        if not all(k in self._done_keys for k in bank_keys(key, self.write)):
+            return False
+        return self.eval_dir is None or all(p.is_file() for p in eval_paths(self.eval_dir, key))
+
+    def setup(self, stage: str) -> None:
+        """Clean temp files of killed writers, scan the outputs and list the items still to do."""
+        # Lightning holds a barrier after setup on all ranks: nobody writes before the cleaning is over.
+        if self.trainer is None or self.trainer.global_rank == 0:
+            self.temp_files_removed = remove_stale_temp_files(self.bank_root, self.eval_dir)
+        self._done_keys = set(OutlierBank(self.bank_root, mode="a").keys())
+        self.items = WorkItemDataset(
+            self.source,
+            self.vocabulary,
+            self.placement,
+            self.seed,
+            self.objects_per_frame,
+            self.max_frames,
+            is_done=self.is_done,
+        )
+        log.info(
+            "generate: %d of %d work items to do (%d already complete in %s)",
+            len(self.items),
+            self.items.total,
+            self.items.total - len(self.items),
+            self.bank_root,
+        )
