@@ -18,7 +18,7 @@ from synthrel_lightning.cli import DEMO_CONFIG, main
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(
-    p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith(("correlate", "generate", "caption"))
+    p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith(("correlate", "generate", "caption", "zoo"))
 )
 CORRELATE_RECIPES = sorted((REPO / "recipes").glob("correlate*.yaml"))
 TINY = [
