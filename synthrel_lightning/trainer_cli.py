@@ -5,7 +5,8 @@ On top of Lightning's :class:`~lightning.pytorch.cli.LightningCLI`:
 - each run gets its own folder: CSV and TensorBoard loggers without a ``version`` get the
   run id (:func:`synthrel_lightning.runs.current_run_id`), a ``WandbLogger`` without a
   ``name`` gets it as run name;
-- the merged configuration is written to ``<run folder>/config.yaml`` and logged, complete
+- the merged configuration is written to ``<run folder>/config.yaml`` (with the run id left unset,
+  so a run started from that file gets a folder of its own) and logged, complete
   (``model``, ``data``, ``trainer``), to every logger's hyperparameters (wandb config, CSV
   ``hparams.yaml``, TensorBoard hparams);
 - with ``--ckpt_path`` the checkpoint's model settings replace the configured ones (Lightning's
@@ -177,6 +178,7 @@ class SynthrelCLI(LightningCLI):
         """Give loggers without a version (CSV, TensorBoard) or a run name (wandb) the run id."""
         from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+        self._run_id_fields: list[tuple[Any, str]] = []
         config = self.config[self.subcommand] if self.subcommand else self.config
         loggers = config.trainer.get("logger")
         for node in loggers if isinstance(loggers, list) else [loggers]:
@@ -187,6 +189,12 @@ class SynthrelCLI(LightningCLI):
             field = "name" if issubclass(cls, WandbLogger) else field
             if field and node.init_args.get(field) is None:
                 node.init_args[field] = current_run_id()
+                self._run_id_fields.append((node.init_args, field))
+
+    def after_instantiate_classes(self) -> None:
+        """Leave the run id out of the saved configuration, so a run started from it gets a folder of its own."""
+        for init_args, field in getattr(self, "_run_id_fields", []):
+            init_args[field] = None
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run the trainer method, then close the command's wandb runs (the next command is another run)."""

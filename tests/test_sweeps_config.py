@@ -6,6 +6,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -198,7 +199,9 @@ def test_two_sweep_runs_in_one_folder_keep_their_own_config_and_summary(logger: 
     for config_path in configs:
         config = yaml.safe_load(config_path.read_text())
         seen_lrs.add(config["model"]["init_args"]["optimizer"]["init_args"]["lr"])
-        names.add(config["trainer"]["logger"]["init_args"]["name" if logger == "wandb" else "version"])
+        # The run id is left out of the saved configuration: a run started from it gets its own folder.
+        assert config["trainer"]["logger"]["init_args"]["name" if logger == "wandb" else "version"] is None
+        names.add(config_path.parent.name)
         assert (config_path.parent / "checkpoints" / "last.ckpt").is_file()
     assert seen_lrs == set(lrs)
     assert len(names) == 2 and "logs" not in names
@@ -210,13 +213,14 @@ def test_two_sweep_runs_in_one_folder_keep_their_own_config_and_summary(logger: 
     else:
         runs = sorted((save_dir / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(runs) == 2
-        logged_lrs = set()
+        logged_lrs, run_names = set(), set()
         for run in runs:
             log = run.read_bytes()
             assert _wandb_config_item(log, "data")["init_args"]["num_train"] == 4
             assert _wandb_config_item(log, "trainer")["max_epochs"] == 1
             logged_lrs.add(_wandb_config_item(log, "model")["init_args"]["optimizer"]["init_args"]["lr"])
-            assert sum(name.encode() in log for name in names) == 1  # the run carries its own name
+            run_names.add(re.search(rb"\d{8}-\d{6}-[0-9a-f]{6}", log).group(0))  # named by a run id
+        assert len(run_names) == 2
         assert logged_lrs == set(lrs)
         assert not (save_dir / "metrics_summary.json").exists() and not (save_dir / "config.yaml").exists()
 
