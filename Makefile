@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)  ## create the virtual environment and install the package
 
 demo: setup  ## run the embedded demo end to end (train, validate, checkpoint, summary)
-	$(PY) -m synthrel_lightning fit
+	$(PY) -m synthrel_lightning demo
 
 test: setup  ## run the default (fast, offline, CPU) test suite
 	$(PY) -m pytest -q -p no:cacheprovider

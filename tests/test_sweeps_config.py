@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
+import re
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -53,7 +55,8 @@ def test_sweep_file_is_well_formed(path: Path) -> None:
     cmd = sweep["command"]
     assert cmd[:5] == ["${env}", "${interpreter}", "-m", "${program}", "fit"] and cmd[-1] == "${args}"
     for config in [cmd[i + 1] for i, t in enumerate(cmd) if t == "--config"]:
-        assert (ROOT / config).is_file(), f"{path.name} names a missing config {config}"
+        # "demo" names the packaged demo configuration.
+        assert config == "demo" or (ROOT / config).is_file(), f"{path.name} names a missing config {config}"
     for name, spec in sweep["parameters"].items():
         assert "." in name and " " not in name, f"{name}: parameters must be flat dotted CLI names"
         if spec.get("distribution") == "log_uniform_values":
@@ -92,7 +95,7 @@ def test_callback_sets_compose_with_the_demo_recipe(monkeypatch) -> None:
             [
                 "fit",
                 "--config",
-                "recipes/demo.yaml",
+                "demo",
                 "--config",
                 "callbacks/reliability.yaml",
                 "--config",
@@ -110,6 +113,8 @@ def test_callback_sets_compose_with_the_demo_recipe(monkeypatch) -> None:
         "lightning.pytorch.callbacks.ModelCheckpoint",
     ]
     assert merged["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.WandbLogger"
+    # The CSV logger's folder name ("logs") is not carried over as every wandb run's name.
+    assert merged["trainer"]["logger"]["init_args"]["name"] is None
 
 
 def test_agent_command_runs_offline(tmp_path) -> None:
@@ -154,3 +159,87 @@ def test_cityscapes_callback_set_composes_with_the_segformer_recipe(monkeypatch)
     assert classes[-1] == "synthrel_lightning.synthesis.OutlierBankRefresh"
     refresh = merged["trainer"]["callbacks"][-1]["init_args"]
     assert refresh["bank_root"] == merged["data"]["init_args"]["outliers"]["init_args"]["source"]["init_args"]["bank"]
+
+
+TINY = [
+    "--trainer.max_epochs=1",
+    "--trainer.enable_progress_bar=false",
+    "--data.init_args.num_train=4",
+    "--data.init_args.num_val=2",
+    "--data.init_args.image_size=[64,128]",
+    "--data.init_args.crop_size=[64,128]",
+    "--data.init_args.batch_size=2",
+    "--model.init_args.segmenter.init_args.width=8",
+]
+
+
+@pytest.mark.parametrize("logger", ["csv", "wandb"])
+def test_two_sweep_runs_in_one_folder_keep_their_own_config_and_summary(logger: str, tmp_path, monkeypatch) -> None:
+    """Run names and folders are unique per run; every logger gets the complete settings (model, data, trainer)."""
+    from synthrel_lightning.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    extra = ["--config", str(ROOT / "callbacks" / "wandb.yaml")] if logger == "wandb" else []
+    save_dir = tmp_path / "runs"
+    lrs = (0.001, 0.01)
+    for lr in lrs:
+        args = ["fit", "--config", "demo", *extra, *TINY, f"--trainer.logger.init_args.save_dir={save_dir}"]
+        main([*args, "--data.init_args.root=demo_scenes", f"--model.init_args.optimizer.init_args.lr={lr}"])
+    if logger == "wandb":
+        import wandb
+
+        wandb.finish()
+    configs = sorted(save_dir.rglob("config.yaml"))
+    configs = [c for c in configs if (c.parent / "metrics_summary.json").is_file()]
+    assert len(configs) == 2 and configs[0].parent != configs[1].parent
+    seen_lrs = set()
+    names = set()
+    for config_path in configs:
+        config = yaml.safe_load(config_path.read_text())
+        seen_lrs.add(config["model"]["init_args"]["optimizer"]["init_args"]["lr"])
+        # The run id is left out of the saved configuration: a run started from it gets its own folder.
+        assert config["trainer"]["logger"]["init_args"]["name" if logger == "wandb" else "version"] is None
+        names.add(config_path.parent.name)
+        assert (config_path.parent / "checkpoints" / "last.ckpt").is_file()
+    assert seen_lrs == set(lrs)
+    assert len(names) == 2 and "logs" not in names
+    if logger == "csv":
+        for config_path in configs:
+            hparams = yaml.safe_load((config_path.parent / "hparams.yaml").read_text())
+            assert hparams["data"]["init_args"]["num_train"] == 4
+            assert hparams["trainer"]["max_epochs"] == 1 and "model" in hparams
+    else:
+        runs = sorted((save_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 2
+        logged_lrs, run_names = set(), set()
+        for run in runs:
+            log = run.read_bytes()
+            assert _wandb_config_item(log, "data")["init_args"]["num_train"] == 4
+            assert _wandb_config_item(log, "trainer")["max_epochs"] == 1
+            logged_lrs.add(_wandb_config_item(log, "model")["init_args"]["optimizer"]["init_args"]["lr"])
+            run_names.add(re.search(rb"\d{8}-\d{6}-[0-9a-f]{6}", log).group(0))  # named by a run id
+        assert len(run_names) == 2
+        assert logged_lrs == set(lrs)
+        assert not (save_dir / "metrics_summary.json").exists() and not (save_dir / "config.yaml").exists()
+
+
+def _wandb_config_item(log: bytes, key: str) -> dict:
+    """A config entry of an offline run, read from its transaction log (``run-<id>.wandb``).
+
+    wandb stores config updates as protobuf ``ConfigItem`` records: field 1 the key, field 16
+    (tag bytes 0x82 0x01) the JSON value, length-prefixed. The run's configuration is written in
+    its first records, well inside the log's first 32 KiB block (no block header splits it).
+    """
+    head = b"\n" + bytes([len(key)]) + key.encode() + b"\x82\x01"
+    i = log.index(head) + len(head)
+    length = shift = 0
+    while True:
+        byte = log[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    return json.loads(log[i : i + length])

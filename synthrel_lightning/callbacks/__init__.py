@@ -1,4 +1,4 @@
-"""Lightning callbacks: correlation, OOD visualisation, temperature scaling, epoch sync, summaries, outlier-bank refresh.
+"""Lightning callbacks: correlation, OOD visualisation, temperature scaling, epoch sync, summaries, bank refresh.
 
 Exports resolve lazily so that importing one callback does not import the others'
 dependencies.

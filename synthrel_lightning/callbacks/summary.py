@@ -1,4 +1,4 @@
-"""Writes a readable summary of the final metrics (JSON + Markdown) next to the logs."""
+"""Writes a readable summary of the final metrics (JSON + Markdown) into the run's folder."""
 
 from __future__ import annotations
 
@@ -12,6 +12,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from synthrel_lightning.atomic import atomic_write_text
+from synthrel_lightning.runs import run_dir
+
+MIOU_CONVENTION = (
+    "miou is the mean IoU over the classes present in the set (in its labels or predictions); "
+    "classes absent from both are left out of the mean, not counted as 0 (per-class values: iou_<class> in the JSON)."
+)
+"""How ``miou`` is averaged, stated in every summary."""
 
 
 def _group(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -24,9 +31,14 @@ def _group(metrics: dict[str, float]) -> dict[str, dict[str, float]]:
 
 
 class MetricsSummary(Callback):
-    """At the end of fit/validate/test, writes ``<log_dir>/metrics_summary.{json,md}`` and prints the table.
+    """At the end of fit/validate/test, writes ``<run folder>/metrics_summary.{json,md}`` and prints the table.
 
-    Per-class IoU entries (``iou_*``) are kept in the JSON and left out of the table.
+    The run folder is :func:`synthrel_lightning.runs.run_dir` (the logger's per-run folder), so
+    runs sharing a ``save_dir`` keep their own summaries. Per-class IoU entries (``iou_*``) are
+    kept in the JSON and left out of the table; the summary states the mIoU convention
+    (:data:`MIOU_CONVENTION`). A datamodule exposing ``skipped_counts() -> dict[str, int]``
+    (frames left out of each named set by ``on_error="skip"``) has its counts reported under
+    ``skipped_frames``.
     """
 
     def __init__(self, filename: str = "metrics_summary", print_table: bool = True) -> None:
@@ -34,7 +46,12 @@ class MetricsSummary(Callback):
         self.print_table = print_table
 
     def _directory(self, trainer: L.Trainer) -> Path:
-        return Path(trainer.log_dir or trainer.default_root_dir)
+        return run_dir(trainer)
+
+    @staticmethod
+    def _skipped(trainer: L.Trainer) -> dict[str, int] | None:
+        counts = getattr(trainer.datamodule, "skipped_counts", None) if trainer.datamodule is not None else None
+        return {str(k): int(v) for k, v in counts().items()} if callable(counts) else None
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer, stage: str) -> None:
@@ -47,7 +64,11 @@ class MetricsSummary(Callback):
             "global_step": trainer.global_step,
             "best_checkpoint": best,
             "metrics": grouped,
+            "miou_convention": MIOU_CONVENTION,
         }
+        skipped = self._skipped(trainer)
+        if skipped is not None:
+            payload["skipped_frames"] = skipped
         directory = self._directory(trainer)
         atomic_write_text(directory / f"{self.filename}.json", json.dumps(payload, indent=2, sort_keys=True))
         lines = [f"# Metrics after {stage} (epoch {trainer.current_epoch}, step {trainer.global_step})", ""]
@@ -60,6 +81,11 @@ class MetricsSummary(Callback):
             lines += [f"## {head}", "", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {'nan' if math.isnan(v) else f'{v:.4f}'} |" for k, v in shown.items()]
             lines.append("")
+        if any(k == "miou" for values in grouped.values() for k in values):
+            lines += [f"Note: {MIOU_CONVENTION}", ""]
+        if skipped is not None:
+            shown_skips = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none"
+            lines += [f"Frames skipped (on_error=skip): {shown_skips}", ""]
         text = "\n".join(lines)
         atomic_write_text(directory / f"{self.filename}.md", text)
         if self.print_table:

@@ -1,11 +1,14 @@
-"""Side-by-side validation panels (image | ground truth | prediction | OOD score) for any Lightning logger."""
+"""Labelled validation panels (image | ground truth | prediction | OOD score) for any Lightning logger.
+
+The callback reads the :class:`~synthrel_lightning.models.evaluation.EvaluationResult` that the
+module's ``validation_step`` (or ``test_step``) returns, so the model never runs twice.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -14,11 +17,20 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, OOD_POSITIVE, TRAIN_ID_NAMES, VOID_ID, colorize_train_ids
+from synthrel_lightning.models.evaluation import EvaluationResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+PANEL_TITLES: tuple[str, str, str, str] = ("image", "ground truth", "prediction", "OOD score")
+"""Column titles of every panel row."""
+
+_MAX_RANGE_PIXELS = 200_000
+"""Score pixels kept per set and epoch to estimate its colour range (evenly subsampled beyond this)."""
 
 
 def denormalize(
@@ -31,24 +43,10 @@ def denormalize(
     return rgb.permute(1, 2, 0).cpu().numpy()
 
 
-def heatmap(score: Tensor, valid: Tensor | None = None, cmap: str = "inferno") -> np.ndarray:
-    """(H,W) OOD score -> (H,W,3) uint8 colour map, min-max normalised over the frame (void pixels grey)."""
-    from matplotlib import colormaps
-
-    s = score.detach().float().cpu()
-    finite = torch.isfinite(s)
-    lo, hi = (s[finite].min().item(), s[finite].max().item()) if finite.any() else (0.0, 1.0)
-    norm = ((s - lo) / (hi - lo if hi > lo else 1.0)).clamp(0, 1).nan_to_num(0.0).numpy()
-    rgb = (colormaps[cmap](norm)[..., :3] * 255).round().astype(np.uint8)
-    if valid is not None:
-        rgb[~valid.cpu().numpy()] = 128
-    return rgb
-
-
 def ground_truth_map(label: Tensor | None, ood: Tensor | None) -> np.ndarray:
     """Train-id map with OOD pixels (from ``label`` 254 or ``ood`` == 1) set to 254, for colourising."""
     if label is None and ood is None:
-        raise ValueError("OODVisualization: the batch has neither 'label' nor 'ood'")
+        raise ValueError("OODVisualization: the evaluation result has neither 'label' nor 'ood'")
     ref = label if label is not None else ood
     gt = label.cpu().numpy().astype(np.int64) if label is not None else np.full(tuple(ref.shape), VOID_ID, np.int64)
     if ood is not None:
@@ -56,34 +54,69 @@ def ground_truth_map(label: Tensor | None, ood: Tensor | None) -> np.ndarray:
     return gt
 
 
-def panel(image: np.ndarray, gt: np.ndarray, prediction: np.ndarray, score_rgb: np.ndarray, gap: int = 4) -> np.ndarray:
-    """Concatenate image, coloured ground truth, coloured prediction and score heatmap horizontally."""
-    parts = [
-        image,
-        colorize_train_ids(gt.clip(0, 255).astype(np.uint8)),
-        colorize_train_ids(prediction.astype(np.uint8)),
-        score_rgb,
-    ]
-    h = image.shape[0]
-    sep = np.full((h, gap, 3), 255, np.uint8)
-    out: list[np.ndarray] = []
-    for i, p in enumerate(parts):
-        if i:
-            out.append(sep)
-        out.append(p)
-    return np.concatenate(out, axis=1)
+def panel_figure(
+    samples: Sequence[Mapping[str, Any]],
+    score_range: tuple[float, float],
+    title: str = "",
+    cmap: str = "inferno",
+    score_label: str = "OOD score (higher = more OOD)",
+) -> Figure:
+    """One row per sample: image | ground truth | prediction | OOD score, titled, with one colour bar.
+
+    Each sample holds ``image`` (H,W,3 uint8), ``gt`` and ``prediction`` (H,W train ids; 254 OOD
+    drawn white, 255 void black), ``score`` (H,W float) with ``valid`` (H,W bool; invalid pixels
+    grey) and ``name``. Every score panel uses the same ``score_range``, shown on the colour bar.
+    """
+    from matplotlib import colormaps
+
+    from synthrel_lightning.figures import new_figure
+
+    lo, hi = float(score_range[0]), float(score_range[1])
+    if not hi > lo:
+        hi = lo + 1e-6
+    h, w = samples[0]["image"].shape[:2]
+    cell = 2.2
+    fig = new_figure((4 * cell * w / h + 1.0, cell * len(samples) + (0.4 if title else 0.0)))
+    axes = fig.subplots(len(samples), 4, squeeze=False)
+    colours = colormaps[cmap].with_extremes(bad=(0.5, 0.5, 0.5))
+    image_artist = None
+    for row, s in enumerate(samples):
+        score = np.ma.masked_array(np.asarray(s["score"], np.float32), mask=~np.asarray(s["valid"], bool))
+        tiles = [
+            s["image"],
+            colorize_train_ids(np.asarray(s["gt"]).clip(0, 255).astype(np.uint8)),
+            colorize_train_ids(np.asarray(s["prediction"]).astype(np.uint8)),
+        ]
+        for col, tile in enumerate(tiles):
+            axes[row, col].imshow(tile, interpolation="nearest")
+        image_artist = axes[row, 3].imshow(score, cmap=colours, vmin=lo, vmax=hi, interpolation="nearest")
+        for col, ax in enumerate(axes[row]):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(PANEL_TITLES[col], fontsize=9)
+        axes[row, 0].set_ylabel(str(s["name"]), fontsize=7)
+    fig.colorbar(image_artist, ax=axes[:, 3].tolist(), label=score_label, shrink=0.9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
 
 
 class OODVisualization(Callback):
-    """Logs, every ``every_n_epochs`` validations, one panel per sample: image | ground truth | prediction | OOD score.
+    """Logs labelled panels of the first ``num_images`` frames of each evaluation set every ``every_n_epochs``.
 
-    The first ``num_images`` samples of each validation set (``set_names`` restricts
-    which sets; names come from the datamodule's ``val_set_names``) are re-run through
-    ``pl_module(images)`` (temperature-scaled logits) and scored with ``pl_module.score``
-    (or :func:`synthrel_lightning.scores.ood_score` with ``pl_module.ood_score``).
-    TensorBoard gets ``add_image``; wandb gets ``wandb.Image`` with ground-truth and
-    prediction mask overlays plus a table of the logged per-set metrics; other loggers
-    (CSV) get PNG files under ``<log_dir>/images``. Ground truth: OOD white, void black.
+    Reads the :class:`~synthrel_lightning.models.evaluation.EvaluationResult` returned by the
+    module's ``validation_step`` (``stage="val"``) or ``test_step`` (``stage="test"``); ``set_names``
+    restricts which sets. Each set gets one figure (:func:`panel_figure`): a row per frame with
+    titled columns and one colour bar. The OOD score's colour range is fixed per set, never
+    rescaled per frame: ``score_range`` (one ``(low, high)`` for all sets, or a mapping set name ->
+    range), else the ``range_quantiles`` of the set's valid score pixels over the whole epoch.
+    :attr:`ranges` holds the ranges used.
+
+    Outputs: figures in ``formats`` (PNG beside SVG/PDF, through
+    :func:`synthrel_lightning.figures.save_figure`) under ``<run folder>/images``; TensorBoard
+    gets ``add_image``; wandb gets the figure, ground-truth/prediction mask overlays and a table
+    of the logged per-set metrics. ``formats=()`` writes no files.
     """
 
     def __init__(
@@ -94,18 +127,39 @@ class OODVisualization(Callback):
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
         stage: str = "val",
+        score_range: tuple[float, float] | dict[str, tuple[float, float]] | None = None,
+        range_quantiles: tuple[float, float] = (0.01, 0.99),
+        formats: tuple[str, ...] = ("png", "svg", "pdf"),
+        cmap: str = "inferno",
     ) -> None:
         super().__init__()
         if num_images < 1:
             raise ValueError(f"OODVisualization: num_images must be >= 1, got {num_images}")
         if every_n_epochs < 1:
             raise ValueError(f"OODVisualization: every_n_epochs must be >= 1, got {every_n_epochs}")
+        if stage not in ("val", "test"):
+            raise ValueError(f"OODVisualization: stage must be 'val' or 'test', got {stage!r}")
+        lo_q, hi_q = range_quantiles
+        if not 0.0 <= lo_q < hi_q <= 1.0:
+            raise ValueError(
+                f"OODVisualization: range_quantiles must satisfy 0 <= low < high <= 1, got {range_quantiles}"
+            )
+        ranges = score_range.values() if isinstance(score_range, Mapping) else [score_range] if score_range else []
+        for r in ranges:
+            if len(r) != 2 or not float(r[1]) > float(r[0]):
+                raise ValueError(f"OODVisualization: a score_range must be (low, high) with high > low, got {r}")
         self.num_images = int(num_images)
         self.every_n_epochs = int(every_n_epochs)
         self.set_names = list(set_names) if set_names is not None else None
         self.mean, self.std = tuple(mean), tuple(std)
         self.stage = stage
+        self.score_range = score_range
+        self.range_quantiles = (float(lo_q), float(hi_q))
+        self.formats = tuple(formats)
+        self.cmap = cmap
         self._samples: dict[str, list[dict[str, Any]]] = {}
+        self._pixels: dict[str, list[np.ndarray]] = {}
+        self.ranges: dict[str, tuple[float, float]] = {}
         self.logged: list[str] = []
 
     # ------------------------------------------------------------------ helpers
@@ -114,32 +168,71 @@ class OODVisualization(Callback):
             not trainer.sanity_checking and trainer.is_global_zero and trainer.current_epoch % self.every_n_epochs == 0
         )
 
-    @staticmethod
-    def _set_name(trainer: L.Trainer, pl_module: L.LightningModule, stage: str, dataloader_idx: int) -> str:
-        getter = getattr(pl_module, "_set_name", None)
-        if callable(getter):
-            return str(getter(stage, dataloader_idx))
-        names = getattr(trainer.datamodule, f"{stage}_set_names", None) if trainer.datamodule is not None else None
-        return str(names[dataloader_idx]) if names and dataloader_idx < len(names) else f"{stage}_{dataloader_idx}"
+    def _fixed_range(self, set_name: str) -> tuple[float, float] | None:
+        if isinstance(self.score_range, Mapping):
+            r = self.score_range.get(set_name)
+        else:
+            r = self.score_range
+        return (float(r[0]), float(r[1])) if r is not None else None
 
-    @staticmethod
-    def _score(pl_module: L.LightningModule, logits: Tensor) -> Tensor:
-        scorer = getattr(pl_module, "score", None)
-        if callable(scorer):
-            return scorer(logits)
-        name = getattr(pl_module, "ood_score", None) or getattr(pl_module.hparams, "ood_score", None)
-        if name is None:
-            raise AttributeError(
-                f"OODVisualization: {type(pl_module).__name__} has neither a score(logits) method nor an ood_score name"
+    def _range(self, set_name: str) -> tuple[float, float]:
+        fixed = self._fixed_range(set_name)
+        if fixed is not None:
+            return fixed
+        pixels = np.concatenate(self._pixels.get(set_name) or [np.zeros(1, np.float32)])
+        lo, hi = np.quantile(pixels, self.range_quantiles)
+        return float(lo), float(hi) if hi > lo else float(lo) + 1e-6
+
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any) -> None:
+        if not self._active(trainer):
+            return
+        if not isinstance(outputs, EvaluationResult):
+            raise TypeError(
+                f"OODVisualization reads the EvaluationResult returned by {self.stage}_step "
+                f"(synthrel_lightning.models.evaluation); {type(pl_module).__name__}.{self.stage}_step "
+                f"returned {type(outputs).__name__}"
             )
-        from synthrel_lightning.scores import ood_score
-
-        return ood_score(name, logits)
+        name = outputs.set_name
+        if self.set_names is not None and name not in self.set_names:
+            return
+        score = outputs.score.detach().float()
+        valid = torch.isfinite(score)
+        if outputs.ood is not None:
+            valid &= outputs.ood.ne(VOID_ID)
+        if self._fixed_range(name) is None:
+            values = score[valid].cpu().numpy()
+            step = max(1, values.size // 20_000)
+            kept = self._pixels.setdefault(name, [])
+            if sum(v.size for v in kept) < _MAX_RANGE_PIXELS:
+                kept.append(values[::step])
+        samples = self._samples.setdefault(name, [])
+        need = min(self.num_images - len(samples), outputs.images.shape[0])
+        prediction = outputs.logits[:need].argmax(1).cpu().numpy().astype(np.int64)
+        for i in range(max(need, 0)):
+            label = outputs.label[i] if outputs.label is not None else None
+            ood = outputs.ood[i] if outputs.ood is not None else None
+            samples.append(
+                {
+                    "image": denormalize(outputs.images[i].detach().float(), self.mean, self.std),
+                    "gt": ground_truth_map(label, ood),
+                    "prediction": prediction[i],
+                    "score": score[i].cpu().numpy(),
+                    "valid": valid[i].cpu().numpy(),
+                    "name": outputs.names[i] if outputs.names else f"{outputs.batch_idx}_{i}",
+                }
+            )
 
     # -------------------------------------------------------------------- hooks
+    def _start(self) -> None:
+        self._samples, self._pixels = {}, {}
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Forget the previous epoch's samples."""
-        self._samples = {}
+        self._start()
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Forget the previous run's samples."""
+        self._start()
 
     def on_validation_batch_end(
         self,
@@ -150,86 +243,77 @@ class OODVisualization(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Keep the first samples of each set with their prediction and OOD score."""
-        if not self._active(trainer) or not isinstance(batch, Mapping) or "image" not in batch:
-            return
-        name = self._set_name(trainer, pl_module, self.stage, dataloader_idx)
-        if self.set_names is not None and name not in self.set_names:
-            return
-        kept = self._samples.setdefault(name, [])
-        need = self.num_images - len(kept)
-        if need <= 0:
-            return
-        images = batch["image"][:need]
-        with torch.no_grad():
-            logits = pl_module(images)
-            score = self._score(pl_module, logits)
-        pred = logits.argmax(1)
-        for i in range(images.shape[0]):
-            label = batch["label"][i] if "label" in batch else None
-            ood = batch["ood"][i] if "ood" in batch else None
-            gt = ground_truth_map(label, ood)
-            names = batch.get("name")
-            kept.append(
-                {
-                    "image": denormalize(images[i].float(), self.mean, self.std),
-                    "gt": gt,
-                    "prediction": pred[i].cpu().numpy().astype(np.int64),
-                    "score": heatmap(score[i], None if ood is None else ood.ne(VOID_ID)),
-                    "name": str(names[i]) if names is not None else f"{batch_idx}_{i}",
-                }
-            )
+        """Keep the first frames of each set and the set's score pixels (for its colour range)."""
+        if self.stage == "val":
+            self._collect(trainer, pl_module, outputs)
+
+    def on_test_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """As :meth:`on_validation_batch_end`, for ``stage="test"``."""
+        if self.stage == "test":
+            self._collect(trainer, pl_module, outputs)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Send the collected panels to the loggers (after the epoch's metrics are in ``callback_metrics``)."""
+        """Send the panels to the loggers (after the epoch's metrics are in ``callback_metrics``)."""
+        if self.stage == "val":
+            self._emit(trainer, pl_module)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Send the panels to the loggers."""
+        if self.stage == "test":
+            self._emit(trainer, pl_module)
+
+    def _emit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer) or not self._samples:
             return
         from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
-        step = trainer.global_step
-        epoch = trainer.current_epoch
-        handled = False
+        from synthrel_lightning.figures import figure_to_array, save_figure
+        from synthrel_lightning.runs import run_dir
+
+        step, epoch = trainer.global_step, trainer.current_epoch
+        score_name = getattr(pl_module, "ood_score", None)
+        score_name = score_name if isinstance(score_name, str) else type(score_name).__name__
+        rendered: dict[str, np.ndarray] = {}
+        for set_name, samples in self._samples.items():
+            self.ranges[set_name] = self._range(set_name)
+            lo, hi = self.ranges[set_name]
+            fig = panel_figure(
+                samples,
+                self.ranges[set_name],
+                title=f"{self.stage}/{set_name}, epoch {epoch}: OOD score {score_name} in [{lo:.3g}, {hi:.3g}]",
+                cmap=self.cmap,
+                score_label=f"OOD score ({score_name}; higher = more OOD)",
+            )
+            rendered[set_name] = figure_to_array(fig)
+            if self.formats:
+                path = run_dir(trainer) / "images" / f"{self.stage}_{set_name}_epoch{epoch:03d}.{self.formats[0]}"
+                self.logged += [str(p) for p in save_figure(fig, path, formats=self.formats)]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                for set_name, samples in self._samples.items():
-                    for i, s in enumerate(samples):
-                        tag = f"{self.stage}/{set_name}/panel_{i}"
-                        logger.experiment.add_image(
-                            tag, panel(s["image"], s["gt"], s["prediction"], s["score"]), step, dataformats="HWC"
-                        )
-                        self.logged.append(f"tensorboard:{tag}")
-                handled = True
+                for set_name, array in rendered.items():
+                    tag = f"{self.stage}/{set_name}/panels"
+                    logger.experiment.add_image(tag, array, step, dataformats="HWC")
+                    self.logged.append(f"tensorboard:{tag}")
             elif isinstance(logger, WandbLogger):
-                self._log_wandb(trainer, logger)
-                handled = True
-        if not handled:
-            root = (
-                Path(trainer.loggers[0].log_dir)
-                if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None)
-                else Path(trainer.default_root_dir)
-            )
-            from synthrel_lightning.plots import save_rgb_png
+                self._log_wandb(trainer, logger, rendered)
 
-            for set_name, samples in self._samples.items():
-                for i, s in enumerate(samples):
-                    path = root / "images" / f"{self.stage}_{set_name}_epoch{epoch:03d}_{i}.png"
-                    save_rgb_png(panel(s["image"], s["gt"], s["prediction"], s["score"]), path)
-                    self.logged.append(str(path))
-
-    def _log_wandb(self, trainer: L.Trainer, logger: Any) -> None:
+    def _log_wandb(self, trainer: L.Trainer, logger: Any, rendered: dict[str, np.ndarray]) -> None:
         import wandb
 
         class_labels = {i: n for i, n in enumerate(TRAIN_ID_NAMES[:NUM_CLASSES])}
         class_labels.update({OOD_ID: "ood", VOID_ID: "void"})
         for set_name, samples in self._samples.items():
-            images = []
+            lo, hi = self.ranges[set_name]
+            images = [wandb.Image(rendered[set_name], caption=f"{set_name}: OOD score range [{lo:.3g}, {hi:.3g}]")]
             for s in samples:
-                images.append(
-                    wandb.Image(
-                        panel(s["image"], s["gt"], s["prediction"], s["score"]),
-                        caption=s["name"],
-                    )
-                )
                 images.append(
                     wandb.Image(
                         s["image"],
