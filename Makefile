@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo lint test test-all bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ setup: $(STAMP)  ## create the virtual environment and install the package
 demo: setup  ## run the embedded demo end to end (train, validate, checkpoint, summary)
 	$(PY) -m synthrel_lightning demo
 
-test: setup  ## run the default (fast, offline, CPU) test suite
+lint: setup  ## ruff lint and format check (line length 120, configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint  ## lint, then run the default (fast, offline, CPU) test suite
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-all: setup  ## run every test, the slow ones too

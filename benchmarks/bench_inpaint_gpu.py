@@ -143,14 +143,23 @@ def main(argv: list[str] | None = None) -> dict:
         masks[..., res // 6 : 5 * res // 6, res // 6 : 5 * res // 6] = 1.0
         prompts = ["A photo of an elephant"] * bs
 
-        def run() -> None:
+        def run(bs: int = bs, images: torch.Tensor = images, masks: torch.Tensor = masks, prompts=prompts) -> None:
             gens = [torch_generator(0, bs, i) for i in range(bs)]
             if a.path == "engine":
                 engine.inpaint(images, masks, prompts, gens)
             else:
                 with torch.inference_mode():
-                    pipe(prompt=prompts, image=images.to(device, torch_dtype), mask_image=masks.to(device, torch_dtype), height=res, width=res,
-                         num_inference_steps=a.steps, guidance_scale=15.0, generator=gens, output_type="pt")  # fmt: skip
+                    pipe(
+                        prompt=prompts,
+                        image=images.to(device, torch_dtype),
+                        mask_image=masks.to(device, torch_dtype),
+                        height=res,
+                        width=res,
+                        num_inference_steps=a.steps,
+                        guidance_scale=15.0,
+                        generator=gens,
+                        output_type="pt",
+                    )
 
         row: dict[str, Any] = {"batch_size": bs}
         try:

@@ -27,7 +27,8 @@ class ReliabilityPlots(Callback):
         """Ask the module to keep its evaluation figures."""
         if not hasattr(pl_module, "keep_evaluation_plots"):
             raise TypeError(
-                f"ReliabilityPlots needs an OODSegmenter-like module with evaluation plots; got {type(pl_module).__name__}"
+                "ReliabilityPlots needs an OODSegmenter-like module with evaluation plots; "
+                f"got {type(pl_module).__name__}"
             )
         pl_module.keep_evaluation_plots = True
 

@@ -91,7 +91,8 @@ class OutlierEntry:
         self.label_value = int(self.label_value)
         if not (0 <= self.label_value < NUM_CLASSES or self.label_value == OOD_ID):
             raise ValueError(
-                f"OutlierEntry.label_value must be a train id 0..{NUM_CLASSES - 1} or {OOD_ID} (OOD), got {self.label_value}"
+                f"OutlierEntry.label_value must be a train id 0..{NUM_CLASSES - 1} or {OOD_ID} (OOD), "
+                f"got {self.label_value}"
             )
         if self.kind not in ("object", "frame"):
             raise ValueError(f"OutlierEntry.kind must be 'object' or 'frame', got {self.kind!r}")
