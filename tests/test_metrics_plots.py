@@ -76,10 +76,13 @@ def test_roc_pr_figure_carries_auroc_ap_fpr95() -> None:
     assert bare.axes[0].get_title() == "ROC"
 
 
-def test_roc_pr_figure_lives_with_the_metrics() -> None:
-    import synthrel_lightning.plots as correlation_plots
+def test_figure_plumbing_lives_in_one_module() -> None:
+    import importlib.util
 
-    assert not hasattr(correlation_plots, "roc_pr_figure")
+    import synthrel_lightning.figures as figures
+
+    assert importlib.util.find_spec("synthrel_lightning.plots") is None
+    assert {"new_figure", "save_figure", "figure_to_array", "save_rgb_png"} <= set(figures.__all__)
 
 
 def test_iou_plot_marks_absent_classes_and_the_miou() -> None:
