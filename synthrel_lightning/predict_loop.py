@@ -7,6 +7,7 @@ order, :class:`BatchPredictionWriter` writes each batch's predictions as it come
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = ["BatchPredictionWriter", "HostItemsDataModule", "collate_list", "predict_trainer"]
+
+log = logging.getLogger(__name__)
 
 
 def collate_list(items: list[Any]) -> list[Any]:
@@ -32,6 +35,12 @@ class HostItemsDataModule(L.LightningDataModule):
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         """Keep items on the host: the pipeline moves what it needs to its own device."""
         return batch
+
+    def log_pending(self, command: str, where: object) -> None:
+        """Log how many of ``self.items``' total are still to do (the rest is already in ``where``)."""
+        items: Any = self.items
+        pending, total = len(items), items.total
+        log.info("%s: %d of %d items to do (%d already done in %s)", command, pending, total, total - pending, where)
 
     def predict_dataloader(self) -> DataLoader:
         """Items in a fixed order (Lightning adds a distributed sampler under DDP)."""

@@ -209,7 +209,7 @@ class CaptionDataModule(HostItemsDataModule):
         done = CaptionFile.read(self.out).captions if Path(self.out).is_file() else {}
         source = CityscapesDataset(self.root, split=self.split)
         self.items = CaptionItems(source, done, self.max_frames)
-        log.info("caption: %d of %d frames to caption (%s)", len(self.items), self.items.total, self.out)
+        self.log_pending("caption", self.out)
 
 
 class Captioner(L.LightningModule):

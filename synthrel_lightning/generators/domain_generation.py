@@ -293,13 +293,7 @@ class DomainDataModule(HostItemsDataModule):
             self.ood_objects,
             ood_condition_id=self.ood_condition_id,
         )
-        log.info(
-            "domains: %d of %d items to do (%d already in %s)",
-            len(self.items),
-            self.items.total,
-            self.items.total - len(self.items),
-            self.out,
-        )
+        self.log_pending("domains", self.out)
 
 
 class DomainGenerationModule(L.LightningModule):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,8 +15,6 @@ from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.vocabulary import VocabularyEntry
 
 __all__ = ["HostItemsDataModule", "GenerationDataModule", "remove_stale_temp_files"]
-
-log = logging.getLogger(__name__)
 
 
 def remove_stale_temp_files(bank_root: str | Path, eval_dir: str | Path | None) -> int:
@@ -80,10 +77,4 @@ class GenerationDataModule(HostItemsDataModule):
             self.max_frames,
             is_done=self.is_done,
         )
-        log.info(
-            "generate: %d of %d work items to do (%d already complete in %s)",
-            len(self.items),
-            self.items.total,
-            self.items.total - len(self.items),
-            self.bank_root,
-        )
+        self.log_pending("generate", self.bank_root)
