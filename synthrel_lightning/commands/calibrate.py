@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 
 from synthrel_lightning.calibration import CalibrationReport, calibrate
 from synthrel_lightning.checkpoints import CheckpointError
+from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
 
 _RECIPE_ONLY = ("trainer", "optimizer", "lr_scheduler", "seed_everything")
 """Sections of a training recipe that calibration reads past."""
@@ -18,19 +18,21 @@ def build_parser() -> ArgumentParser:
     """The ``calibrate`` parser: the recipe's ``model`` and ``data`` plus the options of :func:`calibrate`."""
     import lightning as L
 
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning calibrate",
+    parser = function_parser(
+        "calibrate",
+        calibrate,
         description=(
             "Fit one temperature on a named validation set for a checkpoint and write a calibrated copy. "
             "Reads the training recipe's model and data sections; its trainer, optimizer, lr_scheduler and "
             "seed_everything entries are accepted and ignored."
         ),
+        config_help="training recipe (YAML) with model and data",
+        as_group=True,
+        skip={"model", "data"},
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="training recipe (YAML) with model and data")
     parser.add_subclass_arguments(L.LightningModule, "model", required=True, help="the model, as in the recipe")
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="the data, as in the recipe")
     parser.set_defaults({"model": {"class_path": "synthrel_lightning.models.OODSegmenter"}})
-    parser.add_function_arguments(calibrate, skip={"model", "data"})
     for ignored in _RECIPE_ONLY:
         parser.add_argument(f"--{ignored}", type=Any, default=None, help="ignored (read from training recipes)")
     return parser
@@ -38,11 +40,7 @@ def build_parser() -> ArgumentParser:
 
 def main(args: list[str] | None = None) -> CalibrationReport:
     """Parse ``args`` (``sys.argv`` when ``None``), calibrate, print the report; bad input exits with its cause."""
-    parser = build_parser()
-    cfg = parser.parse_args(args)
-    # jsonargparse >= 4.49 renamed instantiate_classes to instantiate
-    init = (getattr(parser, "instantiate", None) or parser.instantiate_classes)(cfg)
-    kwargs = {key: init[key] for key in inspect.signature(calibrate).parameters}
+    _, kwargs = parse_kwargs(build_parser(), calibrate, args)
     try:
         report = calibrate(**kwargs)
     except (CheckpointError, ValueError) as err:

@@ -6,33 +6,21 @@ Options are those of :func:`synthrel_lightning.generators.captions.caption_split
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
+
+from synthrel_lightning.commands._parsing import function_parser, parse_kwargs, print_json_on_rank_zero
 
 
 def build_parser() -> Any:
     """The jsonargparse parser of ``caption``."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     from synthrel_lightning.generators.captions import caption_split
 
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning caption", description=(caption_split.__doc__ or "").split("\n")[0]
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_function_arguments(caption_split, as_group=False)
-    return parser
+    return function_parser("caption", caption_split)
 
 
 def main(args: list[str] | None = None) -> None:
     """Command line of ``python -m synthrel_lightning caption``; prints the JSON summary (rank 0)."""
     from synthrel_lightning.generators.captions import caption_split
 
-    parser = build_parser()
-    cfg = parser.parse_args(args)
-    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    kwargs = {k: v for k, v in vars(init).items() if k != "config"}
-    summary = caption_split(**kwargs)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2, default=str))
+    _, kwargs = parse_kwargs(build_parser(), caption_split, args)
+    print_json_on_rank_zero(caption_split(**kwargs))

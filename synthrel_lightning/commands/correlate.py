@@ -24,21 +24,20 @@ import logging
 import sys
 from typing import Any
 
+from synthrel_lightning.commands._parsing import function_parser, instantiate
 from synthrel_lightning.correlation.study import StudyReport, run_study
 from synthrel_lightning.correlation.zoo import ZooEntry
 
 
 def build_parser() -> Any:
     """The jsonargparse parser of ``correlate``, built from :func:`run_study`'s signature."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning correlate",
+    return function_parser(
+        "correlate",
+        run_study,
         description="Evaluate a model zoo on paired synthetic/real sets and correlate the scores.",
+        config_help="YAML config with the options below",
+        as_group=True,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config with the options below")
-    parser.add_function_arguments(run_study)
-    return parser
 
 
 def _show_info_logs() -> None:
@@ -60,7 +59,7 @@ def main(args: list[str] | None = None) -> StudyReport:
     _show_info_logs()
     # Zoo entries stay data: each model is built inside its own try block, so one bad entry fails alone.
     zoo = [ZooEntry(**(e.as_dict() if hasattr(e, "as_dict") else dict(e))) for e in cfg.zoo]
-    init = parser.instantiate_classes(cfg.clone().update([], "zoo"))
+    init = instantiate(parser, cfg.clone().update([], "zoo"))
     kwargs = {name: init[name] for name in inspect.signature(run_study).parameters if name != "zoo"}
     report = run_study(zoo=zoo, **kwargs)
     for line in report.lines():

@@ -6,33 +6,21 @@ Options are those of :func:`synthrel_lightning.generators.domain_generation.gene
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
+
+from synthrel_lightning.commands._parsing import function_parser, parse_kwargs, print_json_on_rank_zero
 
 
 def build_parser() -> Any:
     """The jsonargparse parser of ``domains``."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     from synthrel_lightning.generators.domain_generation import generate_domains
 
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning domains", description=(generate_domains.__doc__ or "").split("\n")[0]
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_function_arguments(generate_domains, as_group=False)
-    return parser
+    return function_parser("domains", generate_domains)
 
 
 def main(args: list[str] | None = None) -> None:
     """Command line of ``python -m synthrel_lightning domains``; prints the JSON summary (rank 0)."""
     from synthrel_lightning.generators.domain_generation import generate_domains
 
-    parser = build_parser()
-    cfg = parser.parse_args(args)
-    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    kwargs = {k: v for k, v in vars(init).items() if k != "config"}
-    summary = generate_domains(**kwargs)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        print(json.dumps(summary, indent=2, default=str))
+    _, kwargs = parse_kwargs(build_parser(), generate_domains, args)
+    print_json_on_rank_zero(generate_domains(**kwargs))

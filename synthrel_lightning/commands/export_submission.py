@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ArgumentParser
 
+from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
 from synthrel_lightning.export.smiyc import export_smiyc_folder
 
 
 def build_parser() -> ArgumentParser:
     """The ``export_submission`` parser: the options of :func:`~synthrel_lightning.export.smiyc.export_smiyc_folder`."""
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning export_submission",
+    return function_parser(
+        "export_submission",
+        export_smiyc_folder,
         description=(
             "Convert the <frame>_score.npy maps written by `predict` into the SegmentMeIfYouCan file layout "
             "(<output_dir>/anomaly_p/<method>/<dataset>/<frame>.hdf5), which the benchmark's code evaluates "
             "(set its DIR_OUTPUTS to output_dir) and its leaderboard accepts."
         ),
+        config_help="options as a YAML file",
+        as_group=True,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="options as a YAML file")
-    parser.add_function_arguments(export_smiyc_folder)
-    return parser
 
 
 def main(args: list[str] | None = None) -> list[Path]:
     """Parse ``args`` (``sys.argv`` when ``None``), export, report where; bad input exits with its cause."""
-    parser = build_parser()
-    cfg = parser.parse_args(args)
-    kwargs = {key: cfg[key] for key in inspect.signature(export_smiyc_folder).parameters}
+    _, kwargs = parse_kwargs(build_parser(), export_smiyc_folder, args)
     try:
         written = export_smiyc_folder(**kwargs)
     except (OSError, ValueError) as err:

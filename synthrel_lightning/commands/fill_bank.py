@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
 from synthrel_lightning.synthesis.sources.fill import fill_bank
 
 __all__ = ["build_parser", "main"]
@@ -22,13 +23,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> Any:
     """The jsonargparse parser of ``fill_bank``, built from :func:`fill_bank`'s arguments."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning fill_bank", description=(fill_bank.__doc__ or "").split("\n")[0]
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_function_arguments(fill_bank, as_group=False, skip={"report"})
+    parser = function_parser("fill_bank", fill_bank, skip={"report"})
     parser.set_defaults(progress=True)
     parser.add_argument("--json", type=bool, default=False, help="print the report as JSON on stdout")
     return parser
@@ -37,10 +32,7 @@ def build_parser() -> Any:
 def main(args: list[str] | None = None) -> None:
     """Fill the bank and print what was written where; exit non-zero when items failed (a rerun retries them)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    cfg = parser.parse_args(args)
-    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "json", "__path__")}
+    cfg, kwargs = parse_kwargs(build_parser(), fill_bank, args, skip={"report"})
     report = fill_bank(**kwargs)
     missing = getattr(kwargs["source"], "missing_images", [])
     print(

@@ -12,6 +12,7 @@ import os
 import sys
 from typing import Any
 
+from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
 from synthrel_lightning.synthesis.generate.run import generate
 
 __all__ = ["build_parser", "main"]
@@ -19,14 +20,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> Any:
     """The jsonargparse parser of ``generate``, built from :func:`generate`'s signature."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning generate",
-        description=(generate.__doc__ or "").split("\n")[0],
-    )
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file with the options below")
-    parser.add_function_arguments(generate, as_group=False)
+    parser = function_parser("generate", generate)
     parser.add_argument("--json", type=bool, default=False, help="print the summary as JSON on stdout")
     return parser
 
@@ -40,10 +34,7 @@ def main(args: list[str] | None = None) -> None:
             "generate: --task is gone; generate inpaints objects. Render domain-shift sets with "
             "`python -m synthrel_lightning domains --config recipes/generate_domains.yaml`."
         )
-    parser = build_parser()
-    cfg = parser.parse_args(argv)
-    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    kwargs = {k: v for k, v in vars(init).items() if k not in ("config", "json", "__path__")}
+    cfg, kwargs = parse_kwargs(build_parser(), generate, argv)
     summary = generate(**kwargs)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
         print(summary.report(), file=sys.stderr)

@@ -15,21 +15,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
+
 IGNORED = ("trainer", "seed_everything", "optimizer", "lr_scheduler", "ckpt_path_fit")
 
 
 def build_parser() -> Any:
     """The jsonargparse parser of ``sml_stats``, built from :func:`write_sml_statistics`' signature."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
     from synthrel_lightning.models.score_statistics import write_sml_statistics
 
-    parser = ArgumentParser(
-        prog="python -m synthrel_lightning sml_stats",
+    parser = function_parser(
+        "sml_stats",
+        write_sml_statistics,
         description="Compute standardized-max-logit statistics of a checkpoint on the training images.",
+        config_help="the run's config (model and data sections)",
+        as_group=True,
+        fail_untyped=False,
     )
-    parser.add_argument("--config", action=ActionConfigFile, help="the run's config (model and data sections)")
-    parser.add_function_arguments(write_sml_statistics, fail_untyped=False)
     for key in IGNORED:
         parser.add_argument(f"--{key}", type=Any, default=None, help="ignored (part of fit configs)")
     return parser
@@ -39,18 +41,8 @@ def main(args: list[str] | None = None) -> Path:
     """Run ``sml_stats`` and print the written checkpoint's path."""
     from synthrel_lightning.models.score_statistics import write_sml_statistics
 
-    parser = build_parser()
-    cfg = parser.parse_args(args)
-    init = parser.instantiate(cfg) if hasattr(parser, "instantiate") else parser.instantiate_classes(cfg)
-    path = write_sml_statistics(
-        model=init.model,
-        data=init.data,
-        ckpt_path=init.ckpt_path,
-        output=init.output,
-        max_batches=init.max_batches,
-        device=init.device,
-        trusted=init.trusted,
-    )
+    _, kwargs = parse_kwargs(build_parser(), write_sml_statistics, args)
+    path = write_sml_statistics(**kwargs)
     print(path)
     return path
 

@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from synthrel_lightning.atomic import file_mode
+from synthrel_lightning.predict_loop import BatchPredictionWriter, HostItemsDataModule, predict_trainer
 
 __all__ = [
     "GENERIC_CAPTION",
@@ -186,11 +186,7 @@ class CaptionItems(Dataset):
         }
 
 
-def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return items
-
-
-class CaptionDataModule(L.LightningDataModule):
+class CaptionDataModule(HostItemsDataModule):
     """The frames of ``root``/``split`` still missing from ``out`` (listed in ``setup`` on every rank)."""
 
     def __init__(
@@ -213,18 +209,7 @@ class CaptionDataModule(L.LightningDataModule):
         done = CaptionFile.read(self.out).captions if Path(self.out).is_file() else {}
         source = CityscapesDataset(self.root, split=self.split)
         self.items = CaptionItems(source, done, self.max_frames)
-        log.info("caption: %d of %d frames to caption (%s)", len(self.items), self.items.total, self.out)
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Keep the raw frames on the host; the processor makes the tensors."""
-        return batch
-
-    def predict_dataloader(self) -> DataLoader:
-        """Frames in a fixed order (Lightning adds a distributed sampler under DDP)."""
-        assert self.items is not None
-        return DataLoader(
-            self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate
-        )
+        self.log_pending("caption", self.out)
 
 
 class Captioner(L.LightningModule):
@@ -320,24 +305,15 @@ def _load_captioning_model(source: str, dtype: torch.dtype) -> Any:
     raise ValueError("; ".join(errors) or "no auto class fits")
 
 
-class CaptionWriter(BasePredictionWriter):
+class CaptionWriter(BatchPredictionWriter):
     """Appends each batch's caption records to the JSONL file (one atomic append per batch)."""
 
     def __init__(self, out: str) -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         self.out = out
         self.written = 0
 
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def write_batch(self, prediction: Any, batch_idx: int) -> None:
         """Append the batch's records."""
         append_jsonl(self.out, prediction)
         self.written += len(prediction)
@@ -364,18 +340,7 @@ def caption_split(
     captioner = captioner if captioner is not None else Captioner()
     datamodule = CaptionDataModule(root, split, out, max_frames, batch_size, num_workers)
     writer = CaptionWriter(out)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        callbacks=[writer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        limit_predict_batches=limit_predict_batches,
-    )
+    trainer = predict_trainer(accelerator, devices, strategy, num_nodes, [writer], progress, limit_predict_batches)
     trainer.predict(captioner, datamodule=datamodule, return_predictions=False)
     assert datamodule.items is not None
     return {

@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import Dataset
 
 from synthrel_lightning.atomic import atomic_save_png
@@ -40,8 +39,9 @@ from synthrel_lightning.generators.domains import (
     train_ids_to_label_ids,
 )
 from synthrel_lightning.labels import LABEL_IDS, OOD_ID, label_ids_to_train_ids, semantic_to_ood_target
+from synthrel_lightning.predict_loop import BatchPredictionWriter, HostItemsDataModule, predict_trainer
 from synthrel_lightning.seeding import derive_seed, numpy_generator
-from synthrel_lightning.synthesis.generate import HostItemsDataModule, frame_name
+from synthrel_lightning.synthesis.generate import frame_name
 from synthrel_lightning.synthesis.names import path_within
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.protocol import snap_size
@@ -295,13 +295,7 @@ class DomainDataModule(HostItemsDataModule):
             self.ood_objects,
             ood_condition_id=self.ood_condition_id,
         )
-        log.info(
-            "domains: %d of %d items to do (%d already in %s)",
-            len(self.items),
-            self.items.total,
-            self.items.total - len(self.items),
-            self.out,
-        )
+        self.log_pending("domains", self.out)
 
 
 class DomainGenerationModule(L.LightningModule):
@@ -336,24 +330,15 @@ class DomainGenerationModule(L.LightningModule):
         return list(zip(batch, samples))
 
 
-class DomainWriter(BasePredictionWriter):
+class DomainWriter(BatchPredictionWriter):
     """Writes generated frames and their ground truth atomically; the image goes last (it marks the item done)."""
 
     def __init__(self) -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         self.counts: dict[str, int] = {"written": 0, "joint": 0}
         self.per_domain: dict[str, int] = {}
 
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def write_batch(self, prediction: Any, batch_idx: int) -> None:
         """Write each (frame, ground truth) pair."""
         for item, sample in prediction:
             if sample.image.shape[:2] != item["label_ids"].shape:
@@ -420,18 +405,7 @@ def generate_domains(
         generator.caption, sets, ood_objects, ood_condition_id, batch_size, num_workers,
     )  # fmt: skip
     writer = DomainWriter()
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        callbacks=[writer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        limit_predict_batches=limit_predict_batches,
-    )
+    trainer = predict_trainer(accelerator, devices, strategy, num_nodes, [writer], progress, limit_predict_batches)
     trainer.predict(DomainGenerationModule(generator), datamodule=datamodule, return_predictions=False)
     assert datamodule.items is not None
     return dict(

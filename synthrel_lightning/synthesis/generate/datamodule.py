@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import lightning as L
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from synthrel_lightning.predict_loop import HostItemsDataModule
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.generate.items import WorkItemDataset, WriteKind, bank_keys
 from synthrel_lightning.synthesis.generate.writer import eval_paths
@@ -17,33 +15,6 @@ from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.vocabulary import VocabularyEntry
 
 __all__ = ["HostItemsDataModule", "GenerationDataModule", "remove_stale_temp_files"]
-
-log = logging.getLogger(__name__)
-
-
-def _collate(items: list[Any]) -> list[Any]:
-    # Frames may differ in size and carry Python objects: keep the batch a list.
-    return items
-
-
-class HostItemsDataModule(L.LightningDataModule):
-    """Base for predict-only generation: ``self.items`` (built in ``setup``) served in a fixed order, on the host."""
-
-    items: Dataset | None
-    batch_size: int
-    num_workers: int
-
-    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
-        """Keep items on the host: the pipeline moves what it needs to its own device."""
-        return batch
-
-    def predict_dataloader(self) -> DataLoader:
-        """Items in a fixed order (Lightning adds a distributed sampler under DDP)."""
-        if self.items is None:
-            raise RuntimeError(f"{type(self).__name__}.setup() has not run: no work items yet")
-        return DataLoader(
-            self.items, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=_collate
-        )
 
 
 def remove_stale_temp_files(bank_root: str | Path, eval_dir: str | Path | None) -> int:
@@ -106,10 +77,4 @@ class GenerationDataModule(HostItemsDataModule):
             self.max_frames,
             is_done=self.is_done,
         )
-        log.info(
-            "generate: %d of %d work items to do (%d already complete in %s)",
-            len(self.items),
-            self.items.total,
-            self.items.total - len(self.items),
-            self.bank_root,
-        )
+        self.log_pending("generate", self.bank_root)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-import lightning as L
 from torch.utils.data import Dataset
 
+from synthrel_lightning.predict_loop import predict_trainer
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.engine import InpaintingEngine
 from synthrel_lightning.synthesis.generate.datamodule import GenerationDataModule
@@ -66,18 +66,10 @@ def generate(
     stop = StopSignals()
     writer = BankWriter(bank, write, eval_dir, should_stop=stop)
     bar = GenerationProgress(writer, enabled=progress)
-    trainer = L.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        strategy=strategy,
-        num_nodes=num_nodes,
-        callbacks=[writer, bar],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = predict_trainer(
+        accelerator, devices, strategy, num_nodes, [writer, bar], progress=False,
         limit_predict_batches=limit_predict_batches,
-    )
+    )  # fmt: skip
     with stop:
         try:
             trainer.predict(

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-from lightning.pytorch.callbacks import BasePredictionWriter
-
 from synthrel_lightning.atomic import atomic_save_png
 from synthrel_lightning.labels import semantic_to_ood_target
+from synthrel_lightning.predict_loop import BatchPredictionWriter
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.generate.items import WriteKind, bank_keys
 from synthrel_lightning.synthesis.names import path_within
@@ -34,7 +31,7 @@ def eval_paths(eval_dir: str | Path, key: str) -> tuple[Path, Path, Path]:
     )
 
 
-class BankWriter(BasePredictionWriter):
+class BankWriter(BatchPredictionWriter):
     """Commits accepted results to the outlier bank (objects and/or whole frames) and, optionally, evaluation PNGs.
 
     ``eval_dir`` receives ``images/<key>.png``, ``labels/<key>_labelTrainIds.png`` (train ids, OOD 254)
@@ -47,7 +44,7 @@ class BankWriter(BasePredictionWriter):
     def __init__(
         self, bank_root: str, write: WriteKind = "object", eval_dir: str | None = None, should_stop: Any = None
     ) -> None:
-        super().__init__(write_interval="batch")
+        super().__init__()
         if write not in ("object", "frame", "both"):
             raise ValueError(f"write must be 'object', 'frame' or 'both', got {write!r}")
         self.bank_root = bank_root
@@ -81,16 +78,7 @@ class BankWriter(BasePredictionWriter):
             atomic_save_png(label_path, label)
             atomic_save_png(ood_path, semantic_to_ood_target(label))
 
-    def write_on_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        prediction: Any,
-        batch_indices: Sequence[int] | None,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def write_batch(self, prediction: Any, batch_idx: int) -> None:
         """Write every accepted result of the batch; count (and name) the others; stop if asked to."""
         for outcome in prediction:
             item, result = outcome.item, outcome.result
