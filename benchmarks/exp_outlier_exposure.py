@@ -31,6 +31,7 @@ from synthrel_lightning.losses import (
     LabelSmoothingCE,
     MarginLabelSmoothing,
     MaxSoftmaxMargin,
+    MetaOoD,
     SigmoidSumRejection,
     UniformOutlierExposure,
 )
@@ -50,8 +51,9 @@ METHODS = {
         CrossEntropy(),
         EnergyHingeEstimatedMargins(weight=0.1, freeze_after=16),
     ],
-    "+ RbA rejection": lambda: [CrossEntropy(), SigmoidSumRejection(weight=0.5)],
-    "+ max-score margin": lambda: [CrossEntropy(), MaxSoftmaxMargin(weight=0.5)],
+    "Meta-OoD (pixel-pooled, λ 0.9, in place of CE)": lambda: [MetaOoD(lam=0.9)],
+    "+ sigmoid-sum rejection (extension)": lambda: [CrossEntropy(), SigmoidSumRejection(weight=0.5)],
+    "+ max-softmax margin (extension)": lambda: [CrossEntropy(), MaxSoftmaxMargin(weight=0.5)],
     # Calibration terms (in place of plain cross-entropy): judged by ECE on the clean set.
     "label smoothing (0.1)": lambda: [LabelSmoothingCE(smoothing=0.1)],
     "focal loss (gamma 2)": lambda: [FocalLoss(gamma=2.0)],
@@ -156,8 +158,9 @@ def main() -> None:
         "+ energy hinge (estimated margins)": "energy",
         "+ energy hinge (estimated margins, weight 1)": "energy",
         "+ energy hinge (margins estimated over 16 steps, then frozen)": "energy",
-        "+ RbA rejection": "sigmoid_sum",
-        "+ max-score margin": "msp",
+        "Meta-OoD (pixel-pooled, λ 0.9, in place of CE)": "entropy",
+        "+ sigmoid-sum rejection (extension)": "sigmoid_sum",
+        "+ max-softmax margin (extension)": "msp",
     }
     print("| method | score | AP | AUROC | FPR95 | mIoU | AP (CE only, same score) |")
     print("|---|---|---|---|---|---|---|")
