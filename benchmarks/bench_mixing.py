@@ -30,7 +30,6 @@ from synthrel_lightning.synthesis import (
     BankSource,
     OutlierBank,
     OutlierMixer,
-    OutlierMixingDataset,
     ProceduralObjectSource,
     fill_bank,
 )
@@ -114,12 +113,10 @@ def main() -> None:
         plain = KeyedDataset(base, transform)
         configs = {
             "plain": plain,
-            f"mixing p={args.probability}": OutlierMixingDataset(
-                base, OutlierMixer(BankSource(bank.root), probability=args.probability), transform=transform
+            f"mixing p={args.probability}": KeyedDataset(
+                base, transform, mixer=OutlierMixer(BankSource(bank.root), probability=args.probability)
             ),
-            "mixing p=1.0": OutlierMixingDataset(
-                base, OutlierMixer(BankSource(bank.root), probability=1.0), transform=transform
-            ),
+            "mixing p=1.0": KeyedDataset(base, transform, mixer=OutlierMixer(BankSource(bank.root), probability=1.0)),
         }
         for ds in configs.values():
             if hasattr(ds, "set_epoch"):

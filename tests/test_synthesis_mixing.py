@@ -1,4 +1,4 @@
-"""OutlierMixer / OutlierMixingDataset: labels where objects are pasted, determinism across workers and epochs."""
+"""OutlierMixer in the keyed view: labels where objects are pasted, determinism across workers and epochs."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.synthesis.bank import OutlierBank, OutlierEntry
-from synthrel_lightning.synthesis.mixing import OutlierMixer, OutlierMixingDataset, paste_object
+from synthrel_lightning.synthesis.mixing import OutlierMixer, paste_object
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.sources import BankSource, ProceduralObjectSource, fill_bank
 
@@ -132,7 +133,7 @@ def _as_arrays(batch: dict) -> tuple:
 
 def test_determinism_across_workers_and_epochs(bank_root: Path) -> None:
     mixer = OutlierMixer(BankSource(bank_root), probability=0.7, seed=3)
-    ds = OutlierMixingDataset(Frames(n=6), mixer)
+    ds = KeyedDataset(Frames(n=6), mixer=mixer)
     ds.set_epoch(1)
     serial = [_as_arrays(b) for b in DataLoader(ds, batch_size=2, num_workers=0)]
     parallel = [_as_arrays(b) for b in DataLoader(ds, batch_size=2, num_workers=2)]
@@ -152,7 +153,7 @@ def test_set_epoch_picks_up_new_bank_entries(tmp_path: Path) -> None:
     bank = OutlierBank(tmp_path)
     fill_bank(Square(), bank, 2, seed=0)
     source = BankSource(tmp_path)
-    ds = OutlierMixingDataset(Frames(n=2), OutlierMixer(source, probability=1.0))
+    ds = KeyedDataset(Frames(n=2), mixer=OutlierMixer(source, probability=1.0))
     ds.set_epoch(0)
     assert len(source) == 2
     fill_bank(Square(), bank, 5, seed=1)
@@ -164,8 +165,8 @@ def test_transform_moves_ood_mask_with_the_image(bank_root: Path) -> None:
     from synthrel_lightning.data.transforms import SegmentationTransform
 
     transform = SegmentationTransform([A.HorizontalFlip(p=1.0), A.RandomCrop(48, 96)], normalize=False, seed=0)
-    ds = OutlierMixingDataset(
-        Frames(n=4), OutlierMixer(Square(size=24), probability=1.0, num_objects=(1, 1)), transform=transform
+    ds = KeyedDataset(
+        Frames(n=4), transform=transform, mixer=OutlierMixer(Square(size=24), probability=1.0, num_objects=(1, 1))
     )
     for i in range(4):
         s = ds[i]

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from synthrel_lightning.callbacks.epoch_sync import DataEpochSync
+from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.data.transforms import SegmentationTransform
 from synthrel_lightning.synthesis.bank import OutlierBank
-from synthrel_lightning.synthesis.mixing import OutlierMixer, OutlierMixingDataset
+from synthrel_lightning.synthesis.mixing import OutlierMixer
 from synthrel_lightning.synthesis.refresh import OutlierBankRefresh
 from synthrel_lightning.synthesis.sources import BankSource, ProceduralObjectSource, ProducerSpec, fill_bank
 
@@ -52,8 +53,10 @@ def test_refresh_grows_the_bank_during_training(tmp_path: Path) -> None:
     root = tmp_path / "bank"
     fill_bank(ProceduralObjectSource(size_range=(8, 16)), OutlierBank(root), 3, seed=0)
     source = BankSource(root)
-    ds = OutlierMixingDataset(
-        Frames(), OutlierMixer(source, probability=1.0, size_range=(0.3, 0.5)), transform=SegmentationTransform(seed=0)
+    ds = KeyedDataset(
+        Frames(),
+        transform=SegmentationTransform(seed=0),
+        mixer=OutlierMixer(source, probability=1.0, size_range=(0.3, 0.5)),
     )
     spec = ProducerSpec("synthrel_lightning.synthesis.sources.ProceduralObjectSource", {"size_range": (8, 16)})
     refresh = OutlierBankRefresh(

@@ -37,7 +37,6 @@ _LAZY: dict[str, str] = {
     "polygons_to_mask": "sources",
     # mixing
     "OutlierMixer": "mixing",
-    "OutlierMixingDataset": "mixing",
     "paste_object": "mixing",
     # background generation
     "OutlierBankRefresh": "refresh",

@@ -22,7 +22,7 @@ from synthrel_lightning.synthesis.bank import OutlierEntry
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.sources import OutlierSource
 
-__all__ = ["OutlierMixer", "OutlierMixingDataset", "paste_object"]
+__all__ = ["OutlierMixer", "paste_object"]
 
 log = logging.getLogger(__name__)
 
@@ -221,42 +221,3 @@ class OutlierMixer:
         self.stats["mixed"] += 1
         name = f"synthetic/{entry.metadata.get('frame') or entry.source or entry.name}"
         return {"image": entry.rgb.copy(), "label": label, "ood": ood, "name": str(name)}
-
-
-class OutlierMixingDataset(Dataset[Sample]):
-    """A dataset of raw samples mixed with outliers, then transformed; call :meth:`set_epoch` every epoch."""
-
-    def __init__(
-        self, base: Dataset[Sample], mixer: OutlierMixer, transform: Any | None = None, epoch: int = 0
-    ) -> None:
-        if not callable(mixer):
-            raise TypeError(
-                f"OutlierMixingDataset: mixer must be callable(sample, index, epoch), got {type(mixer).__name__}"
-            )
-        self.base = base
-        self.mixer = mixer
-        self.transform = transform
-        self.epoch = int(epoch)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch's outlier draws and pick up outliers banked since the last epoch."""
-        self.epoch = int(epoch)
-        refresh = getattr(self.mixer, "refresh", None)
-        if callable(refresh):
-            refresh()
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> Sample:
-        sample = self.mixer(self.base[index], index=int(index), epoch=self.epoch)
-        return self.transform(sample) if self.transform is not None else sample
-
-    def __getattr__(self, name: str) -> Any:
-        # Expose the base dataset's extras (names, skipped, ...) without copying them.
-        if name.startswith("_") or name in ("base", "mixer", "transform", "epoch"):
-            raise AttributeError(name)
-        base = self.__dict__.get("base")
-        if base is None:
-            raise AttributeError(name)
-        return getattr(base, name)
