@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
@@ -25,10 +25,13 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MASK_KEYS",
+    "RandomScaleCrop",
     "SegmentationTransform",
+    "scale_crop",
     "train_transform",
     "eval_transform",
     "denormalize",
+    "normalize_images",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -53,6 +56,12 @@ class SegmentationTransform:
     the random state is re-seeded once per process from ``seed``, the torch seed of the
     process (per DataLoader worker: different per worker and epoch, reproducible under
     ``seed_everything``) and the DDP rank, so workers never repeat each other's augmentations.
+
+    ``output="uint8"`` leaves normalisation to the consumer: ``image`` is the augmented uint8
+    (3, H, W) tensor (4x fewer bytes through the DataLoader's worker queue and pinned memory),
+    to be normalised on the device by :func:`normalize_images` with this transform's
+    ``mean``/``std``, as :class:`~synthrel_lightning.data.datamodule.SegmentationDataModule`
+    does in ``on_after_batch_transfer``.
     """
 
     def __init__(
@@ -62,6 +71,7 @@ class SegmentationTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         seed: int | None = None,
+        output: Literal["float", "uint8"] = "float",
     ) -> None:
         if transforms is None:
             steps: list[Any] = []
@@ -80,13 +90,21 @@ class SegmentationTransform:
                 "SegmentationTransform: the pipeline already contains Normalize; pass normalize=False "
                 "or remove it (normalize=True appends Normalize(mean, std) itself)"
             )
+        if output not in ("float", "uint8"):
+            raise ValueError(f"SegmentationTransform: output must be 'float' or 'uint8', got {output!r}")
+        if output == "uint8" and any(isinstance(t, A.Normalize) for t in _flatten(steps)):
+            raise ValueError(
+                "SegmentationTransform: output='uint8' defers normalisation to the device; remove Normalize "
+                "from the pipeline (mean/std are given to the constructor)"
+            )
         if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
             raise ValueError(f"SegmentationTransform: mean/std must be 3 values (std > 0), got {mean!r}, {std!r}")
         self.normalize = normalize
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         self.seed = seed
-        if normalize:
+        self.output = output
+        if normalize and output == "float":
             steps.append(A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0))
         self.pipeline = A.Compose(
             steps,
@@ -134,7 +152,18 @@ class SegmentationTransform:
             raise ValueError(
                 f"SegmentationTransform: pipeline produced an image of shape {tuple(t.shape)}; expected 3 channels"
             )
+        if self.output == "uint8":
+            if t.dtype != torch.uint8:
+                raise ValueError(
+                    f"SegmentationTransform(output='uint8'): pipeline produced a {t.dtype} image; "
+                    "expected uint8 (leave out steps that convert to float)"
+                )
+            return t.contiguous()
         return t.float().contiguous()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("output", "float")  # pickled before the option existed
+        self.__dict__.update(state)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -172,6 +201,121 @@ def _mean_fill(mean: Sequence[float]) -> tuple[int, int, int]:
     return tuple(int(round(m * 255)) for m in mean)  # type: ignore[return-value]
 
 
+def _window(src: int, scaled: int, crop: int, pad_before: int, start: int) -> tuple[int, int, int]:
+    """Output span ``[d0, d1)`` covered by the scaled frame, and its first row/column ``o`` in scaled coordinates."""
+    d0 = max(0, pad_before - start)
+    d1 = min(crop, pad_before + scaled - start)
+    return d0, max(d0, d1), d0 + start - pad_before
+
+
+def _nearest_index(src: int, scaled: int, first: int, count: int) -> np.ndarray:
+    """Source rows/columns of ``cv2.resize(..., INTER_NEAREST)`` for scaled positions ``first .. first+count-1``."""
+    inverse = 1.0 / (scaled / src)  # what OpenCV computes: 1 / (dst / src)
+    return np.minimum(np.floor(np.arange(first, first + count) * inverse).astype(np.intp), src - 1)
+
+
+def scale_crop(
+    array: np.ndarray,
+    scaled_size: tuple[int, int],
+    crop_size: tuple[int, int],
+    pad: tuple[int, int],
+    start: tuple[int, int],
+    fill: float | Sequence[float],
+    nearest: bool,
+) -> np.ndarray:
+    """Crop window ``start`` (y, x) of ``array`` resized to ``scaled_size`` and padded by ``pad`` (top, left).
+
+    Computes only the window, never the whole scaled frame. Nearest sampling (masks) picks
+    exactly the pixels ``cv2.resize(..., INTER_NEAREST)`` picks; bilinear sampling (images)
+    uses ``cv2.resize``'s pixel-centre mapping and border rule through ``cv2.warpAffine``
+    (its 1/32-pixel fixed point: within a couple of grey levels of ``cv2.resize`` at edges).
+    Pixels outside the scaled frame are ``fill``.
+    """
+    h, w = array.shape[:2]
+    sh, sw = scaled_size
+    ch, cw = crop_size
+    y0, y1, oy = _window(h, sh, ch, pad[0], start[0])
+    x0, x1, ox = _window(w, sw, cw, pad[1], start[1])
+    out = np.empty((ch, cw, *array.shape[2:]), dtype=array.dtype)
+    if y0 > 0 or x0 > 0 or y1 < ch or x1 < cw:
+        out[...] = fill
+    if y1 <= y0 or x1 <= x0:
+        return out
+    if (sh, sw) == (h, w):
+        out[y0:y1, x0:x1] = array[oy : oy + y1 - y0, ox : ox + x1 - x0]
+    elif nearest:
+        rows = _nearest_index(h, sh, oy, y1 - y0)
+        cols = _nearest_index(w, sw, ox, x1 - x0)
+        out[y0:y1, x0:x1] = array[rows][:, cols]
+    else:
+        fy, fx = h / sh, w / sw  # cv2.resize: src = (dst + 0.5) * src_size / dst_size - 0.5
+        matrix = np.array([[fx, 0.0, (ox + 0.5) * fx - 0.5], [0.0, fy, (oy + 0.5) * fy - 0.5]])
+        window = cv2.warpAffine(
+            np.ascontiguousarray(array),
+            matrix,
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
+        out[y0:y1, x0:x1] = window.reshape(y1 - y0, x1 - x0, *array.shape[2:])
+    return out
+
+
+class RandomScaleCrop(A.DualTransform):
+    """Random scale, centre padding up to the crop size, then a random crop: computing only the crop window.
+
+    Equivalent to ``RandomScale`` + ``PadIfNeeded`` (centred) + ``RandomCrop``: the scale is drawn
+    uniformly from ``scale_range``, the frame of size ``int(h*s) x int(w*s)`` padded to at least
+    ``(height, width)`` (image ``fill``, masks ``fill_mask``) and a crop position drawn uniformly;
+    but only the ``height x width`` window is interpolated (bilinear image, nearest masks), so
+    the cost no longer grows with the square of the scale (see :func:`scale_crop`).
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        fill: float | Sequence[float] = 0,
+        fill_mask: float = VOID_ID,
+        p: float = 1.0,
+    ) -> None:
+        super().__init__(p=p)
+        lo, hi = (float(v) for v in scale_range)
+        if int(height) < 1 or int(width) < 1 or not 0 < lo <= hi:
+            raise ValueError(
+                f"RandomScaleCrop: need height, width >= 1 and 0 < low <= high, got {height}, {width}, {scale_range!r}"
+            )
+        self.height, self.width = int(height), int(width)
+        self.scale_range = (lo, hi)
+        self.fill = tuple(fill) if isinstance(fill, Sequence) else fill
+        self.fill_mask = fill_mask
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        """Draw the scale and the crop position for this frame."""
+        h, w = params["shape"][:2]
+        s = self.py_random.uniform(*self.scale_range)
+        sh, sw = max(1, int(h * s)), max(1, int(w * s))
+        ph, pw = max(sh, self.height), max(sw, self.width)
+        y = int((ph - self.height + 1) * self.py_random.random())
+        x = int((pw - self.width + 1) * self.py_random.random())
+        return {"scaled_size": (sh, sw), "pad": ((ph - sh) // 2, (pw - sw) // 2), "start": (y, x)}
+
+    def apply(self, img: np.ndarray, scaled_size=(1, 1), pad=(0, 0), start=(0, 0), **params: Any) -> np.ndarray:
+        """The image window (bilinear)."""
+        return scale_crop(img, scaled_size, (self.height, self.width), pad, start, self.fill, nearest=False)
+
+    def apply_to_mask(
+        self, mask: np.ndarray, scaled_size=(1, 1), pad=(0, 0), start=(0, 0), **params: Any
+    ) -> np.ndarray:
+        """The mask window (nearest, void outside the frame)."""
+        return scale_crop(mask, scaled_size, (self.height, self.width), pad, start, self.fill_mask, nearest=True)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        """Constructor arguments, for ``albumentations`` serialisation."""
+        return ("height", "width", "scale_range", "fill", "fill_mask")
+
+
 def train_transform(
     crop_size: tuple[int, int] = (512, 1024),
     scale_range: tuple[float, float] = (0.5, 2.0),
@@ -182,10 +326,14 @@ def train_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     seed: int | None = None,
+    output: Literal["float", "uint8"] = "float",
 ) -> SegmentationTransform:
     """Standard segmentation training augmentation.
 
-    Steps: [resize to base_size,] random scale, pad (void), random crop, flip, colour jitter.
+    Steps: [resize to base_size,] random scale, pad (void), random crop (one step,
+    :class:`RandomScaleCrop`: only the crop window is interpolated), flip, colour jitter
+    (on uint8), then normalisation (``output="float"``) or none (``output="uint8"``: normalise
+    on the device with :func:`normalize_images`).
 
     Sizes are ``(height, width)``; ``color_jitter`` is the brightness/contrast/saturation
     strength (hue gets a quarter of it), 0 disables it.
@@ -205,15 +353,7 @@ def train_transform(
     steps: list[A.BasicTransform] = []
     if base_size is not None:
         steps.append(A.Resize(int(base_size[0]), int(base_size[1]), interpolation=cv2.INTER_LINEAR))
-    if (lo, hi) != (1.0, 1.0):
-        # RandomScale draws a factor uniformly from 1 + scale_limit.
-        steps.append(A.RandomScale(scale_limit=(lo - 1.0, hi - 1.0), interpolation=cv2.INTER_LINEAR, p=1.0))
-    steps += [
-        A.PadIfNeeded(
-            min_height=ch, min_width=cw, border_mode=cv2.BORDER_CONSTANT, fill=_mean_fill(mean), fill_mask=VOID_ID
-        ),
-        A.RandomCrop(height=ch, width=cw),
-    ]
+    steps.append(RandomScaleCrop(ch, cw, scale_range=(lo, hi), fill=_mean_fill(mean), fill_mask=VOID_ID))
     if hflip > 0:
         steps.append(A.HorizontalFlip(p=hflip))
     if color_jitter > 0 and color_jitter_p > 0:
@@ -227,7 +367,7 @@ def train_transform(
                 p=color_jitter_p,
             )
         )
-    return SegmentationTransform(steps, mean=mean, std=std, seed=seed)
+    return SegmentationTransform(steps, mean=mean, std=std, seed=seed, output=output)
 
 
 def eval_transform(
@@ -243,6 +383,19 @@ def eval_transform(
             raise ValueError(f"eval_transform: size must be positive (h, w), got {size!r}")
         steps.append(A.Resize(h, w, interpolation=cv2.INTER_LINEAR))
     return SegmentationTransform(steps, mean=mean, std=std)
+
+
+def normalize_images(
+    images: Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> Tensor:
+    """uint8 (3,H,W) or (B,3,H,W) images -> float32 ``(x / 255 - mean) / std`` on their device; float passes through."""
+    if images.dtype != torch.uint8:
+        return images
+    if images.ndim not in (3, 4) or images.shape[-3] != 3:
+        raise ValueError(f"normalize_images: expected (3,H,W) or (B,3,H,W) uint8 images, got {tuple(images.shape)}")
+    m = torch.tensor([255.0 * v for v in mean], device=images.device).view(3, 1, 1)
+    inv = torch.tensor([1.0 / (255.0 * v) for v in std], device=images.device).view(3, 1, 1)
+    return (images.float() - m) * inv
 
 
 def denormalize(
