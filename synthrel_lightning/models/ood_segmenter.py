@@ -337,13 +337,16 @@ class OODSegmenter(L.LightningModule):
             return 0
         was_training = self.training
         self.eval()
+        from synthrel_lightning.data.transforms import normalize_images
+
         self.scorer.reset_statistics()
         n = 0
         try:
             for batch in batches:
                 if max_batches is not None and n >= max_batches:
                     break
-                images = batch["image"].to(self.device)
+                # uint8 images come from loaders that normalise on the device (ImageNet statistics).
+                images = normalize_images(batch["image"].to(self.device))
                 label = batch.get("label")
                 size = tuple(label.shape[-2:]) if label is not None else tuple(images.shape[-2:])
                 raw = self.raw_logits(images, size)
