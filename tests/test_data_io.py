@@ -135,3 +135,56 @@ def test_describe_values_collapses_runs() -> None:
     assert describe_values([*range(19), 255]) == "{0..18, 255}"
     assert describe_values([3, 1, 2, 7, 8]) == "{1..3, 7, 8}"
     assert describe_values([]) == "{}"
+
+
+def _pil_reference(path: Path, label: bool) -> np.ndarray:
+    """What PIL alone decodes (the slow path's result)."""
+    with Image.open(path) as im:
+        if label:
+            arr = np.array(im)
+            return arr.astype(np.uint8)
+        return np.array(im.convert("RGB"))
+
+
+@pytest.mark.parametrize(
+    ("mode", "label"),
+    [("RGB", False), ("P", False), ("L", True), ("P", True), ("1", True), ("I;16", True)],
+)
+def test_fast_png_decoding_matches_pil_on_every_layout(tmp_path: Path, mode: str, label: bool) -> None:
+    rng = np.random.default_rng(3)
+    if mode == "RGB":
+        img = Image.fromarray(_rgb(37, 53))
+    elif mode == "1":
+        img = Image.fromarray(rng.integers(0, 2, (37, 53)).astype(bool))
+    elif mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 256, (37, 53)).astype(np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 34, (37, 53), dtype=np.uint8)).convert(mode)
+    path = tmp_path / f"x_{mode.replace(';', '')}.png"
+    img.save(path)
+    got = read_label(path) if label else read_image(path)
+    np.testing.assert_array_equal(got, _pil_reference(path, label))
+    if mode == "1":  # 1-bit labels keep their 0/1 values (not rescaled to 0/255)
+        assert set(np.unique(got).tolist()) <= {0, 1}
+
+
+def test_truncated_and_corrupt_labels_still_name_the_file(tmp_path: Path) -> None:
+    labels = np.random.default_rng(0).integers(0, 34, (64, 64), dtype=np.uint8)
+    Image.fromarray(labels).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "half_gtFine.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match=r"label .*half_gtFine\.png is corrupt or truncated"):
+        read_label(tmp_path / "half_gtFine.png")
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0xFF  # inside the compressed pixel data
+    (tmp_path / "flipped.png").write_bytes(bytes(flipped))
+    with pytest.raises(DatasetError, match=r"flipped\.png is corrupt or truncated"):
+        read_label(tmp_path / "flipped.png")
+
+
+def test_label_value_check_on_large_uint8_maps_counts_every_value() -> None:
+    label = np.zeros((1024, 2048), np.uint8)
+    label[1023, 2047] = 77  # one stray pixel in a full-size frame
+    with pytest.raises(DatasetError, match=r"unexpected label values \{77\} \(77: 1 px\)"):
+        check_label_values(label, range(34), "big.png")
+    check_label_values(label[:, :2047], range(34), "big.png")  # non-contiguous view, no stray value

@@ -217,3 +217,62 @@ transform:
     assert out["label"].shape == (80, 80) and out["image"].dtype == torch.float32
     assert ((out["label"] == 255) == (out["ood"] == 255)).all() and (out["ood"] == 255).sum() == 20 * 80
     _check_aligned(out, tol=0)
+
+
+def _scaled_padded_crop(array, scaled, crop, pad, start, fill, nearest):
+    """Reference: resize the whole frame with OpenCV, pad it, then crop (what scale -> pad -> crop computes)."""
+    import cv2
+
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    resized = cv2.resize(array, (scaled[1], scaled[0]), interpolation=interp).reshape(*scaled, *array.shape[2:])
+    ph, pw = max(scaled[0], crop[0]), max(scaled[1], crop[1])
+    padded = np.empty((ph, pw, *array.shape[2:]), array.dtype)
+    padded[...] = fill
+    padded[pad[0] : pad[0] + scaled[0], pad[1] : pad[1] + scaled[1]] = resized
+    return padded[start[0] : start[0] + crop[0], start[1] : start[1] + crop[1]]
+
+
+def test_scale_crop_window_equals_scaling_the_whole_frame_then_cropping() -> None:
+    import cv2
+
+    from synthrel_lightning.data.transforms import scale_crop
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(3, 90, 2))
+        s = float(rng.uniform(0.3, 3.0))
+        scaled = (max(1, int(h * s)), max(1, int(w * s)))
+        crop = (int(rng.integers(1, 120)), int(rng.integers(1, 120)))
+        ph, pw = max(scaled[0], crop[0]), max(scaled[1], crop[1])
+        pad = ((ph - scaled[0]) // 2, (pw - scaled[1]) // 2)
+        start = (int(rng.integers(0, ph - crop[0] + 1)), int(rng.integers(0, pw - crop[1] + 1)))
+        mask = rng.integers(0, 19, (h, w), dtype=np.uint8)
+        np.testing.assert_array_equal(
+            scale_crop(mask, scaled, crop, pad, start, 255, nearest=True),
+            _scaled_padded_crop(mask, scaled, crop, pad, start, 255, nearest=True),
+        )
+        image = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (3, 3), 0)
+        fast = scale_crop(image, scaled, crop, pad, start, (1, 2, 3), nearest=False).astype(int)
+        ref = _scaled_padded_crop(image, scaled, crop, pad, start, (1, 2, 3), nearest=False).astype(int)
+        assert np.abs(fast - ref).max() <= 1  # OpenCV's warp vs resize fixed point
+
+
+def test_uint8_output_normalised_on_the_device_equals_the_float_output() -> None:
+    from synthrel_lightning.data.transforms import normalize_images
+
+    sample = _coordinate_sample()
+    sample["image"] = np.random.default_rng(1).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    as_float = train_transform(crop_size=(48, 96), seed=0)
+    as_uint8 = train_transform(crop_size=(48, 96), seed=0, output="uint8")
+    for seed in range(4):
+        f, u = as_float(sample, seed=seed), as_uint8(sample, seed=seed)
+        assert u["image"].dtype == torch.uint8 and u["image"].shape == (3, 48, 96)
+        torch.testing.assert_close(normalize_images(u["image"][None])[0], f["image"], atol=1e-5, rtol=0)
+        assert torch.equal(u["label"], f["label"]) and torch.equal(u["ood"], f["ood"])
+    assert normalize_images(f["image"]) is f["image"]  # float images pass through
+    with pytest.raises(ValueError, match="output='uint8' defers normalisation"):
+        SegmentationTransform([A.Normalize()], normalize=False, output="uint8")
+    with pytest.raises(ValueError, match="output must be 'float' or 'uint8'"):
+        SegmentationTransform([], output="half")
+    with pytest.raises(ValueError, match=r"expected \(3,H,W\) or \(B,3,H,W\) uint8"):
+        normalize_images(torch.zeros(2, 4, 5, 5, dtype=torch.uint8))

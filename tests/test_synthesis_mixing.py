@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from synthrel_lightning.data.keyed import KeyedDataset
+from synthrel_lightning.labels import OOD_ID
 from synthrel_lightning.synthesis.bank import OutlierBank, OutlierEntry
 from synthrel_lightning.synthesis.mixing import OutlierMixer, paste_object
 from synthrel_lightning.synthesis.placement import PlacementSampler
@@ -218,3 +219,32 @@ def test_replace_mode_with_frames_dataset_and_bank_frames(tmp_path: Path) -> Non
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         OutlierMixer(Square(), **kwargs)
+
+
+def test_paste_blend_is_exact_for_every_alpha_and_colour() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    before = image.copy()
+    rgb = rng.integers(0, 256, (31, 23, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (31, 23), dtype=np.uint8)
+    alpha[0, :3] = (0, 255, 128)
+    label, ood = np.zeros((40, 50), np.uint8), np.zeros((40, 50), np.uint8)
+    paste_object(image, label, ood, OutlierEntry(rgb=rgb, alpha=alpha), x0=7, y0=5, width=23, height=31)
+    a = alpha.astype(np.int64)[..., None]
+    expected = (rgb.astype(np.int64) * a + before[5:36, 7:30].astype(np.int64) * (255 - a) + 127) // 255
+    np.testing.assert_array_equal(image[5:36, 7:30], expected)
+    outside = np.ones((40, 50), bool)
+    outside[5:36, 7:30] = False
+    np.testing.assert_array_equal(image[outside], before[outside])
+
+
+@pytest.mark.parametrize("size", [(5, 4), (20, 50)], ids=["shrink", "enlarge"])
+def test_resized_paste_covers_exactly_its_box(size: tuple[int, int]) -> None:
+    image = np.full((60, 80, 3), 10, np.uint8)
+    label, ood = np.zeros((60, 80), np.uint8), np.zeros((60, 80), np.uint8)
+    entry = OutlierEntry(rgb=np.full((8, 12, 3), 220, np.uint8), alpha=np.full((8, 12), 255, np.uint8))
+    h, w = size
+    hard = paste_object(image, label, ood, entry, x0=3, y0=2, width=w, height=h)
+    assert hard.shape == (h, w) and hard.all()
+    assert (image[2 : 2 + h, 3 : 3 + w] == 220).all() and (image == 220).all(axis=2).sum() == h * w
+    assert (label == OOD_ID).sum() == h * w and (ood == 1).sum() == h * w

@@ -31,14 +31,14 @@ Sample = dict[str, Any]
 
 
 def _resized_rgba(entry: OutlierEntry, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """The entry's RGB and alpha at (width, height), resized together (area when shrinking, bilinear when enlarging)."""
+    """The entry's RGB and alpha at (width, height) (OpenCV: area when shrinking, bilinear when enlarging)."""
     h, w = entry.rgb.shape[:2]
     if (w, h) == (width, height):
         return entry.rgb, entry.alpha
-    rgba = np.dstack((entry.rgb, entry.alpha))
     interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
-    out = cv2.resize(rgba, (width, height), interpolation=interpolation)
-    return out[..., :3], out[..., 3]
+    rgb = cv2.resize(entry.rgb, (width, height), interpolation=interpolation)
+    alpha = cv2.resize(entry.alpha, (width, height), interpolation=interpolation)
+    return rgb.reshape(height, width, 3), alpha.reshape(height, width)
 
 
 def _blend(region: np.ndarray, rgb: np.ndarray, alpha: np.ndarray) -> None:
