@@ -449,6 +449,7 @@ class DemoDataModule(CityscapesOODDataModule):
         seed: int | None = None,
         normalize_on_device: bool = False,
         decoded_cache: str | Path | None = None,
+        prefetch_factor: int | None = None,
     ) -> None:
         super().__init__(
             root=root,
@@ -469,6 +470,7 @@ class DemoDataModule(CityscapesOODDataModule):
             seed=seed,
             normalize_on_device=normalize_on_device,
             decoded_cache=decoded_cache,
+            prefetch_factor=prefetch_factor,
         )
         self.num_train = num_train
         self.num_val = num_val
