@@ -47,6 +47,8 @@ from synthrel_lightning.data.transforms import (  # noqa: E402
 )
 from synthrel_lightning.labels import LABEL_IDS, LABEL_TO_TRAIN_ID, OOD_ID, VOID_ID  # noqa: E402
 from synthrel_lightning.synthesis import BankSource, OutlierBank, OutlierMixer, ProceduralObjectSource, fill_bank  # noqa: E402
+from synthrel_lightning.synthesis.bank import OutlierEntry  # noqa: E402
+from synthrel_lightning.synthesis.mixing import paste_object  # noqa: E402
 
 Stage = dict[str, Callable[[int], object]]
 
@@ -61,6 +63,15 @@ def _reference_label(path: Path) -> tuple[np.ndarray, np.ndarray]:
     ood[train == VOID_ID] = VOID_ID
     ood[train == OOD_ID] = 1
     return train, ood
+
+
+def _reference_paste(image: np.ndarray, entry: OutlierEntry, x0: int, y0: int, width: int, height: int) -> None:
+    """Main's paste: PIL bilinear resize of RGB and alpha, then a uint16 blend with an integer division."""
+    rgb = np.asarray(Image.fromarray(entry.rgb).resize((width, height), Image.BILINEAR))
+    alpha = np.asarray(Image.fromarray(entry.alpha).resize((width, height), Image.BILINEAR))
+    region = image[y0 : y0 + height, x0 : x0 + width]
+    a = alpha.astype(np.uint16)[..., None]
+    region[...] = ((rgb.astype(np.uint16) * a + region.astype(np.uint16) * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 def _reference_transform(crop: tuple[int, int]) -> SegmentationTransform:
@@ -171,6 +182,9 @@ def main() -> None:
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
         mixer = OutlierMixer(BankSource(bank.root), probability=1.0)
         mixer_cold = OutlierMixer(BankSource(bank.root, cache_size=0), probability=1.0)
+        entry = ProceduralObjectSource(size_range=(300, 300)).sample(np.random.default_rng(0))
+        canvas = [r["image"].copy() for r in raws]
+        masks = [(r["label"].copy(), r["ood"].copy()) for r in raws]
         ref_transform = _reference_transform(crop)
         new_transform = train_transform(crop_size=crop, seed=0)
         new_transform_u8 = train_transform(crop_size=crop, seed=0, output="uint8")
@@ -247,6 +261,14 @@ def main() -> None:
                 ),
                 "  ... then torch normalise (uint8 -> float, here on CPU)": lambda i: (
                     (torch.from_numpy(np.ascontiguousarray(crop_imgs[i % n].transpose(2, 0, 1))).float() - mean) / std
+                ),
+            },
+            "paste one object (300 px entry -> 400x380, alpha blend)": {
+                "PIL bilinear resize + uint16 blend with // 255": lambda i: _reference_paste(
+                    canvas[i % n], entry, 40, 30, 400, 380
+                ),
+                "library paste_object (OpenCV resize, exact blend)": lambda i: paste_object(
+                    canvas[i % n], *masks[i % n], entry, 40, 30, 400, 380
                 ),
             },
             "outlier mixing p=1.0 (raw frame)": {

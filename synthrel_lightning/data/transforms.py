@@ -246,17 +246,29 @@ def scale_crop(
     elif nearest:
         rows = _nearest_index(h, sh, oy, y1 - y0)
         cols = _nearest_index(w, sw, ox, x1 - x0)
-        out[y0:y1, x0:x1] = array[rows][:, cols]
+        out[y0:y1, x0:x1] = np.take(array[rows], cols, axis=1)
     else:
         fy, fx = h / sh, w / sw  # cv2.resize: src = (dst + 0.5) * src_size / dst_size - 0.5
-        matrix = np.array([[fx, 0.0, (ox + 0.5) * fx - 0.5], [0.0, fy, (oy + 0.5) * fy - 0.5]])
+        # The source rows/columns the window's bilinear taps reach (with a margin for fixed-point rounding).
+        ya = max(0, int(np.floor((oy + 0.5) * fy - 0.5)) - 2)
+        yb = min(h, int(np.ceil((oy + y1 - y0 - 0.5) * fy - 0.5)) + 3)
+        xa = max(0, int(np.floor((ox + 0.5) * fx - 0.5)) - 2)
+        xb = min(w, int(np.ceil((ox + x1 - x0 - 0.5) * fx - 0.5)) + 3)
+        source = array[ya:yb, xa:xb]
+        three = source.ndim == 3 and source.shape[2] == 3 and source.dtype == np.uint8
+        if three:
+            # OpenCV warps 4-channel uint8 ~10x faster than 3-channel: widen only the region read.
+            source = cv2.cvtColor(source, cv2.COLOR_RGB2RGBA)
+        matrix = np.array([[fx, 0.0, (ox + 0.5) * fx - 0.5 - xa], [0.0, fy, (oy + 0.5) * fy - 0.5 - ya]])
         window = cv2.warpAffine(
-            np.ascontiguousarray(array),
+            np.ascontiguousarray(source),
             matrix,
             (x1 - x0, y1 - y0),
             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
+        if three:
+            window = cv2.cvtColor(window, cv2.COLOR_RGBA2RGB)
         out[y0:y1, x0:x1] = window.reshape(y1 - y0, x1 - x0, *array.shape[2:])
     return out
 
