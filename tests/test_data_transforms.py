@@ -276,3 +276,18 @@ def test_uint8_output_normalised_on_the_device_equals_the_float_output() -> None
         SegmentationTransform([], output="half")
     with pytest.raises(ValueError, match=r"expected \(3,H,W\) or \(B,3,H,W\) uint8"):
         normalize_images(torch.zeros(2, 4, 5, 5, dtype=torch.uint8))
+
+
+def test_normalisation_equals_albumentations_normalize() -> None:
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (33, 47, 3), dtype=np.uint8)
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.25, 0.3)
+    want = A.Normalize(mean=mean, std=std, max_pixel_value=255.0)(image=image)["image"].transpose(2, 0, 1)
+    got = SegmentationTransform([], mean=mean, std=std)({"image": image})["image"]
+    assert got.dtype == torch.float32 and got.shape == (3, 33, 47)
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-6)
+    as_float = image.astype(np.float32)  # a pipeline that hands back float pixels in 0..255
+    got_float = SegmentationTransform([A.NoOp()], mean=mean, std=std)._image_tensor(as_float)
+    np.testing.assert_allclose(got_float.numpy(), want, rtol=0, atol=1e-5)
+    restored = pickle.loads(pickle.dumps(SegmentationTransform([], mean=mean, std=std)))
+    assert torch.equal(restored({"image": image})["image"], got)

@@ -47,8 +47,8 @@ class SegmentationTransform:
 
     ``transforms`` is an ``albumentations.Compose`` or a list of albumentations transforms
     (e.g. from YAML); ``ood`` is registered as an extra mask target, mask interpolation is
-    forced to nearest, and with ``normalize`` an ``albumentations.Normalize(mean, std)``
-    is appended before conversion to tensors.
+    forced to nearest, and with ``normalize`` the image is normalised with ``mean``/``std``
+    (what ``albumentations.Normalize(mean, std)`` computes) while it becomes a tensor.
 
     Called with ``seed=`` (as the DataModules do, with a seed derived from
     ``(seed, epoch, sample index)``), the draws of that call depend on that seed alone, so
@@ -104,8 +104,9 @@ class SegmentationTransform:
         self.std = tuple(float(s) for s in std)
         self.seed = seed
         self.output = output
-        if normalize and output == "float":
-            steps.append(A.Normalize(mean=self.mean, std=self.std, max_pixel_value=255.0))
+        # Normalisation runs after the pipeline, straight into the (3, H, W) float tensor
+        # (per-channel lookup tables on uint8: ~3x cheaper than albumentations' Normalize + transpose).
+        self._luts: list[np.ndarray] | None = None
         self.pipeline = A.Compose(
             steps,
             additional_targets={"ood": "mask"},
@@ -146,7 +147,31 @@ class SegmentationTransform:
             result["ood"] = _mask_tensor(out["ood"])
         return result
 
+    def _normalized(self, image: np.ndarray) -> Tensor:
+        """``(image / 255 - mean) / std`` as a float32 (3, H, W) tensor, what ``A.Normalize`` computes."""
+        if image.dtype == np.uint8:
+            if self._luts is None:
+                self._luts = [
+                    ((np.arange(256, dtype=np.float64) - 255.0 * m) / (255.0 * s)).astype(np.float32)
+                    for m, s in zip(self.mean, self.std)
+                ]
+            out = np.empty((3, *image.shape[:2]), np.float32)
+            for c, plane in enumerate(cv2.split(image)):
+                cv2.LUT(plane, self._luts[c], dst=out[c])
+            return torch.from_numpy(out)
+        mean = np.asarray(self.mean, np.float32) * 255.0
+        inv_std = 1.0 / (np.asarray(self.std, np.float32) * 255.0)
+        return torch.from_numpy(np.ascontiguousarray(((image.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)))
+
     def _image_tensor(self, image: np.ndarray | Tensor) -> Tensor:
+        if (
+            self.normalize
+            and self.output == "float"
+            and isinstance(image, np.ndarray)
+            and image.ndim == 3
+            and image.shape[2] == 3
+        ):
+            return self._normalized(image)
         t = _as_tensor(image.transpose(2, 0, 1)) if isinstance(image, np.ndarray) else image
         if t.ndim != 3 or t.shape[0] != 3:
             raise ValueError(
@@ -163,11 +188,13 @@ class SegmentationTransform:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("output", "float")  # pickled before the option existed
+        state.setdefault("_luts", None)
         self.__dict__.update(state)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_seeded_for"] = None
+        state["_luts"] = None
         return state
 
     def __repr__(self) -> str:
