@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -24,6 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from synthrel_lightning.data.cityscapes import CityscapesDataset
+from synthrel_lightning.data.collate import collate_samples
 from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.data.transforms import train_transform
 from synthrel_lightning.synthesis import (
@@ -66,18 +68,33 @@ def write_frames(root: Path, n: int, seed: int = 0) -> None:
         Image.fromarray(label).save(lab_dir / f"{stem}_gtFine_labelIds.png")
 
 
-def throughput(dataset, workers: int, batch_size: int) -> float:
-    """Images per second over one pass (after the workers have started)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False)
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def throughput(dataset, workers: int, batch_size: int) -> tuple[float, float]:
+    """Images per second over one pass (after the workers have started), and worker CPU ms per image.
+
+    The CPU time is what the workers themselves spent (user + system, read once they have
+    exited), so it does not depend on what else runs on the machine.
+    """
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, persistent_workers=False,
+        collate_fn=collate_samples,
+    )  # fmt: skip
+    cpu0 = _children_cpu_s()
     it = iter(loader)
     first = next(it)  # exclude worker start-up
-    count = 0
+    total = count = 0
+    total += first["image"].shape[0]
     t0 = time.perf_counter()
     for batch in it:
         count += batch["image"].shape[0]
     dt = time.perf_counter() - t0
-    del first
-    return count / dt
+    del first, it  # the exhausted iterator has joined its workers
+    cpu_ms = (_children_cpu_s() - cpu0) * 1000 / max(1, total + count) if workers else float("nan")
+    return count / dt, cpu_ms
 
 
 def _ms(fn, n: int) -> float:
@@ -96,9 +113,12 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bank-size", type=int, default=256)
     ap.add_argument("--probability", type=float, default=0.5)
+    ap.add_argument(
+        "--output", choices=("float", "uint8"), default="float", help="uint8: images normalised later, on the device"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,7 +129,7 @@ def main() -> None:
         fill_bank(ProceduralObjectSource(size_range=(96, 384)), bank, args.bank_size, seed=0)
         setup_s = time.perf_counter() - t0
         base = CityscapesDataset(root, split="train")
-        transform = train_transform(crop_size=(512, 1024), seed=0)
+        transform = train_transform(crop_size=(512, 1024), seed=0, output=args.output)
         plain = KeyedDataset(base, transform)
         configs = {
             "plain": plain,
@@ -130,22 +150,35 @@ def main() -> None:
             "mixing, p=1.0 (bank read + 1-3 pastes)": _ms(lambda i: mixer(raws[i % len(raws)], index=i, epoch=0), 32),
         }
         results: dict[str, list[float]] = {k: [] for k in configs}
+        cpu: dict[str, list[float]] = {k: [] for k in configs}
         throughput(plain, args.workers, args.batch_size)  # warm the page cache
         for r in range(args.rounds):
-            for name, ds in configs.items():
+            order = list(configs.items())
+            for name, ds in order if r % 2 == 0 else reversed(order):
                 if hasattr(ds, "set_epoch"):
                     ds.set_epoch(r)
-                results[name].append(throughput(ds, args.workers, args.batch_size))
+                rate, cpu_ms = throughput(ds, args.workers, args.batch_size)
+                results[name].append(rate)
+                cpu[name].append(cpu_ms)
     ref = statistics.median(results["plain"])
+    ref_cpu = statistics.median(cpu["plain"])
     print(
         f"\n## Outlier mixing DataLoader throughput ({args.frames} frames 2048x1024 -> 1024x512 crops, "
-        f"{args.workers} workers, batch {args.batch_size}, median of {args.rounds} interleaved rounds)\n"
+        f"{args.workers} workers, batch {args.batch_size}, {args.output} output, "
+        f"median of {args.rounds} interleaved rounds)\n"
     )
-    print("| loader | images/s (median) | all rounds | vs plain |")
-    print("|---|---|---|---|")
+    print(
+        "| loader | images/s (median) | all rounds | vs plain | worker CPU ms/image (median) | "
+        "vs plain (CPU-bound throughput) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, vals in results.items():
         med = statistics.median(vals)
-        print(f"| {name} | {med:.2f} | {', '.join(f'{v:.2f}' for v in vals)} | {med / ref:.2f}x |")
+        med_cpu = statistics.median(cpu[name])
+        print(
+            f"| {name} | {med:.2f} | {', '.join(f'{v:.2f}' for v in vals)} | {med / ref:.2f}x | {med_cpu:.1f} | "
+            f"{ref_cpu / med_cpu:.2f}x |"
+        )
     print("\n| per-sample step (main process) | ms |\n|---|---|")
     for name, ms in costs.items():
         print(f"| {name} | {ms:.1f} |")
