@@ -15,6 +15,7 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from synthrel_lightning.data.cityscapes import CityscapesDataset
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's package, when run as a script
+from synthrel_lightning.data.cityscapes import CityscapesDataset  # noqa: E402
 from synthrel_lightning.data.collate import collate_samples
 from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.data.transforms import train_transform
