@@ -28,7 +28,8 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
     """Stack transformed samples; frames of different sizes are padded bottom/right (image 0, masks void 255).
 
     ``size`` holds each frame's own (height, width), so ``image[i, :, :h, :w]`` is frame ``i``;
-    padded pixels are void in ``label`` and ``ood`` and so count in no metric.
+    padded pixels are void in ``label`` and ``ood`` and so count in no metric (uint8 images,
+    normalised later on the device, are padded with 0 too).
     """
     if not samples:
         raise ValueError("collate_samples: no samples to collate")

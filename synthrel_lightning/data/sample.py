@@ -3,7 +3,10 @@
 Every dataset of :mod:`synthrel_lightning.data` yields a ``Sample`` and every DataModule
 loader yields a ``Batch``. Raw samples (before the transform) hold NumPy arrays
 (``image`` uint8 (H, W, 3), ``label``/``ood`` uint8 (H, W)); transformed samples hold
-tensors (``image`` float32 (3, H, W), ``label``/``ood`` int64 (H, W)).
+tensors (``image`` float32 (3, H, W) normalised, ``label``/``ood`` int64 (H, W)). A transform
+built with ``output="uint8"`` leaves ``image`` as uint8 (3, H, W) for normalisation on the
+device (:func:`~synthrel_lightning.data.transforms.normalize_images`; the DataModules do it
+in ``on_after_batch_transfer``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class Sample(TypedDict):
 class Batch(TypedDict):
     """A collated batch of transformed samples.
 
-    ``image`` (B, 3, H, W) float32, ``label``/``ood`` (B, H, W) int64, ``name`` the B frame
+    ``image`` (B, 3, H, W) float32 (uint8 from a transform with ``output="uint8"``, until
+    normalised on the device), ``label``/``ood`` (B, H, W) int64, ``name`` the B frame
     names. When frames of different sizes share a batch they are padded at the bottom and
     right (image 0 = the normalised mean colour, ``label``/``ood`` void 255) and ``size``
     (B, 2) holds every frame's own (height, width): ``image[i, :, :h, :w]`` is frame ``i``.
