@@ -187,6 +187,7 @@ def main() -> None:
         entry = ProceduralObjectSource(size_range=(300, 300)).sample(np.random.default_rng(0))
         canvas = [r["image"].copy() for r in raws]
         masks = [(r["label"].copy(), r["ood"].copy()) for r in raws]
+        lut_normalize = SegmentationTransform([])
         ref_transform = _reference_transform(crop)
         new_transform = train_transform(crop_size=crop, seed=0)
         new_transform_u8 = train_transform(crop_size=crop, seed=0, output="uint8")
@@ -258,6 +259,9 @@ def main() -> None:
                 "albumentations Normalize + CHW float tensor": lambda i: torch.from_numpy(
                     normalize(image=crop_imgs[i % n])["image"].transpose(2, 0, 1)
                 ).contiguous(),
+                "library: per-channel lookup tables into the CHW float tensor": lambda i: lut_normalize(
+                    {"image": crop_imgs[i % n]}
+                ),
                 "CHW uint8 tensor (normalised on the device)": lambda i: torch.from_numpy(
                     np.ascontiguousarray(crop_imgs[i % n].transpose(2, 0, 1))
                 ),

@@ -2,10 +2,12 @@
 
 Writes synthetic Cityscapes-layout frames (2048x1024 PNGs) and a procedural outlier bank
 to a temp dir, then times both loaders with identical transforms (random scale, 1024x512
-crop, flip, colour jitter, normalise), interleaving the runs so machine load affects
-both alike. Prints a markdown table and the machine it ran on.
+crop, flip, colour jitter, normalise), interleaving the runs (alternating their order)
+so machine load affects both alike. Reports images/s and the workers' own CPU time per
+image (user + system, unaffected by other processes: the throughput ratio of a CPU-bound
+loader on an idle machine). Prints a markdown table and the machine it ran on.
 
-    python benchmarks/bench_mixing.py [--frames 24] [--workers 2] [--rounds 3]
+    python benchmarks/bench_mixing.py [--frames 24] [--workers 2] [--rounds 5] [--output float|uint8]
 """
 
 from __future__ import annotations
