@@ -136,13 +136,22 @@ def test_uint8_batches_reach_the_model_normalised_exactly_like_float_batches(tmp
 
 def test_decoded_cache_in_the_datamodule_gives_identical_batches(tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    plain = _first_batches(_demo(root), tmp_path / "a")
+    plain_dm = _demo(root)
+    plain = _first_batches(plain_dm, tmp_path / "a")
     cached_dm = _demo(root, decoded_cache=tmp_path / "decoded")
     cold = _first_batches(cached_dm, tmp_path / "b")
-    warm = _first_batches(_demo(root, decoded_cache=tmp_path / "decoded"), tmp_path / "c")
+    warm_dm = _demo(root, decoded_cache=tmp_path / "decoded")
+    warm = _first_batches(warm_dm, tmp_path / "c")
     for p, c, w in zip(plain, cold, warm, strict=True):
         for key in ("image", "label", "ood"):
             assert torch.equal(p[key], c[key]) and torch.equal(p[key], w[key])
+    # Evaluation frames go through the cache too (read-only memory maps through the eval transform).
+    val_plain = next(iter(plain_dm.val_dataloader()[0]))
+    val_cached = next(iter(warm_dm.val_dataloader()[0]))
+    val_cached = next(iter(warm_dm.val_dataloader()[0]))  # the second pass is served from the cache
+    for key in ("image", "label", "ood"):
+        assert torch.equal(val_plain[key], val_cached[key])
+    assert len(list((tmp_path / "decoded").rglob("sample.json"))) == 4 + 2  # every train and val frame
     assert any((tmp_path / "decoded").rglob("image.npy"))
     assert not any(root.rglob("*.npy"))
     with pytest.raises(ValueError, match="prefetch_factor must be >= 1"):

@@ -42,6 +42,7 @@ class DecodedCache(Dataset[Sample]):
     must lie outside the dataset folder: the dataset is never written to. Samples hold
     read-only memory-mapped arrays; transforms and mixers copy what they change.
     ``base.transform`` (if any) is applied after the cache, which holds raw samples only.
+    Delete the folder after changing how a dataset class decodes its files.
     """
 
     def __init__(self, base: SegmentationDataset, cache_dir: PathLike) -> None:
