@@ -133,7 +133,8 @@ def main() -> None:
         fill_bank(ProceduralObjectSource(size_range=(96, 384)), bank, args.bank_size, seed=0)
         setup_s = time.perf_counter() - t0
         base = CityscapesDataset(root, split="train")
-        transform = train_transform(crop_size=(512, 1024), seed=0, output=args.output)
+        extra = {} if args.output == "float" else {"output": args.output}
+        transform = train_transform(crop_size=(512, 1024), seed=0, **extra)
         plain = KeyedDataset(base, transform)
         configs = {
             "plain": plain,
