@@ -31,11 +31,12 @@ Sample = dict[str, Any]
 
 
 def _resized_rgba(entry: OutlierEntry, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    """The entry's RGB and alpha at (width, height) (OpenCV: area when shrinking, bilinear when enlarging)."""
+    """The entry's RGB and alpha at (width, height) (OpenCV bilinear; area averaging when shrinking 2x or more)."""
     h, w = entry.rgb.shape[:2]
     if (w, h) == (width, height):
         return entry.rgb, entry.alpha
-    interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LINEAR
+    # Bilinear aliases only when shrinking by 2x or more; area averaging is ~5x slower otherwise.
+    interpolation = cv2.INTER_AREA if 2 * width <= w or 2 * height <= h else cv2.INTER_LINEAR
     rgb = cv2.resize(entry.rgb, (width, height), interpolation=interpolation)
     alpha = cv2.resize(entry.alpha, (width, height), interpolation=interpolation)
     return rgb.reshape(height, width, 3), alpha.reshape(height, width)
