@@ -95,6 +95,13 @@ class FitBenchConfig:
     memory_batches: int = 4
     data_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     seed: int = 0
+    threads: int | None = None
+
+    def resolved_threads(self) -> int | None:
+        """Intra-op threads of the training process: 1 on a CPU (the loader workers need the cores), else torch's."""
+        if self.threads is not None:
+            return self.threads
+        return None if self.device.startswith("cuda") else 1
 
     def resolved_precision(self) -> str:
         """bf16-mixed on CUDA (the recipe's), 32-true elsewhere, unless set."""
@@ -473,6 +480,21 @@ def run_benchmark(
         raise RuntimeError(f"device {config.device!r}: CUDA is not available on this machine")
     datamodule_options(config.data_options)
     device = torch.device(config.device)
+    threads = torch.get_num_threads()
+    if config.resolved_threads() is not None:
+        torch.set_num_threads(config.resolved_threads())
+    try:
+        return _run(config, device, workdir, on_round)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(
+    config: FitBenchConfig,
+    device: torch.device,
+    workdir: str | os.PathLike[str] | None,
+    on_round: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     L.seed_everything(config.seed, workers=True, verbose=False)
     with tempfile.TemporaryDirectory(prefix="bench_fit_", dir=workdir) as tmp:
         tmp_path = Path(tmp)
@@ -552,6 +574,7 @@ def _record(config: FitBenchConfig, rounds: dict[str, list[dict[str, Any]]], don
     compiled = config.compile_losses and config.device.startswith("cuda")
     cfg = dataclasses.asdict(config)
     cfg["precision"] = config.resolved_precision()
+    cfg["threads"] = config.resolved_threads()
     return {
         "benchmark": "bench_fit_gpu",
         "config": cfg,
@@ -623,7 +646,7 @@ def config_from_args(args: argparse.Namespace) -> FitBenchConfig:
     values: dict[str, Any] = dict(PRESETS[args.size])
     for field in (
         "workers", "steps", "warmup", "rounds", "frame_size", "crop_size", "batch_size", "precision",
-        "unique_frames", "bank_size", "memory_batches", "probability", "seed",
+        "unique_frames", "bank_size", "memory_batches", "probability", "seed", "threads",
     ):  # fmt: skip
         value = getattr(args, field)
         if value is not None:
@@ -658,6 +681,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bank-size", type=int, help="procedural outliers in the bank")
     p.add_argument("--memory-batches", type=int, help="distinct batches mode a cycles through")
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads of the training process (default: 1 on CPU)")
     p.add_argument(
         "--data-option",
         action="append",
