@@ -2,30 +2,36 @@
 
 The model is the shape of ``recipes/cityscapes_segformer.yaml``: SegFormer-B0 (random weights,
 built from a ``SegformerConfig``: nothing is downloaded), cross-entropy + sigmoid-sum
-rejection, the ``sigmoid_sum`` score, AdamW + cosine schedule, ``compile_losses`` (CUDA) and
-bf16-mixed precision on a GPU. It trains in a real Lightning ``Trainer`` on procedural
-street frames in the Cityscapes layout (``leftImg8bit``/``gtFine`` PNGs written to a temp
-folder: a few unique frames, hard-linked to the number of frames the run reads, so every
-read still decodes a PNG) and a procedural outlier bank. Three data sources, with the same
-model and the same Trainer set-up:
+rejection, the ``sigmoid_sum`` score, AdamW + cosine schedule, ``compile_losses`` (it acts on
+CUDA only; ``--no-compile`` turns it off) and bf16-mixed precision on a GPU. It trains in a
+real Lightning ``Trainer`` on procedural street frames in the Cityscapes layout
+(``leftImg8bit``/``gtFine`` PNGs written to a temp folder: a few unique frames, hard-linked
+up to the number of frames a run reads, so every read still decodes a PNG) and a procedural
+outlier bank. Three data sources, with the same model (compiled loss terms in every mode)
+and the same Trainer set-up:
 
-* ``a``: batches from memory: loader batches collected once, already on the device, served in turn;
+* ``a``: batches from memory: the loader's own batches, collected once, kept on the device and
+  served in turn (through the DataModule's batch-transfer hooks, as the loader's are);
 * ``b``: ``CityscapesOODDataModule`` without outliers;
 * ``c``: ``CityscapesOODDataModule`` with banked outliers mixed in at probability ``--probability``.
 
 Each mode fits ``--warmup`` untimed steps then ``--steps`` timed ones; a callback stamps
 every ``on_train_batch_start``/``on_train_batch_end`` (synchronising CUDA at the end of a
 step), so images/s = images of the timed steps / (end of the last step - start of the first
-timed step), and the time between the end of one step and the start of the next is time the
-accelerator waited for data (fetching the next batch, moving it to the device, and
-Lightning's own per-step overhead, which mode ``a`` measures alone). A first untimed fit on
+timed step), and the time from the end of one step to the start of the next is time the
+accelerator waited: for the next batch from the loader, for its transfer to be queued, and
+for Lightning's own per-step work, which mode ``a`` measures alone. A first untimed fit on
 memory batches compiles the loss and warms the allocator. Modes run in interleaved rounds;
 the table gives medians and the ratios to mode ``a``. Options of the DataModule's
-constructor can be set with ``--data-option key=value`` (YAML values), and apply to every
-mode (``a``'s batches come from the same DataModule).
+constructor can be set with ``--data-option key=value`` (YAML values); they apply to every
+mode (``a``'s batches come from the same DataModule). On a CPU the training process uses one
+thread (``--threads``) and the loader workers compete with it for the cores: the numbers
+there check the script, not the data pipeline. ``benchmarks/device_check.sh`` runs the
+full size on a GPU machine. From the repository root::
 
-    python benchmarks/bench_fit_gpu.py --device cpu --size small
-    python benchmarks/bench_fit_gpu.py --device cuda --size full --workers 14 --json benchmarks/results/fit_gpu.json
+    PYTHONPATH=. python benchmarks/bench_fit_gpu.py --device cpu --size small
+    PYTHONPATH=. python benchmarks/bench_fit_gpu.py --device cuda --size full --workers 14 \
+        --json benchmarks/results/fit_gpu/bench_fit_gpu.json
 """
 
 from __future__ import annotations
