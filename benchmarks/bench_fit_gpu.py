@@ -1,4 +1,4 @@
-"""End-to-end fit throughput: the Cityscapes SegFormer recipe fed from memory vs from the DataModule.
+r"""End-to-end fit throughput: the Cityscapes SegFormer recipe fed from memory vs from the DataModule.
 
 The model is the shape of ``recipes/cityscapes_segformer.yaml``: SegFormer-B0 (random weights,
 built from a ``SegformerConfig``: nothing is downloaded), cross-entropy + sigmoid-sum
