@@ -17,10 +17,12 @@ and the same Trainer set-up:
 
 Each mode fits ``--warmup`` untimed steps then ``--steps`` timed ones; a callback stamps
 every ``on_train_batch_start``/``on_train_batch_end`` (synchronising CUDA at the end of a
-step), so images/s = images of the timed steps / (end of the last step - start of the first
-timed step), and the time from the end of one step to the start of the next is time the
+step), so images/s = images of the timed steps / (end of the last step - end of the last
+warm-up step), and the time from the end of one step to the start of the next is time the
 accelerator waited: for the next batch from the loader, for its transfer to be queued, and
-for Lightning's own per-step work, which mode ``a`` measures alone. A first untimed fit on
+for Lightning's own per-step work, which mode ``a`` measures alone. Workers deliver batches
+in waves (one batch per worker), so the preset step counts are rounded up to a multiple of
+``--workers``. A first untimed fit on
 memory batches compiles the loss and warms the allocator. Modes run in interleaved rounds;
 the table gives medians and the ratios to mode ``a``. Options of the DataModule's
 constructor can be set with ``--data-option key=value`` (YAML values); they apply to every
@@ -42,6 +44,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import multiprocessing
 import os
 import platform
@@ -122,7 +125,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         unique_frames=8, bank_size=32, object_size=(24, 96), memory_batches=4,
     ),
     "full": dict(
-        frame_size=(1024, 2048), crop_size=(512, 1024), batch_size=8, workers=14, steps=100, warmup=15, rounds=3,
+        frame_size=(1024, 2048), crop_size=(512, 1024), batch_size=8, workers=14, steps=112, warmup=14, rounds=3,
         unique_frames=48, bank_size=256, object_size=(96, 384), memory_batches=8,
     ),
 }  # fmt: skip
@@ -380,20 +383,26 @@ class StepTimer(Callback):
         self.ends.append(time.perf_counter())
 
     def summary(self, warmup: int) -> dict[str, Any]:
-        """images/s over the steps after ``warmup``, median step and wait times, the fraction of time waited."""
+        """images/s over the steps after ``warmup``, median step and wait times, the fraction of time waited.
+
+        A timed step's cycle runs from the end of the step before it to its own end (the wait for
+        its batch, then the step), so the timed span is ``warmup + 1 .. n`` whole cycles: with as many
+        timed steps as a multiple of the loader's workers, batches arriving in waves (one per
+        worker) do not bias the rate by where the span starts within a wave.
+        """
         n = len(self.ends)
-        if n <= warmup:
-            raise RuntimeError(f"StepTimer: {n} steps ran, not more than the {warmup} warm-up steps")
-        elapsed = self.ends[-1] - self.starts[warmup]
+        if warmup < 1 or n <= warmup:
+            raise RuntimeError(f"StepTimer: {n} steps ran; need at least 1 warm-up step ({warmup}) and a timed one")
+        elapsed = self.ends[-1] - self.ends[warmup - 1]
         steps = [e - s for s, e in zip(self.starts[warmup:], self.ends[warmup:])]
-        waits = [self.starts[i] - self.ends[i - 1] for i in range(warmup + 1, n)]
+        waits = [self.starts[i] - self.ends[i - 1] for i in range(warmup, n)]
         return {
             "images_per_s": sum(self.images[warmup:n]) / elapsed,
             "timed_steps": n - warmup,
             "elapsed_s": elapsed,
             "step_ms": 1000 * statistics.median(steps),
-            "wait_ms": 1000 * statistics.median(waits) if waits else 0.0,
-            "max_wait_ms": 1000 * max(waits) if waits else 0.0,
+            "wait_ms": 1000 * statistics.median(waits),
+            "max_wait_ms": 1000 * max(waits),
             "wait_fraction": sum(waits) / elapsed,
             "ood_pixel_fraction": float(self._ood) / self._pixels if self._ood is not None and self._pixels else None,
             "batch": self.batch,
@@ -657,6 +666,8 @@ def config_from_args(args: argparse.Namespace) -> FitBenchConfig:
         value = getattr(args, field)
         if value is not None:
             values[field] = value
+    if args.steps is None and values["workers"] > 0:  # whole waves of batches (one per worker)
+        values["steps"] = math.ceil(values["steps"] / values["workers"]) * values["workers"]
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     return FitBenchConfig(
         device=args.device,
@@ -667,13 +678,13 @@ def config_from_args(args: argparse.Namespace) -> FitBenchConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the benchmark, print the table, write the JSON record after every round."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: a size preset and options over it."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--size", choices=sorted(PRESETS), default="small", help="preset of the sizes below")
     p.add_argument("--workers", type=int, help="DataLoader workers (small: 2, full: 14)")
-    p.add_argument("--steps", type=int, help="timed optimizer steps per mode and round")
+    p.add_argument("--steps", type=int, help="timed optimizer steps per mode and round (best a multiple of --workers)")
     p.add_argument("--warmup", type=int, help="untimed steps before them (workers start, first batches)")
     p.add_argument("--rounds", type=int, help="interleaved rounds of every mode; medians are reported")
     p.add_argument("--modes", default="a,b,c", help="modes to run, e.g. a,c")
@@ -697,7 +708,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--workdir", help="folder for the temporary frames and bank (default: the system temp folder)")
     p.add_argument("--json", type=Path, help="write the JSON record here (rewritten after every round)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, write the JSON record after every round."""
+    args = build_parser().parse_args(argv)
     config = config_from_args(args)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

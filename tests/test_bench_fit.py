@@ -114,13 +114,29 @@ def test_step_timer_arithmetic(bench):
     timer.ends = [0.5, 2.0, 4.0, 5.0]
     timer.images = [8, 8, 8, 8]
     summary = timer.summary(warmup=1)
-    # timed span: start of step 1 (1.0) to end of step 3 (5.0); waits 1.0 (2.0->3.0) and 0.5 (4.0->4.5)
-    assert summary["images_per_s"] == pytest.approx(24 / 4.0)
-    assert summary["wait_fraction"] == pytest.approx(1.5 / 4.0)
-    assert summary["wait_ms"] == pytest.approx(750.0) and summary["max_wait_ms"] == pytest.approx(1000.0)
+    # timed span: end of the warm-up step (0.5) to the end of step 3 (5.0), three whole cycles;
+    # waits 0.5 (0.5->1.0), 1.0 (2.0->3.0) and 0.5 (4.0->4.5); steps 1.0, 1.0, 0.5
+    assert summary["elapsed_s"] == pytest.approx(4.5) and summary["timed_steps"] == 3
+    assert summary["images_per_s"] == pytest.approx(24 / 4.5)
+    assert summary["wait_fraction"] == pytest.approx(2.0 / 4.5)
+    assert summary["wait_ms"] == pytest.approx(500.0) and summary["max_wait_ms"] == pytest.approx(1000.0)
     assert summary["step_ms"] == pytest.approx(1000.0)
-    with pytest.raises(RuntimeError, match="warm-up"):
-        timer.summary(warmup=4)
+    for warmup in (0, 4):
+        with pytest.raises(RuntimeError, match="warm-up"):
+            timer.summary(warmup=warmup)
+
+
+def test_presets_time_whole_waves_of_worker_batches(bench):
+    def config(*argv):
+        return bench.config_from_args(bench.build_parser().parse_args(list(argv)))
+
+    full = config("--size", "full", "--device", "cuda")
+    assert (full.frame_size, full.crop_size, full.batch_size, full.workers) == ((1024, 2048), (512, 1024), 8, 14)
+    assert full.steps % 14 == 0 and full.resolved_precision() == "bf16-mixed" and full.compile_losses
+    assert config("--size", "full", "--workers", "5").steps % 5 == 0
+    assert config("--size", "full", "--workers", "5", "--steps", "7").steps == 7  # given steps are kept
+    small = config("--size", "small", "--device", "cpu", "--modes", "c,a", "--no-compile")
+    assert small.modes == ("c", "a") and not small.compile_losses and small.resolved_threads() == 1
 
 
 def test_bad_options_are_refused_with_their_cause(bench, tmp_path):
