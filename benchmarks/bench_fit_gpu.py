@@ -418,10 +418,11 @@ def fit_once(
 ) -> dict[str, Any]:
     """Fit ``warmup + steps`` steps (``config.steps`` by default) in a fresh Trainer; the :class:`StepTimer` summary."""
     steps = config.steps if steps is None else steps
+    device = torch.device(config.device)
     timer = StepTimer()
     trainer = L.Trainer(
-        accelerator="gpu" if config.device.startswith("cuda") else "cpu",
-        devices=1,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=[device.index] if device.type == "cuda" and device.index is not None else 1,
         precision=config.resolved_precision(),
         max_epochs=1,
         limit_train_batches=config.warmup + steps,
