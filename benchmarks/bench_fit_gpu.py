@@ -491,7 +491,7 @@ def run_benchmark(
     if unknown or not config.modes:
         raise ValueError(f"modes: expected some of {sorted(MODES)}, got {list(config.modes)}")
     if config.steps < 1 or config.warmup < 1:
-        raise ValueError(f"steps and warmup must be >= 1 (the wait before step k needs step k-1), got {config}")
+        raise ValueError(f"steps and warmup must be >= 1, got steps={config.steps}, warmup={config.warmup}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {config.device!r}: CUDA is not available on this machine")
     datamodule_options(config.data_options)
@@ -550,7 +550,8 @@ def _run(
         rounds: dict[str, list[dict[str, Any]]] = {m: [] for m in config.modes}
         record: dict[str, Any] = {}
         for r in range(config.rounds):
-            for mode in config.modes:
+            # Alternate the order, so no mode always runs first (or right after the warm-up fit).
+            for mode in config.modes if r % 2 == 0 else config.modes[::-1]:
                 dm = memory() if mode == "a" else datamodule_for(mode)
                 rounds[mode].append(fit_once(model, dm, config, tmp_path))
             record = _record(config, rounds, r + 1)
@@ -582,11 +583,12 @@ def _record(config: FitBenchConfig, rounds: dict[str, list[dict[str, Any]]], don
             "batch": runs[0]["batch"],
             "rounds": runs,
         }
-    ratios = {}
+    ratios, waits = {}, {}
     if "a" in modes:
         for mode in modes:
             if mode != "a":
                 ratios[f"{mode}/a"] = modes[mode]["images_per_s"] / modes["a"]["images_per_s"]
+                waits[mode] = modes[mode]["wait_fraction"] - modes["a"]["wait_fraction"]
     compiled = config.compile_losses and config.device.startswith("cuda")
     cfg = dataclasses.asdict(config)
     cfg["precision"] = config.resolved_precision()
@@ -604,6 +606,7 @@ def _record(config: FitBenchConfig, rounds: dict[str, list[dict[str, Any]]], don
         "machine": machine_info(config.device),
         "modes": modes,
         "ratios": ratios,
+        "data_wait_fraction_beyond_a": waits,
     }
 
 
@@ -628,6 +631,10 @@ def format_table(record: dict[str, Any]) -> str:
             f"| {mode} | {r['label']} | {r['images_per_s']:.2f} | {vs_a} | {r['step_ms']:.1f} | {r['wait_ms']:.1f} "
             f"| {100 * r['wait_fraction']:.1f}% | {ood} | {every} |"
         )
+    extra = record.get("data_wait_fraction_beyond_a") or {}
+    if extra:
+        parts = ", ".join(f"{100 * v:.1f}% in {m}" for m, v in extra.items())
+        lines += ["", f"Time the accelerator waited for the loader, beyond mode a's per-step overhead: {parts}."]
     if record.get("compile_note"):
         lines += ["", f"Note: {record['compile_note']}."]
     gpu = m.get("gpu", "no GPU")

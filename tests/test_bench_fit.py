@@ -66,6 +66,9 @@ def test_three_modes_train_on_batches_of_one_shape(bench, tmp_path):
     assert record["ratios"]["c/a"] == pytest.approx(
         record["modes"]["c"]["images_per_s"] / record["modes"]["a"]["images_per_s"]
     )
+    assert record["data_wait_fraction_beyond_a"]["b"] == pytest.approx(
+        record["modes"]["b"]["wait_fraction"] - record["modes"]["a"]["wait_fraction"]
+    )
     # Mode c mixes outliers (p = 1); b does not; a serves the mixed loader's batches.
     assert record["modes"]["b"]["ood_pixel_fraction"] == 0
     assert record["modes"]["c"]["ood_pixel_fraction"] > 0
