@@ -634,7 +634,7 @@ def format_table(record: dict[str, Any]) -> str:
     extra = record.get("data_wait_fraction_beyond_a") or {}
     if extra:
         parts = ", ".join(f"{100 * v:.1f}% in {m}" for m, v in extra.items())
-        lines += ["", f"Time the accelerator waited for the loader, beyond mode a's per-step overhead: {parts}."]
+        lines += ["", f"Time the training loop waited for the loader, beyond mode a's per-step overhead: {parts}."]
     if record.get("compile_note"):
         lines += ["", f"Note: {record['compile_note']}."]
     gpu = m.get("gpu", "no GPU")
