@@ -13,6 +13,7 @@ loader on an idle machine). Prints a markdown table and the machine it ran on.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import resource
@@ -120,6 +121,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--bank-size", type=int, default=256)
     ap.add_argument("--probability", type=float, default=0.5)
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here (e.g. benchmarks/results/)")
     ap.add_argument(
         "--output", choices=("float", "uint8"), default="float", help="uint8: images normalised later, on the device"
     )
@@ -155,7 +157,7 @@ def main() -> None:
             "mixing, p=1.0 (bank read + 1-3 pastes)": _ms(lambda i: mixer(raws[i % len(raws)], index=i, epoch=0), 32),
         }
         results: dict[str, list[float]] = {k: [] for k in configs}
-        cpu: dict[str, list[float]] = {k: [] for k in configs}
+        worker_cpu: dict[str, list[float]] = {k: [] for k in configs}
         throughput(plain, args.workers, args.batch_size)  # warm the page cache
         for r in range(args.rounds):
             order = list(configs.items())
@@ -164,9 +166,9 @@ def main() -> None:
                     ds.set_epoch(r)
                 rate, cpu_ms = throughput(ds, args.workers, args.batch_size)
                 results[name].append(rate)
-                cpu[name].append(cpu_ms)
+                worker_cpu[name].append(cpu_ms)
     ref = statistics.median(results["plain"])
-    ref_cpu = statistics.median(cpu["plain"])
+    ref_cpu = statistics.median(worker_cpu["plain"])
     print(
         f"\n## Outlier mixing DataLoader throughput ({args.frames} frames 2048x1024 -> 1024x512 crops, "
         f"{args.workers} workers, batch {args.batch_size}, {args.output} output, "
@@ -179,7 +181,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for name, vals in results.items():
         med = statistics.median(vals)
-        med_cpu = statistics.median(cpu[name])
+        med_cpu = statistics.median(worker_cpu[name])
         print(
             f"| {name} | {med:.2f} | {', '.join(f'{v:.2f}' for v in vals)} | {med / ref:.2f}x | {med_cpu:.1f} | "
             f"{ref_cpu / med_cpu:.2f}x |"
@@ -199,10 +201,21 @@ def main() -> None:
                 break
     except OSError:
         pass
-    print(
-        f"\nMachine: {cpu}, {os.cpu_count()} CPUs, load average {load[0]:.1f}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, numpy {np.__version__}; setup (frames + bank of {args.bank_size}) {setup_s:.1f}s"
+    machine = (
+        f"{cpu}, {os.cpu_count()} CPUs, load average {load[0]:.1f}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, numpy {np.__version__}"
     )
+    print(f"\nMachine: {machine}; setup (frames + bank of {args.bank_size}) {setup_s:.1f}s")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "machine": machine,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "images_per_s": results,
+            "worker_cpu_ms_per_image": worker_cpu,
+            "per_sample_ms": costs,
+        }
+        args.json.write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":
