@@ -291,3 +291,12 @@ def test_normalisation_equals_albumentations_normalize() -> None:
     np.testing.assert_allclose(got_float.numpy(), want, rtol=0, atol=1e-5)
     restored = pickle.loads(pickle.dumps(SegmentationTransform([], mean=mean, std=std)))
     assert torch.equal(restored({"image": image})["image"], got)
+
+
+def test_normalize_refuses_a_pipeline_that_already_made_a_tensor() -> None:
+    from albumentations.pytorch import ToTensorV2
+
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="normalize=True expects an \\(H, W, 3\\) array"):
+        SegmentationTransform([ToTensorV2()])({"image": image})
+    assert SegmentationTransform([ToTensorV2()], normalize=False)({"image": image})["image"].shape == (3, 8, 8)

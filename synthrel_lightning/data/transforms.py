@@ -164,13 +164,13 @@ class SegmentationTransform:
         return torch.from_numpy(np.ascontiguousarray(((image.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)))
 
     def _image_tensor(self, image: np.ndarray | Tensor) -> Tensor:
-        if (
-            self.normalize
-            and self.output == "float"
-            and isinstance(image, np.ndarray)
-            and image.ndim == 3
-            and image.shape[2] == 3
-        ):
+        if self.normalize and self.output == "float":
+            if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(
+                    f"SegmentationTransform: pipeline produced a {type(image).__name__} image of shape "
+                    f"{tuple(image.shape)}; normalize=True expects an (H, W, 3) array (drop ToTensorV2 from the "
+                    "pipeline, or pass normalize=False)"
+                )
             return self._normalized(image)
         t = _as_tensor(image.transpose(2, 0, 1)) if isinstance(image, np.ndarray) else image
         if t.ndim != 3 or t.shape[0] != 3:
