@@ -38,7 +38,7 @@ from bench_mixing import write_frames  # noqa: E402
 
 from synthrel_lightning.data.cache import DecodedCache  # noqa: E402
 from synthrel_lightning.data.cityscapes import CityscapesDataset  # noqa: E402
-from synthrel_lightning.data.io import read_image, read_label  # noqa: E402
+from synthrel_lightning.data.io import PNG_DECODER, read_image, read_label  # noqa: E402
 from synthrel_lightning.data.transforms import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -137,6 +137,11 @@ def main() -> None:
     crop = (int(args.crop[0]), int(args.crop[1]))
     import torchvision.io as tvio
 
+    try:
+        import pyspng as spng
+    except ImportError:
+        spng = None
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "cityscapes"
         write_frames(root, args.frames)
@@ -213,14 +218,19 @@ def main() -> None:
                     cv2.COLOR_BGR2RGB,
                 ),
                 "torchvision.io.decode_png (CHW tensor)": lambda i: tvio.decode_png(tvio.read_file(str(images[i % n]))),
-                "library read_image": lambda i: read_image(images[i % n]),
+                **(
+                    {"pyspng.load(bytes) (libspng, no CRC check)": lambda i: spng.load(images[i % n].read_bytes())}
+                    if spng is not None
+                    else {}
+                ),
+                f"library read_image ({PNG_DECODER})": lambda i: read_image(images[i % n]),
             },
             "decode label (labelIds PNG)": {
                 "PIL open + load + np.array": lambda i: np.array(Image.open(labels[i % n])),
                 "cv2.imdecode(bytes)": lambda i: cv2.imdecode(
                     np.frombuffer(labels[i % n].read_bytes(), np.uint8), cv2.IMREAD_UNCHANGED
                 ),
-                "library read_label": lambda i: read_label(labels[i % n]),
+                f"library read_label ({PNG_DECODER})": lambda i: read_label(labels[i % n]),
             },
             "label id -> train id": {
                 "LUT[ids] (fancy indexing)": lambda i: LABEL_TO_TRAIN_ID[ids[i % n]],

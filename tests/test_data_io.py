@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from synthrel_lightning.data import io as data_io
 from synthrel_lightning.data.io import (
     DatasetError,
     check_label_values,
@@ -58,7 +59,7 @@ def test_read_image_rejects_transparent_and_single_channel(tmp_path: Path) -> No
     assert read_image(tmp_path / "gray.png", allow_grayscale=True).shape == (8, 8, 3)
 
 
-def test_read_image_missing_corrupt_truncated(tmp_path: Path) -> None:
+def test_read_image_missing_corrupt_truncated(tmp_path: Path, png_decoder: str) -> None:
     with pytest.raises(DatasetError, match=r"nope\.png not found"):
         read_image(tmp_path / "nope.png")
     (tmp_path / "garbage.png").write_bytes(b"this is not an image at all" * 10)
@@ -146,11 +147,22 @@ def _pil_reference(path: Path, label: bool) -> np.ndarray:
         return np.array(im.convert("RGB"))
 
 
+@pytest.fixture(params=["libspng", "libpng"])
+def png_decoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each fast PNG decoder in turn (libspng needs the ``fast-png`` extra)."""
+    if request.param == "libspng":
+        pytest.importorskip("pyspng")
+    monkeypatch.setattr(data_io, "PNG_DECODER", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize(
     ("mode", "label"),
     [("RGB", False), ("P", False), ("L", True), ("P", True), ("1", True), ("I;16", True)],
 )
-def test_fast_png_decoding_matches_pil_on_every_layout(tmp_path: Path, mode: str, label: bool) -> None:
+def test_fast_png_decoding_matches_pil_on_every_layout(
+    tmp_path: Path, mode: str, label: bool, png_decoder: str
+) -> None:
     rng = np.random.default_rng(3)
     if mode == "RGB":
         img = Image.fromarray(_rgb(37, 53))
@@ -168,7 +180,7 @@ def test_fast_png_decoding_matches_pil_on_every_layout(tmp_path: Path, mode: str
         assert set(np.unique(got).tolist()) <= {0, 1}
 
 
-def test_truncated_and_corrupt_labels_still_name_the_file(tmp_path: Path) -> None:
+def test_truncated_and_corrupt_labels_still_name_the_file(tmp_path: Path, png_decoder: str) -> None:
     labels = np.random.default_rng(0).integers(0, 34, (64, 64), dtype=np.uint8)
     Image.fromarray(labels).save(tmp_path / "full.png")
     data = (tmp_path / "full.png").read_bytes()

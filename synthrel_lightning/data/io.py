@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -27,6 +28,14 @@ _COLOUR_MODES = {"RGB", "P", "CMYK", "YCbCr", "LAB", "HSV"}
 _LABEL_INT_MODES = {"L", "P", "1", "I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
+try:  # libspng decodes PNGs ~1.4x faster than libpng (optional extra ``fast-png``)
+    import pyspng as _spng
+except ImportError:  # pragma: no cover - depends on the installed extras
+    _spng = None
+
+PNG_DECODER: str = "libspng" if _spng is not None else "libpng"
+"""Decoder of the fast PNG path: ``"libspng"`` (``pyspng``, when installed) or ``"libpng"`` (OpenCV)."""
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY, _PNG_RGB = 0, 2  # IHDR colour types decoded by the fast path (8 bits per sample)
 
@@ -42,8 +51,28 @@ def _check_file(path: Path, what: str) -> None:
         raise DatasetError(f"{what} {path} not found")
 
 
+def _chunks_intact(data: bytes) -> bool:
+    """True when every PNG chunk up to IEND is complete and matches its CRC-32.
+
+    libspng (as ``pyspng`` builds it) does not check chunk CRCs, so a flipped bit in the
+    pixel data would decode silently; libpng and PIL refuse such files. About 1 ms per 4 MB.
+    """
+    pos, end = 8, len(data)
+    while pos + 12 <= end:
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        stop = pos + 8 + length
+        if stop + 4 > end:
+            return False
+        if zlib.crc32(data[pos + 4 : stop]) != int.from_bytes(data[stop : stop + 4], "big"):
+            return False
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return True
+        pos = stop + 4
+    return False
+
+
 def _fast_png(path: Path, colour_type: int) -> np.ndarray | None:
-    """Decode an 8-bit PNG of IHDR ``colour_type`` with OpenCV (libpng), or None to leave the file to PIL.
+    """Decode an 8-bit PNG of IHDR ``colour_type`` with :data:`PNG_DECODER`, or None to leave the file to PIL.
 
     Only the simple, common layouts take this path (8-bit grey or RGB); every other layout,
     any decoding failure and any unexpected result return None, so PIL decides and names
@@ -58,11 +87,21 @@ def _fast_png(path: Path, colour_type: int) -> np.ndarray | None:
     if data[24] != 8 or data[25] != colour_type:
         return None
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    expected = (height, width) if colour_type == _PNG_GREY else (height, width, 3)
+    if PNG_DECODER == "libspng" and _spng is not None:
+        if not _chunks_intact(data):
+            return None
+        try:
+            arr = _spng.load(data)  # RGB order already
+        except (RuntimeError, ValueError):
+            return None
+        if arr.ndim == 3 and arr.shape[2] == 1:
+            arr = arr[:, :, 0]
+        return arr if arr.dtype == np.uint8 and arr.shape == expected else None
     try:
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error:
         return None
-    expected = (height, width) if colour_type == _PNG_GREY else (height, width, 3)
     if arr is None or arr.dtype != np.uint8 or arr.shape != expected:
         return None
     if colour_type == _PNG_RGB:
