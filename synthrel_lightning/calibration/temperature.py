@@ -151,6 +151,8 @@ class TemperatureFit:
     ece_before: float
     ece_after: float
     num_bins: int
+    sampled_pixels: int = 0
+    """Pixels of the per-frame samples (``fit_pixels`` with ``ece_grid``; ``nll`` subsamples them)."""
     frames: int = 0
     """Frames streamed (a ``(B,K,H,W)`` batch holds B, an ``(N,K)`` batch is one)."""
     pixels_per_image: int | str = "all"
@@ -209,6 +211,7 @@ def fit_temperature(
             ece_before=float(ece[-1]),
             ece_after=float(ece[best]),
             num_bins=num_bins,
+            sampled_pixels=acc.pixels,
             frames=frames,
             pixels_per_image=pixels_per_image,
         )
@@ -230,6 +233,7 @@ def fit_temperature(
         ece_before=before,
         ece_after=after,
         num_bins=num_bins,
+        sampled_pixels=reservoir.pixels,
         frames=frames,
         pixels_per_image=pixels_per_image,
     )
