@@ -87,6 +87,7 @@ def test_fit_reports_the_ece_before_and_after_on_the_pixels_it_used(method: str)
         "ece_before": fit.ece_before,
         "ece_after": fit.ece_after,
         "num_bins": 15,
+        "sampled_pixels": 20_000,
         "frames": 1,
         "pixels_per_image": 20_000,
     }

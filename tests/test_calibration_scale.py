@@ -145,7 +145,10 @@ def test_nll_subsamples_the_per_frame_sample() -> None:
 def test_calibrate_tool_shows_progress_over_frames_and_reports_the_sample(tmp_path: Path, capsys) -> None:
     _, source = trained_checkpoint(tmp_path)
     out = tmp_path / "calibrated.ckpt"
-    args = ["--config", str(write_recipe(tmp_path)), "--ckpt_path", str(source), "--set_name", "clean"]
+    recipe = write_recipe(tmp_path)
+    # as in the config.yaml a fit run saves (LightningCLI's fit options)
+    recipe.write_text(recipe.read_text() + "ckpt_path: null\nweights_only: null\n")
+    args = ["--config", str(recipe), "--ckpt_path", str(source), "--set_name", "clean"]
     report = main([*args, "--output", str(out), "--method", "ece_grid", "--pixels_per_image", "100", "--seed", "5"])
     captured = capsys.readouterr()
     assert "collecting logits (clean)" in captured.err and "/12 [" in captured.err and "frame" in captured.err

@@ -21,6 +21,7 @@ same unless two temperatures' ECE are that close).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor
@@ -34,6 +35,8 @@ The two evaluations differ by a few float32 roundings (relative 1e-6 at worst); 
 """
 
 _LOG2E = math.log2(math.e)
+
+_MIN_PIXELS_PER_WORKER = 2048
 
 
 def chunk_elements(device: torch.device) -> int:
@@ -93,9 +96,32 @@ def grid_bin_sums(
         num_bins: equal-width confidence bins.
         max_elements: size of the work tensor per chunk (default :func:`chunk_elements` of the device).
 
-    Every pixel is counted in the bin :func:`grid_bin_sums_reference` puts it in.
+    Every pixel is counted in the bin :func:`grid_bin_sums_reference` puts it in. On a CPU
+    the pixels are split between ``torch.get_num_threads()`` Python threads, each running
+    single-threaded torch ops (many small ops parallelised inside torch lose most of their
+    time in thread synchronisation, worse on a loaded machine).
     """
     _check(z, y, temperatures, num_bins)
+    workers = min(torch.get_num_threads(), z.shape[0] // _MIN_PIXELS_PER_WORKER)
+    if z.device.type != "cpu" or workers < 2:
+        return _grid_bin_sums(z, y, temperatures, num_bins, max_elements)
+    bounds = [z.shape[0] * i // workers for i in range(workers + 1)]
+    threads = torch.get_num_threads()
+
+    def part(i: int) -> Tensor:
+        torch.set_num_threads(1)
+        lo, hi = bounds[i], bounds[i + 1]
+        return _grid_bin_sums(z[lo:hi], y[lo:hi], temperatures, num_bins, max_elements)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(part, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
+    return torch.stack(parts).sum(dim=0)
+
+
+def _grid_bin_sums(z: Tensor, y: Tensor, temperatures: Tensor, num_bins: int, max_elements: int | None) -> Tensor:
     z = z.float()
     device = z.device
     temps = temperatures.to(device=device, dtype=torch.float32).reshape(-1)
