@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import Tensor
 
 from synthrel_lightning.atomic import atomic_write
 from synthrel_lightning.calibration.logits import collect_logits
+from synthrel_lightning.calibration.sampling import DEFAULT_PIXELS_PER_IMAGE, PixelsPerImage
 from synthrel_lightning.calibration.temperature import PAPER_GRID, FitMethod, TemperatureFit, fit_temperature
 from synthrel_lightning.checkpoints import CheckpointError, load_checkpoint
 from synthrel_lightning.data.named_sets import datamodule_loader
@@ -24,39 +28,60 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CalibrationReport:
-    """What :func:`calibrate` did: the fit, the set it used, and the checkpoint it read and wrote."""
+    """What :func:`calibrate` did: the fit, the set it used, the checkpoint it read and wrote, where and how long."""
 
     fit: TemperatureFit
     set_name: str | None
     source: Path
     output: Path
+    device: str = "cpu"
+    seconds: float = 0.0
+    """Wall time of the logit pass and the fit."""
 
     def summary(self) -> str:
         """A few human-readable lines: T, ECE before/after, pixels used, where the checkpoint went."""
         fit = self.fit
-        sampled = "" if fit.fit_pixels == fit.pixels else f" (a uniform subsample of {fit.pixels:,} labelled pixels)"
         where = self.set_name or "the only validation set"
+        if fit.pixels_per_image == "all":
+            used = f"{fit.sampled_pixels:,} (every labelled pixel of {fit.frames:,} frames)"
+        else:
+            used = (
+                f"{fit.sampled_pixels:,} of {fit.pixels:,} labelled (at most {fit.pixels_per_image:,} "
+                f"per frame, {fit.frames:,} frames)"
+            )
+        if fit.fit_pixels < fit.sampled_pixels:
+            used = f"{fit.fit_pixels:,}, a uniform subsample of {used}"
         return "\n".join(
             [
                 f"temperature: {fit.temperature:.6g} ({fit.method}) on set {where}",
                 f"ECE ({fit.num_bins} bins): {fit.ece_before:.4f} before -> {fit.ece_after:.4f} after",
-                f"pixels used: {fit.fit_pixels:,}{sampled}",
+                f"pixels used: {used}",
+                f"time: {self.seconds:.1f} s on {self.device}",
                 f"calibrated checkpoint: {self.output}",
             ]
         )
 
 
-def _progress(loader: Any, total: int | None, description: str, enabled: bool) -> Any:
-    if not enabled:
-        return loader
+def _frame_count(loader: Any, max_batches: int | None) -> int | None:
+    """Frames the loader yields (within ``max_batches``), when its dataset has a length."""
+    try:
+        frames = len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
+    batch_size = getattr(loader, "batch_size", None)
+    if max_batches is not None and batch_size:
+        frames = min(frames, max_batches * batch_size)
+    return frames
+
+
+def _with_progress(batches: Iterable[tuple[Tensor, Tensor]], total: int | None, description: str) -> Iterator[Any]:
+    """``batches`` unchanged, advancing a progress bar by the frames of each (logits, label) batch."""
     from tqdm.auto import tqdm
 
-    if total is None:
-        try:
-            total = len(loader)
-        except TypeError:
-            total = None
-    return tqdm(loader, total=total, desc=description, unit="batch", leave=False)
+    with tqdm(total=total, desc=description, unit="frame", leave=False) as bar:
+        for logits, labels in batches:
+            yield logits, labels
+            bar.update(labels.shape[0] if labels.ndim == 3 else 1)
 
 
 def calibrate(
@@ -68,6 +93,7 @@ def calibrate(
     method: FitMethod = "nll",
     grid: tuple[float, float, float] = PAPER_GRID,
     num_bins: int = 15,
+    pixels_per_image: PixelsPerImage = DEFAULT_PIXELS_PER_IMAGE,
     max_pixels: int = 2_000_000,
     max_batches: int | None = None,
     seed: int = 0,
@@ -84,12 +110,15 @@ def calibrate(
         ckpt_path: the Lightning checkpoint to calibrate (read only, never modified).
         set_name: the validation set (the datamodule's ``val_set_names``); ``None`` when there is one.
         output: where to write the calibrated checkpoint (default ``<stem>-calibrated.ckpt`` beside it).
-        method, grid, num_bins, max_pixels, seed: see :func:`~synthrel_lightning.calibration.fit_temperature`.
+        method, grid, num_bins, pixels_per_image, max_pixels, seed: see
+            :func:`~synthrel_lightning.calibration.fit_temperature` (``pixels_per_image``: labelled
+            pixels drawn per frame, seeded by ``(seed, frame index)``, default 20,000; ``"all"``).
         max_batches: fit on at most this many batches of the set.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda:1"``...: the model's forward
+            pass and the fit (the ECE grid runs where the logits are).
         trust_checkpoint: load a checkpoint that pickles arbitrary objects (only from a trusted
             origin: loading it can run code); plain Lightning checkpoints do not need it.
-        progress: show a progress bar while collecting logits.
+        progress: show a progress bar over the frames while collecting logits and fitting.
 
     The output is the input checkpoint, optimizer and loop states included, with
     ``state_dict["temperature"] = T`` and a ``calibration`` entry of plain values recording
@@ -112,24 +141,33 @@ def calibrate(
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"calibrate: {ckpt_path} does not match the configured model: {err}") from err
-    model.to(resolve_device(device, who="calibrate"))
+    target = resolve_device(device, who="calibrate")
+    model.to(target)
     data.prepare_data()
     data.setup("validate")
     loader = datamodule_loader(data, set_name, who="calibrate")
-    batches = _progress(loader, max_batches, f"collecting logits ({set_name or 'validation set'})", progress)
+    start = time.perf_counter()
+    batches: Iterable[tuple[Tensor, Tensor]] = collect_logits(model, loader, max_batches=max_batches)
+    if progress:
+        total = _frame_count(loader, max_batches)
+        batches = _with_progress(batches, total, f"collecting logits ({set_name or 'validation set'}), fitting T")
     fit = fit_temperature(
-        collect_logits(model, batches, max_batches=max_batches),
+        batches,
         method=method,
         grid=grid,
         num_bins=num_bins,
+        pixels_per_image=pixels_per_image,
         max_pixels=max_pixels,
         seed=seed,
     )
+    seconds = time.perf_counter() - start
     state["temperature"] = torch.full_like(state["temperature"], fit.temperature)
     checkpoint["calibration"] = {**fit.as_dict(), "set_name": set_name, "source_checkpoint": str(ckpt_path)}
     atomic_write(out, lambda tmp: torch.save(checkpoint, tmp))
     log.info("calibrate: T=%.4f fitted on %r (%s); saved %s", fit.temperature, set_name, method, out)
-    return CalibrationReport(fit=fit, set_name=set_name, source=ckpt_path, output=out)
+    return CalibrationReport(
+        fit=fit, set_name=set_name, source=ckpt_path, output=out, device=str(target), seconds=seconds
+    )
 
 
 __all__ = ["CalibrationReport", "calibrate"]

@@ -1,4 +1,4 @@
-"""Logits for calibration: streamed from a model without gradients, checked, and subsampled in a pixel reservoir."""
+"""Logits for calibration: streamed from a model without gradients, and subsampled in a pixel reservoir."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synthrel_lightning.labels import OOD_ID, VOID_ID
-
 LogitBatches = Iterable[tuple[Tensor, Tensor]]
 """Batches of ``(logits, target)``: (B,K,H,W) with (B,H,W), or (N,K) with (N,)."""
 
@@ -20,52 +18,6 @@ def as_batches(data: LogitBatches | tuple[Tensor, Tensor]) -> Iterable[tuple[Ten
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(x, Tensor) for x in data):
         return [(data[0], data[1])]
     return data
-
-
-def flatten_valid(logits: Tensor, target: Tensor, num_classes: int | None, index: int) -> tuple[Tensor, Tensor]:
-    """(N,K) float logits and (N,) targets of the pixels carrying a train id, after checks.
-
-    ``num_classes`` is the K of earlier batches (``None`` for the first); ``index`` names
-    the batch in errors. Void (255) and OOD (254) pixels are dropped; other ids outside
-    ``0..K-1`` and non-finite logits at labelled pixels are errors.
-    """
-    where = f"calibration batch {index}"
-    if not isinstance(logits, Tensor) or not isinstance(target, Tensor):
-        raise TypeError(
-            f"{where}: expected a (logits, target) pair of tensors, "
-            f"got {type(logits).__name__}, {type(target).__name__}"
-        )
-    if logits.ndim == 4 and target.ndim == 3 and target.shape == (logits.shape[0], *logits.shape[2:]):
-        flat = logits.movedim(1, -1).reshape(-1, logits.shape[1])
-    elif logits.ndim == 2 and target.ndim == 1 and target.shape[0] == logits.shape[0]:
-        flat = logits
-    else:
-        raise ValueError(
-            f"{where}: logits {tuple(logits.shape)} and target {tuple(target.shape)} do not match; "
-            "expected (B,K,H,W) with (B,H,W), or (N,K) with (N,)"
-        )
-    if target.dtype.is_floating_point:
-        raise TypeError(f"{where}: target must hold integer train ids, got {target.dtype}")
-    k = flat.shape[1]
-    if num_classes is not None and k != num_classes:
-        raise ValueError(f"{where}: {k} classes, but earlier batches had {num_classes}")
-    t = target.reshape(-1).to(flat.device).long()
-    valid = (t >= 0) & (t < k)
-    bad = ~valid & (t != VOID_ID) & (t != OOD_ID)
-    if bool(bad.any()):
-        raise ValueError(
-            f"{where}: target holds values {sorted(t[bad].unique().tolist())[:10]} outside 0..{k - 1}, "
-            f"{OOD_ID} (OOD) and {VOID_ID} (void)"
-        )
-    flat, t = flat[valid], t[valid]
-    if flat.numel():
-        n_bad = int((~torch.isfinite(flat)).sum())
-        if n_bad:
-            raise ValueError(
-                f"{where}: {n_bad} of {flat.numel()} logits at labelled pixels are NaN or infinite; "
-                "check the model's output (e.g. compute in float32)"
-            )
-    return flat.float(), t
 
 
 class PixelReservoir:
@@ -165,4 +117,4 @@ def collect_logits(
         module.train(was_training)
 
 
-__all__ = ["LogitBatches", "PixelReservoir", "as_batches", "collect_logits", "flatten_valid"]
+__all__ = ["LogitBatches", "PixelReservoir", "as_batches", "collect_logits"]

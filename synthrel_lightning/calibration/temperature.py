@@ -1,15 +1,18 @@
 """Post-hoc temperature scaling: fit one global temperature T on held-out (e.g. synthetic) logits.
 
-Two fitting rules, both streaming over batches of ``(logits, target)``:
+Two fitting rules, both streaming over batches of ``(logits, target)``, on a seeded
+per-frame sample of labelled pixels (:mod:`~synthrel_lightning.calibration.sampling`;
+20,000 per frame by default, as the authors' code, or ``"all"``):
 
 - ``"ece_grid"`` (the protocol of Loiseau et al., "Reliability in Semantic Segmentation:
   Can We Use Synthetic Data?", ECCV 2024; https://github.com/valeoai/GenVal): T on the grid
-  ``[0.5, 10)`` step ``0.01`` minimising the top-1 ECE with 15 equal-width bins over
-  non-void pixels. One pass accumulates, for every T of the grid and every bin, the
-  pixel count, the summed confidence and the summed accuracy; no pixel is stored.
+  ``[0.5, 10)`` step ``0.01`` minimising the top-1 ECE with 15 equal-width bins. Every
+  sampled pixel is used; one pass accumulates, for every T of the grid and every bin, the
+  pixel count, the summed confidence and the summed accuracy
+  (:func:`~synthrel_lightning.calibration.grid.grid_bin_sums`); no pixel is stored.
 - ``"nll"``: T minimising the mean negative log-likelihood (LBFGS on ``log T``), on a
-  uniform random subsample of at most ``max_pixels`` pixels kept while streaming
-  (random keys, smallest ``max_pixels`` kept), so memory does not grow with the set.
+  uniform random subsample of at most ``max_pixels`` of the sampled pixels kept while
+  streaming (random keys, smallest ``max_pixels`` kept), so memory does not grow with the set.
 
 Pixels whose target is a train id ``0..K-1`` count; OOD (254) and void (255) pixels have
 no correct class and are left out. The ECE arithmetic is :mod:`synthrel_lightning.metrics.functional`'s.
@@ -26,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from synthrel_lightning.calibration.logits import LogitBatches, PixelReservoir, as_batches, flatten_valid
+from synthrel_lightning.calibration.grid import grid_bin_sums
+from synthrel_lightning.calibration.logits import LogitBatches, PixelReservoir, as_batches
+from synthrel_lightning.calibration.sampling import DEFAULT_PIXELS_PER_IMAGE, PixelsPerImage, frame_pixels
 from synthrel_lightning.labels import OOD_ID, VOID_ID
-from synthrel_lightning.metrics.functional import ece_from_sums, top1_bin_sums
+from synthrel_lightning.metrics.functional import ece_from_sums
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +42,6 @@ FitMethod = Literal["nll", "ece_grid"]
 
 PAPER_GRID: tuple[float, float, float] = (0.5, 10.0, 0.01)
 """The authors' temperature grid: start, stop (excluded), step."""
-
-# Elements (temperatures x pixels x classes) evaluated at once by the grid search.
-_GRID_CHUNK_ELEMENTS = 1 << 23
 
 
 def temperature_grid(grid: tuple[float, float, float] = PAPER_GRID) -> Tensor:
@@ -52,7 +54,7 @@ def temperature_grid(grid: tuple[float, float, float] = PAPER_GRID) -> Tensor:
 
 
 class _BinnedTop1:
-    """Per-(temperature, bin) sums of count, confidence and correctness for top-1 ECE."""
+    """Per-(temperature, bin) sums of count, confidence and correctness for top-1 ECE, over streamed frames."""
 
     def __init__(self, temperatures: Tensor, num_bins: int) -> None:
         if num_bins < 1:
@@ -65,49 +67,39 @@ class _BinnedTop1:
         self.pixels = 0
 
     def update(self, z: Tensor, y: Tensor) -> None:
-        n, k = z.shape
-        if n == 0:
+        if z.shape[0] == 0:
             return
-        device = z.device
-        self.sums = self.sums.to(device)
-        temps = self.temperatures.to(device=device, dtype=torch.float32)
-        # The top-1 class does not depend on T > 0; only the confidence does.
-        shifted = z - z.amax(dim=1, keepdim=True)
-        correct = z.argmax(dim=1) == y
-        n_t = temps.numel()
-        px_chunk = max(1, min(n, _GRID_CHUNK_ELEMENTS // max(1, k)))
-        t_chunk = max(1, min(n_t, _GRID_CHUNK_ELEMENTS // (px_chunk * k)))
-        for p0 in range(0, n, px_chunk):
-            d = shifted[p0 : p0 + px_chunk]
-            c = correct[p0 : p0 + px_chunk]
-            for t0 in range(0, n_t, t_chunk):
-                t = temps[t0 : t0 + t_chunk]
-                conf = torch.exp(d.unsqueeze(0) / t.view(-1, 1, 1)).sum(dim=-1).reciprocal()  # (Tc, P)
-                self.sums[t0 : t0 + t.numel()] += top1_bin_sums(conf, c, self.num_bins)
-        self.pixels += n
+        self.sums = self.sums.to(z.device)
+        self.sums += grid_bin_sums(z, y, self.temperatures, self.num_bins)
+        self.pixels += z.shape[0]
 
     def ece(self) -> Tensor:
         return ece_from_sums(self.sums).cpu()
 
 
-def _binned(data: LogitBatches | tuple[Tensor, Tensor], temperatures: Tensor, num_bins: int) -> _BinnedTop1:
+def _binned(
+    data: LogitBatches | tuple[Tensor, Tensor],
+    temperatures: Tensor,
+    num_bins: int,
+    pixels_per_image: PixelsPerImage = "all",
+    seed: int = 0,
+) -> tuple[_BinnedTop1, int, int]:
+    """The accumulated sums, the labelled pixels streamed and the frames."""
     acc = _BinnedTop1(temperatures, num_bins)
-    k: int | None = None
-    seen = 0
-    for i, (logits, target) in enumerate(as_batches(data)):
-        z, y = flatten_valid(logits, target, k, i)
-        k = logits.shape[1]
-        acc.update(z, y)
-        seen += 1
-    _check_nonempty(seen, acc.pixels)
-    return acc
+    labelled = frames = 0
+    for frame in frame_pixels(as_batches(data), pixels_per_image, seed):
+        acc.update(frame.logits, frame.target)
+        labelled += frame.labelled
+        frames += 1
+    _check_nonempty(frames, acc.pixels)
+    return acc, labelled, frames
 
 
 def ece_by_temperature(
     data: LogitBatches | tuple[Tensor, Tensor], temperatures: Tensor | list[float], num_bins: int = 15
 ) -> Tensor:
-    """Top-1 ECE (equal-width bins, non-void pixels) of ``logits / T`` for each T, in one streaming pass."""
-    return _binned(data, torch.as_tensor(temperatures, dtype=torch.float64), num_bins).ece()
+    """Top-1 ECE (equal-width bins, every non-void pixel) of ``logits / T`` for each T, in one streaming pass."""
+    return _binned(data, torch.as_tensor(temperatures, dtype=torch.float64), num_bins)[0].ece()
 
 
 def expected_calibration_error(logits: Tensor, target: Tensor, num_bins: int = 15, temperature: float = 1.0) -> float:
@@ -115,12 +107,12 @@ def expected_calibration_error(logits: Tensor, target: Tensor, num_bins: int = 1
     return float(ece_by_temperature((logits, target), [temperature], num_bins)[0])
 
 
-def _check_nonempty(batches: int, pixels: int) -> None:
-    if batches == 0:
+def _check_nonempty(frames: int, pixels: int) -> None:
+    if frames == 0:
         raise ValueError("fit_temperature: no (logits, target) batches were given; the calibration set is empty")
     if pixels == 0:
         raise ValueError(
-            f"fit_temperature: the {batches} batch(es) hold no pixel with a train id (all void {VOID_ID} "
+            f"fit_temperature: the {frames} frame(s) hold no pixel with a train id (all void {VOID_ID} "
             f"or OOD {OOD_ID}); temperature scaling needs labelled in-distribution pixels"
         )
 
@@ -152,12 +144,19 @@ class TemperatureFit:
     temperature: float
     method: str
     pixels: int
-    """Labelled (train-id) pixels streamed."""
+    """Labelled (train-id) pixels in the frames streamed."""
     fit_pixels: int
-    """Pixels the fit and the two ECE values used: all of them (``ece_grid``) or the subsample (``nll``)."""
+    """Pixels the fit and the two ECE values used: the per-frame sample (``ece_grid``), or its
+    reservoir subsample of at most ``max_pixels`` (``nll``)."""
     ece_before: float
     ece_after: float
     num_bins: int
+    sampled_pixels: int = 0
+    """Pixels of the per-frame samples (``fit_pixels`` with ``ece_grid``; ``nll`` subsamples them)."""
+    frames: int = 0
+    """Frames streamed (a ``(B,K,H,W)`` batch holds B, an ``(N,K)`` batch is one)."""
+    pixels_per_image: int | str = "all"
+    """The per-frame sample size (``"all"``: every labelled pixel)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (for checkpoints, JSON and loggers)."""
@@ -169,6 +168,7 @@ def fit_temperature(
     method: FitMethod = "nll",
     grid: tuple[float, float, float] = PAPER_GRID,
     num_bins: int = 15,
+    pixels_per_image: PixelsPerImage = DEFAULT_PIXELS_PER_IMAGE,
     max_pixels: int = 2_000_000,
     seed: int = 0,
     max_iter: int = 100,
@@ -178,22 +178,27 @@ def fit_temperature(
     Args:
         data: an iterable of ``(logits, target)`` pairs, streamed once, or a single pair.
             Logits are unscaled (B,K,H,W) or (N,K); targets train ids with 254/255 left out.
+            The ECE grid runs on the logits' device (a GPU when the model is on one).
         method: ``"nll"`` (LBFGS on the mean NLL over a pixel subsample) or ``"ece_grid"``
-            (the paper's grid search of the top-1 ECE over every pixel).
+            (the paper's grid search of the top-1 ECE over every sampled pixel).
         grid: ``(start, stop, step)`` of the ECE grid; stop is excluded.
         num_bins: equal-width confidence bins of the ECE.
-        max_pixels: cap of the NLL method's uniform pixel subsample.
-        seed: seed of that subsample.
+        pixels_per_image: labelled pixels drawn per frame (uniformly, without replacement;
+            all of them when fewer), or ``"all"``. The default is the authors' 20,000.
+        max_pixels: cap of the NLL method's uniform subsample of the sampled pixels.
+        seed: seed of the per-frame samples (frame i draws from ``(seed, i)``) and of that subsample.
         max_iter: LBFGS iterations of the NLL method.
 
     Returns:
         The fit: ``temperature`` T such that ``logits / T`` is calibrated, and the ECE at
         T = 1 and at T on the pixels used.
     """
+    if method not in ("nll", "ece_grid"):
+        raise ValueError(f"fit_temperature: method must be 'nll' or 'ece_grid', got {method!r}")
     if method == "ece_grid":
         temps = temperature_grid(grid)
         # T = 1 rides along in the same pass for the ECE before scaling
-        acc = _binned(data, torch.cat([temps, temps.new_ones(1)]), num_bins)
+        acc, labelled, frames = _binned(data, torch.cat([temps, temps.new_ones(1)]), num_bins, pixels_per_image, seed)
         ece = acc.ece()
         best = int(torch.argmin(ece[:-1]))
         if best in (0, temps.numel() - 1):
@@ -201,34 +206,36 @@ def fit_temperature(
         return TemperatureFit(
             temperature=round(float(temps[best]), 10),
             method=method,
-            pixels=acc.pixels,
+            pixels=labelled,
             fit_pixels=acc.pixels,
             ece_before=float(ece[-1]),
             ece_after=float(ece[best]),
             num_bins=num_bins,
+            sampled_pixels=acc.pixels,
+            frames=frames,
+            pixels_per_image=pixels_per_image,
         )
-    if method != "nll":
-        raise ValueError(f"fit_temperature: method must be 'nll' or 'ece_grid', got {method!r}")
     reservoir = PixelReservoir(max_pixels, seed)
-    k: int | None = None
-    seen = 0
-    for i, (logits, target) in enumerate(as_batches(data)):
-        z, y = flatten_valid(logits, target, k, i)
-        k = logits.shape[1]
-        reservoir.update(z.detach(), y)
-        seen += 1
-    _check_nonempty(seen, reservoir.pixels)
+    labelled = frames = 0
+    for frame in frame_pixels(as_batches(data), pixels_per_image, seed):
+        reservoir.update(frame.logits.detach(), frame.target)
+        labelled += frame.labelled
+        frames += 1
+    _check_nonempty(frames, reservoir.pixels)
     assert reservoir.z is not None and reservoir.y is not None
     temperature = _fit_nll(reservoir.z, reservoir.y, max_iter)
     before, after = ece_by_temperature((reservoir.z, reservoir.y), [1.0, temperature], num_bins).tolist()
     return TemperatureFit(
         temperature=temperature,
         method=method,
-        pixels=reservoir.pixels,
+        pixels=labelled,
         fit_pixels=int(reservoir.y.numel()),
         ece_before=before,
         ece_after=after,
         num_bins=num_bins,
+        sampled_pixels=reservoir.pixels,
+        frames=frames,
+        pixels_per_image=pixels_per_image,
     )
 
 

@@ -10,8 +10,8 @@ from synthrel_lightning.calibration import CalibrationReport, calibrate
 from synthrel_lightning.checkpoints import CheckpointError
 from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
 
-_RECIPE_ONLY = ("trainer", "optimizer", "lr_scheduler", "seed_everything")
-"""Sections of a training recipe that calibration reads past."""
+_RECIPE_ONLY = ("trainer", "optimizer", "lr_scheduler", "seed_everything", "weights_only")
+"""Sections of a training recipe (and of the config.yaml a fit run saves) that calibration reads past."""
 
 
 def build_parser() -> ArgumentParser:
@@ -23,8 +23,8 @@ def build_parser() -> ArgumentParser:
         calibrate,
         description=(
             "Fit one temperature on a named validation set for a checkpoint and write a calibrated copy. "
-            "Reads the training recipe's model and data sections; its trainer, optimizer, lr_scheduler and "
-            "seed_everything entries are accepted and ignored."
+            "Reads the training recipe's model and data sections (or a fit run's config.yaml); its trainer, "
+            "optimizer, lr_scheduler, seed_everything and weights_only entries are accepted and ignored."
         ),
         config_help="training recipe (YAML) with model and data",
         as_group=True,
