@@ -169,6 +169,25 @@ def test_a_dataloader_can_be_given_directly(tmp_path: Path) -> None:
     assert callback.temperature == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("pixels_per_image", ["all", 40])
+def test_the_callback_passes_its_per_frame_sample_to_the_fit(tmp_path: Path, pixels_per_image: int | str) -> None:
+    loader = DataLoader(Frames(8, seed=9), batch_size=4)
+    callback = TemperatureScaling(dataloader=loader, method="ece_grid", pixels_per_image=pixels_per_image)
+    model = TinyContractModule()
+    make_trainer(tmp_path, [callback], enable_checkpointing=False, limit_val_batches=0).fit(
+        model, datamodule=TinyData()
+    )
+    fit = callback.last_fit
+    assert fit is not None and fit.pixels_per_image == pixels_per_image
+    expected = fit_temperature(collect_logits(model, loader), method="ece_grid", pixels_per_image=pixels_per_image)
+    assert fit.temperature == expected.temperature
+    assert fit.fit_pixels == expected.fit_pixels
+    if pixels_per_image == "all":
+        assert fit.fit_pixels == fit.pixels
+    else:
+        assert fit.fit_pixels == min(fit.pixels, 8 * pixels_per_image)
+
+
 def test_unknown_set_and_missing_buffer_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"available: \['clean', 'noisy'\]"):
         make_trainer(tmp_path, [TemperatureScaling(set_name="fog")], enable_checkpointing=False).fit(

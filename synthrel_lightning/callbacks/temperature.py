@@ -10,7 +10,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from synthrel_lightning.calibration import PAPER_GRID, FitMethod, TemperatureFit, collect_logits, fit_temperature
+from synthrel_lightning.calibration import (
+    DEFAULT_PIXELS_PER_IMAGE,
+    PAPER_GRID,
+    FitMethod,
+    PixelsPerImage,
+    TemperatureFit,
+    collect_logits,
+    fit_temperature,
+)
 from synthrel_lightning.data.named_sets import trainer_loader
 
 log = logging.getLogger(__name__)
@@ -34,7 +42,8 @@ class TemperatureScaling(Callback):
         when: ``"fit_end"`` (once, after training; checkpoints saved during training do not
             hold T) or ``"validation_end"`` (after every validation epoch except the sanity
             check, before ModelCheckpoint saves, so saved checkpoints hold the T of that epoch).
-        grid, num_bins, max_pixels, seed: fitting options of ``fit_temperature``.
+        grid, num_bins, pixels_per_image, max_pixels, seed: fitting options of ``fit_temperature``
+            (``pixels_per_image``: the seeded per-frame sample, 20,000 as the authors, or ``"all"``).
         max_batches: fit on at most this many batches of the loader.
 
     The fit runs on global rank 0 over the whole loader and T is broadcast to all processes.
@@ -49,6 +58,7 @@ class TemperatureScaling(Callback):
         when: str = "fit_end",
         grid: tuple[float, float, float] = PAPER_GRID,
         num_bins: int = 15,
+        pixels_per_image: PixelsPerImage = DEFAULT_PIXELS_PER_IMAGE,
         max_pixels: int = 2_000_000,
         max_batches: int | None = None,
         seed: int = 0,
@@ -64,6 +74,7 @@ class TemperatureScaling(Callback):
         self.when = when
         self.grid = tuple(grid)
         self.num_bins = num_bins
+        self.pixels_per_image = pixels_per_image
         self.max_pixels = max_pixels
         self.max_batches = max_batches
         self.seed = seed
@@ -94,6 +105,7 @@ class TemperatureScaling(Callback):
                     method=self.method,
                     grid=self.grid,
                     num_bins=self.num_bins,  # type: ignore[arg-type]
+                    pixels_per_image=self.pixels_per_image,
                     max_pixels=self.max_pixels,
                     seed=self.seed,
                 )
