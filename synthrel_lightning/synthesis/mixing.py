@@ -75,7 +75,12 @@ def paste_object(
     if width < 1 or height < 1 or x0 < 0 or y0 < 0 or x0 + width > W or y0 + height > H:
         raise ValueError(f"paste box ({x0}, {y0}, {width}x{height}) does not fit in a {W}x{H} frame")
     rgb, alpha = _resized_rgba(entry, width, height)
-    _blend(image[y0 : y0 + height, x0 : x0 + width], rgb, alpha)
+    # Only pixels with alpha > 0 change: blend the box around them (objects rarely fill theirs).
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    if rows.size:
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        region = image[y0 + r0 : y0 + r1, x0 + c0 : x0 + c1]
+        _blend(region, rgb[r0:r1, c0:c1], alpha[r0:r1, c0:c1])
     hard = alpha > int(np.floor(alpha_threshold * 255))  # alpha/255 > threshold
     if entry.label_value == OOD_ID:
         label[y0 : y0 + height, x0 : x0 + width][hard] = ood_value
