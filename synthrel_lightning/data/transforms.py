@@ -24,6 +24,7 @@ from synthrel_lightning.seeding import derive_seed, worker_context
 
 __all__ = [
     "FastColorJitter",
+    "adjust_saturation",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MASK_KEYS",
