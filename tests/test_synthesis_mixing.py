@@ -283,3 +283,32 @@ def test_mixer_leaves_a_reused_sample_untouched(bank_root: Path) -> None:
     again = mixer(frame, index=0)
     for k in ("image", "label", "ood"):
         np.testing.assert_array_equal(again[k], first[k])
+
+
+@pytest.mark.parametrize("placed", [False, True], ids=["uniform", "placement"])
+def test_pasting_into_fresh_arrays_gives_the_same_sample(bank_root: Path, placed: bool) -> None:
+    """copy_input=False (datasets that decode fresh arrays) = the default's result, written into the input."""
+    frames = Frames(6, 128, 256)
+
+    def mixer(copy_input: bool) -> OutlierMixer:
+        sampler = PlacementSampler(size_range=(24, 64), min_overlap=0.5) if placed else None
+        return OutlierMixer(
+            BankSource(bank_root), probability=1.0, num_objects=(3, 3), placement=sampler, copy_input=copy_input
+        )
+
+    copying, in_place = mixer(True), mixer(False)
+    for i in range(6):
+        expected = copying(frames[i], index=i)
+        fresh = frames[i]
+        got = in_place(fresh, index=i)
+        for k in ("image", "label", "ood"):
+            np.testing.assert_array_equal(got[k], expected[k])
+            assert got[k] is fresh[k]  # no copy made
+    # Read-only arrays (e.g. memory-mapped frames) are still copied, never written.
+    frozen = frames[0]
+    for k in ("image", "label", "ood"):
+        frozen[k].flags.writeable = False
+    kept = frozen["image"].copy()
+    got = in_place(frozen, index=0)
+    np.testing.assert_array_equal(frozen["image"], kept)
+    np.testing.assert_array_equal(got["image"], copying(frames[0], index=0)["image"])
