@@ -159,6 +159,9 @@ def main() -> None:
             ),
             "mixing p=1.0": KeyedDataset(base, transform, mixer=OutlierMixer(BankSource(bank.root), probability=1.0)),
         }
+        configs["mixing p=1.0, copy_input=False"] = KeyedDataset(
+            base, transform, mixer=OutlierMixer(BankSource(bank.root), probability=1.0, copy_input=False)
+        )  # CityscapesDataset decodes fresh arrays on every read
         if args.format_1:
             old = format_1_bank(bank, Path(tmp) / "bank-format-1")
             configs["mixing p=1.0, format 1 bank (.npz)"] = KeyedDataset(
