@@ -312,16 +312,18 @@ def main() -> None:
                 "format 2, zlib level 1 (compress=True)": lambda i: zlib_bank.get(bank_keys[i % m]),
                 "format 2, raw (default)": lambda i: bank.get(bank_keys[i % m]),
             },
-            "mixing sub-steps (per object / per frame)": {
-                "copy image + label + ood (2048x1024)": lambda i: (
+            "mixing: copy the raw frame (image + label + ood, 2048x1024)": {
+                "3 NumPy copies (the default; copy_input=False skips them)": lambda i: (
                     raws[i % n]["image"].copy(),
                     raws[i % n]["label"].copy(),
                     raws[i % n]["ood"].copy(),
                 ),
-                "resize object x1.3 (RGB + alpha)": lambda i: _resized_rgba(entries[i % m], *boxes[i % m]),
-                "paste object x1.3 (resize + blend + labels)": lambda i: paste_object(
+            },
+            "mixing: one bank object (96-384 px) pasted at 1.3x": {
+                "paste_object (resize + blend + labels)": lambda i: paste_object(
                     canvas[i % n], *masks[i % n], entries[i % m], 10, 10, *boxes[i % m]
                 ),
+                "  ... of which the resize (RGB + alpha)": lambda i: _resized_rgba(entries[i % m], *boxes[i % m]),
             },
             "outlier mixing p=1.0 (raw frame)": {
                 "OutlierMixer, format 1 bank, every entry read from disk": lambda i: mixer_old(
