@@ -3,7 +3,8 @@
 Writes Cityscapes-layout frames (2048x1024 PNGs, as ``bench_mixing.py``) and a procedural
 outlier bank to a temp dir, then times, in this process, each stage of one training sample
 (decode image, decode label, label id -> train id, value check, OOD target, scale + crop,
-flip, colour jitter, normalise + to-tensor, outlier mixing) for every candidate of that
+flip, colour jitter, normalise + to-tensor, bank entry read, outlier mixing and its
+sub-steps) for every candidate of that
 stage, interleaving candidates round by round so machine load affects all alike; reports
 medians and each candidate's speed-up over the first (the reference) of its stage. Ends with
 the whole sample: the reference composition (PIL decode, per-pixel NumPy label mapping,
@@ -11,7 +12,7 @@ albumentations scale -> pad -> crop, float normalisation) against the library's
 ``CityscapesDataset`` + ``train_transform`` (float output, uint8 output for normalising on
 the device, each also reading frames from a warm ``DecodedCache``).
 
-    python benchmarks/bench_data_pipeline.py [--frames 6] [--rounds 5] [--calls 4] [--json PATH]
+    python benchmarks/bench_data_pipeline.py [--frames 6] [--rounds 5] [--calls 4] [--stages WORD ...] [--json PATH]
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from PIL import Image
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from bench_mixing import write_frames  # noqa: E402
+from bench_mixing import format_1_bank, write_frames  # noqa: E402
 
 from synthrel_lightning.data.cache import DecodedCache  # noqa: E402
 from synthrel_lightning.data.cityscapes import CityscapesDataset  # noqa: E402
@@ -42,6 +43,7 @@ from synthrel_lightning.data.io import PNG_DECODER, read_image, read_label  # no
 from synthrel_lightning.data.transforms import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FastColorJitter,
     RandomScaleCrop,
     SegmentationTransform,
     train_transform,
@@ -49,7 +51,7 @@ from synthrel_lightning.data.transforms import (  # noqa: E402
 from synthrel_lightning.labels import LABEL_IDS, LABEL_TO_TRAIN_ID, OOD_ID, VOID_ID  # noqa: E402
 from synthrel_lightning.synthesis import BankSource, OutlierBank, OutlierMixer, ProceduralObjectSource, fill_bank  # noqa: E402
 from synthrel_lightning.synthesis.bank import OutlierEntry  # noqa: E402
-from synthrel_lightning.synthesis.mixing import paste_object  # noqa: E402
+from synthrel_lightning.synthesis.mixing import _resized_rgba, paste_object  # noqa: E402
 
 Stage = dict[str, Callable[[int], object]]
 
@@ -131,6 +133,9 @@ def main() -> None:
     ap.add_argument("--crop", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"))
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (a DataLoader worker uses 1)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here (e.g. benchmarks/results/)")
+    ap.add_argument(
+        "--stages", nargs="+", default=None, metavar="WORD", help="only the stages whose name contains one of these"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
@@ -147,6 +152,11 @@ def main() -> None:
         write_frames(root, args.frames)
         bank = OutlierBank(Path(tmp) / "bank")
         fill_bank(ProceduralObjectSource(size_range=(96, 384)), bank, args.bank_size, seed=0)
+        old_bank = format_1_bank(bank, Path(tmp) / "bank-format-1")
+        zlib_bank = OutlierBank(Path(tmp) / "bank-zlib", compress=True)
+        for key, e in bank.iter_entries():
+            zlib_bank.add(e, key=key)
+        bank_keys = bank.keys()
         ds = CityscapesDataset(root, split="train")
         cached = DecodedCache(ds, Path(tmp) / "decoded")
         images = [f.image for f in ds.frames]
@@ -189,6 +199,15 @@ def main() -> None:
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
         mixer = OutlierMixer(BankSource(bank.root), probability=1.0)
         mixer_cold = OutlierMixer(BankSource(bank.root, cache_size=0), probability=1.0)
+        mixer_old = OutlierMixer(BankSource(old_bank.root, cache_size=0), probability=1.0)
+        fast_jitter = FastColorJitter(
+            brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.8, 1.2), hue=(-0.05, 0.05), p=1.0
+        )
+        jitter.set_random_seed(0)
+        fast_jitter.set_random_seed(0)
+        entries = [bank.get(k) for k in bank_keys]
+        m = len(entries)
+        boxes = [(int(round(e.rgb.shape[1] * 1.3)), int(round(e.rgb.shape[0] * 1.3))) for e in entries]
         entry = ProceduralObjectSource(size_range=(300, 300)).sample(np.random.default_rng(0))
         canvas = [r["image"].copy() for r in raws]
         masks = [(r["label"].copy(), r["ood"].copy()) for r in raws]
@@ -262,8 +281,9 @@ def main() -> None:
                     image=crops[i % n]["image"], mask=crops[i % n]["mask"], ood=crops[i % n]["ood"]
                 ),
             },
-            "colour jitter (uint8 crop)": {
+            "colour jitter (uint8 crop, p=1)": {
                 "albumentations ColorJitter": lambda i: jitter(image=crop_imgs[i % n]),
+                "library FastColorJitter (one-pass saturation)": lambda i: fast_jitter(image=crop_imgs[i % n]),
             },
             "normalise + to tensor (crop)": {
                 "albumentations Normalize + CHW float tensor": lambda i: torch.from_numpy(
@@ -287,7 +307,28 @@ def main() -> None:
                     canvas[i % n], *masks[i % n], entry, 40, 30, 400, 380
                 ),
             },
+            "bank entry read + verify (96-384 px object)": {
+                "format 1: compressed .npz (earlier default)": lambda i: old_bank.get(bank_keys[i % m]),
+                "format 2, zlib level 1 (compress=True)": lambda i: zlib_bank.get(bank_keys[i % m]),
+                "format 2, raw (default)": lambda i: bank.get(bank_keys[i % m]),
+            },
+            "mixing: copy the raw frame (image + label + ood, 2048x1024)": {
+                "3 NumPy copies (the default; copy_input=False skips them)": lambda i: (
+                    raws[i % n]["image"].copy(),
+                    raws[i % n]["label"].copy(),
+                    raws[i % n]["ood"].copy(),
+                ),
+            },
+            "mixing: one bank object (96-384 px) pasted at 1.3x": {
+                "paste_object (resize + blend + labels)": lambda i: paste_object(
+                    canvas[i % n], *masks[i % n], entries[i % m], 10, 10, *boxes[i % m]
+                ),
+                "  ... of which the resize (RGB + alpha)": lambda i: _resized_rgba(entries[i % m], *boxes[i % m]),
+            },
             "outlier mixing p=1.0 (raw frame)": {
+                "OutlierMixer, format 1 bank, every entry read from disk": lambda i: mixer_old(
+                    raws[i % n], index=i, epoch=0
+                ),
                 "OutlierMixer, bank entries cached": lambda i: mixer(raws[i % n], index=i, epoch=0),
                 "OutlierMixer, every entry read from disk": lambda i: mixer_cold(raws[i % n], index=i, epoch=0),
             },
@@ -299,6 +340,8 @@ def main() -> None:
                 "library, uint8 output, decoded cache (warm)": lambda i: new_transform_u8(cached[i % n], seed=i),
             },
         }
+        if args.stages:
+            stages = {k: v for k, v in stages.items() if any(w.lower() in k.lower() for w in args.stages)}
         for i in range(n):  # fill the decoded cache
             cached[i]
         for stage in stages.values():  # warm-up: page cache, bank cache, lazy imports

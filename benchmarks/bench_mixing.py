@@ -7,7 +7,7 @@ so machine load affects both alike. Reports images/s and the workers' own CPU ti
 image (user + system, unaffected by other processes: the throughput ratio of a CPU-bound
 loader on an idle machine). Prints a markdown table and the machine it ran on.
 
-    python benchmarks/bench_mixing.py [--frames 24] [--workers 2] [--rounds 5] [--output float|uint8]
+    python benchmarks/bench_mixing.py [--frames 24] [--workers 2] [--rounds 5] [--output float|uint8] [--format-1]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from synthrel_lightning.synthesis import (
     ProceduralObjectSource,
     fill_bank,
 )
+from synthrel_lightning.synthesis.bank import encode_entry
 
 
 def write_frames(root: Path, n: int, seed: int = 0) -> None:
@@ -71,6 +72,16 @@ def write_frames(root: Path, n: int, seed: int = 0) -> None:
             img_dir / f"{stem}_leftImg8bit.png", compress_level=1
         )
         Image.fromarray(label).save(lab_dir / f"{stem}_gtFine_labelIds.png")
+
+
+def format_1_bank(bank: OutlierBank, root: Path) -> OutlierBank:
+    """A copy of ``bank`` as earlier releases wrote it (one compressed ``.npz`` per entry), opened read-only."""
+    old = OutlierBank(root)
+    for key, entry in bank.iter_entries():
+        path = old.path(key).with_suffix(".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_entry(entry, compress=True, version=1))
+    return OutlierBank(root, mode="r")
 
 
 def _children_cpu_s() -> float:
@@ -125,6 +136,9 @@ def main() -> None:
     ap.add_argument(
         "--output", choices=("float", "uint8"), default="float", help="uint8: images normalised later, on the device"
     )
+    ap.add_argument(
+        "--format-1", action="store_true", help="also mix from the same bank stored as earlier releases did (.npz)"
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,6 +159,14 @@ def main() -> None:
             ),
             "mixing p=1.0": KeyedDataset(base, transform, mixer=OutlierMixer(BankSource(bank.root), probability=1.0)),
         }
+        configs["mixing p=1.0, copy_input=False"] = KeyedDataset(
+            base, transform, mixer=OutlierMixer(BankSource(bank.root), probability=1.0, copy_input=False)
+        )  # CityscapesDataset decodes fresh arrays on every read
+        if args.format_1:
+            old = format_1_bank(bank, Path(tmp) / "bank-format-1")
+            configs["mixing p=1.0, format 1 bank (.npz)"] = KeyedDataset(
+                base, transform, mixer=OutlierMixer(BankSource(old.root), probability=1.0)
+            )
         for ds in configs.values():
             if hasattr(ds, "set_epoch"):
                 ds.set_epoch(0)

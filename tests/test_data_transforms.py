@@ -6,6 +6,7 @@ import pickle
 from typing import Any
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,9 @@ from torch.utils.data import DataLoader, Dataset
 from synthrel_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    FastColorJitter,
     SegmentationTransform,
+    adjust_saturation,
     denormalize,
     eval_transform,
     train_transform,
@@ -300,3 +303,49 @@ def test_normalize_refuses_a_pipeline_that_already_made_a_tensor() -> None:
     with pytest.raises(ValueError, match="normalize=True expects an \\(H, W, 3\\) array"):
         SegmentationTransform([ToTensorV2()])({"image": image})
     assert SegmentationTransform([ToTensorV2()], normalize=False)({"image": image})["image"].shape == (3, 8, 8)
+
+
+def _photo(seed: int, h: int = 96, w: int = 160) -> np.ndarray:
+    """Smooth colourful uint8 image, saturated corners included (clipping paths)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), (9, 9), 3)
+    img[:8, :8] = 255
+    img[-8:, -8:] = (255, 0, 0)
+    return img
+
+
+@pytest.mark.parametrize("factor", [0.0, 0.8, 0.93, 1.0, 1.07, 1.2, 1.9])
+def test_one_pass_saturation_matches_albumentations_within_one_grey_level(factor: float) -> None:
+    img = _photo(int(factor * 100))
+    ref = A.augmentations.pixel.functional.adjust_saturation_torchvision(img, factor)
+    got = adjust_saturation(img, factor)
+    assert got.dtype == np.uint8 and got.shape == img.shape
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    grey = img.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    exact = np.clip(factor * img + (1 - factor) * grey[..., None], 0, 255)
+    assert np.abs(got - exact).max() < 1  # the exact blend, rounded in OpenCV fixed point
+    floats = img.astype(np.float32) / 255  # other dtypes: albumentations' own function
+    np.testing.assert_array_equal(
+        adjust_saturation(floats, factor),
+        A.augmentations.pixel.functional.adjust_saturation_torchvision(floats, factor),
+    )
+
+
+def test_fast_colour_jitter_draws_the_same_transforms_as_albumentations() -> None:
+    """Same seed -> same factors and order; images equal up to the saturation step's rounding."""
+    kw = dict(brightness=(0.8, 1.2), contrast=(0.8, 1.2), saturation=(0.8, 1.2), hue=(-0.05, 0.05), p=1.0)
+    ref, fast = A.ColorJitter(**kw), FastColorJitter(**kw)
+    ref.set_random_seed(7)
+    fast.set_random_seed(7)
+    img = _photo(1)
+    for _ in range(12):
+        p_ref, p_fast = ref.get_params(), fast.get_params()
+        assert p_ref == p_fast
+        a = ref.apply(img, **p_ref).astype(int)
+        b = fast.apply(img, **p_fast).astype(int)
+        if p_ref["order"][-1] == 2:  # saturation last: nothing amplifies its rounding
+            assert np.abs(a - b).max() <= 1
+        # Earlier, later steps (contrast up to 1.2x, hue through 8-bit HSV) can carry it a few levels.
+        assert np.abs(a - b).max() <= 8 and (np.abs(a - b) > 1).mean() < 0.02
+    t = train_transform(crop_size=(32, 64), color_jitter=0.2, color_jitter_p=1.0, seed=0)
+    assert any(isinstance(step, FastColorJitter) for step in t.pipeline.transforms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -12,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthrel_lightning.synthesis.bank import BankWriteError, CorruptEntryError, OutlierBank, OutlierEntry
+from synthrel_lightning.synthesis.bank import (
+    BankWriteError,
+    CorruptEntryError,
+    OutlierBank,
+    OutlierEntry,
+    decode_entry,
+    encode_entry,
+)
 
 
 def _entry(i: int, size: int = 24, label_value: int = 254) -> OutlierEntry:
@@ -97,13 +105,11 @@ def test_corrupt_entries_are_named_or_skipped(tmp_path: Path) -> None:
     p0.write_bytes(p0.read_bytes()[:100])
     with pytest.raises(CorruptEntryError, match=str(p0)):
         bank.get(keys[0])
-    # A well-formed archive whose pixels no longer match the stored checksum.
+    # A well-formed entry whose pixels no longer match the stored checksum (last byte: alpha's).
     p1 = bank.path(keys[1])
-    with np.load(p1) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["rgb"] = arrays["rgb"] ^ 1
-    with open(p1, "wb") as f:
-        np.savez(f, **arrays)
+    data = bytearray(p1.read_bytes())
+    data[-1] ^= 1
+    p1.write_bytes(bytes(data))
     with pytest.raises(CorruptEntryError, match="checksum"):
         bank.get(keys[1])
     assert sorted(bank.verify()) == sorted(keys[:2])
@@ -114,6 +120,55 @@ def test_corrupt_entries_are_named_or_skipped(tmp_path: Path) -> None:
     assert [k for k, _ in bank.iter_entries(skip_corrupt=True)] == keys[2:]
     with pytest.raises(CorruptEntryError):
         list(bank.iter_entries())
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_entry_formats_round_trip_and_old_banks_still_read(tmp_path: Path, compress: bool) -> None:
+    """Format 2 (raw entry) and format 1 (``.npz``, banks written before) decode to the same entry."""
+    e = _entry(7)
+    e.label = np.arange(e.rgb.shape[0] * e.rgb.shape[1], dtype=np.int64).reshape(e.rgb.shape[:2]).astype(np.uint8)
+    for version in (1, 2):
+        got = decode_entry(encode_entry(e, compress=compress, version=version))
+        for name in ("rgb", "alpha", "label"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(e, name))
+        assert got._meta() == e._meta()
+    # An old bank: format 1 marker and ``.npz`` entries, as the previous release wrote them.
+    root = tmp_path / "old"
+    bank = OutlierBank(root, compress=compress)
+    (root / "bank.json").write_text(json.dumps({"format": "synthrel-outlier-bank", "version": 1, "num_shards": 256}))
+    legacy = bank.path("old").with_suffix(".npz")
+    legacy.parent.mkdir(parents=True, exist_ok=True)
+    legacy.write_bytes(encode_entry(e, compress=compress, version=1))
+    with np.load(legacy) as z:  # really a NumPy archive
+        assert set(z.files) == {"rgb", "alpha", "label", "meta", "checksum"}
+    reader = OutlierBank(root, mode="r")
+    assert reader.keys() == ["old"] and "old" in reader and reader.path("old") == legacy
+    np.testing.assert_array_equal(reader.get("old").rgb, e.rgb)
+    assert reader.get("old").rgb.flags.writeable and bank.get("old").name == "object 7"
+    assert bank.add(_entry(8), key="old") == "old" and bank.get("old").name == "object 7"  # done work is kept
+    # New entries in the old bank use format 2; overwriting replaces the old file.
+    bank.add(_entry(9), key="new")
+    assert bank.path("new").suffix == ".entry" and bank.path("new").read_bytes()[:1] == b"\x93"
+    bank.add(_entry(10), key="old", overwrite=True)
+    assert not legacy.exists() and bank.path("old").suffix == ".entry" and bank.get("old").name == "object 10"
+    assert OutlierBank(root, mode="r").keys() == ["new", "old"]
+    assert bank.get("new").rgb.flags.writeable  # entries read from disk may be modified, as before
+
+
+def test_truncated_or_garbled_format_2_entries_are_named(tmp_path: Path) -> None:
+    bank = OutlierBank(tmp_path, compress=True)
+    key = bank.add(_entry(1))
+    path = bank.path(key)
+    data = path.read_bytes()
+    for bad in (data[:5], data[:20], data[:-3], data + b"xx", data[:12] + b"#" + data[13:]):
+        path.write_bytes(bad)
+        with pytest.raises(CorruptEntryError, match=f"{path}.*unreadable"):
+            bank.get(key)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "bank.json").write_text(json.dumps({"format": "synthrel-outlier-bank", "version": 99}))
+    with pytest.raises(ValueError, match="version 99 is newer"):
+        OutlierBank(newer, mode="r")
 
 
 class _FullDiskBank(OutlierBank):

@@ -132,7 +132,7 @@ def test_interrupted_run_resumes_and_output_is_deterministic(
     # An interrupted run: only the first batch (2 of 4 items) gets done.
     first_run = run_cli(capsys, "--config", str(cfg), "--limit_predict_batches", "1")
     assert (first_run["done"], first_run["pending"]) == (2, 2)
-    first = {p: p.stat().st_mtime_ns for p in bank_a.glob("*/*.npz")}
+    first = {p: p.stat().st_mtime_ns for p in bank_a.glob("*/*.entry")}
     assert len(first) == 2
     second = run_cli(capsys, "--config", str(cfg))
     assert (second["skipped"], second["done"], second["pending"]) == (2, 2, 0)

@@ -52,7 +52,7 @@ def test_sigterm_stops_after_the_current_item_and_a_rerun_resumes(tmp_path: Path
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
-        while not (bank.is_dir() and any(bank.glob("*/*.npz"))):
+        while not (bank.is_dir() and any(bank.glob("*/*.entry"))):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "generate wrote nothing in 300 s"
             time.sleep(0.05)

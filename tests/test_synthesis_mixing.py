@@ -248,3 +248,67 @@ def test_resized_paste_covers_exactly_its_box(size: tuple[int, int]) -> None:
     assert hard.shape == (h, w) and hard.all()
     assert (image[2 : 2 + h, 3 : 3 + w] == 220).all() and (image == 220).all(axis=2).sum() == h * w
     assert (label == OOD_ID).sum() == h * w and (ood == 1).sum() == h * w
+
+
+@pytest.mark.parametrize("margins", [(3, 0, 5, 2), (0, 0, 0, 0), None], ids=["zero-margins", "no-margins", "all-zero"])
+def test_paste_blends_only_where_alpha_is_positive_exactly(margins: tuple[int, int, int, int] | None) -> None:
+    """Objects with transparent margins (or fully transparent) give the exact blend everywhere in their box."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    before = image.copy()
+    rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    alpha = np.zeros((20, 24), np.uint8)
+    if margins is not None:
+        top, bottom, left, right = margins
+        alpha[top : 20 - bottom, left : 24 - right] = rng.integers(1, 256, (20 - top - bottom, 24 - left - right))
+    label, ood = np.zeros((30, 40), np.uint8), np.zeros((30, 40), np.uint8)
+    hard = paste_object(image, label, ood, OutlierEntry(rgb=rgb, alpha=alpha), x0=9, y0=4, width=24, height=20)
+    a = alpha.astype(np.int64)[..., None]
+    expected = before.copy()
+    expected[4:24, 9:33] = (rgb.astype(np.int64) * a + before[4:24, 9:33].astype(np.int64) * (255 - a) + 127) // 255
+    np.testing.assert_array_equal(image, expected)
+    np.testing.assert_array_equal(hard, alpha > 127)
+    assert (label == OOD_ID).sum() == hard.sum()
+
+
+def test_mixer_leaves_a_reused_sample_untouched(bank_root: Path) -> None:
+    """Datasets may hand out the same arrays again (in-memory or cached frames): mixing must copy."""
+    frame = Frames(1, 64, 128)[0]
+    kept = {k: v.copy() for k, v in frame.items() if isinstance(v, np.ndarray)}
+    mixer = OutlierMixer(BankSource(bank_root), probability=1.0, num_objects=(3, 3))
+    first = mixer(frame, index=0)
+    assert (first["image"] != kept["image"]).any() and (first["label"] == OOD_ID).any()
+    for k, v in kept.items():
+        np.testing.assert_array_equal(frame[k], v)
+    again = mixer(frame, index=0)
+    for k in ("image", "label", "ood"):
+        np.testing.assert_array_equal(again[k], first[k])
+
+
+@pytest.mark.parametrize("placed", [False, True], ids=["uniform", "placement"])
+def test_pasting_into_fresh_arrays_gives_the_same_sample(bank_root: Path, placed: bool) -> None:
+    """copy_input=False (datasets that decode fresh arrays) = the default's result, written into the input."""
+    frames = Frames(6, 128, 256)
+
+    def mixer(copy_input: bool) -> OutlierMixer:
+        sampler = PlacementSampler(size_range=(24, 64), min_overlap=0.5) if placed else None
+        return OutlierMixer(
+            BankSource(bank_root), probability=1.0, num_objects=(3, 3), placement=sampler, copy_input=copy_input
+        )
+
+    copying, in_place = mixer(True), mixer(False)
+    for i in range(6):
+        expected = copying(frames[i], index=i)
+        fresh = frames[i]
+        got = in_place(fresh, index=i)
+        for k in ("image", "label", "ood"):
+            np.testing.assert_array_equal(got[k], expected[k])
+            assert got[k] is fresh[k]  # no copy made
+    # Read-only arrays (e.g. memory-mapped frames) are still copied, never written.
+    frozen = frames[0]
+    for k in ("image", "label", "ood"):
+        frozen[k].flags.writeable = False
+    kept = frozen["image"].copy()
+    got = in_place(frozen, index=0)
+    np.testing.assert_array_equal(frozen["image"], kept)
+    np.testing.assert_array_equal(got["image"], copying(frames[0], index=0)["image"])

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import albumentations as A
+import albumentations.augmentations.pixel.functional as albu_pixel
 import cv2
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.seeding import derive_seed, worker_context
 
 __all__ = [
+    "FastColorJitter",
+    "adjust_saturation",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MASK_KEYS",
@@ -355,6 +358,37 @@ class RandomScaleCrop(A.DualTransform):
         return ("height", "width", "scale_range", "fill", "fill_mask")
 
 
+_GREY_WEIGHTS = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma, as OpenCV's RGB -> GRAY
+
+
+def adjust_saturation(img: np.ndarray, factor: float) -> np.ndarray:
+    """Blend an RGB image with its grey version: ``factor * img + (1 - factor) * grey`` (torchvision semantics).
+
+    uint8 images take one 3x3 colour transform (OpenCV fixed point, saturating) from the
+    unrounded grey value, where albumentations first rounds the grey image to uint8 and then
+    blends: results differ by at most 1 grey level. Other images go to albumentations.
+    """
+    if factor == 1 or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        return albu_pixel.adjust_saturation_torchvision(img, factor)
+    f = float(factor)
+    matrix = f * np.eye(3, dtype=np.float32) + (1.0 - f) * np.tile(_GREY_WEIGHTS, (3, 1))
+    return cv2.transform(img, matrix)
+
+
+class FastColorJitter(A.ColorJitter):
+    """albumentations' ColorJitter (same arguments, same random parameters and order) with a one-pass saturation.
+
+    Brightness, contrast and hue are albumentations' own functions; saturation is
+    :func:`adjust_saturation` (about 9x faster on uint8 512x1024 images; within 1 grey level,
+    which a later contrast or 8-bit HSV hue step can carry to a few levels on rare pixels).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.transforms = [*self.transforms]
+        self.transforms[2] = adjust_saturation
+
+
 def train_transform(
     crop_size: tuple[int, int] = (512, 1024),
     scale_range: tuple[float, float] = (0.5, 2.0),
@@ -398,7 +432,7 @@ def train_transform(
     if color_jitter > 0 and color_jitter_p > 0:
         cj = float(color_jitter)
         steps.append(
-            A.ColorJitter(
+            FastColorJitter(
                 brightness=(max(0.0, 1 - cj), 1 + cj),
                 contrast=(max(0.0, 1 - cj), 1 + cj),
                 saturation=(max(0.0, 1 - cj), 1 + cj),

@@ -75,7 +75,12 @@ def paste_object(
     if width < 1 or height < 1 or x0 < 0 or y0 < 0 or x0 + width > W or y0 + height > H:
         raise ValueError(f"paste box ({x0}, {y0}, {width}x{height}) does not fit in a {W}x{H} frame")
     rgb, alpha = _resized_rgba(entry, width, height)
-    _blend(image[y0 : y0 + height, x0 : x0 + width], rgb, alpha)
+    # Only pixels with alpha > 0 change: blend the box around them (objects rarely fill theirs).
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    if rows.size:
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        region = image[y0 + r0 : y0 + r1, x0 + c0 : x0 + c1]
+        _blend(region, rgb[r0:r1, c0:c1], alpha[r0:r1, c0:c1])
     hard = alpha > int(np.floor(alpha_threshold * 255))  # alpha/255 > threshold
     if entry.label_value == OOD_ID:
         label[y0 : y0 + height, x0 : x0 + width][hard] = ood_value
@@ -95,6 +100,11 @@ class OutlierMixer:
     from ``placement`` (e.g. on the drivable area). ``mode="replace"`` swaps the whole
     frame for a synthetic one: a random sample of ``frames`` (a dataset of raw samples)
     or a ``kind="frame"`` entry drawn from ``source`` (POC style).
+
+    ``copy_input=False`` pastes into the sample's own arrays instead of copies (saves
+    copying the full frame, label and OOD map): only for datasets that decode fresh arrays
+    on every read, never for frames kept in memory or shared between reads; read-only
+    arrays are still copied.
     """
 
     def __init__(
@@ -109,6 +119,7 @@ class OutlierMixer:
         frames: Dataset[Sample] | None = None,
         alpha_threshold: float = 0.5,
         seed: int = 0,
+        copy_input: bool = True,
     ) -> None:
         if mode not in ("composite", "replace"):
             raise ValueError(f"OutlierMixer mode must be 'composite' or 'replace', got {mode!r}")
@@ -134,6 +145,7 @@ class OutlierMixer:
         self.frames = frames
         self.alpha_threshold = float(alpha_threshold)
         self.seed = int(seed)
+        self.copy_input = bool(copy_input)
         self.stats: dict[str, int] = {"mixed": 0, "objects": 0, "empty_source": 0, "no_placement": 0}
         """Per-process counters (informational; DataLoader workers keep their own)."""
 
@@ -144,7 +156,7 @@ class OutlierMixer:
             refresh()
 
     def __call__(self, sample: Sample, index: int, epoch: int = 0) -> Sample:
-        """The mixed copy of a raw sample (the input is never modified)."""
+        """The mixed raw sample (the input is not modified unless ``copy_input=False``)."""
         rng = numpy_generator(self.seed, "mix", int(epoch), int(index))
         if rng.random() >= self.probability:
             return sample
@@ -154,22 +166,18 @@ class OutlierMixer:
 
     # ---------------------------------------------------------------------------------
     def _composite(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        image = np.array(sample["image"], dtype=np.uint8, copy=True)
+        image = self._own(sample["image"])
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(
                 f"OutlierMixer expects a raw uint8 (H, W, 3) image, got {image.shape} (apply transforms after mixing)"
             )
         H, W = image.shape[:2]
-        label = (
-            np.array(sample["label"], dtype=np.uint8, copy=True)
-            if sample.get("label") is not None
-            else np.full((H, W), VOID_ID, np.uint8)
-        )
-        ood = (
-            np.array(sample["ood"], dtype=np.uint8, copy=True)
-            if sample.get("ood") is not None
-            else semantic_to_ood_target(label)
-        )
+        label = self._own(sample["label"]) if sample.get("label") is not None else np.full((H, W), VOID_ID, np.uint8)
+        ood = self._own(sample["ood"]) if sample.get("ood") is not None else semantic_to_ood_target(label)
+        # The real label decides placement: earlier pastes must not count as road.
+        real_label = sample.get("label")
+        if self.placement is not None and real_label is not None and np.may_share_memory(label, real_label):
+            real_label = np.array(real_label, copy=True)
         n = int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))
         pasted = 0
         for _ in range(n):
@@ -179,8 +187,7 @@ class OutlierMixer:
                 continue
             h_obj, w_obj = entry.rgb.shape[:2]
             if self.placement is not None:
-                # The real label decides placement: earlier pastes must not count as road.
-                where = self.placement.sample(sample.get("label"), rng, shape=(H, W))
+                where = self.placement.sample(real_label, rng, shape=(H, W))
                 if where is None:
                     self.stats["no_placement"] += 1
                     continue
@@ -203,6 +210,14 @@ class OutlierMixer:
         out = dict(sample)
         out.update(image=image, label=label, ood=ood)
         return out
+
+    def _own(self, array: Any) -> np.ndarray:
+        """``array`` as uint8 that may be written: a copy unless ``copy_input=False`` allows using it as is."""
+        if not self.copy_input:
+            out = np.asarray(array, dtype=np.uint8)
+            if out.flags.writeable:
+                return out
+        return np.array(array, dtype=np.uint8, copy=True)
 
     def _replace(self, sample: Sample, rng: np.random.Generator) -> Sample:
         if self.frames is not None:
