@@ -234,38 +234,33 @@ def binned_resolution(hist: Tensor, single: Tensor | None = None) -> dict[str, T
 
     Row 0 counts negatives, row 1 positives, per bin in ascending score order. Each
     value is the largest change that any order (or tie) of the pixels sharing a bin
-    could make: AUROC ``sum_b p_b n_b / (2 P N)``; AP between all positives first and
-    all negatives first in every bin; FPR95 the crossing bin's negatives over N; best
-    F1 the best cut inside a bin with its positives first. Bins marked in ``single`` (bool, per bin) hold one score value: their ties are exact.
+    could make: AUROC ``sum_b p_b n_b / (2 P N)``; AP between the positives first (tied)
+    and the negatives first (positives distinct) in every bin; FPR95 the crossing bin's negatives over N; best
+    F1 the best cut inside a bin with its positives first. Bins marked in ``single``
+    (bool, per bin) hold one score value: their ties are exact and count for nothing.
     """
-    hist = _tensor(hist, torch.float64)
-    filled = torch.nonzero(hist.sum(0)).flatten().flip(0)  # descending scores
-    neg, pos = hist[0, filled], hist[1, filled]
+    hist = _tensor(hist)
+    filled = torch.nonzero(hist.sum(0)).flatten().flip(0)  # the non-empty bins, descending scores
+    neg, pos = hist[0, filled].double(), hist[1, filled].double()
     n_neg, n_pos = neg.sum(), pos.sum()
-    mixed = torch.ones_like(pos) if single is None else (~_tensor(single).bool()[filled]).double()
-    zero = hist.new_zeros(1)
-    tp_before = torch.cat([zero, pos.cumsum(0)[:-1]])
-    fp_before = torch.cat([zero, neg.cumsum(0)[:-1]])
+    tps, fps = pos.cumsum(0), neg.cumsum(0)
+    mixed = torch.ones_like(pos, dtype=torch.bool) if single is None else ~_tensor(single).bool()[filled]
+    # the bins with positives whose pixels may hold several scores
+    at = torch.nonzero((pos > 0) & mixed).flatten()
+    p, n, t, f = pos[at], neg[at], tps[at] - pos[at], fps[at] - neg[at]
 
-    def harmonic_gap(a: Tensor, b: Tensor) -> Tensor:  # H(a) - H(b), harmonic numbers
-        return torch.digamma(a + 1) - torch.digamma(b + 1)
-
-    # sum_{k=1..p} (T + k) / (M + k) = p - (M - T) (H(M + p) - H(M)), on the bins with positives
-    # (distinct positive scores count their precisions one by one, tied ones at the end of the tie)
-    at = torch.nonzero((pos > 0) & (mixed > 0)).flatten()
-    p, n, t, f = pos[at], neg[at], tp_before[at], fp_before[at]
-    best = p - f * harmonic_gap(t + f + p, t + f)
-    worst = p - (f + n) * harmonic_gap(t + f + n + p, t + f + n)
+    # highest AP with the positives first and tied (each counts the tie's end), lowest with the negatives
+    # first and distinct positives: sum_{k=1..p} (T + k) / (M + k) = p - (M - T) sum_{k=1..p} 1 / (M + k),
+    # M = T + F + n, and sum_{k=1..p} 1 / (M + k) <= log((M + p + 1/2) / (M + 1/2)) (1/x is convex)
+    best = p * (t + p) / (t + f + p)
+    worst = p - (f + n) * torch.log1p(p / (t + f + n + 0.5))
     tied = p * (t + p) / (t + f + p + n)
     ap = torch.maximum((best - tied).sum(), (tied - worst).sum()) / n_pos
     auroc = (p * n).sum() / (2 * n_pos * n_neg)
-    tps = tp_before + pos
-    reached = tps * 20 >= n_pos * 19
-    crossing = int(reached.to(torch.uint8).argmax())
-    fpr95 = neg[crossing] * mixed[crossing] / n_neg if bool(reached.any()) else zero[0]
-    f1 = 2 * tps / (tps + fp_before + neg + n_pos)
-    f1_cut = torch.where(mixed > 0, 2 * tps / (tps + fp_before + n_pos), f1)
-    best_f1 = (f1_cut.max() - f1.max()).clamp_min(0)
+    crossing = int(torch.searchsorted(tps * 20, n_pos * 19))  # the first bin with TPR >= 0.95
+    fpr95 = neg[crossing] * mixed[crossing] / n_neg if crossing < tps.numel() else hist.new_zeros(())
+    f1 = (2 * tps / (tps + fps + n_pos)).max()
+    best_f1 = ((2 * (t + p) / (t + f + p + n_pos)).max() - f1).clamp_min(0) if at.numel() else hist.new_zeros(())
     return {"auroc": auroc, "ap": ap.clamp_min(0), "fpr95": fpr95, "best_f1": best_f1}
 
 

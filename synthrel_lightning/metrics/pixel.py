@@ -209,8 +209,9 @@ class _Layout:
             return torch.zeros_like(q, dtype=torch.bool)
         # d = |s| - 1 or 1 - |s|: multiples of the spacing of |s| near 1, whatever the size of d
         spacing = -self.mantissa - (1 if segment in (2, 5) else 0)  # log2 of the spacing of |s|
-        exponent = ((q << self.e) >> 52) - 1023  # of d at the bin's low edge
-        return exponent + self.e - 52 <= spacing
+        # a bin of d in [2**x, 2**(x + 1)) is 2**(x + e - 52) wide: single while x <= spacing + 52 - e
+        first_too_wide = (spacing + 52 - self.e + 1 + 1023) << 52  # the key of 2**(x + 1)
+        return q < (first_too_wide >> self.e) if first_too_wide > 0 else torch.zeros_like(q, dtype=torch.bool)
 
     @staticmethod
     def _rank(segment: int, centre: bool, q: int) -> tuple[int, int]:
