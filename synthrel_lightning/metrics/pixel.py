@@ -39,9 +39,12 @@ no score range and resolve every kind of score:
   state a single process would have built from all the scores.
 
 After ``compute()``, :attr:`PixelOODMetrics.resolution` holds the largest change
-of AUROC and AP that any order of the scores sharing a bin could make (the
-distance to the exact sort is at most that); a warning says so when it exceeds
-``tolerance`` (default ``1e-4``).
+of AUROC, AP, FPR95 and best F1 that any order (or tie) of the pixels sharing a
+bin could make, so the distance to the exact sort is at most that. Bins that can
+hold only one value of the inputs' dtype count for nothing; scores quantised more
+coarsely than their dtype (``1 - p`` in float32 near 0) make the bound
+pessimistic. A warning (once per metric) gives it when it exceeds ``tolerance``
+(default ``1e-4``).
 """
 
 from __future__ import annotations
@@ -307,6 +310,7 @@ class PixelOODMetrics(Metric):
         self.ignore_index = int(ignore_index)
         self.tolerance = float(tolerance)
         self.resolution: dict[str, float] | None = None
+        self._warned = False
         if mode == "binned":
             if num_bins < 64:
                 raise ValueError(f"PixelOODMetrics: num_bins must be >= 64, got {num_bins}")
@@ -445,13 +449,14 @@ class PixelOODMetrics(Metric):
         threshold = self._threshold(int(order[int(bins[best])]), layout)
         out["best_f1_threshold"] = torch.tensor(threshold, dtype=torch.float64, device=tps.device)
         self.resolution = {k: float(v) for k, v in binned_resolution(ordered, single).items()}
-        worst = max(self.resolution.values())
-        if worst > self.tolerance:
+        if max(self.resolution.values()) > self.tolerance and not self._warned:
+            self._warned = True  # once per metric: the bound is a property of the scores, not of an epoch
             warnings.warn(
                 f"{type(self).__name__}: the binned metrics may differ from an exact sort by up to "
                 f"{', '.join(f'{k} {v:.1e}' for k, v in self.resolution.items())} (tolerance {self.tolerance:g}): "
-                f"too many OOD and in-distribution pixels share bins; use more num_bins (now {self.num_bins}) "
-                "or mode='exact'",
+                "pixels that may hold different scores share bins. This is an upper bound (scores quantised more "
+                "coarsely than their dtype, e.g. 1 - p in float32, make it pessimistic); for exact values use "
+                f"more num_bins (now {self.num_bins}) or mode='exact'",
                 stacklevel=2,
             )
         return out
