@@ -301,6 +301,14 @@ def test_bad_inputs_raise_clear_errors() -> None:
     t_bad[1, 2, 2] = 254
     with pytest.raises(ValueError, match=r"\[2, 254\]"):
         m.update(scores, t_bad)
+    t_bad[0, 1, 1], t_bad[1, 2, 2] = -3, 5000  # outside the one-pass label count
+    with pytest.raises(ValueError, match=r"\[-3, 5000\] \(2 pixels\)"):
+        m.update(scores, t_bad)
+    t_u8 = t_void.to(torch.uint8)
+    t_u8[1, 3, 3] = 2
+    with pytest.raises(ValueError, match=r"\[2\] \(1 pixels\)"):
+        m.update(scores, t_u8)
+    m.update(scores, t_void.bool() & False)  # boolean targets are 0 / 1
     with pytest.raises(ValueError, match="floating point"):
         m.update(target, target)
     with pytest.raises(ValueError, match="mode"):
