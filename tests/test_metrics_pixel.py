@@ -330,3 +330,29 @@ def test_not_computable_without_both_classes(mode: str) -> None:
     m.update(torch.rand(1, 4, 4), t)
     assert m.is_computable()
     assert 0.0 <= float(m.compute()["auroc"]) <= 1.0
+
+
+@pytest.mark.parametrize(
+    "case", ["energy", "sigmoid(20z)", "1-sigmoid(20z)", "-max_softmax", "subnormal", "narrow", "coarse"]
+)
+def test_float32_path_counts_like_the_float64_keys(case: str) -> None:
+    # float32 scores are binned with 32-bit keys; the counts and layout are those of their float64 values
+    num_bins = 64 if case == "coarse" else 1 << 20
+    if case == "subnormal":
+        scores, target = torch.randn(5000).abs() * 1e-39, (torch.rand(5000) < 0.3).long()
+    elif case == "narrow":  # a window finer than float32's spacing
+        scores, target = 3 + torch.randint(0, 300, (5000,)).float() * 2**-22, (torch.rand(5000) < 0.3).long()
+    else:
+        scores, target = score_kind("max_logit 10z" if case == "coarse" else case, n=50_000)
+        scores = scores.float()
+    target[:100] = 255
+    fast, wide = PixelOODMetrics(num_bins=num_bins), PixelOODMetrics(num_bins=num_bins)
+    for s, t in zip(scores.chunk(3), target.chunk(3)):
+        fast.update(s, t)
+        wide.update(s.double(), t)
+    assert torch.equal(fast.hist[:-1], wide.hist[:-1])  # all but the inputs' precision
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact = pixel_ood_metrics(scores, target)
+        out = fast.compute()
+    assert abs(float(out["auroc"]) - float(exact["auroc"])) <= fast.resolution["auroc"] + 1e-12

@@ -93,6 +93,17 @@ def _top_tables() -> tuple[Tensor, Tensor]:
 _TOP_SEGMENT, _TOP_CENTRE = _top_tables()
 
 
+def _top32_tables() -> tuple[Tensor, Tensor]:
+    """Segment and centre of each value of a float32's top 9 bits (sign and exponent)."""
+    magnitude = (torch.arange(256) - 125).clamp(0, 3)
+    segment = torch.cat([4 + magnitude, 3 - magnitude])
+    return segment, torch.tensor(_CENTRE, dtype=torch.float32)[segment]
+
+
+_TOP32_SEGMENT, _TOP32_CENTRE = _top32_tables()
+_INT32_MAX = (1 << 31) - 1
+
+
 def _keys(scores: Tensor) -> tuple[Tensor, Tensor]:
     """Top 12 bits (0..4095) and key (float64 bits of the distance to the centre) of each score, flat."""
     x = scores.reshape(-1)
@@ -339,11 +350,68 @@ class PixelOODMetrics(Metric):
             self.scores.append(_keep_precision(scores[valid]))
             self.positives.append(pos)
             return
-        device = scores.device
+        mantissa = _MANTISSA_BITS.get(scores.dtype, 52)
+        if scores.dtype != torch.float64 and self._update_float32(scores.reshape(-1).float(), target, valid, mantissa):
+            return
         top, key = _keys(scores)
         # one slot per (top 12 bits, class); ignored pixels go to slot 8192 (masking would copy every pixel)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).long() * 4096, 8192)
-        layout = self._fit_batch(slot, key, _MANTISSA_BITS.get(scores.dtype, 52))
+        self._count64(key, slot, self._fit_batch(slot, key, mantissa))
+
+    def _update_float32(self, x: Tensor, target: Tensor, valid: Tensor, mantissa: int) -> bool:
+        """The same binning on float32 scores with 32-bit arithmetic; False (nothing done) where it cannot apply.
+
+        For a normal float32 ``d`` the float64 key is ``key32 * 2**29 + 7 * 2**59``, so at a level
+        ``29 <= e <= 51`` the bin ``key64 >> e`` is ``(key32 >> (e - 29)) + 7 * 2**(59 - e)`` and a
+        distance 0 stays below every window.
+        """
+        device = x.device
+        top = (x.view(torch.int32) >> 23) & 511
+        key = x.abs().sub_(_TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
+        slot = torch.where(valid.reshape(-1), top + target.reshape(-1).int() * 512, 1024)
+        index64 = slot.long()
+        low = torch.full((1025,), _INT32_MAX, dtype=torch.int32, device=device)
+        low.scatter_reduce_(0, index64, key, "amin")
+        if bool((low[:1024] == 0).any()):  # d = 0 has its own bin: the window starts above
+            low.fill_(_INT32_MAX).scatter_reduce_(0, index64, torch.where(key > 0, key, _INT32_MAX), "amin")
+        high = torch.full((1025,), -1, dtype=torch.int32, device=device)
+        high.scatter_reduce_(0, index64, key, "amax")
+        segment = _TOP32_SEGMENT.to(device).repeat(2)
+        seg_low = torch.full((_SEG,), _INT32_MAX, dtype=torch.int32, device=device)
+        seg_high = torch.full((_SEG,), -1, dtype=torch.int32, device=device)
+        seg_low.scatter_reduce_(0, segment, low[:1024], "amin")
+        seg_high.scatter_reduce_(0, segment, high[:1024], "amax")
+        ranges = torch.cat([seg_low, seg_high]).cpu()
+        low32, high32 = ranges[:_SEG].tolist(), ranges[_SEG:].tolist()
+        if any(lo < 1 << 23 and lo <= hi for lo, hi in zip(low32, high32)):
+            return False  # subnormal distances: their float64 keys are not affine in the float32 ones
+        keys64 = ranges.view(torch.float32).double().view(torch.int64).tolist()
+        lows = [k if lo <= hi else _INT64_MAX for k, lo, hi in zip(keys64[:_SEG], low32, high32)]
+        highs = [k if hi >= 0 else -1 for k, hi in zip(keys64[_SEG:], high32)]
+        counts, header = _split(self.hist)
+        layout = _Layout.from_header(header)
+        new = layout.union(_Layout(0, lows, highs, mantissa)).fitted(self.num_bins)
+        if new.header() != layout.header():
+            counts.copy_(layout.move(counts, new))
+            self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=device)
+        constant = 7 << (59 - new.e) if new.e <= 59 else 0
+        if not 29 <= new.e <= 51 or any(lo < constant for lo, w in zip(new.low, new.width) if w):
+            top64, key64 = _keys(x)  # a layout the 32-bit keys cannot address: count with 64-bit keys
+            self._count64(key64, torch.where(valid.reshape(-1), top64 + target.reshape(-1).long() * 4096, 8192), new)
+            return True
+        low_of = torch.tensor([min(v - constant, _INT32_MAX) for v in new.low] + [_INT32_MAX], device=device)
+        start = torch.tensor(new.offset, device=device) + 1
+        low_of = torch.cat([low_of[segment], low_of[-1:]]).int()
+        start_of = torch.cat([start[segment], start.new_tensor([2 * self.num_bins + 1])])
+        start_of[512:1024] += self.num_bins  # OOD counts: the second row
+        index = (key >> (new.e - 29)).sub_(low_of.index_select(0, slot)).clamp_(min=-1)
+        index.add_(start_of.int().index_select(0, slot))
+        self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
+        return True
+
+    def _count64(self, key: Tensor, slot: Tensor, layout: _Layout) -> None:
+        """Count 64-bit keys (slots of top 12 bits and class, 8192 ignored) into the fitted ``layout``."""
+        device = key.device
         segment = _TOP_SEGMENT.to(device).repeat(2)
         low = torch.tensor(layout.low + [_INT64_MAX], device=device)
         start = torch.tensor(layout.offset, device=device) + 1
@@ -354,8 +422,7 @@ class PixelOODMetrics(Metric):
         index = (key >> layout.e).sub_(low_of.index_select(0, slot)).clamp_(min=-1)
         index.add_(start_of.index_select(0, slot))
         # bincount without weights is deterministic on CUDA too
-        counts = torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
-        self.hist[: 2 * self.num_bins] += counts
+        self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
 
     def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> _Layout:
         """Widen the layout to hold this batch's keys (moving the counts when it changes); the new layout."""
