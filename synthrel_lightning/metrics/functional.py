@@ -239,12 +239,20 @@ def binned_resolution(hist: Tensor, single: Tensor | None = None) -> dict[str, T
     F1 the best cut inside a bin with its positives first. Bins marked in ``single``
     (bool, per bin) hold one score value: their ties are exact and count for nothing.
     """
-    hist = _tensor(hist)
-    filled = torch.nonzero(hist.sum(0)).flatten().flip(0)  # the non-empty bins, descending scores
-    neg, pos = hist[0, filled].double(), hist[1, filled].double()
-    n_neg, n_pos = neg.sum(), pos.sum()
-    tps, fps = pos.cumsum(0), neg.cumsum(0)
-    mixed = torch.ones_like(pos, dtype=torch.bool) if single is None else ~_tensor(single).bool()[filled]
+    tps, fps, bins = curve_counts_from_histogram(hist)
+    mixed = torch.ones_like(tps, dtype=torch.bool) if single is None else ~_tensor(single).bool()[bins]
+    return resolution_from_counts(tps, fps, mixed)
+
+
+def resolution_from_counts(tps: Tensor, fps: Tensor, mixed: Tensor) -> dict[str, Tensor]:
+    """:func:`binned_resolution` from the cumulative counts of the non-empty bins (descending scores).
+
+    ``mixed`` (bool, per bin) marks the bins that may hold several score values.
+    """
+    tps, fps = _tensor(tps, torch.float64), _tensor(fps, torch.float64)
+    zero = tps.new_zeros(1)
+    pos, neg = torch.diff(tps, prepend=zero), torch.diff(fps, prepend=zero)
+    n_neg, n_pos = fps[-1], tps[-1]
     # the bins with positives whose pixels may hold several scores
     at = torch.nonzero((pos > 0) & mixed).flatten()
     p, n, t, f = pos[at], neg[at], tps[at] - pos[at], fps[at] - neg[at]
@@ -258,9 +266,9 @@ def binned_resolution(hist: Tensor, single: Tensor | None = None) -> dict[str, T
     ap = torch.maximum((best - tied).sum(), (tied - worst).sum()) / n_pos
     auroc = (p * n).sum() / (2 * n_pos * n_neg)
     crossing = int(torch.searchsorted(tps * 20, n_pos * 19))  # the first bin with TPR >= 0.95
-    fpr95 = neg[crossing] * mixed[crossing] / n_neg if crossing < tps.numel() else hist.new_zeros(())
+    fpr95 = neg[crossing] * mixed[crossing] / n_neg if crossing < tps.numel() else tps.new_zeros(())
     f1 = (2 * tps / (tps + fps + n_pos)).max()
-    best_f1 = ((2 * (t + p) / (t + f + p + n_pos)).max() - f1).clamp_min(0) if at.numel() else hist.new_zeros(())
+    best_f1 = ((2 * (t + p) / (t + f + p + n_pos)).max() - f1).clamp_min(0) if at.numel() else tps.new_zeros(())
     return {"auroc": auroc, "ap": ap.clamp_min(0), "fpr95": fpr95, "best_f1": best_f1}
 
 
@@ -326,6 +334,7 @@ __all__ = [
     "binary_curve_metrics",
     "binary_ood_metrics",
     "binned_resolution",
+    "resolution_from_counts",
     "confidence_bin",
     "curve_counts_from_histogram",
     "curve_counts_from_scores",

@@ -64,9 +64,9 @@ from synthrel_lightning.metrics.functional import (
     best_f1,
     binary_curve_metrics,
     binary_ood_metrics,
-    binned_resolution,
     curve_counts_from_histogram,
     curve_counts_from_scores,
+    resolution_from_counts,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -515,7 +515,7 @@ class PixelOODMetrics(Metric):
         _, best = best_f1(tps, fps)
         threshold = self._threshold(int(order[int(bins[best])]), layout)
         out["best_f1_threshold"] = torch.tensor(threshold, dtype=torch.float64, device=tps.device)
-        self.resolution = {k: float(v) for k, v in binned_resolution(ordered, single).items()}
+        self.resolution = {k: float(v) for k, v in resolution_from_counts(tps, fps, ~single[bins]).items()}
         if max(self.resolution.values()) > self.tolerance and not self._warned:
             self._warned = True  # once per metric: the bound is a property of the scores, not of an epoch
             warnings.warn(
