@@ -26,7 +26,8 @@ no score range and resolve every kind of score:
   point): the float64 bit pattern of ``d``, a log-scale key. Probabilities that
   saturate towards 0 or 1 (``sigmoid(20 z)``, softmax maxima) are resolved at
   both ends, as are scores near -1; large magnitudes are keyed by ``|s|``.
-* Within each segment the bins are a window over the keys that occur, of width
+* Within each segment the bins are a window over the keys that occur (widened to
+  whole chunks of ``num_bins / 1024`` bins, so that it rarely moves), of width
   ``2**e`` keys, with one ``e`` for all segments: the smallest ``e`` whose windows
   hold all scores seen in ``num_bins`` bins (one extra bin per segment holds
   ``d = 0``). The windows start at the first ``update`` and widen (``e`` grows,
@@ -168,11 +169,18 @@ class _Layout:
         low = [min(x, y) for x, y in zip(a.low, b.low)]
         return _Layout(e, low, [max(x, y) for x, y in zip(a.high, b.high)], max(self.mantissa, other.mantissa))
 
+    def rounded(self, chunk: int) -> _Layout:
+        """The windows widened outwards to multiples of ``2**chunk`` bins (so that they move rarely)."""
+        low = [(v >> chunk) << chunk for v in self.low]
+        high = [((h >> chunk) << chunk) + (1 << chunk) - 1 if h >= lo else h for lo, h in zip(self.low, self.high)]
+        return _Layout(self.e, low, high, self.mantissa)
+
     def fitted(self, num_bins: int) -> _Layout:
-        """The finest coarsening of this layout that fits in ``num_bins`` bins."""
-        layout = self
+        """The finest coarsening of this layout, windows rounded to chunks, that fits in ``num_bins`` bins."""
+        chunk = max(0, num_bins.bit_length() - 11)  # 1024-bin chunks at the default 2**20 bins
+        layout = self.rounded(chunk)
         while layout.total > num_bins:
-            layout = layout.coarsened(layout.e + 1)
+            layout = layout.coarsened(layout.e + 1).rounded(chunk)
         return layout
 
     def storage_map(self, new: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
