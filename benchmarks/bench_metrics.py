@@ -3,10 +3,14 @@
 Streams synthetic but realistic frames (energy scores from upsampled random
 logits, ~2 % OOD pixels in blobs, a void band) through both, timing only the
 metric calls (update + compute), and reports wall time, metric-state memory,
-process peak RSS and the agreement of the values, as a markdown table.
+process peak RSS, the agreement of the values and the binned metric's own
+resolution bound, as a markdown table. ``--score`` maps the energies to another
+kind of score (a saturating probability, an offset or scaled score) to check the
+agreement on it.
 
     python benchmarks/bench_metrics.py --frames 50 --height 1024 --width 2048
     python benchmarks/bench_metrics.py --frames 4 --height 256 --width 512   # quick
+    python benchmarks/bench_metrics.py --frames 4 --height 256 --width 512 --score sigmoid20
 """
 
 from __future__ import annotations
@@ -16,13 +20,22 @@ import os
 import platform
 import resource
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
 
+SCORES = {
+    "energy": lambda e: e,
+    "sigmoid20": lambda e: torch.sigmoid(20 * (e + 8.0)),  # a probability saturating at 0 and 1
+    "offset": lambda e: 1e6 + e.double(),  # float64: a large offset
+    "tiny": lambda e: e * 1e-12,
+    "huge": lambda e: e * 1e12,
+}
 
-def make_frame(seed: int, height: int, width: int, ood_fraction: float, num_classes: int = 19):
-    """Energy scores (H, W) and a 0/1/255 target (H, W) for one synthetic frame."""
+
+def make_frame(seed: int, height: int, width: int, ood_fraction: float, num_classes: int = 19, score: str = "energy"):
+    """OOD scores (H, W) of the given kind and a 0/1/255 target (H, W) for one synthetic frame."""
     g = torch.Generator().manual_seed(seed)
     low = (max(height // 8, 4), max(width // 8, 4))
     logits = torch.randn(1, num_classes, *low, generator=g) * 4.0 + 6.0 * torch.rand(1, 1, *low, generator=g)
@@ -35,7 +48,7 @@ def make_frame(seed: int, height: int, width: int, ood_fraction: float, num_clas
     ood = F.interpolate(ood_low.float(), size=(height, width), mode="nearest")[0, 0] > 0.5
     target = ood.to(torch.uint8)
     target[: height // 12] = 255
-    return scores, target
+    return SCORES[score](scores), target
 
 
 def state_bytes(metric) -> int:
@@ -64,14 +77,22 @@ def run_binned(frames: int, args) -> dict:
     metric = PixelOODMetrics()
     elapsed = 0.0
     for i in range(frames):
-        scores, target = make_frame(i, args.height, args.width, args.ood_fraction)
+        scores, target = make_frame(i, args.height, args.width, args.ood_fraction, score=args.score)
         t0 = time.perf_counter()
         metric.update(scores, target)
         elapsed += time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = {k: float(v) for k, v in metric.compute().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the resolution is reported in the table
+        out = {k: float(v) for k, v in metric.compute().items()}
     elapsed += time.perf_counter() - t0
-    return {"values": out, "time": elapsed, "state_mb": state_bytes(metric) / 2**20, "rss_mb": peak_rss_mb()}
+    return {
+        "values": out,
+        "resolution": metric.resolution,
+        "time": elapsed,
+        "state_mb": state_bytes(metric) / 2**20,
+        "rss_mb": peak_rss_mb(),
+    }
 
 
 def run_torchmetrics(frames: int, args) -> dict:
@@ -89,7 +110,7 @@ def run_torchmetrics(frames: int, args) -> dict:
     )
     elapsed = 0.0
     for i in range(frames):
-        scores, target = make_frame(i, args.height, args.width, args.ood_fraction)
+        scores, target = make_frame(i, args.height, args.width, args.ood_fraction, score=args.score)
         # torchmetrics applies a sigmoid to scores outside [0, 1]; it is monotone, so rankings are kept
         t0 = time.perf_counter()
         metric.update(scores.flatten(), target.flatten().long())
@@ -104,6 +125,23 @@ def run_torchmetrics(frames: int, args) -> dict:
     return {"values": values, "time": elapsed, "state_mb": mem, "rss_mb": peak_rss_mb()}
 
 
+def run_ours_exact(frames: int, args) -> dict:
+    from synthrel_lightning.metrics import PixelOODMetrics
+
+    metric = PixelOODMetrics(mode="exact")
+    elapsed = 0.0
+    for i in range(frames):
+        scores, target = make_frame(i, args.height, args.width, args.ood_fraction, score=args.score)
+        t0 = time.perf_counter()
+        metric.update(scores, target)
+        elapsed += time.perf_counter() - t0
+    mem = state_bytes(metric) / 2**20
+    t0 = time.perf_counter()
+    values = {k: float(v) for k, v in metric.compute().items()}
+    elapsed += time.perf_counter() - t0
+    return {"values": values, "time": elapsed, "state_mb": mem, "rss_mb": peak_rss_mb()}
+
+
 def main() -> None:
     """Run the benchmark and print a markdown report."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -113,17 +151,30 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--ood-fraction", type=float, default=0.02)
+    parser.add_argument("--score", choices=sorted(SCORES), default="energy", help="kind of OOD score")
+    parser.add_argument(
+        "--exact",
+        choices=["torchmetrics", "ours"],
+        default="torchmetrics",
+        help="the exact reference: torchmetrics (timed) or PixelOODMetrics(mode='exact')",
+    )
     args = parser.parse_args()
     exact_frames = args.exact_frames or args.frames
 
     small = run_binned(min(args.memory_frames, args.frames), args)
     binned = run_binned(args.frames, args)
     binned_same = binned if exact_frames == args.frames else run_binned(exact_frames, args)
-    exact = run_torchmetrics(exact_frames, args)
+    if args.exact == "torchmetrics" and args.score in ("offset", "tiny", "huge"):
+        raise SystemExit(
+            f"--score {args.score}: torchmetrics squashes scores outside [0, 1] with a sigmoid, which ties these; "
+            "use --exact ours"
+        )
+    exact = run_torchmetrics(exact_frames, args) if args.exact == "torchmetrics" else run_ours_exact(exact_frames, args)
+    exact_name = "torchmetrics BinaryAUROC+AP+ROC (exact)" if args.exact == "torchmetrics" else "PixelOODMetrics exact"
 
     print(
         f"## PixelOODMetrics (binned) vs torchmetrics exact ({args.height}x{args.width}, "
-        f"{args.ood_fraction:.0%} OOD, energy scores)\n"
+        f"{args.ood_fraction:.0%} OOD, {args.score} scores)\n"
     )
     print(
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
@@ -144,16 +195,15 @@ def main() -> None:
             f"| PixelOODMetrics binned | {exact_frames} | {binned_same['time']:.2f} | "
             f"{binned_same['state_mb']:.1f} | {binned_same['rss_mb']:.0f} |"
         )
-    print(
-        f"| torchmetrics BinaryAUROC+AP+ROC (exact) | {exact_frames} | {exact['time']:.2f} | "
-        f"{exact['state_mb']:.1f} | {exact['rss_mb']:.0f} |"
-    )
+    print(f"| {exact_name} | {exact_frames} | {exact['time']:.2f} | {exact['state_mb']:.1f} | {exact['rss_mb']:.0f} |")
     print(f"\nSpeed-up at {exact_frames} frames: {exact['time'] / binned_same['time']:.1f}x\n")
-    print("| value | binned | torchmetrics exact | abs. difference |")
-    print("|---|---|---|---|")
-    for key in ("auroc", "ap", "fpr95"):
-        a, b = binned_same["values"][key], exact["values"][key]
-        print(f"| {key} | {a:.6f} | {b:.6f} | {abs(a - b):.2e} |")
+    print("| value | binned | exact | abs. difference | binned resolution bound |")
+    print("|---|---|---|---|---|")
+    for key in ("auroc", "ap", "fpr95", "best_f1"):
+        if key in exact["values"]:
+            a, b = binned_same["values"][key], exact["values"][key]
+            bound = binned_same["resolution"][key]
+            print(f"| {key} | {a:.6f} | {b:.6f} | {abs(a - b):.2e} | {bound:.1e} |")
 
 
 if __name__ == "__main__":

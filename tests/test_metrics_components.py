@@ -10,6 +10,7 @@ import torch
 from scipy import ndimage
 
 from synthrel_lightning.metrics import SIOU_THRESHOLDS, ComponentMetrics, frame_component_stats
+from synthrel_lightning.metrics.components import predicted_mask
 
 
 def two_frames() -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,10 +67,10 @@ def test_eight_connectivity_threshold_rule_and_track_sizes() -> None:
     target[6:10, 6:10] = 1  # touches the first square at a corner only: one component
     scores = torch.zeros(20, 20)
     scores[2:6, 2:6] = 0.5
-    m = ComponentMetrics(threshold=0.5, min_pred_size=1, min_gt_size=1)
+    m = ComponentMetrics(threshold=0.5, min_pred_size=1, min_gt_size=1, inclusive=False)
     m.update(scores, target)
-    assert int(m.n_gt) == 1 and int(m.n_pred) == 0  # score > threshold: nothing predicted
-    inclusive = ComponentMetrics(threshold=0.5, min_pred_size=1, min_gt_size=1, inclusive=True)
+    assert int(m.n_gt) == 1 and int(m.n_pred) == 0  # the official score > threshold: nothing predicted
+    inclusive = ComponentMetrics(threshold=0.5, min_pred_size=1, min_gt_size=1)  # default: score >= threshold
     inclusive.update(scores, target)
     assert int(inclusive.n_pred) == 1
     assert math.isclose(float(inclusive.compute()["siou"]), 16 / 32)
@@ -190,3 +191,44 @@ def test_one_pass_with_deferred_frames_equals_the_two_pass_protocol() -> None:
     later.update(*frames[1])
     later.reset()
     assert later.pending_frames == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_threshold_is_compared_exactly_in_every_dtype(dtype: torch.dtype, inclusive: bool) -> None:
+    # a blob at 0.875 (exact in every dtype); thresholds just below / at / just above it
+    target = torch.zeros(16, 16, dtype=torch.long)
+    target[4:10, 4:10] = 1
+    scores = torch.zeros(16, 16, dtype=dtype)
+    scores[4:10, 4:10] = 0.875
+    for threshold, expected in [(0.8745, 1), (0.875 - 1e-12, 1), (0.875, int(inclusive)), (0.875 + 1e-12, 0)]:
+        m = ComponentMetrics(threshold=threshold, min_pred_size=1, min_gt_size=1, inclusive=inclusive)
+        m.update(scores, target)
+        assert int(m.n_pred) == expected, (threshold, dtype)
+        assert torch.equal(
+            predicted_mask(scores, threshold, inclusive),
+            scores.double() >= threshold if inclusive else scores.double() > threshold,
+        )
+
+
+def test_components_use_the_pixel_metric_operating_point() -> None:
+    from synthrel_lightning.metrics import PixelOODMetrics
+    from synthrel_lightning.models.set_metrics import build_set_metrics
+
+    # OOD blobs all at one score: the best-F1 threshold is that score, and score >= it predicts them
+    target = torch.zeros(2, 24, 24, dtype=torch.long)
+    target[0, 3:12, 3:12] = 1
+    target[1, 10:20, 5:15] = 1
+    scores = torch.where(target == 1, 0.75, 0.25).float()
+    scores[1, 0:3, 0:3] = 0.5  # a small false positive below the threshold
+    for mode in ("binned", "exact"):
+        pixel = PixelOODMetrics(mode=mode)
+        pixel.update(scores, target)
+        threshold = float(pixel.compute()["best_f1_threshold"])
+        assert float(pixel.compute()["best_f1"]) == 1.0
+        components = build_set_metrics(["pixel_ood", "components"], 2, ["a", "b"], mode, 15, "pooled", "obstacle")
+        metric = components["components"]
+        metric.set_threshold(threshold)
+        metric.update(scores, target)
+        out = metric.compute()
+        assert int(metric.n_pred) == 2 and float(out["siou"]) == 1.0 and float(out["mean_f1"]) == 1.0

@@ -184,3 +184,30 @@ def test_numpy_entry_points_match_the_per_frame_statistics_of_correlation() -> N
             assert reducer_for(key)(hist) == pytest.approx(ours[key], rel=1e-12, nan_ok=True), key
         assert reducer_for("ece")(bins) == pytest.approx(MF.ece_from_bins(bins), rel=1e-12)
         assert reducer_for("miou")(cm) == pytest.approx(MF.miou_from_confusion(cm), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_binned_resolution_bounds_every_order_within_bins(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    n, bins = 3000, 40
+    positive = torch.rand(n, generator=g) < 0.3
+    binned = (torch.randn(n, generator=g) * 6 + 4 * positive).round().clamp(-bins // 2, bins // 2 - 1) + bins // 2
+    hist = torch.stack([torch.bincount(binned[positive == v].long(), minlength=bins) for v in (False, True)])
+    tied = MF.binary_curve_metrics(*MF.curve_counts_from_histogram(hist)[:2])
+    bound = MF.binned_resolution(hist)
+    # spread each bin's pixels over scores inside the bin: distinct in random orders, and the two extremes
+    # (positives first and tied; negatives first and positives distinct)
+    extremes = [positive.double(), (1 - positive.double()) * 0.9 + positive * torch.rand(n, generator=g) * 0.5]
+    jitters = [torch.rand(n, generator=g) for _ in range(20)] + extremes
+    seen = {key: 0.0 for key in bound}
+    for jitter in jitters:
+        exact = MF.binary_ood_metrics(binned.double() + 0.5 * jitter, positive)
+        for key in bound:
+            change = abs(float(exact[key]) - float(tied[key]))
+            assert change <= float(bound[key]) + 1e-12, (key, change, float(bound[key]))
+            seen[key] = max(seen[key], change)
+    # the extreme orders reach the AP and best-F1 bounds: they are tight
+    assert seen["ap"] == pytest.approx(float(bound["ap"]), rel=1e-3)
+    assert seen["best_f1"] == pytest.approx(float(bound["best_f1"]), abs=1e-12)
+    single = torch.ones(bins, dtype=torch.bool)
+    assert all(float(v) == 0.0 for v in MF.binned_resolution(hist, single).values())

@@ -2,8 +2,9 @@
 
 Their arithmetic lives once in :mod:`synthrel_lightning.metrics.functional`.
 
-All states reduce by sum across processes (except the exact pixel mode, which
-concatenates scores), so the metrics work in any Lightning / DDP setup.
+All states reduce by sum across processes (except the pixel metric: its exact
+mode concatenates scores, its binned mode merges histograms over a common bin
+layout), so the metrics work in any Lightning / DDP setup.
 """
 
 from synthrel_lightning.metrics.calibration import CalibrationMetrics

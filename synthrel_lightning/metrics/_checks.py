@@ -27,9 +27,21 @@ def check_binary_inputs(scores: Tensor, target: Tensor, ignore_index: int, who: 
     if target.dtype == torch.bool:
         target = target.to(torch.uint8)
     valid = target != ignore_index
-    bad_target = ((target < 0) | (target > 1)) & valid
-    n_bad, all_finite = torch.stack([bad_target.sum(), torch.isfinite(scores).all().long()]).tolist()
+    # one sync: the target's range and whether the scores' sum is finite (it is when every score is, barring
+    # an overflow, which only sends us to the exact check below)
+    low, high = torch.aminmax(target.reshape(-1)) if target.numel() else (target.new_zeros(()), target.new_zeros(()))
+    total = scores.sum(dtype=torch.float64) if scores.numel() else scores.new_zeros((), dtype=torch.float64)
+    low, high, sum_finite = torch.stack([low.long(), high.long(), torch.isfinite(total).long()]).tolist()
+    if low >= 0 and high <= 1:
+        n_bad = 0
+    elif 0 <= low and high <= 1023:  # small non-negative labels: count them in one pass
+        counts = torch.bincount(target.reshape(-1).long(), minlength=max(high + 1, 2))
+        n_bad = int(counts.sum() - counts[0] - counts[1] - (counts[ignore_index] if 1 < ignore_index <= high else 0))
+    else:
+        n_bad = int((((target < 0) | (target > 1)) & valid).sum())
+    all_finite = bool(sum_finite) or bool(torch.isfinite(scores).all())
     if n_bad:
+        bad_target = ((target < 0) | (target > 1)) & valid
         values = torch.unique(target[bad_target]).tolist()
         raise ValueError(
             f"{who}: target holds values {values[:20]} ({n_bad} pixels); expected only 0 (in-distribution), "

@@ -2,8 +2,9 @@
 
 Per frame, following the official benchmark code:
 
-1. Prediction: ``score > threshold`` (``>=`` with ``inclusive=True``), zeroed on
-   void pixels; ground truth: ``target == 1``. Connected components of both with
+1. Prediction: ``score >= threshold`` (default, ``inclusive=True``) or the official
+   code's ``score > threshold`` (``inclusive=False``), zeroed on void pixels; ground
+   truth: ``target == 1``. Connected components of both with
    8-connectivity (``scipy.ndimage.label`` with a 3x3 structure of ones).
 2. Predicted components smaller than ``min_pred_size`` are dropped; ground-truth
    components smaller than ``min_gt_size`` become void (anomaly track: 500 / 100
@@ -18,6 +19,13 @@ Per frame, following the official benchmark code:
    ``F1(tau) = 2TP / (2TP + FN + FP)``; ``mean_f1`` is the mean over tau.
    ``siou`` and ``ppv`` are the means over all pooled components.
 
+The comparison is exact: scores in float16 / bfloat16 are upcast to float32 and
+the threshold stays a float64 (never rounded to the scores' precision). The default
+``>=`` is the meaning of ``PixelOODMetrics``' ``best_f1_threshold`` (the pixels at or
+above it are the best-F1 prediction), so the components are those of the pixel
+metric's operating point; with ``inclusive=False`` pixels exactly at the threshold
+are left out, as in the official code.
+
 The threshold: SMIYC uses the pixel-level best-F1 threshold, known only after a
 pass over the whole dataset. This metric is exact, so the threshold must be known
 before frames are scored. Three ways:
@@ -26,8 +34,8 @@ before frames are scored. Three ways:
 * two passes: ``PixelOODMetrics`` (pass 1, ``best_f1_threshold``) ->
   ``ComponentMetrics.set_threshold`` -> ``update`` (pass 2);
 * one pass with ``defer=True``: ``update`` before a threshold is set keeps the
-  frames (scores float32 on the CPU, targets uint8: 5 bytes per pixel, on each
-  process), and ``set_threshold`` (after the pixel pass, with the same value on
+  frames (scores float32 on the CPU, float64 kept as float64, targets uint8: 5
+  bytes per pixel, on each process), and ``set_threshold`` (after the pixel pass, with the same value on
   every process) scores them and releases them. Same values as two passes.
 """
 
@@ -106,6 +114,24 @@ def frame_component_stats(
     return {"siou_gt": siou_gt, "siou_pred": siou_pred, "ppv": ppv}
 
 
+def predicted_mask(scores: Tensor, threshold: float, inclusive: bool = True) -> Tensor:
+    """``scores >= threshold`` (``>`` unless ``inclusive``), exact for any score dtype and float64 threshold.
+
+    Half-precision scores are compared in float32; for float32 scores the float64
+    threshold is replaced by the float32 value that gives the same comparison (a
+    plain ``scores >= threshold`` would round it to the scores' precision).
+    """
+    if scores.dtype != torch.float64:
+        scores = scores.float()
+        t32 = torch.tensor(threshold, dtype=torch.float64).float()
+        if inclusive and float(t32) < threshold:  # the smallest float32 >= threshold
+            t32 = torch.nextafter(t32, t32.new_tensor(math.inf))
+        elif not inclusive and float(t32) > threshold:  # the largest float32 <= threshold
+            t32 = torch.nextafter(t32, t32.new_tensor(-math.inf))
+        threshold = t32.to(scores.device)
+    return scores >= threshold if inclusive else scores > threshold
+
+
 class ComponentMetrics(Metric):
     """Streaming SMIYC component metrics: ``siou``, ``ppv``, ``siou_pred``, ``mean_f1``, ``f1_25/50/75``.
 
@@ -126,7 +152,7 @@ class ComponentMetrics(Metric):
         threshold: float | None = None,
         min_pred_size: int | None = None,
         min_gt_size: int | None = None,
-        inclusive: bool = False,
+        inclusive: bool = True,
         ignore_index: int = VOID_ID,
         defer: bool = False,
         **kwargs,
@@ -185,14 +211,15 @@ class ComponentMetrics(Metric):
             raise ValueError(f"ComponentMetrics: scores must be (H, W) or (N, H, W), got {tuple(scores.shape)}")
         if self.threshold is None:
             small = torch.uint8 if 0 <= self.ignore_index <= 255 else torch.int64
-            self._pending.append((scores.detach().float().cpu(), target.detach().to("cpu", small)))
+            kept = scores.detach() if scores.dtype == torch.float64 else scores.detach().float()
+            self._pending.append((kept.cpu(), target.detach().to("cpu", small)))
             return
         self._accumulate(scores, target)
 
     def _accumulate(self, scores: Tensor, target: Tensor) -> None:
         assert self.threshold is not None
         # threshold on the device; only the boolean masks travel to the CPU for scipy
-        pred = (scores >= self.threshold) if self.inclusive else (scores > self.threshold)
+        pred = predicted_mask(scores, self.threshold, self.inclusive)
         pred_np = pred.cpu().numpy()
         target_np = target.cpu().numpy()
         taus = np.asarray(SIOU_THRESHOLDS)

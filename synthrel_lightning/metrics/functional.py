@@ -229,6 +229,49 @@ def binary_curve_metrics(tps: Tensor, fps: Tensor, thresholds: Tensor | None = N
     return out
 
 
+def binned_resolution(hist: Tensor, single: Tensor | None = None) -> dict[str, Tensor]:
+    """How far ``auroc``, ``ap``, ``fpr95``, ``best_f1`` of a ``(2, B)`` histogram can be from the exact sort's.
+
+    Row 0 counts negatives, row 1 positives, per bin in ascending score order. Each
+    value is the largest change that any order (or tie) of the pixels sharing a bin
+    could make: AUROC ``sum_b p_b n_b / (2 P N)``; AP between the positives first (tied)
+    and the negatives first (positives distinct) in every bin; FPR95 the crossing bin's negatives over N; best
+    F1 the best cut inside a bin with its positives first. Bins marked in ``single``
+    (bool, per bin) hold one score value: their ties are exact and count for nothing.
+    """
+    tps, fps, bins = curve_counts_from_histogram(hist)
+    mixed = torch.ones_like(tps, dtype=torch.bool) if single is None else ~_tensor(single).bool()[bins]
+    return resolution_from_counts(tps, fps, mixed)
+
+
+def resolution_from_counts(tps: Tensor, fps: Tensor, mixed: Tensor) -> dict[str, Tensor]:
+    """:func:`binned_resolution` from the cumulative counts of the non-empty bins (descending scores).
+
+    ``mixed`` (bool, per bin) marks the bins that may hold several score values.
+    """
+    tps, fps = _tensor(tps, torch.float64), _tensor(fps, torch.float64)
+    zero = tps.new_zeros(1)
+    pos, neg = torch.diff(tps, prepend=zero), torch.diff(fps, prepend=zero)
+    n_neg, n_pos = fps[-1], tps[-1]
+    # the bins with positives whose pixels may hold several scores
+    at = torch.nonzero((pos > 0) & mixed).flatten()
+    p, n, t, f = pos[at], neg[at], tps[at] - pos[at], fps[at] - neg[at]
+
+    # highest AP with the positives first and tied (each counts the tie's end), lowest with the negatives
+    # first and distinct positives: sum_{k=1..p} (T + k) / (M + k) = p - (M - T) sum_{k=1..p} 1 / (M + k),
+    # M = T + F + n, and sum_{k=1..p} 1 / (M + k) <= log((M + p + 1/2) / (M + 1/2)) (1/x is convex)
+    best = p * (t + p) / (t + f + p)
+    worst = p - (f + n) * torch.log1p(p / (t + f + n + 0.5))
+    tied = p * (t + p) / (t + f + p + n)
+    ap = torch.maximum((best - tied).sum(), (tied - worst).sum()) / n_pos
+    auroc = (p * n).sum() / (2 * n_pos * n_neg)
+    crossing = int(torch.searchsorted(tps * 20, n_pos * 19))  # the first bin with TPR >= 0.95
+    fpr95 = neg[crossing] * mixed[crossing] / n_neg if crossing < tps.numel() else tps.new_zeros(())
+    f1 = (2 * tps / (tps + fps + n_pos)).max()
+    best_f1 = ((2 * (t + p) / (t + f + p + n_pos)).max() - f1).clamp_min(0) if at.numel() else tps.new_zeros(())
+    return {"auroc": auroc, "ap": ap.clamp_min(0), "fpr95": fpr95, "best_f1": best_f1}
+
+
 def binary_ood_metrics(scores: Tensor, positive: Tensor) -> dict[str, Tensor]:
     """Exact (sort-based) ``auroc``, ``ap``, ``fpr95``, ``best_f1``, ``best_f1_threshold`` of flat scores."""
     return binary_curve_metrics(*curve_counts_from_scores(scores, positive))
@@ -290,6 +333,8 @@ __all__ = [
     "bin_sums",
     "binary_curve_metrics",
     "binary_ood_metrics",
+    "binned_resolution",
+    "resolution_from_counts",
     "confidence_bin",
     "curve_counts_from_histogram",
     "curve_counts_from_scores",

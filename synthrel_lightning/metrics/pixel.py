@@ -11,29 +11,48 @@ never averaged per batch or per frame:
 
 Two modes:
 
-``"exact"`` keeps every non-ignored score (a ``cat`` state) and sorts once in
-``compute()``: the ground truth, for small sets.
+``"exact"`` keeps every non-ignored score (a ``cat`` state, float64 scores stay
+float64, lower precisions are kept as float32) and sorts once in ``compute()``:
+the ground truth, for small sets.
 
-``"binned"`` keeps two fixed histograms (in-distribution and OOD counts per score
-bin, a ``sum`` state), so memory does not grow with the number of pixels, and then
-computes exactly what the exact mode would on scores rounded to their bin. Bins:
+``"binned"`` keeps one fixed-size histogram (in-distribution and OOD counts per
+score bin), so memory does not grow with the number of pixels, and computes
+exactly what the exact mode would on scores rounded to their bin. The bins need
+no score range and resolve every kind of score:
 
-* ``score_range=(lo, hi)``: ``num_bins`` equal-width bins on ``[lo, hi]``; scores
-  outside are clamped into the end bins (exact only if the range covers the scores).
-* ``score_range=None`` (default): order-preserving *float bins* that need no
-  range: a score's bin is given by its sign, its binary exponent and the top
-  mantissa bits of its float32 representation, i.e. a log-scale histogram with a
-  constant relative bin width of ``2**-m`` over ``|score|`` in ``[2**-32, 2**32)``
-  (``m = 13`` at the default ``num_bins = 2**20``: 0.012 % relative width). Scores
-  of magnitude below ``2**-32`` share one bin around zero and larger ones are
-  clamped to the end bins. It suits bounded (MSP, entropy) and unbounded (energy,
-  max-logit) scores alike; only scores that live on a tiny interval far from zero
-  (e.g. ``1000 + noise``) need ``score_range`` instead.
+* Each float64 score goes to one of 8 segments by its sign and magnitude
+  (``|s|`` in ``[0, 0.5)``, ``[0.5, 1)``, ``[1, 2)``, ``[2, inf)``) and is keyed
+  by its distance ``d`` to the segment's centre (0 or +-1; exact in floating
+  point): the float64 bit pattern of ``d``, a log-scale key. Probabilities that
+  saturate towards 0 or 1 (``sigmoid(20 z)``, softmax maxima) are resolved at
+  both ends, as are scores near -1; large magnitudes are keyed by ``|s|``.
+* Within each segment the bins are a window over the keys that occur (widened to
+  whole chunks of ``num_bins / 1024`` bins, so that it rarely moves), of width
+  ``2**e`` keys, with one ``e`` for all segments: the smallest ``e`` whose windows
+  hold all scores seen in ``num_bins`` bins (one extra bin per segment holds
+  ``d = 0``). The windows start at the first ``update`` and widen (``e`` grows,
+  merging bin pairs exactly) when later scores fall outside; an offset score
+  (``1e6 + z``) or a tiny or huge scale (``z * 1e-12``, ``z * 1e12``) gets the
+  whole bin budget over the range it occupies.
+* The state depends only on the scores seen, not on their order or on how they
+  were split into batches or processes: merging two states (``forward``, DDP
+  sync) widens both to the common ``e`` and adds the counts, which gives the
+  state a single process would have built from all the scores.
+
+After ``compute()``, :attr:`PixelOODMetrics.resolution` holds the largest change
+of AUROC, AP, FPR95 and best F1 that any order (or tie) of the pixels sharing a
+bin could make, so the distance to the exact sort is at most that. Bins that can
+hold only one value of the inputs' dtype count for nothing; scores quantised more
+coarsely than their dtype (``1 - p`` in float32 near 0) make the bound
+pessimistic. A warning (once per metric) gives it when it exceeds ``tolerance``
+(default ``1e-4``).
 """
 
 from __future__ import annotations
 
 import math
+import struct
+import warnings
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -48,30 +67,225 @@ from synthrel_lightning.metrics.functional import (
     binary_ood_metrics,
     curve_counts_from_histogram,
     curve_counts_from_scores,
+    resolution_from_counts,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-_EXP_WINDOW = 32  # float bins cover |score| in [2**-32, 2**32)
-_F32_MANTISSA = 23
-_F32_BIAS = 127
+_SEG = 8  # segments in ascending score order
+# ascending score <-> ascending key within the segment (else descending)
+_ASCENDING = (False, False, True, False, True, False, True, True)
+_CENTRE = (0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0)  # centre of |s| in each segment
+_INT64_MAX = (1 << 63) - 1
+_HEADER = 2 + 2 * _SEG  # e, window low keys, window high keys, finest input precision
+_MANTISSA_BITS = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+
+
+def _top_tables() -> tuple[Tensor, Tensor]:
+    """Segment and centre of each value of a float64's top 12 bits (sign and exponent)."""
+    exponent = torch.arange(2048)
+    magnitude = (exponent - 1021).clamp(0, 3)  # |s| < 0.5, [0.5, 1), [1, 2), >= 2
+    segment = torch.cat([4 + magnitude, 3 - magnitude])
+    return segment, torch.tensor(_CENTRE, dtype=torch.float64)[segment]
+
+
+_TOP_SEGMENT, _TOP_CENTRE = _top_tables()
+
+
+def _top32_tables() -> tuple[Tensor, Tensor]:
+    """Segment and centre of each value of a float32's top 9 bits (sign and exponent)."""
+    magnitude = (torch.arange(256) - 125).clamp(0, 3)
+    segment = torch.cat([4 + magnitude, 3 - magnitude])
+    return segment, torch.tensor(_CENTRE, dtype=torch.float32)[segment]
+
+
+_TOP32_SEGMENT, _TOP32_CENTRE = _top32_tables()
+_INT32_MAX = (1 << 31) - 1
+
+
+def _keys(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Top 12 bits (0..4095) and key (float64 bits of the distance to the centre) of each score, flat."""
+    x = scores.reshape(-1)
+    x = x if x.dtype == torch.float64 else x.double()
+    top = (x.view(torch.int64) >> 52) & 4095
+    d = x.abs().sub_(_TOP_CENTRE.to(x.device).index_select(0, top)).abs_()
+    return top, d.view(torch.int64)
+
+
+def _float_bits(value: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", value))[0]
+
+
+def _bits_float(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+
+def _ordered(value: float) -> int:
+    """An integer that orders float64 values like the values (-0.0 just below +0.0)."""
+    return _float_bits(value) if math.copysign(1.0, value) > 0 else -_float_bits(-value) - 1
+
+
+def _unordered(index: int) -> float:
+    return _bits_float(index) if index >= 0 else -_bits_float(-index - 1)
 
 
 class NotComputableError(ValueError):
     """Raised by ``compute()`` when the data seen so far has no OOD or no in-distribution pixel."""
 
 
-def _bits_to_float(bits: int) -> float:
-    """The float32 value with the given (non-negative) bit pattern."""
-    return float(torch.tensor([bits], dtype=torch.int32).view(torch.float32).item())
+class _Layout:
+    """Bin windows of the 8 segments at level ``e`` (bin = key >> e); an empty window has low > high."""
+
+    def __init__(self, e: int, low: list[int], high: list[int], mantissa: int = 0) -> None:
+        self.e, self.low, self.high = int(e), [int(v) for v in low], [int(v) for v in high]
+        self.mantissa = int(mantissa)  # mantissa bits of the most precise input dtype seen
+        self.width = [h - lo + 1 if h >= lo else 0 for lo, h in zip(self.low, self.high)]
+        self.offset, total = [], 0
+        for w in self.width:  # each segment: one bin for d = 0, then its window
+            self.offset.append(total)
+            total += 1 + w
+        self.total = total
+
+    @classmethod
+    def empty(cls) -> _Layout:
+        return cls(0, [_INT64_MAX] * _SEG, [-1] * _SEG)
+
+    @classmethod
+    def from_header(cls, header: list[int]) -> _Layout:
+        return cls(header[0], header[1 : 1 + _SEG], header[1 + _SEG : 1 + 2 * _SEG], header[-1])
+
+    def header(self) -> list[int]:
+        return [self.e, *self.low, *self.high, self.mantissa]
+
+    def coarsened(self, e: int) -> _Layout:
+        k = e - self.e
+        return _Layout(e, [v >> k for v in self.low], [v >> k for v in self.high], self.mantissa)
+
+    def union(self, other: _Layout) -> _Layout:
+        e = max(self.e, other.e)
+        a, b = self.coarsened(e), other.coarsened(e)
+        low = [min(x, y) for x, y in zip(a.low, b.low)]
+        return _Layout(e, low, [max(x, y) for x, y in zip(a.high, b.high)], max(self.mantissa, other.mantissa))
+
+    def rounded(self, chunk: int) -> _Layout:
+        """The windows widened outwards to multiples of ``2**chunk`` bins (so that they move rarely)."""
+        low = [(v >> chunk) << chunk for v in self.low]
+        high = [((h >> chunk) << chunk) + (1 << chunk) - 1 if h >= lo else h for lo, h in zip(self.low, self.high)]
+        return _Layout(self.e, low, high, self.mantissa)
+
+    def fitted(self, num_bins: int) -> _Layout:
+        """The finest coarsening of this layout, windows rounded to chunks, that fits in ``num_bins`` bins."""
+        chunk = max(0, num_bins.bit_length() - 11)  # 1024-bin chunks at the default 2**20 bins
+        layout = self.rounded(chunk)
+        while layout.total > num_bins:
+            layout = layout.coarsened(layout.e + 1).rounded(chunk)
+        return layout
+
+    def storage_map(self, new: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(old storage indices, new storage indices) of every bin of this layout in ``new`` (a coarsening)."""
+        k = new.e - self.e
+        src, dst = [], []
+        for s in range(_SEG):
+            src.append(torch.tensor([self.offset[s]], device=device))
+            dst.append(torch.tensor([new.offset[s]], device=device))
+            if self.width[s]:
+                q = torch.arange(self.low[s], self.high[s] + 1, device=device)
+                src.append(torch.arange(self.width[s], device=device) + self.offset[s] + 1)
+                dst.append((q >> k) - new.low[s] + new.offset[s] + 1)
+        return torch.cat(src), torch.cat(dst)
+
+    def move(self, counts: Tensor, new: _Layout) -> Tensor:
+        """``(2, num_bins)`` counts stored in this layout, stored in ``new`` (a widening or coarsening of it)."""
+        moved = torch.zeros_like(counts)
+        if new.e == self.e:  # windows only widened: shift each segment's block
+            for s in range(_SEG):
+                moved[:, new.offset[s]] = counts[:, self.offset[s]]
+                if self.width[s]:
+                    begin = new.offset[s] + 1 + self.low[s] - new.low[s]
+                    old = self.offset[s] + 1
+                    moved[:, begin : begin + self.width[s]] = counts[:, old : old + self.width[s]]
+            return moved
+        src, dst = self.storage_map(new, counts.device)
+        return moved.index_add_(1, dst, counts[:, src])
+
+    def ascending_order(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Storage indices of the used bins in ascending score order, and which of them hold a single value."""
+        parts, single = [], []
+        for s in range(_SEG):
+            window = torch.arange(self.width[s], device=device) + self.offset[s] + 1
+            centre = torch.tensor([self.offset[s]], device=device)
+            parts += [centre, window] if _ASCENDING[s] else [window.flip(0), centre]
+            fine = self._single_valued(s, torch.arange(self.low[s], self.low[s] + self.width[s], device=device))
+            fine = fine if _ASCENDING[s] else fine.flip(0)
+            ones = torch.ones_like(centre, dtype=torch.bool)
+            single += [ones, fine] if _ASCENDING[s] else [fine, ones]
+        return torch.cat(parts), torch.cat(single)
+
+    def _single_valued(self, segment: int, q: Tensor) -> Tensor:
+        """Whether the window bins ``q`` of ``segment`` can hold only one value of the inputs' precision."""
+        if self.e <= 52 - self.mantissa:  # a bin is narrower than the inputs' spacing everywhere
+            return torch.ones_like(q, dtype=torch.bool)
+        if _CENTRE[segment] == 0.0 or self.e >= 52:
+            return torch.zeros_like(q, dtype=torch.bool)
+        # d = |s| - 1 or 1 - |s|: multiples of the spacing of |s| near 1, whatever the size of d
+        spacing = -self.mantissa - (1 if segment in (2, 5) else 0)  # log2 of the spacing of |s|
+        # a bin of d in [2**x, 2**(x + 1)) is 2**(x + e - 52) wide: single while x <= spacing + 52 - e
+        first_too_wide = (spacing + 52 - self.e + 1 + 1023) << 52  # the key of 2**(x + 1)
+        return q < (first_too_wide >> self.e) if first_too_wide > 0 else torch.zeros_like(q, dtype=torch.bool)
+
+    @staticmethod
+    def _rank(segment: int, centre: bool, q: int) -> tuple[int, int]:
+        if centre:
+            if segment == 3:  # -0.0 is +0.0
+                segment = 4
+            return segment, -1 if _ASCENDING[segment] else _INT64_MAX
+        return segment, q if _ASCENDING[segment] else -q
+
+    def rank_of_key(self, segment: int, key: int) -> tuple[int, int]:
+        """Position of a score's (segment, key) in ascending score order, as a comparable pair."""
+        return self._rank(segment, key == 0, key >> self.e)
+
+    def rank_of_storage(self, index: int) -> tuple[int, int]:
+        """Position of the storage bin ``index`` in ascending score order, as a comparable pair."""
+        for s in range(_SEG):
+            if index <= self.offset[s] + self.width[s]:
+                return self._rank(s, index == self.offset[s], self.low[s] + index - self.offset[s] - 1)
+        raise IndexError(index)
+
+
+def _split(state: Tensor) -> tuple[Tensor, list[int]]:
+    num_bins = (state.numel() - _HEADER) // 2
+    return state[: 2 * num_bins].view(2, num_bins), state[2 * num_bins :].tolist()
+
+
+def _merge_states(states: Tensor) -> Tensor:
+    """Merge stacked binned states ``(P, 2 * num_bins + header)`` into the state of all their scores."""
+    states = states.reshape(states.shape[0], -1)
+    num_bins = (states.shape[1] - _HEADER) // 2
+    parts = [_split(state) for state in states]
+    layouts = [_Layout.from_header(header) for _, header in parts]
+    merged = layouts[0]
+    for layout in layouts[1:]:
+        merged = merged.union(layout)
+    merged = merged.fitted(num_bins)
+    counts = torch.zeros(2, num_bins, dtype=torch.int64, device=states.device)
+    for (hist, _), layout in zip(parts, layouts):
+        counts += layout.move(hist, merged)
+    header = torch.tensor(merged.header(), dtype=torch.int64, device=states.device)
+    return torch.cat([counts.reshape(-1), header])
 
 
 def pixel_ood_metrics(scores: Tensor, target: Tensor, ignore_index: int = VOID_ID) -> dict[str, Tensor]:
     """Exact (sort-based) AUROC, AP, FPR95, best F1 and its threshold over all non-ignored pixels."""
     target, valid = check_binary_inputs(scores, target, ignore_index, "pixel_ood_metrics")
-    return _exact(scores[valid].float(), target[valid] == 1, "pixel_ood_metrics")
+    return _exact(_keep_precision(scores[valid]), target[valid] == 1, "pixel_ood_metrics")
+
+
+def _keep_precision(scores: Tensor) -> Tensor:
+    """float64 scores as they are, lower precisions as float32 (exact for float16 / bfloat16)."""
+    return scores if scores.dtype == torch.float64 else scores.float()
 
 
 def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
@@ -90,8 +304,10 @@ class PixelOODMetrics(Metric):
     ``update(scores, target)``: scores float ``(N, ...)``, target int of the same
     shape with 0 (in-distribution), 1 (OOD) and ``ignore_index`` (skipped).
     ``compute()`` returns ``auroc``, ``ap``, ``fpr95``, ``best_f1`` and
-    ``best_f1_threshold`` (``score >= threshold`` = predicted OOD; in binned mode a
-    bin edge). See the module docstring for the binning.
+    ``best_f1_threshold`` (``score >= threshold`` = predicted OOD; in binned mode the
+    smallest score of the best bin). ``num_bins`` bounds the binned state
+    (``2 * num_bins`` int64 counts: 16 MB at the default); ``tolerance``: the
+    binned resolution above which ``compute()`` warns. See the module docstring.
     """
 
     is_differentiable = False
@@ -102,8 +318,8 @@ class PixelOODMetrics(Metric):
         self,
         mode: Literal["binned", "exact"] = "binned",
         num_bins: int = 1 << 20,
-        score_range: tuple[float, float] | None = None,
         ignore_index: int = VOID_ID,
+        tolerance: float = 1e-4,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -111,67 +327,24 @@ class PixelOODMetrics(Metric):
             raise ValueError(f"PixelOODMetrics: mode must be 'binned' or 'exact', got {mode!r}")
         self.mode = mode
         self.ignore_index = int(ignore_index)
-        self.score_range = None if score_range is None else (float(score_range[0]), float(score_range[1]))
-        if self.score_range is not None and not (
-            math.isfinite(self.score_range[0])
-            and math.isfinite(self.score_range[1])
-            and self.score_range[0] < self.score_range[1]
-        ):
-            raise ValueError(f"PixelOODMetrics: score_range must be finite (lo, hi) with lo < hi, got {score_range!r}")
+        self.tolerance = float(tolerance)
+        self.resolution: dict[str, float] | None = None
+        self._warned = False
         if mode == "binned":
-            if self.score_range is None:
-                octaves = 2 * _EXP_WINDOW
-                mbits = int(math.floor(math.log2(max(num_bins, 1) / (2 * octaves))))
-                if not 1 <= mbits <= _F32_MANTISSA:
-                    raise ValueError(
-                        f"PixelOODMetrics: num_bins must be in [{4 * octaves}, {2 * octaves << _F32_MANTISSA}] "
-                        f"without score_range, got {num_bins}"
-                    )
-                self._mbits = mbits
-                self._half = octaves << mbits  # magnitude bins per sign
-                self.num_bins = 2 * self._half + 1
-            else:
-                if num_bins < 2:
-                    raise ValueError(f"PixelOODMetrics: num_bins must be >= 2, got {num_bins}")
-                self.num_bins = int(num_bins)
-            # row 0: in-distribution counts, row 1: OOD counts
-            self.add_state("hist", default=torch.zeros(2, self.num_bins, dtype=torch.int64), dist_reduce_fx="sum")
+            if num_bins < 64:
+                raise ValueError(f"PixelOODMetrics: num_bins must be >= 64, got {num_bins}")
+            self.num_bins = int(num_bins)
+            # 2 x num_bins counts (row 0 in-distribution, row 1 OOD) in storage order, then the layout
+            default = torch.cat(
+                [torch.zeros(2 * self.num_bins, dtype=torch.int64), torch.tensor(_Layout.empty().header())]
+            )
+            self.add_state("hist", default=default, dist_reduce_fx=_merge_states)
         else:
             self.num_bins = 0
             self.add_state("scores", default=[], dist_reduce_fx="cat")
             self.add_state("positives", default=[], dist_reduce_fx="cat")
             self.add_state("n_pos", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
             self.add_state("n_neg", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
-
-    # ----------------------------------------------------------------- binning
-    def bin_index(self, scores: Tensor) -> Tensor:
-        """Histogram bin (int64) of each score; monotone non-decreasing in the score."""
-        s = scores.float()
-        if self.score_range is not None:
-            lo, hi = self.score_range
-            idx = torch.floor((s - lo) * (self.num_bins / (hi - lo)))
-            return idx.clamp_(0, self.num_bins - 1).to(torch.int64)
-        shift = _F32_MANTISSA - self._mbits
-        # |s| as float32 bits is monotone in |s|; the top bits are (exponent, leading mantissa bits)
-        mag = (s.abs().contiguous().view(torch.int32) >> shift) - ((_F32_BIAS - _EXP_WINDOW) << self._mbits)
-        mag = mag.clamp_(-1, self._half - 1) + 1  # 0 = the bin around zero
-        return (self._half + torch.sign(s).to(torch.int32) * mag).to(torch.int64)
-
-    def bin_lower_edge(self, index: int) -> float:
-        """Smallest score that falls in bin ``index`` (``-inf`` for the first bin)."""
-        if index <= 0:
-            return -math.inf
-        if self.score_range is not None:
-            lo, hi = self.score_range
-            return lo + index * (hi - lo) / self.num_bins
-        shift = _F32_MANTISSA - self._mbits
-        offset = (_F32_BIAS - _EXP_WINDOW) << self._mbits
-        if index > self._half:
-            return _bits_to_float((index - self._half - 1 + offset) << shift)
-        if index == self._half:
-            return -_bits_to_float(((_F32_BIAS - _EXP_WINDOW) << _F32_MANTISSA) - 1)
-        mag = self._half - 1 - index
-        return -_bits_to_float(((mag + 1 + offset) << shift) - 1)
 
     # ------------------------------------------------------------------ update
     def update(self, scores: Tensor, target: Tensor) -> None:
@@ -182,19 +355,142 @@ class PixelOODMetrics(Metric):
             n_pos = pos.sum()
             self.n_pos += n_pos
             self.n_neg += pos.numel() - n_pos
-            self.scores.append(scores[valid].float())
+            self.scores.append(_keep_precision(scores[valid]))
             self.positives.append(pos)
             return
-        # ignored pixels go to an extra slot instead of being masked out (masking copies every pixel)
-        combined = torch.where(valid, self.bin_index(scores) + target.long() * self.num_bins, 2 * self.num_bins)
+        mantissa = _MANTISSA_BITS.get(scores.dtype, 52)
+        if scores.dtype != torch.float64 and self._update_float32(scores.reshape(-1).float(), target, valid, mantissa):
+            return
+        top, key = _keys(scores)
+        # one slot per (top 12 bits, class); ignored pixels go to slot 8192 (masking would copy every pixel)
+        slot = torch.where(valid.reshape(-1), top + target.reshape(-1).long() * 4096, 8192)
+        self._count64(key, slot, self._fit_batch(slot, key, mantissa))
+
+    def _update_float32(self, x: Tensor, target: Tensor, valid: Tensor, mantissa: int) -> bool:
+        """The same binning on float32 scores with 32-bit arithmetic; False (nothing done) where it cannot apply.
+
+        For a normal float32 ``d`` the float64 key is ``key32 * 2**29 + 7 * 2**59``, so at a level
+        ``29 <= e <= 51`` the bin ``key64 >> e`` is ``(key32 >> (e - 29)) + 7 * 2**(59 - e)`` and a
+        distance 0 stays below every window.
+        """
+        device = x.device
+        top = (x.view(torch.int32) >> 23) & 511
+        key = x.abs().sub_(_TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
+        slot = torch.where(valid.reshape(-1), top + target.reshape(-1).int() * 512, 1024)
+        index64 = slot.long()
+        low = torch.full((1025,), _INT32_MAX, dtype=torch.int32, device=device)
+        low.scatter_reduce_(0, index64, key, "amin")
+        if bool((low[:1024] == 0).any()):  # d = 0 has its own bin: the window starts above
+            low.fill_(_INT32_MAX).scatter_reduce_(0, index64, torch.where(key > 0, key, _INT32_MAX), "amin")
+        high = torch.full((1025,), -1, dtype=torch.int32, device=device)
+        high.scatter_reduce_(0, index64, key, "amax")
+        segment = _TOP32_SEGMENT.to(device).repeat(2)
+        seg_low = torch.full((_SEG,), _INT32_MAX, dtype=torch.int32, device=device)
+        seg_high = torch.full((_SEG,), -1, dtype=torch.int32, device=device)
+        seg_low.scatter_reduce_(0, segment, low[:1024], "amin")
+        seg_high.scatter_reduce_(0, segment, high[:1024], "amax")
+        ranges = torch.cat([seg_low, seg_high]).cpu()
+        low32, high32 = ranges[:_SEG].tolist(), ranges[_SEG:].tolist()
+        if any(lo < 1 << 23 and lo <= hi for lo, hi in zip(low32, high32)):
+            return False  # subnormal distances: their float64 keys are not affine in the float32 ones
+        keys64 = ranges.view(torch.float32).double().view(torch.int64).tolist()
+        lows = [k if lo <= hi else _INT64_MAX for k, lo, hi in zip(keys64[:_SEG], low32, high32)]
+        highs = [k if hi >= 0 else -1 for k, hi in zip(keys64[_SEG:], high32)]
+        counts, header = _split(self.hist)
+        layout = _Layout.from_header(header)
+        new = layout.union(_Layout(0, lows, highs, mantissa)).fitted(self.num_bins)
+        if new.header() != layout.header():
+            counts.copy_(layout.move(counts, new))
+            self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=device)
+        constant = 7 << (59 - new.e) if new.e <= 59 else 0
+        if not 29 <= new.e <= 51 or any(lo < constant for lo, w in zip(new.low, new.width) if w):
+            top64, key64 = _keys(x)  # a layout the 32-bit keys cannot address: count with 64-bit keys
+            self._count64(key64, torch.where(valid.reshape(-1), top64 + target.reshape(-1).long() * 4096, 8192), new)
+            return True
+        low_of = torch.tensor([min(v - constant, _INT32_MAX) for v in new.low] + [_INT32_MAX], device=device)
+        start = torch.tensor(new.offset, device=device) + 1
+        low_of = torch.cat([low_of[segment], low_of[-1:]]).int()
+        start_of = torch.cat([start[segment], start.new_tensor([2 * self.num_bins + 1])])
+        start_of[512:1024] += self.num_bins  # OOD counts: the second row
+        index = (key >> (new.e - 29)).sub_(low_of.index_select(0, slot)).clamp_(min=-1)
+        index.add_(start_of.int().index_select(0, slot))
+        self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
+        return True
+
+    def _count64(self, key: Tensor, slot: Tensor, layout: _Layout) -> None:
+        """Count 64-bit keys (slots of top 12 bits and class, 8192 ignored) into the fitted ``layout``."""
+        device = key.device
+        segment = _TOP_SEGMENT.to(device).repeat(2)
+        low = torch.tensor(layout.low + [_INT64_MAX], device=device)
+        start = torch.tensor(layout.offset, device=device) + 1
+        low_of = torch.cat([low[segment], low[-1:]])
+        start_of = torch.cat([start[segment], start.new_tensor([2 * self.num_bins + 1])])
+        start_of[4096:8192] += self.num_bins  # OOD counts: the second row
+        # the bin's storage index; keys below the window (d = 0, ignored pixels) go to the bin before it
+        index = (key >> layout.e).sub_(low_of.index_select(0, slot)).clamp_(min=-1)
+        index.add_(start_of.index_select(0, slot))
         # bincount without weights is deterministic on CUDA too
-        counts = torch.bincount(combined.flatten(), minlength=2 * self.num_bins + 1)
-        self.hist += counts[: 2 * self.num_bins].view(2, self.num_bins)
+        self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
+
+    def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> _Layout:
+        """Widen the layout to hold this batch's keys (moving the counts when it changes); the new layout."""
+        device = key.device
+        low = torch.full((8193,), _INT64_MAX, dtype=torch.int64, device=device)
+        low.scatter_reduce_(0, slot, key, "amin")
+        if bool((low[:8192] == 0).any()):  # d = 0 (scores at 0 or +-1) has its own bin: the window starts above
+            low.fill_(_INT64_MAX).scatter_reduce_(0, slot, torch.where(key > 0, key, _INT64_MAX), "amin")
+        high = torch.full((8193,), -1, dtype=torch.int64, device=device)
+        high.scatter_reduce_(0, slot, key, "amax")
+        segment = _TOP_SEGMENT.to(device).repeat(2)
+        seg_low = torch.full((_SEG,), _INT64_MAX, dtype=torch.int64, device=device)
+        seg_high = torch.full((_SEG,), -1, dtype=torch.int64, device=device)
+        seg_low.scatter_reduce_(0, segment, low[:8192], "amin")
+        seg_high.scatter_reduce_(0, segment, high[:8192], "amax")
+        ranges = torch.cat([seg_low, seg_high]).tolist()
+        batch = _Layout(0, ranges[:_SEG], ranges[_SEG:], mantissa)
+        counts, header = _split(self.hist)
+        layout = _Layout.from_header(header)
+        new = layout.union(batch).fitted(self.num_bins)
+        if new.header() != layout.header():
+            counts.copy_(layout.move(counts, new))
+            self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=device)
+        return new
 
     # ----------------------------------------------------------------- compute
+    def _ascending_counts(self) -> tuple[Tensor, Tensor, Tensor, _Layout]:
+        """(2, U) counts of the used bins in ascending score order, their storage indices, single-value bins, layout."""
+        counts, header = _split(self.hist)
+        layout = _Layout.from_header(header)
+        order, single = layout.ascending_order(counts.device)
+        ordered = counts[:, order]
+        # -0.0 (segment 3's d = 0 bin) and +0.0 (segment 4's) are one score
+        neg_zero = layout.width[0] + layout.width[1] + layout.width[2] + 3 + layout.width[3]
+        ordered[:, neg_zero + 1] += ordered[:, neg_zero]
+        ordered[:, neg_zero] = 0
+        return ordered, order, single, layout
+
+    def _threshold(self, storage_index: int, layout: _Layout) -> float:
+        """The smallest float64 score whose bin is at or above the storage bin ``storage_index``."""
+        target = layout.rank_of_storage(storage_index)
+
+        def at_or_above(value: float) -> bool:
+            top, key = _keys(torch.tensor([value], dtype=torch.float64))
+            return layout.rank_of_key(int(_TOP_SEGMENT[int(top)]), int(key)) >= target
+
+        lo, hi = _ordered(-math.inf) + 1, _ordered(math.inf) - 1  # the finite floats
+        if at_or_above(_unordered(lo)):
+            return -math.inf
+        while hi - lo > 1:  # invariant: below at lo, at or above at hi
+            mid = (lo + hi) // 2
+            if at_or_above(_unordered(mid)):
+                hi = mid
+            else:
+                lo = mid
+        return _unordered(hi)
+
     def _pos_neg_counts(self) -> Tensor:
         if self.mode == "binned":
-            return self.hist.sum(1).flip(0)
+            return _split(self.hist)[0].sum(1).flip(0)
         return torch.stack([self.n_pos, self.n_neg])
 
     def is_computable(self) -> bool:
@@ -221,12 +517,23 @@ class PixelOODMetrics(Metric):
             scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
             positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
             return _exact(scores, positives, type(self).__name__)
-        tps, fps, bins = curve_counts_from_histogram(self.hist)
+        ordered, order, single, layout = self._ascending_counts()
+        tps, fps, bins = curve_counts_from_histogram(ordered)
         out = binary_curve_metrics(tps, fps)
         _, best = best_f1(tps, fps)
-        out["best_f1_threshold"] = torch.tensor(
-            self.bin_lower_edge(int(bins[best])), dtype=torch.float64, device=tps.device
-        )
+        threshold = self._threshold(int(order[int(bins[best])]), layout)
+        out["best_f1_threshold"] = torch.tensor(threshold, dtype=torch.float64, device=tps.device)
+        self.resolution = {k: float(v) for k, v in resolution_from_counts(tps, fps, ~single[bins]).items()}
+        if max(self.resolution.values()) > self.tolerance and not self._warned:
+            self._warned = True  # once per metric: the bound is a property of the scores, not of an epoch
+            warnings.warn(
+                f"{type(self).__name__}: the binned metrics may differ from an exact sort by up to "
+                f"{', '.join(f'{k} {v:.1e}' for k, v in self.resolution.items())} (tolerance {self.tolerance:g}): "
+                "pixels that may hold different scores share bins. This is an upper bound (scores quantised more "
+                "coarsely than their dtype, e.g. 1 - p in float32, make it pessimistic); for exact values use "
+                f"more num_bins (now {self.num_bins}) or mode='exact'",
+                stacklevel=2,
+            )
         return out
 
     def curves(self, max_points: int = 512) -> dict[str, Tensor]:
@@ -242,7 +549,7 @@ class PixelOODMetrics(Metric):
                 positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
                 tps, fps, _ = curve_counts_from_scores(scores, positives)
             else:
-                tps, fps, _ = curve_counts_from_histogram(self.hist)
+                tps, fps, _ = curve_counts_from_histogram(self._ascending_counts()[0])
         if tps.numel() == 0 or tps[-1] == 0 or fps[-1] == 0:
             raise NotComputableError(f"{type(self).__name__}: curves need OOD and in-distribution pixels")
         summary = binary_curve_metrics(tps, fps)
@@ -271,4 +578,4 @@ class PixelOODMetrics(Metric):
         return fig, ax if ax is not None else (fig.axes[0], fig.axes[1])
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, num_bins={self.num_bins}, score_range={self.score_range}"
+        return f"mode={self.mode!r}, num_bins={self.num_bins}, tolerance={self.tolerance}"
