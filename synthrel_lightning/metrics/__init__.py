@@ -1,6 +1,7 @@
 """torchmetrics ``Metric`` subclasses for OOD segmentation: pixel OOD, component, calibration, IoU.
 
-Their arithmetic lives once in :mod:`synthrel_lightning.metrics.functional`.
+Their arithmetic lives once in :mod:`synthrel_lightning.metrics.functional`; the binned pixel
+metric's score keys and bin layouts in :mod:`synthrel_lightning.metrics.score_bins`.
 
 All states reduce by sum across processes (except the pixel metric: its exact
 mode concatenates scores, its binned mode merges histograms over a common bin

@@ -51,7 +51,6 @@ pessimistic. A warning (once per metric) gives it when it exceeds ``tolerance``
 from __future__ import annotations
 
 import math
-import struct
 import warnings
 from typing import TYPE_CHECKING, Literal
 
@@ -69,212 +68,29 @@ from synthrel_lightning.metrics.functional import (
     curve_counts_from_scores,
     resolution_from_counts,
 )
+from synthrel_lightning.metrics.score_bins import (
+    INT32_MAX,
+    INT64_MAX,
+    MANTISSA_BITS,
+    SEGMENTS,
+    TOP32_CENTRE,
+    TOP32_SEGMENT,
+    TOP_SEGMENT,
+    BinLayout,
+    merge_states,
+    ordered,
+    score_keys,
+    split_state,
+    unordered,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-_SEG = 8  # segments in ascending score order
-# ascending score <-> ascending key within the segment (else descending)
-_ASCENDING = (False, False, True, False, True, False, True, True)
-_CENTRE = (0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0)  # centre of |s| in each segment
-_INT64_MAX = (1 << 63) - 1
-_HEADER = 2 + 2 * _SEG  # e, window low keys, window high keys, finest input precision
-_MANTISSA_BITS = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
-
-
-def _top_tables() -> tuple[Tensor, Tensor]:
-    """Segment and centre of each value of a float64's top 12 bits (sign and exponent)."""
-    exponent = torch.arange(2048)
-    magnitude = (exponent - 1021).clamp(0, 3)  # |s| < 0.5, [0.5, 1), [1, 2), >= 2
-    segment = torch.cat([4 + magnitude, 3 - magnitude])
-    return segment, torch.tensor(_CENTRE, dtype=torch.float64)[segment]
-
-
-_TOP_SEGMENT, _TOP_CENTRE = _top_tables()
-
-
-def _top32_tables() -> tuple[Tensor, Tensor]:
-    """Segment and centre of each value of a float32's top 9 bits (sign and exponent)."""
-    magnitude = (torch.arange(256) - 125).clamp(0, 3)
-    segment = torch.cat([4 + magnitude, 3 - magnitude])
-    return segment, torch.tensor(_CENTRE, dtype=torch.float32)[segment]
-
-
-_TOP32_SEGMENT, _TOP32_CENTRE = _top32_tables()
-_INT32_MAX = (1 << 31) - 1
-
-
-def _keys(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Top 12 bits (0..4095) and key (float64 bits of the distance to the centre) of each score, flat."""
-    x = scores.reshape(-1)
-    x = x if x.dtype == torch.float64 else x.double()
-    top = (x.view(torch.int64) >> 52) & 4095
-    d = x.abs().sub_(_TOP_CENTRE.to(x.device).index_select(0, top)).abs_()
-    return top, d.view(torch.int64)
-
-
-def _float_bits(value: float) -> int:
-    return struct.unpack("<q", struct.pack("<d", value))[0]
-
-
-def _bits_float(bits: int) -> float:
-    return struct.unpack("<d", struct.pack("<q", bits))[0]
-
-
-def _ordered(value: float) -> int:
-    """An integer that orders float64 values like the values (-0.0 just below +0.0)."""
-    return _float_bits(value) if math.copysign(1.0, value) > 0 else -_float_bits(-value) - 1
-
-
-def _unordered(index: int) -> float:
-    return _bits_float(index) if index >= 0 else -_bits_float(-index - 1)
-
 
 class NotComputableError(ValueError):
     """Raised by ``compute()`` when the data seen so far has no OOD or no in-distribution pixel."""
-
-
-class _Layout:
-    """Bin windows of the 8 segments at level ``e`` (bin = key >> e); an empty window has low > high."""
-
-    def __init__(self, e: int, low: list[int], high: list[int], mantissa: int = 0) -> None:
-        self.e, self.low, self.high = int(e), [int(v) for v in low], [int(v) for v in high]
-        self.mantissa = int(mantissa)  # mantissa bits of the most precise input dtype seen
-        self.width = [h - lo + 1 if h >= lo else 0 for lo, h in zip(self.low, self.high)]
-        self.offset, total = [], 0
-        for w in self.width:  # each segment: one bin for d = 0, then its window
-            self.offset.append(total)
-            total += 1 + w
-        self.total = total
-
-    @classmethod
-    def empty(cls) -> _Layout:
-        return cls(0, [_INT64_MAX] * _SEG, [-1] * _SEG)
-
-    @classmethod
-    def from_header(cls, header: list[int]) -> _Layout:
-        return cls(header[0], header[1 : 1 + _SEG], header[1 + _SEG : 1 + 2 * _SEG], header[-1])
-
-    def header(self) -> list[int]:
-        return [self.e, *self.low, *self.high, self.mantissa]
-
-    def coarsened(self, e: int) -> _Layout:
-        k = e - self.e
-        return _Layout(e, [v >> k for v in self.low], [v >> k for v in self.high], self.mantissa)
-
-    def union(self, other: _Layout) -> _Layout:
-        e = max(self.e, other.e)
-        a, b = self.coarsened(e), other.coarsened(e)
-        low = [min(x, y) for x, y in zip(a.low, b.low)]
-        return _Layout(e, low, [max(x, y) for x, y in zip(a.high, b.high)], max(self.mantissa, other.mantissa))
-
-    def rounded(self, chunk: int) -> _Layout:
-        """The windows widened outwards to multiples of ``2**chunk`` bins (so that they move rarely)."""
-        low = [(v >> chunk) << chunk for v in self.low]
-        high = [((h >> chunk) << chunk) + (1 << chunk) - 1 if h >= lo else h for lo, h in zip(self.low, self.high)]
-        return _Layout(self.e, low, high, self.mantissa)
-
-    def fitted(self, num_bins: int) -> _Layout:
-        """The finest coarsening of this layout, windows rounded to chunks, that fits in ``num_bins`` bins."""
-        chunk = max(0, num_bins.bit_length() - 11)  # 1024-bin chunks at the default 2**20 bins
-        layout = self.rounded(chunk)
-        while layout.total > num_bins:
-            layout = layout.coarsened(layout.e + 1).rounded(chunk)
-        return layout
-
-    def storage_map(self, new: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(old storage indices, new storage indices) of every bin of this layout in ``new`` (a coarsening)."""
-        k = new.e - self.e
-        src, dst = [], []
-        for s in range(_SEG):
-            src.append(torch.tensor([self.offset[s]], device=device))
-            dst.append(torch.tensor([new.offset[s]], device=device))
-            if self.width[s]:
-                q = torch.arange(self.low[s], self.high[s] + 1, device=device)
-                src.append(torch.arange(self.width[s], device=device) + self.offset[s] + 1)
-                dst.append((q >> k) - new.low[s] + new.offset[s] + 1)
-        return torch.cat(src), torch.cat(dst)
-
-    def move(self, counts: Tensor, new: _Layout) -> Tensor:
-        """``(2, num_bins)`` counts stored in this layout, stored in ``new`` (a widening or coarsening of it)."""
-        moved = torch.zeros_like(counts)
-        if new.e == self.e:  # windows only widened: shift each segment's block
-            for s in range(_SEG):
-                moved[:, new.offset[s]] = counts[:, self.offset[s]]
-                if self.width[s]:
-                    begin = new.offset[s] + 1 + self.low[s] - new.low[s]
-                    old = self.offset[s] + 1
-                    moved[:, begin : begin + self.width[s]] = counts[:, old : old + self.width[s]]
-            return moved
-        src, dst = self.storage_map(new, counts.device)
-        return moved.index_add_(1, dst, counts[:, src])
-
-    def ascending_order(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Storage indices of the used bins in ascending score order, and which of them hold a single value."""
-        parts, single = [], []
-        for s in range(_SEG):
-            window = torch.arange(self.width[s], device=device) + self.offset[s] + 1
-            centre = torch.tensor([self.offset[s]], device=device)
-            parts += [centre, window] if _ASCENDING[s] else [window.flip(0), centre]
-            fine = self._single_valued(s, torch.arange(self.low[s], self.low[s] + self.width[s], device=device))
-            fine = fine if _ASCENDING[s] else fine.flip(0)
-            ones = torch.ones_like(centre, dtype=torch.bool)
-            single += [ones, fine] if _ASCENDING[s] else [fine, ones]
-        return torch.cat(parts), torch.cat(single)
-
-    def _single_valued(self, segment: int, q: Tensor) -> Tensor:
-        """Whether the window bins ``q`` of ``segment`` can hold only one value of the inputs' precision."""
-        if self.e <= 52 - self.mantissa:  # a bin is narrower than the inputs' spacing everywhere
-            return torch.ones_like(q, dtype=torch.bool)
-        if _CENTRE[segment] == 0.0 or self.e >= 52:
-            return torch.zeros_like(q, dtype=torch.bool)
-        # d = |s| - 1 or 1 - |s|: multiples of the spacing of |s| near 1, whatever the size of d
-        spacing = -self.mantissa - (1 if segment in (2, 5) else 0)  # log2 of the spacing of |s|
-        # a bin of d in [2**x, 2**(x + 1)) is 2**(x + e - 52) wide: single while x <= spacing + 52 - e
-        first_too_wide = (spacing + 52 - self.e + 1 + 1023) << 52  # the key of 2**(x + 1)
-        return q < (first_too_wide >> self.e) if first_too_wide > 0 else torch.zeros_like(q, dtype=torch.bool)
-
-    @staticmethod
-    def _rank(segment: int, centre: bool, q: int) -> tuple[int, int]:
-        if centre:
-            if segment == 3:  # -0.0 is +0.0
-                segment = 4
-            return segment, -1 if _ASCENDING[segment] else _INT64_MAX
-        return segment, q if _ASCENDING[segment] else -q
-
-    def rank_of_key(self, segment: int, key: int) -> tuple[int, int]:
-        """Position of a score's (segment, key) in ascending score order, as a comparable pair."""
-        return self._rank(segment, key == 0, key >> self.e)
-
-    def rank_of_storage(self, index: int) -> tuple[int, int]:
-        """Position of the storage bin ``index`` in ascending score order, as a comparable pair."""
-        for s in range(_SEG):
-            if index <= self.offset[s] + self.width[s]:
-                return self._rank(s, index == self.offset[s], self.low[s] + index - self.offset[s] - 1)
-        raise IndexError(index)
-
-
-def _split(state: Tensor) -> tuple[Tensor, list[int]]:
-    num_bins = (state.numel() - _HEADER) // 2
-    return state[: 2 * num_bins].view(2, num_bins), state[2 * num_bins :].tolist()
-
-
-def _merge_states(states: Tensor) -> Tensor:
-    """Merge stacked binned states ``(P, 2 * num_bins + header)`` into the state of all their scores."""
-    states = states.reshape(states.shape[0], -1)
-    num_bins = (states.shape[1] - _HEADER) // 2
-    parts = [_split(state) for state in states]
-    layouts = [_Layout.from_header(header) for _, header in parts]
-    merged = layouts[0]
-    for layout in layouts[1:]:
-        merged = merged.union(layout)
-    merged = merged.fitted(num_bins)
-    counts = torch.zeros(2, num_bins, dtype=torch.int64, device=states.device)
-    for (hist, _), layout in zip(parts, layouts):
-        counts += layout.move(hist, merged)
-    header = torch.tensor(merged.header(), dtype=torch.int64, device=states.device)
-    return torch.cat([counts.reshape(-1), header])
 
 
 def pixel_ood_metrics(scores: Tensor, target: Tensor, ignore_index: int = VOID_ID) -> dict[str, Tensor]:
@@ -336,9 +152,9 @@ class PixelOODMetrics(Metric):
             self.num_bins = int(num_bins)
             # 2 x num_bins counts (row 0 in-distribution, row 1 OOD) in storage order, then the layout
             default = torch.cat(
-                [torch.zeros(2 * self.num_bins, dtype=torch.int64), torch.tensor(_Layout.empty().header())]
+                [torch.zeros(2 * self.num_bins, dtype=torch.int64), torch.tensor(BinLayout.empty().header())]
             )
-            self.add_state("hist", default=default, dist_reduce_fx=_merge_states)
+            self.add_state("hist", default=default, dist_reduce_fx=merge_states)
         else:
             self.num_bins = 0
             self.add_state("scores", default=[], dist_reduce_fx="cat")
@@ -358,10 +174,10 @@ class PixelOODMetrics(Metric):
             self.scores.append(_keep_precision(scores[valid]))
             self.positives.append(pos)
             return
-        mantissa = _MANTISSA_BITS.get(scores.dtype, 52)
+        mantissa = MANTISSA_BITS.get(scores.dtype, 52)
         if scores.dtype != torch.float64 and self._update_float32(scores.reshape(-1).float(), target, valid, mantissa):
             return
-        top, key = _keys(scores)
+        top, key = score_keys(scores)
         # one slot per (top 12 bits, class); ignored pixels go to slot 8192 (masking would copy every pixel)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).long() * 4096, 8192)
         self._count64(key, slot, self._fit_batch(slot, key, mantissa))
@@ -375,39 +191,39 @@ class PixelOODMetrics(Metric):
         """
         device = x.device
         top = (x.view(torch.int32) >> 23) & 511
-        key = x.abs().sub_(_TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
+        key = x.abs().sub_(TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).int() * 512, 1024)
         index64 = slot.long()
-        low = torch.full((1025,), _INT32_MAX, dtype=torch.int32, device=device)
+        low = torch.full((1025,), INT32_MAX, dtype=torch.int32, device=device)
         low.scatter_reduce_(0, index64, key, "amin")
         if bool((low[:1024] == 0).any()):  # d = 0 has its own bin: the window starts above
-            low.fill_(_INT32_MAX).scatter_reduce_(0, index64, torch.where(key > 0, key, _INT32_MAX), "amin")
+            low.fill_(INT32_MAX).scatter_reduce_(0, index64, torch.where(key > 0, key, INT32_MAX), "amin")
         high = torch.full((1025,), -1, dtype=torch.int32, device=device)
         high.scatter_reduce_(0, index64, key, "amax")
-        segment = _TOP32_SEGMENT.to(device).repeat(2)
-        seg_low = torch.full((_SEG,), _INT32_MAX, dtype=torch.int32, device=device)
-        seg_high = torch.full((_SEG,), -1, dtype=torch.int32, device=device)
+        segment = TOP32_SEGMENT.to(device).repeat(2)
+        seg_low = torch.full((SEGMENTS,), INT32_MAX, dtype=torch.int32, device=device)
+        seg_high = torch.full((SEGMENTS,), -1, dtype=torch.int32, device=device)
         seg_low.scatter_reduce_(0, segment, low[:1024], "amin")
         seg_high.scatter_reduce_(0, segment, high[:1024], "amax")
         ranges = torch.cat([seg_low, seg_high]).cpu()
-        low32, high32 = ranges[:_SEG].tolist(), ranges[_SEG:].tolist()
+        low32, high32 = ranges[:SEGMENTS].tolist(), ranges[SEGMENTS:].tolist()
         if any(lo < 1 << 23 and lo <= hi for lo, hi in zip(low32, high32)):
             return False  # subnormal distances: their float64 keys are not affine in the float32 ones
         keys64 = ranges.view(torch.float32).double().view(torch.int64).tolist()
-        lows = [k if lo <= hi else _INT64_MAX for k, lo, hi in zip(keys64[:_SEG], low32, high32)]
-        highs = [k if hi >= 0 else -1 for k, hi in zip(keys64[_SEG:], high32)]
-        counts, header = _split(self.hist)
-        layout = _Layout.from_header(header)
-        new = layout.union(_Layout(0, lows, highs, mantissa)).fitted(self.num_bins)
+        lows = [k if lo <= hi else INT64_MAX for k, lo, hi in zip(keys64[:SEGMENTS], low32, high32)]
+        highs = [k if hi >= 0 else -1 for k, hi in zip(keys64[SEGMENTS:], high32)]
+        counts, header = split_state(self.hist)
+        layout = BinLayout.from_header(header)
+        new = layout.union(BinLayout(0, lows, highs, mantissa)).fitted(self.num_bins)
         if new.header() != layout.header():
             counts.copy_(layout.move(counts, new))
             self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=device)
         constant = 7 << (59 - new.e) if new.e <= 59 else 0
         if not 29 <= new.e <= 51 or any(lo < constant for lo, w in zip(new.low, new.width) if w):
-            top64, key64 = _keys(x)  # a layout the 32-bit keys cannot address: count with 64-bit keys
+            top64, key64 = score_keys(x)  # a layout the 32-bit keys cannot address: count with 64-bit keys
             self._count64(key64, torch.where(valid.reshape(-1), top64 + target.reshape(-1).long() * 4096, 8192), new)
             return True
-        low_of = torch.tensor([min(v - constant, _INT32_MAX) for v in new.low] + [_INT32_MAX], device=device)
+        low_of = torch.tensor([min(v - constant, INT32_MAX) for v in new.low] + [INT32_MAX], device=device)
         start = torch.tensor(new.offset, device=device) + 1
         low_of = torch.cat([low_of[segment], low_of[-1:]]).int()
         start_of = torch.cat([start[segment], start.new_tensor([2 * self.num_bins + 1])])
@@ -417,11 +233,11 @@ class PixelOODMetrics(Metric):
         self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
         return True
 
-    def _count64(self, key: Tensor, slot: Tensor, layout: _Layout) -> None:
+    def _count64(self, key: Tensor, slot: Tensor, layout: BinLayout) -> None:
         """Count 64-bit keys (slots of top 12 bits and class, 8192 ignored) into the fitted ``layout``."""
         device = key.device
-        segment = _TOP_SEGMENT.to(device).repeat(2)
-        low = torch.tensor(layout.low + [_INT64_MAX], device=device)
+        segment = TOP_SEGMENT.to(device).repeat(2)
+        low = torch.tensor(layout.low + [INT64_MAX], device=device)
         start = torch.tensor(layout.offset, device=device) + 1
         low_of = torch.cat([low[segment], low[-1:]])
         start_of = torch.cat([start[segment], start.new_tensor([2 * self.num_bins + 1])])
@@ -432,24 +248,24 @@ class PixelOODMetrics(Metric):
         # bincount without weights is deterministic on CUDA too
         self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
 
-    def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> _Layout:
+    def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> BinLayout:
         """Widen the layout to hold this batch's keys (moving the counts when it changes); the new layout."""
         device = key.device
-        low = torch.full((8193,), _INT64_MAX, dtype=torch.int64, device=device)
+        low = torch.full((8193,), INT64_MAX, dtype=torch.int64, device=device)
         low.scatter_reduce_(0, slot, key, "amin")
         if bool((low[:8192] == 0).any()):  # d = 0 (scores at 0 or +-1) has its own bin: the window starts above
-            low.fill_(_INT64_MAX).scatter_reduce_(0, slot, torch.where(key > 0, key, _INT64_MAX), "amin")
+            low.fill_(INT64_MAX).scatter_reduce_(0, slot, torch.where(key > 0, key, INT64_MAX), "amin")
         high = torch.full((8193,), -1, dtype=torch.int64, device=device)
         high.scatter_reduce_(0, slot, key, "amax")
-        segment = _TOP_SEGMENT.to(device).repeat(2)
-        seg_low = torch.full((_SEG,), _INT64_MAX, dtype=torch.int64, device=device)
-        seg_high = torch.full((_SEG,), -1, dtype=torch.int64, device=device)
+        segment = TOP_SEGMENT.to(device).repeat(2)
+        seg_low = torch.full((SEGMENTS,), INT64_MAX, dtype=torch.int64, device=device)
+        seg_high = torch.full((SEGMENTS,), -1, dtype=torch.int64, device=device)
         seg_low.scatter_reduce_(0, segment, low[:8192], "amin")
         seg_high.scatter_reduce_(0, segment, high[:8192], "amax")
         ranges = torch.cat([seg_low, seg_high]).tolist()
-        batch = _Layout(0, ranges[:_SEG], ranges[_SEG:], mantissa)
-        counts, header = _split(self.hist)
-        layout = _Layout.from_header(header)
+        batch = BinLayout(0, ranges[:SEGMENTS], ranges[SEGMENTS:], mantissa)
+        counts, header = split_state(self.hist)
+        layout = BinLayout.from_header(header)
         new = layout.union(batch).fitted(self.num_bins)
         if new.header() != layout.header():
             counts.copy_(layout.move(counts, new))
@@ -457,10 +273,10 @@ class PixelOODMetrics(Metric):
         return new
 
     # ----------------------------------------------------------------- compute
-    def _ascending_counts(self) -> tuple[Tensor, Tensor, Tensor, _Layout]:
+    def _ascending_counts(self) -> tuple[Tensor, Tensor, Tensor, BinLayout]:
         """(2, U) counts of the used bins in ascending score order, their storage indices, single-value bins, layout."""
-        counts, header = _split(self.hist)
-        layout = _Layout.from_header(header)
+        counts, header = split_state(self.hist)
+        layout = BinLayout.from_header(header)
         order, single = layout.ascending_order(counts.device)
         ordered = counts[:, order]
         # -0.0 (segment 3's d = 0 bin) and +0.0 (segment 4's) are one score
@@ -469,28 +285,28 @@ class PixelOODMetrics(Metric):
         ordered[:, neg_zero] = 0
         return ordered, order, single, layout
 
-    def _threshold(self, storage_index: int, layout: _Layout) -> float:
+    def _threshold(self, storage_index: int, layout: BinLayout) -> float:
         """The smallest float64 score whose bin is at or above the storage bin ``storage_index``."""
         target = layout.rank_of_storage(storage_index)
 
         def at_or_above(value: float) -> bool:
-            top, key = _keys(torch.tensor([value], dtype=torch.float64))
-            return layout.rank_of_key(int(_TOP_SEGMENT[int(top)]), int(key)) >= target
+            top, key = score_keys(torch.tensor([value], dtype=torch.float64))
+            return layout.rank_of_key(int(TOP_SEGMENT[int(top)]), int(key)) >= target
 
-        lo, hi = _ordered(-math.inf) + 1, _ordered(math.inf) - 1  # the finite floats
-        if at_or_above(_unordered(lo)):
+        lo, hi = ordered(-math.inf) + 1, ordered(math.inf) - 1  # the finite floats
+        if at_or_above(unordered(lo)):
             return -math.inf
         while hi - lo > 1:  # invariant: below at lo, at or above at hi
             mid = (lo + hi) // 2
-            if at_or_above(_unordered(mid)):
+            if at_or_above(unordered(mid)):
                 hi = mid
             else:
                 lo = mid
-        return _unordered(hi)
+        return unordered(hi)
 
     def _pos_neg_counts(self) -> Tensor:
         if self.mode == "binned":
-            return _split(self.hist)[0].sum(1).flip(0)
+            return split_state(self.hist)[0].sum(1).flip(0)
         return torch.stack([self.n_pos, self.n_neg])
 
     def is_computable(self) -> bool:
