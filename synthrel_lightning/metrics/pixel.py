@@ -114,6 +114,27 @@ def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
     return binary_ood_metrics(scores, positive)
 
 
+def _segment_ranges(slot: Tensor, key: Tensor, segment: Tensor, empty: int) -> Tensor:
+    """Per segment, the smallest non-zero and the largest key of the pixels in each slot: ``(low..., high...)``.
+
+    ``slot`` (int64) indexes ``segment`` (the segment of each slot), one past its end for
+    ignored pixels; ``empty`` (the dtype's max) marks a segment without keys. A key 0
+    (a score at a segment centre) has a bin of its own, so windows start above it.
+    """
+    n = segment.numel()
+    low = torch.full((n + 1,), empty, dtype=key.dtype, device=key.device)
+    low.scatter_reduce_(0, slot, key, "amin")
+    if bool((low[:n] == 0).any()):
+        low.fill_(empty).scatter_reduce_(0, slot, torch.where(key > 0, key, empty), "amin")
+    high = torch.full((n + 1,), -1, dtype=key.dtype, device=key.device)
+    high.scatter_reduce_(0, slot, key, "amax")
+    seg_low = torch.full((SEGMENTS,), empty, dtype=key.dtype, device=key.device)
+    seg_high = torch.full((SEGMENTS,), -1, dtype=key.dtype, device=key.device)
+    seg_low.scatter_reduce_(0, segment, low[:n], "amin")
+    seg_high.scatter_reduce_(0, segment, high[:n], "amax")
+    return torch.cat([seg_low, seg_high])
+
+
 class PixelOODMetrics(Metric):
     """Streaming dataset-level AUROC / AP / FPR95 / best F1 for pixel OOD scores (higher = more OOD).
 
@@ -193,31 +214,15 @@ class PixelOODMetrics(Metric):
         top = (x.view(torch.int32) >> 23) & 511
         key = x.abs().sub_(TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).int() * 512, 1024)
-        index64 = slot.long()
-        low = torch.full((1025,), INT32_MAX, dtype=torch.int32, device=device)
-        low.scatter_reduce_(0, index64, key, "amin")
-        if bool((low[:1024] == 0).any()):  # d = 0 has its own bin: the window starts above
-            low.fill_(INT32_MAX).scatter_reduce_(0, index64, torch.where(key > 0, key, INT32_MAX), "amin")
-        high = torch.full((1025,), -1, dtype=torch.int32, device=device)
-        high.scatter_reduce_(0, index64, key, "amax")
         segment = TOP32_SEGMENT.to(device).repeat(2)
-        seg_low = torch.full((SEGMENTS,), INT32_MAX, dtype=torch.int32, device=device)
-        seg_high = torch.full((SEGMENTS,), -1, dtype=torch.int32, device=device)
-        seg_low.scatter_reduce_(0, segment, low[:1024], "amin")
-        seg_high.scatter_reduce_(0, segment, high[:1024], "amax")
-        ranges = torch.cat([seg_low, seg_high]).cpu()
+        ranges = _segment_ranges(slot.long(), key, segment, INT32_MAX).cpu()
         low32, high32 = ranges[:SEGMENTS].tolist(), ranges[SEGMENTS:].tolist()
         if any(lo < 1 << 23 and lo <= hi for lo, hi in zip(low32, high32)):
             return False  # subnormal distances: their float64 keys are not affine in the float32 ones
         keys64 = ranges.view(torch.float32).double().view(torch.int64).tolist()
         lows = [k if lo <= hi else INT64_MAX for k, lo, hi in zip(keys64[:SEGMENTS], low32, high32)]
         highs = [k if hi >= 0 else -1 for k, hi in zip(keys64[SEGMENTS:], high32)]
-        counts, header = split_state(self.hist)
-        layout = BinLayout.from_header(header)
-        new = layout.union(BinLayout(0, lows, highs, mantissa)).fitted(self.num_bins)
-        if new.header() != layout.header():
-            counts.copy_(layout.move(counts, new))
-            self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=device)
+        new = self._widen(BinLayout(0, lows, highs, mantissa))
         constant = 7 << (59 - new.e) if new.e <= 59 else 0
         if not 29 <= new.e <= 51 or any(lo < constant for lo, w in zip(new.low, new.width) if w):
             top64, key64 = score_keys(x)  # a layout the 32-bit keys cannot address: count with 64-bit keys
@@ -250,26 +255,18 @@ class PixelOODMetrics(Metric):
 
     def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> BinLayout:
         """Widen the layout to hold this batch's keys (moving the counts when it changes); the new layout."""
-        device = key.device
-        low = torch.full((8193,), INT64_MAX, dtype=torch.int64, device=device)
-        low.scatter_reduce_(0, slot, key, "amin")
-        if bool((low[:8192] == 0).any()):  # d = 0 (scores at 0 or +-1) has its own bin: the window starts above
-            low.fill_(INT64_MAX).scatter_reduce_(0, slot, torch.where(key > 0, key, INT64_MAX), "amin")
-        high = torch.full((8193,), -1, dtype=torch.int64, device=device)
-        high.scatter_reduce_(0, slot, key, "amax")
-        segment = TOP_SEGMENT.to(device).repeat(2)
-        seg_low = torch.full((SEGMENTS,), INT64_MAX, dtype=torch.int64, device=device)
-        seg_high = torch.full((SEGMENTS,), -1, dtype=torch.int64, device=device)
-        seg_low.scatter_reduce_(0, segment, low[:8192], "amin")
-        seg_high.scatter_reduce_(0, segment, high[:8192], "amax")
-        ranges = torch.cat([seg_low, seg_high]).tolist()
-        batch = BinLayout(0, ranges[:SEGMENTS], ranges[SEGMENTS:], mantissa)
+        segment = TOP_SEGMENT.to(key.device).repeat(2)
+        ranges = _segment_ranges(slot, key, segment, INT64_MAX).tolist()
+        return self._widen(BinLayout(0, ranges[:SEGMENTS], ranges[SEGMENTS:], mantissa))
+
+    def _widen(self, batch: BinLayout) -> BinLayout:
+        """The stored layout widened (coarsened to fit) to hold ``batch``'s windows, counts moved; the new layout."""
         counts, header = split_state(self.hist)
         layout = BinLayout.from_header(header)
         new = layout.union(batch).fitted(self.num_bins)
         if new.header() != layout.header():
             counts.copy_(layout.move(counts, new))
-            self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=device)
+            self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=self.hist.device)
         return new
 
     # ----------------------------------------------------------------- compute
