@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from bench_mixing import format_1_bank, write_frames  # noqa: E402
+from bench_mixing import cpu_name, format_1_bank, load_average, write_frames  # noqa: E402
 
 from synthrel_lightning.data.cache import DecodedCache  # noqa: E402
 from synthrel_lightning.data.cityscapes import CityscapesDataset  # noqa: E402
@@ -103,18 +103,7 @@ def _time(fn: Callable[[int], object], calls: int, offset: int) -> float:
 
 
 def _machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = float("nan")
+    cpu, load = cpu_name(), load_average()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (
         f"{cpu}, {os.cpu_count()} CPUs, load average {load:.1f}, GPU {gpu}; Python {platform.python_version()}, "

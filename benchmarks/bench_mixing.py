@@ -43,6 +43,25 @@ from synthrel_lightning.synthesis import (
 from synthrel_lightning.synthesis.bank import encode_entry
 
 
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
 def write_frames(root: Path, n: int, seed: int = 0) -> None:
     """Street-like frames: sky, buildings, road and noise, with label ids in the official encoding."""
     rng = np.random.default_rng(seed)
@@ -211,20 +230,8 @@ def main() -> None:
     print("\n| per-sample step (main process) | ms |\n|---|---|")
     for name, ms in costs.items():
         print(f"| {name} | {ms:.1f} |")
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = (float("nan"),) * 3
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     machine = (
-        f"{cpu}, {os.cpu_count()} CPUs, load average {load[0]:.1f}; Python {platform.python_version()}, "
+        f"{cpu_name()}, {os.cpu_count()} CPUs, load average {load_average():.1f}; Python {platform.python_version()}, "
         f"torch {torch.__version__}, numpy {np.__version__}"
     )
     print(f"\nMachine: {machine}; setup (frames + bank of {args.bank_size}) {setup_s:.1f}s")
