@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
 from synthrel_lightning.models.evaluation import EvaluationResult
-from synthrel_lightning.models.outputs import MaskClassificationOutput, identify_output, per_pixel_class_scores
+from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
+from synthrel_lightning.models.outputs import MaskClassificationOutput, identify_output
 from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, build_set_metrics, check_metric_groups
 from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
 from synthrel_lightning.scores.registry import ScoreName
@@ -272,7 +273,7 @@ class OODSegmenter(L.LightningModule):
     # ----------------------------------------------------------------- inference
     def segmenter_output(self, images: Tensor) -> Tensor | MaskClassificationOutput:
         """The segmenter's output, identified: per-pixel logits (B,K,h,w) or mask-classification outputs."""
-        kind, content = identify_output(self.segmenter(images))
+        kind, content = identify_output(run_segmenter(self.segmenter, images))
         if kind != self.output_kind:
             raise TypeError(
                 f"OODSegmenter: the segmenter {type(self.segmenter).__name__} returned {kind.replace('_', '-')} "
@@ -295,10 +296,7 @@ class OODSegmenter(L.LightningModule):
     def class_scores(self, output: Tensor | MaskClassificationOutput, size: tuple[int, int]) -> Tensor:
         """Per-pixel class scores (B,K,H,W) at ``size`` (bilinear; masks are upsampled before ``l_k``)."""
         if isinstance(output, MaskClassificationOutput):
-            masks = output.mask_logits
-            if masks.shape[-2:] != size:
-                masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-            return per_pixel_class_scores(output.class_logits, masks)
+            return output.semantic_scores(size)
         if output.shape[-2:] != size:
             output = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
         return output
@@ -387,7 +385,7 @@ class OODSegmenter(L.LightningModule):
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         if self.model_criterion > 0:
-            criterion = getattr(self.segmenter, "criterion", None)
+            criterion = model_criterion_of(self.segmenter)
             if criterion is None:
                 raise TypeError(
                     f"OODSegmenter: the mask-classification segmenter {type(self.segmenter).__name__} has no "
