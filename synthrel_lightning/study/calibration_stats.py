@@ -48,6 +48,8 @@ from synthrel_lightning.calibration.temperature import PAPER_GRID, temperature_g
 from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.metrics.functional import ece_from_sums
 
+_LOG2E = math.log2(math.e)
+
 
 def study_temperatures(grid: tuple[float, float, float] = PAPER_GRID) -> Tensor:
     """The grid's temperatures with ``T = 1`` added (sorted, float64): every T the study fits or scores."""
@@ -57,11 +59,41 @@ def study_temperatures(grid: tuple[float, float, float] = PAPER_GRID) -> Tensor:
     return temps
 
 
-def nll_sums(z: Tensor, y: Tensor, temperatures: Tensor, max_elements: int = 1 << 22) -> Tensor:
+def nll_sums(z: Tensor, y: Tensor, temperatures: Tensor, max_elements: int = 1 << 20) -> Tensor:
+    """Summed NLL ``(T,)`` float64 of ``(N, K)`` logits for each T (see :func:`_nll_sums`).
+
+    On a CPU the pixels are split between ``torch.get_num_threads()`` Python threads each
+    running single-threaded torch ops, as :func:`~synthrel_lightning.calibration.grid.grid_bin_sums`
+    does (small ops parallelised inside torch spend their time synchronising threads).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = torch.get_num_threads()
+    workers = max(1, min(threads, z.shape[0] // 2048))
+    if z.device.type != "cpu":
+        return _nll_sums(z, y, temperatures, max_elements)
+    bounds = [z.shape[0] * i // workers for i in range(workers + 1)]
+
+    def part(i: int) -> Tensor:
+        torch.set_num_threads(1)
+        lo, hi = bounds[i], bounds[i + 1]
+        return _nll_sums(z[lo:hi], y[lo:hi], temperatures, max_elements)
+
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            parts = list(pool.map(part, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
+    return torch.stack(parts).sum(dim=0)
+
+
+def _nll_sums(z: Tensor, y: Tensor, temperatures: Tensor, max_elements: int = 1 << 20) -> Tensor:
     """Summed NLL ``sum_i [log sum_k exp(z_ik / T) - z_iy / T]`` (float64) of ``(N, K)`` logits for each T.
 
-    Written as ``log sum_k exp((z_k - z_max) / T) + (z_max - z_y) / T``: the sum holds the
-    top class's 1, so nothing overflows for any T > 0.
+    Written as ``log(1 + sum_{k != top} 2 ** (a_k / T)) + (z_max - z_y) / T`` with
+    ``a_k = (z_k - z_max) log2(e) <= 0``: nothing overflows for any T > 0, and the class sum
+    runs over rows of a (classes, temperatures, pixels) block, as in
+    :func:`~synthrel_lightning.calibration.grid.grid_bin_sums`.
     """
     temps = temperatures.to(device=z.device, dtype=torch.float32).reshape(-1)
     out = torch.zeros(temps.numel(), dtype=torch.float64, device=z.device)
@@ -69,17 +101,24 @@ def nll_sums(z: Tensor, y: Tensor, temperatures: Tensor, max_elements: int = 1 <
         return out
     z = z.float()
     top = z.amax(dim=1, keepdim=True)
-    shifted = z - top
     gap = (top.squeeze(1) - z.gather(1, y.long().view(-1, 1)).squeeze(1)).double().sum()
     out += gap / temps.double()
     n, k = z.shape
-    px = max(1, min(n, max_elements // max(1, k)))
-    tc = max(1, min(temps.numel(), max_elements // (px * k)))
+    if k == 1:
+        return out
+    others = (z - top).sort(dim=1).values[:, :-1]  # the top class adds exactly 1
+    scaled = (others * _LOG2E).t().contiguous()  # (K-1, N)
+    rows = k - 1
+    px = max(1, min(n, max_elements // (rows * 16)))
+    tc = max(1, min(temps.numel(), max_elements // (rows * px)))
+    work = torch.empty(rows * tc * px, dtype=torch.float32, device=z.device)
     for p0 in range(0, n, px):
-        d = shifted[p0 : p0 + px]
+        a = scaled[:, p0 : p0 + px].unsqueeze(1)
+        pc = a.shape[-1]
         for t0 in range(0, temps.numel(), tc):
             t = temps[t0 : t0 + tc]
-            lse = torch.logsumexp(d.unsqueeze(0) / t.view(-1, 1, 1), dim=-1)  # (tc, px)
+            x = torch.div(a, t.view(1, -1, 1), out=work[: rows * t.numel() * pc].view(rows, t.numel(), pc))
+            lse = x.exp2_().sum(dim=0).log1p_()  # (tc, pc)
             out[t0 : t0 + t.numel()] += lse.double().sum(dim=1)
     return out
 
