@@ -121,7 +121,7 @@ MODELS = {
 PAIR = DomainPair("syn_fog", "acdc_fog")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stats_at(t_star: float) -> SetCalibrationStats:
     """Statistics of :func:`calibrated_at` (shared between tests: the sets are deterministic)."""
     return calibration_stats(calibrated_at(t_star), pixels_per_image="all")
