@@ -17,9 +17,10 @@ setup: $(STAMP)  ## create the virtual environment and install the package
 demo: setup  ## run the embedded demo end to end (train, validate, checkpoint, summary)
 	$(PY) -m synthrel_lightning demo
 
-lint: setup  ## ruff lint and format check (line length 120, configured in pyproject.toml)
+lint: setup  ## ruff lint and format check, then the mypy type check of the package (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test: lint  ## lint, then run the default (fast, offline, CPU) test suite
 	$(PY) -m pytest -q -p no:cacheprovider
