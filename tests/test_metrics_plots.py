@@ -53,6 +53,18 @@ def test_plots_draw_into_given_axes() -> None:
     assert got_fig is fig and got_ax is right and len(right.patches) > 0 and not left.patches
 
 
+def test_plots_into_a_subfigure_return_the_top_level_figure(tmp_path: Path) -> None:
+    logits, target = two_class_batch()
+    m = CalibrationMetrics()
+    m.update(logits, target)
+    fig = new_figure((8, 4))
+    ax = fig.subfigures(1, 2)[1].add_subplot(1, 1, 1)
+    got_fig, got_ax = m.plot(ax=ax)
+    assert got_fig is fig and got_ax is ax
+    got_fig.savefig(tmp_path / "diagram.png")
+    assert (tmp_path / "diagram.png").stat().st_size > 0
+
+
 def test_roc_pr_figure_carries_auroc_ap_fpr95() -> None:
     g = torch.Generator().manual_seed(1)
     target = (torch.rand(4, 32, 32, generator=g) < 0.1).long()

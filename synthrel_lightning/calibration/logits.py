@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,11 @@ LogitBatches = Iterable[tuple[Tensor, Tensor]]
 
 def as_batches(data: LogitBatches | tuple[Tensor, Tensor]) -> Iterable[tuple[Tensor, Tensor]]:
     """``data`` as an iterable of ``(logits, target)`` pairs (a single pair becomes a list of one)."""
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(x, Tensor) for x in data):
-        return [(data[0], data[1])]
-    return data
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        first, second = data
+        if isinstance(first, Tensor) and isinstance(second, Tensor):
+            return [(first, second)]
+    return cast(LogitBatches, data)  # not a single pair: an iterable of pairs
 
 
 class PixelReservoir:
@@ -62,10 +64,10 @@ class PixelReservoir:
 
 
 def _module_device(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for parameter in module.parameters():
+        return parameter.device
+    for buffer in module.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 

@@ -56,6 +56,8 @@ class EnergyHinge(LossTerm):
     """
 
     stats_needed = frozenset({"lse"})
+    m_in: Tensor | float  # numbers here; buffers in EnergyHingeEstimatedMargins
+    m_out: Tensor | float
 
     def __init__(
         self,
@@ -133,6 +135,10 @@ class EnergyHingeEstimatedMargins(EnergyHinge):
     gradient); evaluation-mode calls use them without updating them. The constructor's
     ``m_in``/``m_out`` are the values before the first update. The loss itself is PEBAL's.
     """
+
+    m_in: Tensor
+    m_out: Tensor
+    num_updates: Tensor
 
     def __init__(
         self,

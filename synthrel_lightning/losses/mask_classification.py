@@ -82,7 +82,7 @@ class RbALoss(LossTerm):
     def forward(self, class_scores: Tensor, target: Tensor) -> Tensor:
         """The squared-hinge outlier loss on mask-classification class scores (B,K,h,w)."""
         check_scores_target(class_scores, target, type(self).__name__)
-        score = upsample_score(self.score(class_scores), tuple(target.shape[-2:]))
+        score = upsample_score(self.score(class_scores), (target.shape[-2], target.shape[-1]))
         ood = target == OOD_ID
         inlier = ~ood & (target != VOID_ID)
         loss_in = masked_mean(F.relu(score - self.inlier_upper_threshold).square(), inlier)
@@ -125,7 +125,7 @@ class Mask2AnomalyMarginLoss(LossTerm):
     def forward(self, class_scores: Tensor, target: Tensor) -> Tensor:
         """The margin loss on mask-classification class scores (B,K,h,w)."""
         check_scores_target(class_scores, target, type(self).__name__)
-        score = upsample_score(self.score(class_scores), tuple(target.shape[-2:]))
+        score = upsample_score(self.score(class_scores), (target.shape[-2], target.shape[-1]))
         ood = target == OOD_ID
         loss_in = masked_mean(score.square(), ~ood)
         loss_out = masked_mean(F.relu(self.margin - score).square(), ood)

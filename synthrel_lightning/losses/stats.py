@@ -38,7 +38,7 @@ class _ClassReductions(torch.autograd.Function):
         want_max: bool,
         want_mean: bool,
         want_sig: bool,
-    ):  # type: ignore[override]
+    ):
         ctx.set_materialize_grads(False)
         outputs: list[Tensor | None] = [None] * 5  # lse, max, mean, Σ sigmoid, z_target
         probs = sig = argmax = None
@@ -70,7 +70,7 @@ class _ClassReductions(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_lse, g_max, g_mean, g_sig, g_zt):  # type: ignore[override]
+    def backward(ctx, g_lse, g_max, g_mean, g_sig, g_zt):
         probs, sig, argmax, target_index = ctx.saved_tensors
         g_lse = g_lse if probs is not None else None
         g_sig = g_sig if sig is not None else None

@@ -57,6 +57,10 @@ class CalibrationMetrics(Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+    bins: Tensor
+    fine_bins: Tensor
+    brier_sum: Tensor
+    nll_sum: Tensor
 
     def __init__(self, num_bins: int = 15, ignore_index: int = VOID_ID, **kwargs) -> None:
         super().__init__(**kwargs)

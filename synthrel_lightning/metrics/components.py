@@ -121,6 +121,7 @@ def predicted_mask(scores: Tensor, threshold: float, inclusive: bool = True) -> 
     threshold is replaced by the float32 value that gives the same comparison (a
     plain ``scores >= threshold`` would round it to the scores' precision).
     """
+    bound: Tensor | float = threshold
     if scores.dtype != torch.float64:
         scores = scores.float()
         t32 = torch.tensor(threshold, dtype=torch.float64).float()
@@ -128,8 +129,8 @@ def predicted_mask(scores: Tensor, threshold: float, inclusive: bool = True) -> 
             t32 = torch.nextafter(t32, t32.new_tensor(math.inf))
         elif not inclusive and float(t32) > threshold:  # the largest float32 <= threshold
             t32 = torch.nextafter(t32, t32.new_tensor(-math.inf))
-        threshold = t32.to(scores.device)
-    return scores >= threshold if inclusive else scores > threshold
+        bound = t32.to(scores.device)
+    return scores >= bound if inclusive else scores > bound
 
 
 class ComponentMetrics(Metric):
@@ -145,6 +146,14 @@ class ComponentMetrics(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    tp: Tensor
+    fn: Tensor
+    fp: Tensor
+    n_gt: Tensor
+    n_pred: Tensor
+    siou_gt_sum: Tensor
+    siou_pred_sum: Tensor
+    ppv_sum: Tensor
 
     def __init__(
         self,

@@ -150,6 +150,11 @@ class PixelOODMetrics(Metric):
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
+    hist: Tensor  # binned mode
+    scores: list[Tensor]  # exact mode (a Tensor once synced across processes)
+    positives: list[Tensor]
+    n_pos: Tensor
+    n_neg: Tensor
 
     def __init__(
         self,

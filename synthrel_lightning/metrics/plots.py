@@ -24,6 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 
+def _root_figure(ax: Axes) -> Figure:
+    """The top-level figure holding ``ax`` (the one that can be saved, also when ``ax`` lies in a subfigure)."""
+    from matplotlib.figure import SubFigure
+
+    fig = ax.figure
+    return fig.figure if isinstance(fig, SubFigure) else fig
+
+
 def reliability_diagram(sums: Tensor, title: str | None = None, ax: Axes | None = None) -> tuple[Figure, Axes]:
     """Top-1 reliability diagram from equal-width bin sums ``(3, B)`` (count, confidence sum, correctness sum).
 
@@ -45,7 +53,7 @@ def reliability_diagram(sums: Tensor, title: str | None = None, ax: Axes | None 
         fig = new_figure((5.0, 4.6))
         ax = fig.add_subplot(1, 1, 1)
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     ax.bar(left[filled], acc[filled], width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
     ax.bar(
         left[filled],
@@ -103,7 +111,7 @@ def roc_pr_figure(curves: Mapping[str, Any], title: str | None = None, axes: tup
         ax_roc, ax_pr = fig.subplots(1, 2)
     else:
         ax_roc, ax_pr = axes
-        fig = ax_roc.figure
+        fig = _root_figure(ax_roc)
     auroc, fpr95, ap = _fmt(curves, "auroc"), _fmt(curves, "fpr95"), _fmt(curves, "ap")
     roc_label = ", ".join(x for x in (auroc and f"AUROC {auroc}", fpr95 and f"FPR95 {fpr95}") if x) or "ROC"
     ax_roc.plot(np.asarray(curves["fpr"]), np.asarray(curves["tpr"]), color="tab:blue", label=roc_label)
@@ -136,7 +144,7 @@ def iou_bars(
         fig = new_figure((5.5, 0.25 * len(values) + 1.2))
         ax = fig.add_subplot(1, 1, 1)
     else:
-        fig = ax.figure
+        fig = _root_figure(ax)
     rows = np.arange(len(values))
     present = ~np.isnan(values)
     ax.barh(rows[present], values[present], color="tab:blue")

@@ -38,6 +38,7 @@ class SegmentationIoU(Metric):
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
+    confmat: Tensor
 
     def __init__(
         self,

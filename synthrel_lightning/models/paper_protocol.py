@@ -20,6 +20,8 @@ class PerImageOODMetrics(Metric):
 
     is_differentiable = False
     full_state_update = False
+    sums: Tensor
+    images: Tensor
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)

@@ -110,6 +110,12 @@ class StandardizedMaxLogit(StatefulScore):
     """
 
     name = "standardized_max_logit"
+    class_mean: Tensor
+    class_std: Tensor
+    finalized: Tensor
+    _count: Tensor
+    _sum: Tensor
+    _sumsq: Tensor
 
     def __init__(
         self,
@@ -169,6 +175,7 @@ class StandardizedMaxLogit(StatefulScore):
             if self.group_by == "label":
                 raise ValueError("StandardizedMaxLogit: group_by='label' needs a target")
             valid = torch.ones_like(pred, dtype=torch.bool)
+            grouping = pred
         else:
             if target.shape != pred.shape:
                 raise ValueError(
@@ -177,7 +184,8 @@ class StandardizedMaxLogit(StatefulScore):
                 )
             target = target.to(pred.device).long()
             valid = target != OOD_ID if self.group_by == "prediction" else (target >= 0) & (target < self.num_classes)
-        group = (pred if self.group_by == "prediction" else target)[valid]
+            grouping = pred if self.group_by == "prediction" else target
+        group = grouping[valid]
         m = max_logit[valid].double()
         self._count.index_add_(0, group, torch.ones_like(m))
         self._sum.index_add_(0, group, m)
