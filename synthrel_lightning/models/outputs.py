@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from synthrel_lightning.scores.protocol import OutputKind
@@ -80,3 +81,16 @@ def identify_output(value: Any, who: str = "OODSegmenter") -> tuple[OutputKind, 
 
 
 __all__ = ["MaskClassificationOutput", "identify_output", "per_pixel_class_scores"]
+
+
+def class_scores_at(output: Tensor | MaskClassificationOutput, size: tuple[int, int]) -> Tensor:
+    """Per-pixel class scores (B,K,H,W) at ``size``: bilinear logits, or ``l_k`` of masks upsampled first."""
+    if isinstance(output, MaskClassificationOutput):
+        masks = output.mask_logits
+        if masks.shape[-2:] != size:
+            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
+        return per_pixel_class_scores(output.class_logits, masks)
+    if output.shape[-2:] != size:
+        output = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
+    return output
+
