@@ -30,6 +30,7 @@ TOOLS: dict[str, str] = {
     "domains": "synthrel_lightning.commands.domains",
     "caption": "synthrel_lightning.commands.caption",
     "import_controlnet": "synthrel_lightning.commands.import_controlnet",
+    "import_mask2former": "synthrel_lightning.commands.import_mask2former",
     "correlate": "synthrel_lightning.commands.correlate",
     "calibrate": "synthrel_lightning.commands.calibrate",
     "sml_stats": "synthrel_lightning.commands.sml_stats",

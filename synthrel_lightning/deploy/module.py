@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from synthrel_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from synthrel_lightning.models.mask_classification import run_segmenter
 from synthrel_lightning.models.outputs import class_scores_at, identify_output
 
 InputFormat = Literal["normalized", "uint8"]
@@ -56,7 +57,7 @@ class DeployableSegmenter(nn.Module):
         """Class scores, prediction and OOD score of a batch of images."""
         if self.input_format == "uint8":
             image = (image.float() - self.mean) * self.inv_std
-        _, output = identify_output(self.segmenter(image), who="DeployableSegmenter")
+        _, output = identify_output(run_segmenter(self.segmenter, image), who="DeployableSegmenter")
         scaled = class_scores_at(output, (image.shape[-2], image.shape[-1])) / self.temperature
         # Scores defined on raw outputs (SML, RbA, Mask2Anomaly) see them without the temperature.
         score = self.scorer(scaled if self.scorer.uses_temperature else scaled * self.temperature)

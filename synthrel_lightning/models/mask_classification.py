@@ -8,12 +8,15 @@ mask, so the criterion ignores them (as RbA's semantic dataset mapper does).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.models.outputs import MaskClassificationOutput
 
 
@@ -32,8 +35,105 @@ def mask_targets(target: Tensor, num_classes: int) -> tuple[list[Tensor], list[T
     return masks, classes
 
 
+def _model_type(module: nn.Module) -> str | None:
+    return getattr(getattr(module, "config", None), "model_type", None)
+
+
+def _criterion_inputs(output: MaskClassificationOutput, target: Tensor) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Mask logits (last, auxiliary) and the label map, laid out as Mask2Former's training compares them.
+
+    When the masks cover a padded input and the label covers the image, the label is padded with void
+    (no mask there), as Mask2Former's ``prepare_targets`` pads the ground-truth masks with zeros;
+    otherwise the masks are cut to the image.
+    """
+    padded, size = output.padded_size, output.image_size
+    if padded is not None and size is not None and tuple(target.shape[-2:]) == tuple(size):
+        ph, pw = padded[0] - size[0], padded[1] - size[1]
+        if ph or pw:
+            target = F.pad(target, (0, pw, 0, ph), value=VOID_ID)
+        return output.mask_logits, [m for _, m in output.aux], target
+    return output.image_region(output.mask_logits), [output.image_region(m) for _, m in output.aux], target
+
+
+def mask2former_losses(model: nn.Module, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
+    """A transformers Mask2Former's weighted losses (class CE, mask BCE, Dice; last and auxiliary layers)."""
+    masks, aux_masks, target = _criterion_inputs(output, target)
+    mask_labels, class_labels = mask_targets(target, int(model.config.num_labels))
+    aux = [{"class_queries_logits": c, "masks_queries_logits": m} for (c, _), m in zip(output.aux, aux_masks)]
+    return model.get_loss_dict(masks, output.class_logits, mask_labels, class_labels, aux)
+
+
+def oneformer_losses(model: nn.Module, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
+    """A transformers OneFormer's weighted mask/class losses (per decoder layer), without the contrastive term."""
+    masks, aux_masks, target = _criterion_inputs(output, target)
+    mask_labels, class_labels = mask_targets(target, int(model.config.num_labels))
+    aux = [{"class_queries_logits": c, "masks_queries_logits": m} for (c, _), m in zip(output.aux, aux_masks)]
+    return model.get_loss_dict(
+        masks, output.class_logits, None, mask_labels, class_labels, None, aux, calculate_contrastive_loss=False
+    )
+
+
+def _pad(images: Tensor, divisor: int) -> Tensor:
+    """``images`` padded with zeros at the bottom and right to multiples of ``divisor`` (detectron2's ImageList)."""
+    h, w = images.shape[-2:]
+    ph, pw = (-h) % divisor, (-w) % divisor
+    return F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+
+
+def _mask_output(out: Any, padded: Tensor, images: Tensor, aux_key: str) -> MaskClassificationOutput:
+    aux = [(a["class_queries_logits"], a["masks_queries_logits"]) for a in (getattr(out, aux_key, None) or [])]
+    return MaskClassificationOutput(
+        out.class_queries_logits,
+        out.masks_queries_logits,
+        aux,
+        image_size=(int(images.shape[-2]), int(images.shape[-1])),
+        padded_size=(int(padded.shape[-2]), int(padded.shape[-1])),
+    )
+
+
+def run_segmenter(segmenter: nn.Module, images: Tensor) -> Any:
+    """Call ``segmenter`` on ``images``; a raw transformers Mask2Former runs as :class:`HFMask2Former` runs it.
+
+    A raw ``Mask2FormerForUniversalSegmentation`` sees the images padded to a multiple of 32 and
+    returns its auxiliary layers, so its scores and losses are those of the wrapped model. A raw
+    ``OneFormerForUniversalSegmentation`` needs its task prompt, which only :class:`HFOneFormer` holds.
+    """
+    kind = None if isinstance(segmenter, _HFMaskClassifier) else _model_type(segmenter)
+    if kind == "mask2former":
+        padded = _pad(images, _HFMaskClassifier.size_divisor)
+        out = segmenter(pixel_values=padded, output_auxiliary_logits=True)
+        return _mask_output(out, padded, images, "auxiliary_logits")
+    if kind == "oneformer":
+        raise TypeError(
+            "OODSegmenter: a raw transformers OneFormerForUniversalSegmentation needs its task prompt "
+            "('the task is semantic', tokenized); wrap it: HFOneFormer.wrap(model, task_token_ids=...)"
+        )
+    return segmenter(images)
+
+
+def model_criterion_of(segmenter: nn.Module) -> Callable[[MaskClassificationOutput, Tensor], dict[str, Tensor]] | None:
+    """The mask-classification segmenter's own criterion as ``f(output, target) -> {name: loss}``, or None.
+
+    Wrappers (:class:`HFMask2Former`, :class:`HFOneFormer`) and modules with a ``criterion(output,
+    target)`` method give theirs; a raw transformers Mask2Former/OneFormer gets its model's
+    ``get_loss_dict`` on mask/class labels (its ``criterion`` attribute is the loss module, which takes
+    other arguments).
+    """
+    if isinstance(segmenter, _HFMaskClassifier):
+        return segmenter.criterion
+    kind = _model_type(segmenter)
+    if kind == "mask2former":
+        return functools.partial(mask2former_losses, segmenter)
+    if kind == "oneformer":
+        return functools.partial(oneformer_losses, segmenter)
+    criterion = getattr(segmenter, "criterion", None)
+    if callable(criterion) and not isinstance(criterion, nn.Module):
+        return criterion
+    return None
+
+
 class _HFMaskClassifier(nn.Module):
-    """Shared parts: padding to the backbone's stride, output cropping, label conversion, loading errors."""
+    """Shared parts: the backbone's stride, wrapping a built model, loading errors."""
 
     output_kind: ClassVar[str] = "mask_classification"
     #: Parameter-name patterns RbA leaves trainable (the transformer decoder's class and mask MLPs).
@@ -42,30 +142,6 @@ class _HFMaskClassifier(nn.Module):
 
     model: nn.Module
     num_classes: int
-
-    def _pad(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        h, w = images.shape[-2:]
-        ph, pw = (-h) % self.size_divisor, (-w) % self.size_divisor
-        if ph or pw:
-            images = F.pad(images, (0, pw, 0, ph))
-        return images, (h, w)
-
-    @staticmethod
-    def _crop(masks: Tensor, padded: tuple[int, int], size: tuple[int, int]) -> Tensor:
-        mh = -(-size[0] * masks.shape[-2] // padded[0])
-        mw = -(-size[1] * masks.shape[-1] // padded[1])
-        return masks[..., :mh, :mw]
-
-    def _output(
-        self, out: Any, padded: tuple[int, int], size: tuple[int, int], aux_key: str
-    ) -> MaskClassificationOutput:
-        aux = [
-            (a["class_queries_logits"], self._crop(a["masks_queries_logits"], padded, size))
-            for a in (getattr(out, aux_key, None) or [])
-        ]
-        return MaskClassificationOutput(
-            out.class_queries_logits, self._crop(out.masks_queries_logits, padded, size), aux
-        )
 
     @staticmethod
     def _load(cls: Any, checkpoint: str, who: str, **kwargs: Any) -> nn.Module:
@@ -84,7 +160,11 @@ class HFMask2Former(_HFMaskClassifier):
     Args:
         checkpoint: hub id or folder (e.g. ``facebook/mask2former-swin-large-cityscapes-semantic``).
         num_classes: K; a checkpoint with another class count gets a new class head.
-        config: ``Mask2FormerConfig`` keyword arguments (random weights) when ``checkpoint`` is None.
+        config: ``Mask2FormerConfig`` keyword arguments (random weights) when ``checkpoint`` is None;
+            RbA's one-decoder-layer models have ``decoder_layers: 2`` (its ``DEC_LAYERS``).
+        detectron2_checkpoint: with ``checkpoint`` None, weights of a Mask2Former/RbA checkpoint in
+            detectron2's format (``.pkl``/``.pth`` with a ``"model"`` state dict), read without running
+            pickled code (see :func:`~synthrel_lightning.models.detectron2_import.load_detectron2_mask2former`).
     """
 
     rba_trainable = ("class_predictor", "mask_embedder")
@@ -94,6 +174,7 @@ class HFMask2Former(_HFMaskClassifier):
         checkpoint: str | None = "facebook/mask2former-swin-large-cityscapes-semantic",
         num_classes: int = 19,
         config: dict[str, Any] | None = None,
+        detectron2_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
@@ -111,19 +192,36 @@ class HFMask2Former(_HFMaskClassifier):
         else:
             cfg = {"use_pretrained_backbone": False, **(config or {})}
             self.model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(num_labels=num_classes, **cfg))
+        if detectron2_checkpoint is not None:
+            if checkpoint is not None:
+                raise ValueError(
+                    "HFMask2Former: give either checkpoint or detectron2_checkpoint (with config), not both"
+                )
+            from synthrel_lightning.models.detectron2_import import load_detectron2_mask2former
+
+            load_detectron2_mask2former(self.model, detectron2_checkpoint)
         self.num_classes = int(num_classes)
+
+    @classmethod
+    def wrap(cls, model: nn.Module) -> HFMask2Former:
+        """An existing transformers ``Mask2FormerForUniversalSegmentation`` (its weights kept) as a segmenter."""
+        if _model_type(model) != "mask2former":
+            raise TypeError(f"HFMask2Former.wrap: expected a transformers Mask2Former, got {type(model).__name__}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.model = model
+        self.num_classes = int(model.config.num_labels)
+        return self
 
     def forward(self, images: Tensor) -> MaskClassificationOutput:
         """Class and mask logits of the last and the auxiliary decoder layers (masks at 1/4 resolution)."""
-        padded, size = self._pad(images)
+        padded = _pad(images, self.size_divisor)
         out = self.model(pixel_values=padded, output_auxiliary_logits=True)
-        return self._output(out, tuple(padded.shape[-2:]), size, "auxiliary_logits")
+        return _mask_output(out, padded, images, "auxiliary_logits")
 
     def criterion(self, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
         """Mask2Former's weighted losses (``loss_cross_entropy``, ``loss_mask``, ``loss_dice``, per layer)."""
-        mask_labels, class_labels = mask_targets(target, self.num_classes)
-        aux = [{"class_queries_logits": c, "masks_queries_logits": m} for c, m in output.aux]
-        return self.model.get_loss_dict(output.mask_logits, output.class_logits, mask_labels, class_labels, aux)
+        return mask2former_losses(self.model, output, target)
 
 
 class HFOneFormer(_HFMaskClassifier):
@@ -177,35 +275,47 @@ class HFOneFormer(_HFMaskClassifier):
                 raise ValueError(
                     "HFOneFormer: a config-built model needs task_token_ids (the token ids of 'the task is semantic')"
                 )
+        self._set_task(task_token_ids)
+        self.num_classes = int(num_classes)
+
+    @classmethod
+    def wrap(cls, model: nn.Module, task_token_ids: list[int]) -> HFOneFormer:
+        """An existing transformers ``OneFormerForUniversalSegmentation`` with its task prompt's token ids."""
+        if _model_type(model) != "oneformer":
+            raise TypeError(f"HFOneFormer.wrap: expected a transformers OneFormer, got {type(model).__name__}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.model = model
+        self._set_task(task_token_ids)
+        self.num_classes = int(model.config.num_labels)
+        return self
+
+    def _set_task(self, task_token_ids: list[int]) -> None:
         seq = int(self.model.config.task_seq_len)
         if len(task_token_ids) > seq:
             raise ValueError(f"HFOneFormer: {len(task_token_ids)} task_token_ids exceed task_seq_len={seq}")
         ids = torch.zeros(seq, dtype=torch.long)
         ids[: len(task_token_ids)] = torch.as_tensor(task_token_ids, dtype=torch.long)
         self.register_buffer("task_inputs", ids, persistent=False)
-        self.num_classes = int(num_classes)
 
     def forward(self, images: Tensor) -> MaskClassificationOutput:
         """Class and mask logits of the last and the auxiliary decoder layers (masks at 1/4 resolution)."""
-        padded, size = self._pad(images)
+        padded = _pad(images, self.size_divisor)
         task = self.task_inputs[None].expand(images.shape[0], -1)
         out = self.model(pixel_values=padded, task_inputs=task)
-        return self._output(out, tuple(padded.shape[-2:]), size, "auxiliary_predictions")
+        return _mask_output(out, padded, images, "auxiliary_predictions")
 
     def criterion(self, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
         """OneFormer's weighted mask/class losses (per decoder layer), without the contrastive term."""
-        mask_labels, class_labels = mask_targets(target, self.num_classes)
-        aux = [{"class_queries_logits": c, "masks_queries_logits": m} for c, m in output.aux]
-        return self.model.get_loss_dict(
-            output.mask_logits,
-            output.class_logits,
-            None,
-            mask_labels,
-            class_labels,
-            None,
-            aux,
-            calculate_contrastive_loss=False,
-        )
+        return oneformer_losses(self.model, output, target)
 
 
-__all__ = ["HFMask2Former", "HFOneFormer", "mask_targets"]
+__all__ = [
+    "HFMask2Former",
+    "HFOneFormer",
+    "mask2former_losses",
+    "mask_targets",
+    "model_criterion_of",
+    "oneformer_losses",
+    "run_segmenter",
+]

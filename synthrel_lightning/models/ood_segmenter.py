@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
 from synthrel_lightning.models.evaluation import EvaluationResult
+from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, class_scores_at, identify_output
 from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, build_set_metrics, check_metric_groups
 from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
@@ -271,7 +272,7 @@ class OODSegmenter(L.LightningModule):
     # ----------------------------------------------------------------- inference
     def segmenter_output(self, images: Tensor) -> Tensor | MaskClassificationOutput:
         """The segmenter's output, identified: per-pixel logits (B,K,h,w) or mask-classification outputs."""
-        kind, content = identify_output(self.segmenter(images))
+        kind, content = identify_output(run_segmenter(self.segmenter, images))
         if kind != self.output_kind:
             raise TypeError(
                 f"OODSegmenter: the segmenter {type(self.segmenter).__name__} returned {kind.replace('_', '-')} "
@@ -379,7 +380,7 @@ class OODSegmenter(L.LightningModule):
         parts: dict[str, Tensor] = {}
         total: Tensor | None = None
         if self.model_criterion > 0:
-            criterion = getattr(self.segmenter, "criterion", None)
+            criterion = model_criterion_of(self.segmenter)
             if criterion is None:
                 raise TypeError(
                     f"OODSegmenter: the mask-classification segmenter {type(self.segmenter).__name__} has no "

@@ -24,20 +24,54 @@ class MaskClassificationOutput:
 
     ``aux`` holds the (class_logits, mask_logits) of the auxiliary decoder layers, first to last;
     ``extra`` whatever else the model's own criterion needs (e.g. OneFormer's contrastive queries).
+    ``padded_size`` is the (H, W) of the input the model saw, padded to its stride, and ``image_size``
+    the (h, w) of the image in its top-left corner; the masks then cover the padded input. Without
+    them the masks cover the image.
     """
 
     class_logits: Tensor
     mask_logits: Tensor
     aux: list[tuple[Tensor, Tensor]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    padded_size: tuple[int, int] | None = None
+
+    def image_region(self, masks: Tensor) -> Tensor:
+        """``masks`` (..., h', w') cut to the cells that cover the image (rounded up at the mask resolution)."""
+        if self.image_size is None or self.padded_size is None:
+            return masks
+        mh = -(-self.image_size[0] * masks.shape[-2] // self.padded_size[0])
+        mw = -(-self.image_size[1] * masks.shape[-1] // self.padded_size[1])
+        return masks[..., :mh, :mw]
 
     def class_scores(self) -> Tensor:
-        """Per-pixel class scores (B,K,h,w) of the last decoder layer."""
-        return per_pixel_class_scores(self.class_logits, self.mask_logits)
+        """Per-pixel class scores (B,K,h',w') of the last decoder layer at the mask resolution, over the image."""
+        return per_pixel_class_scores(self.class_logits, self.image_region(self.mask_logits))
 
     def aux_class_scores(self) -> list[Tensor]:
-        """Per-pixel class scores of each auxiliary decoder layer."""
-        return [per_pixel_class_scores(c, m) for c, m in self.aux]
+        """Per-pixel class scores of each auxiliary decoder layer (mask resolution, over the image)."""
+        return [per_pixel_class_scores(c, self.image_region(m)) for c, m in self.aux]
+
+    def semantic_scores(self, size: tuple[int, int]) -> Tensor:
+        """Per-pixel class scores (B,K,H,W) at ``size``, as Mask2Former's semantic inference computes them.
+
+        The mask logits are upsampled (bilinear) to the padded input, ``l_k`` is taken there, the
+        padding is cut off and the result resized to ``size`` when that differs from the image
+        (Mask2Former's ``MaskFormer.forward`` and detectron2's ``sem_seg_postprocess``,
+        github.com/facebookresearch/Mask2Former, as RbA runs it: github.com/NazirNayal8/RbA).
+        Without a padded size the masks are upsampled to ``size`` directly.
+        """
+        if self.image_size is None or self.padded_size is None:
+            masks = self.mask_logits
+            if tuple(masks.shape[-2:]) != tuple(size):
+                masks = F.interpolate(masks, size=tuple(size), mode="bilinear", align_corners=False)
+            return per_pixel_class_scores(self.class_logits, masks)
+        masks = F.interpolate(self.mask_logits, size=tuple(self.padded_size), mode="bilinear", align_corners=False)
+        h, w = self.image_size
+        scores = per_pixel_class_scores(self.class_logits, masks)[..., :h, :w]
+        if (h, w) != tuple(size):
+            scores = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
+        return scores
 
 
 def _describe(value: Any) -> str:
@@ -84,12 +118,9 @@ __all__ = ["MaskClassificationOutput", "identify_output", "per_pixel_class_score
 
 
 def class_scores_at(output: Tensor | MaskClassificationOutput, size: tuple[int, int]) -> Tensor:
-    """Per-pixel class scores (B,K,H,W) at ``size``: bilinear logits, or ``l_k`` of masks upsampled first."""
+    """Per-pixel class scores (B,K,H,W) at ``size``: bilinear logits, or the semantic scores of mask classification."""
     if isinstance(output, MaskClassificationOutput):
-        masks = output.mask_logits
-        if masks.shape[-2:] != size:
-            masks = F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
-        return per_pixel_class_scores(output.class_logits, masks)
+        return output.semantic_scores(size)
     if output.shape[-2:] != size:
         output = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
     return output
