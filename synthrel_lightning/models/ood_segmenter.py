@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from synthrel_lightning.hub.pretrained import PretrainedMixin
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
 from synthrel_lightning.models.evaluation import EvaluationResult
@@ -79,7 +80,7 @@ def _weighted(terms: list[LossTerm], values: list[Tensor]) -> dict[str, Tensor]:
     return parts
 
 
-class OODSegmenter(L.LightningModule):
+class OODSegmenter(PretrainedMixin, L.LightningModule):
     """Semantic segmenter trained for reliability: in-distribution accuracy, OOD detection, calibration.
 
     Args:

@@ -124,4 +124,3 @@ def class_scores_at(output: Tensor | MaskClassificationOutput, size: tuple[int, 
     if output.shape[-2:] != size:
         output = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
     return output
-
