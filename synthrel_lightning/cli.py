@@ -34,6 +34,7 @@ TOOLS: dict[str, str] = {
     "calibrate": "synthrel_lightning.commands.calibrate",
     "sml_stats": "synthrel_lightning.commands.sml_stats",
     "export_submission": "synthrel_lightning.commands.export_submission",
+    "share_set": "synthrel_lightning.commands.share_set",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
