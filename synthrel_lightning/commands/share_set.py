@@ -77,7 +77,8 @@ def main(args: list[str] | None = None) -> Any:
         _, kwargs = parse_kwargs(parser, function, rest)
         result = function(**kwargs)
     except (DatasetError, ValueError, FileExistsError, FileNotFoundError, ImportError) as err:
-        print(f"error: share_set {action}: {err}", file=sys.stderr)
+        cause = str(err).removeprefix("share: ")
+        print(f"error: share_set {action}: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
     summary = result if isinstance(result, dict) else {"result": result}
     print(json.dumps(summary, indent=2, default=str))

@@ -64,9 +64,12 @@ def read_entries(
     source: str | os.PathLike[str], split: str = "train", revision: str | None = None, token: str | None = None
 ) -> Iterator[tuple[str, OutlierEntry]]:
     """Every ``(key, entry)`` of a shared bank, in row order."""
-    table = _open(source, split, revision, token)
+    return _rows(_open(source, split, revision, token), os.fspath(source))
+
+
+def _rows(table: SharedTable, source: str) -> Iterator[tuple[str, OutlierEntry]]:
     for i, key in enumerate(table.keys):
-        yield key, _entry(table.row(i, BANK_COLUMNS), f"shared bank {os.fspath(source)!r} row {i} (key {key!r})")
+        yield key, _entry(table.row(i, BANK_COLUMNS), f"shared bank {source!r} row {i} (key {key!r})")
 
 
 def import_bank(
@@ -82,9 +85,10 @@ def import_bank(
     Entries whose key the bank already holds are kept unless ``overwrite`` (so a rerun resumes).
     Returns ``{"bank", "added", "kept", "entries"}``.
     """
+    entries = read_entries(source, split, revision, token)  # a bad source fails before the bank is created
     target = bank if isinstance(bank, OutlierBank) else OutlierBank(bank, mode="a")
     added = kept = 0
-    for key, entry in read_entries(source, split, revision, token):
+    for key, entry in entries:
         if not overwrite and key in target:
             kept += 1
             continue
