@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from synthrel_lightning.cli import main
+from synthrel_lightning.commands.share_set import ACTIONS
 from synthrel_lightning.data import RoadAnomalyDataset
 from synthrel_lightning.sharing import HubFramesDataset
 from synthrel_lightning.synthesis import OutlierBank, OutlierEntry
@@ -66,3 +67,34 @@ def test_bad_actions_and_sources_exit_with_status_2(tmp_path: Path, capsys) -> N
         assert exit_info.value.code == 2
         assert cause in capsys.readouterr().err
     assert not (tmp_path / "b").exists(), "a failed import must not create the bank"
+
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guides" / "sharing.md"
+
+
+def test_the_guide_python_blocks_run(tmp_path: Path, monkeypatch) -> None:
+    import re
+
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 2
+    for i, block in enumerate(blocks):
+        if "load_dataset" in block:  # keep the datasets cache inside the test folder
+            block = block.replace('load_dataset("shared/demo")', 'load_dataset("shared/demo", cache_dir="hf-cache")')
+        exec(compile(block, f"{GUIDE.name} block {i}", "exec"), {})
+    assert (tmp_path / "shared" / "demo" / "README.md").is_file()
+
+
+def test_the_guide_command_lines_use_real_options(capsys) -> None:
+    import re
+    import shlex
+
+    main(["share_set", "--help"])
+    options = set(re.findall(r"--([\w.\-]+)", capsys.readouterr().out))
+    block = re.search(r"```bash\n(.*?)```", GUIDE.read_text(encoding="utf-8"), re.S).group(1)
+    lines = [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    assert len(lines) == 5
+    for tokens in lines:
+        assert tokens[:4] == ["python", "-m", "synthrel_lightning", "share_set"] and tokens[4] in ACTIONS
+        used = {t[2:].split(".")[0] for t in tokens if t.startswith("--")}
+        assert used <= options, used - options

@@ -65,7 +65,8 @@ def main(args: list[str] | None = None) -> Any:
 
     args = list(sys.argv[1:] if args is None else args)
     if not args or args[0] in ("-h", "--help"):
-        print(_usage())
+        # Every action's options, so one --help documents the whole command.
+        print("\n\n".join([_usage(), *(f"share_set {a}:\n{build_parser(a).format_help()}" for a in ACTIONS)]))
         return None
     action, rest = args[0], args[1:]
     if action not in ACTIONS:
