@@ -111,9 +111,10 @@ def _default_title(sets: Mapping[str, Any]) -> str:
 def _identity(dataset: Any) -> Any:
     """What a resumed export must find unchanged: frame names when the dataset lists them, else its repr."""
     names = getattr(dataset, "names", None)
+    described = _dataset_provenance(dataset)  # class, folder, split, mixer settings
     if isinstance(names, list):
-        return [_class_path(dataset), len(names), fingerprint(names)]
-    return [_class_path(dataset), repr(dataset)]
+        return [described, len(names), fingerprint(names)]
+    return [described, repr(dataset)]
 
 
 def _write_split(
