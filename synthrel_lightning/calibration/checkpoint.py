@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from synthrel_lightning.atomic import atomic_write
-from synthrel_lightning.calibration.logits import collect_logits
+from synthrel_lightning.calibration.logits import LogitStream
 from synthrel_lightning.calibration.sampling import DEFAULT_PIXELS_PER_IMAGE, PixelsPerImage
 from synthrel_lightning.calibration.temperature import PAPER_GRID, FitMethod, TemperatureFit, fit_temperature
 from synthrel_lightning.checkpoints import CheckpointError, load_checkpoint
@@ -51,15 +51,16 @@ class CalibrationReport:
             )
         if fit.fit_pixels < fit.sampled_pixels:
             used = f"{fit.fit_pixels:,}, a uniform subsample of {used}"
-        return "\n".join(
-            [
-                f"temperature: {fit.temperature:.6g} ({fit.method}) on set {where}",
-                f"ECE ({fit.num_bins} bins): {fit.ece_before:.4f} before -> {fit.ece_after:.4f} after",
-                f"pixels used: {used}",
-                f"time: {self.seconds:.1f} s on {self.device}",
-                f"calibrated checkpoint: {self.output}",
-            ]
-        )
+        lines = [
+            f"temperature: {fit.temperature:.6g} ({fit.method}) on set {where}",
+            f"ECE ({fit.num_bins} bins): {fit.ece_before:.4f} before -> {fit.ece_after:.4f} after",
+            f"pixels used: {used}",
+        ]
+        lines += [f"grid: {note}" for note in fit.grid_notes]
+        if fit.on_grid_edge:
+            lines.append("warning: T is on the edge of the temperatures searched, not a minimum of the ECE")
+        lines += [f"time: {self.seconds:.1f} s on {self.device}", f"calibrated checkpoint: {self.output}"]
+        return "\n".join(lines)
 
 
 def _frame_count(loader: Any, max_batches: int | None) -> int | None:
@@ -74,14 +75,19 @@ def _frame_count(loader: Any, max_batches: int | None) -> int | None:
     return frames
 
 
-def _with_progress(batches: Iterable[tuple[Tensor, Tensor]], total: int | None, description: str) -> Iterator[Any]:
-    """``batches`` unchanged, advancing a progress bar by the frames of each (logits, label) batch."""
-    from tqdm.auto import tqdm
+class _WithProgress:
+    """The batches of ``stream`` (each pass), advancing a progress bar by the frames of each (logits, label) batch."""
 
-    with tqdm(total=total, desc=description, unit="frame", leave=False) as bar:
-        for logits, labels in batches:
-            yield logits, labels
-            bar.update(labels.shape[0] if labels.ndim == 3 else 1)
+    def __init__(self, stream: Iterable[tuple[Tensor, Tensor]], total: int | None, description: str) -> None:
+        self.stream, self.total, self.description = stream, total, description
+
+    def __iter__(self) -> Iterator[Any]:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=self.total, desc=self.description, unit="frame", leave=False) as bar:
+            for logits, labels in self.stream:
+                yield logits, labels
+                bar.update(labels.shape[0] if labels.ndim == 3 else 1)
 
 
 def calibrate(
@@ -147,10 +153,10 @@ def calibrate(
     data.setup("validate")
     loader = datamodule_loader(data, set_name, who="calibrate")
     start = time.perf_counter()
-    batches: Iterable[tuple[Tensor, Tensor]] = collect_logits(model, loader, max_batches=max_batches)
+    batches: Iterable[tuple[Tensor, Tensor]] = LogitStream(model, loader, max_batches=max_batches)
     if progress:
         total = _frame_count(loader, max_batches)
-        batches = _with_progress(batches, total, f"collecting logits ({set_name or 'validation set'}), fitting T")
+        batches = _WithProgress(batches, total, f"collecting logits ({set_name or 'validation set'}), fitting T")
     fit = fit_temperature(
         batches,
         method=method,
