@@ -26,8 +26,7 @@ from synthrel_lightning.calibration.logits import _images_and_labels, _module_de
 AUTO_FEATURE_MODULES: tuple[str, ...] = (
     "segmenter.model.encoder",  # SMPSegmenter: smp encoder, a list of maps (deepest last)
     "segmenter.model.segformer.encoder",  # HFSegformer: last_hidden_state (B, C, h, w)
-    "segmenter.model.model.pixel_level_module.encoder",  # HFMask2Former: BackboneOutput.feature_maps
-    "segmenter.model.model.pixel_level_module.encoder",
+    "segmenter.model.model.pixel_level_module.encoder",  # HFMask2Former, HFOneFormer: BackboneOutput.feature_maps
     "segmenter.features",  # TinySegmenter
 )
 """Backbones tried, in order, when no ``feature_module`` is named."""
@@ -35,7 +34,7 @@ AUTO_FEATURE_MODULES: tuple[str, ...] = (
 
 def find_feature_module(module: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
     """The submodule ``name`` (or the first of :data:`AUTO_FEATURE_MODULES` present), with its name."""
-    names = [name] if name is not None else list(dict.fromkeys(AUTO_FEATURE_MODULES))
+    names = [name] if name is not None else list(AUTO_FEATURE_MODULES)
     for candidate in names:
         try:
             return candidate, module.get_submodule(candidate)
@@ -45,7 +44,7 @@ def find_feature_module(module: nn.Module, name: str | None = None) -> tuple[str
         raise ValueError(f"feature_module {name!r}: {type(module).__name__} has no such submodule")
     raise ValueError(
         f"clustered temperature scaling needs image features: {type(module).__name__} has none of the known "
-        f"backbones {list(dict.fromkeys(AUTO_FEATURE_MODULES))}; name its backbone with feature_module=<dotted path>"
+        f"backbones {list(AUTO_FEATURE_MODULES)}; name its backbone with feature_module=<dotted path>"
     )
 
 

@@ -9,7 +9,9 @@ per-frame sample of labelled pixels (:mod:`~synthrel_lightning.calibration.sampl
   ``[0.5, 10)`` step ``0.01`` minimising the top-1 ECE with 15 equal-width bins. Every
   sampled pixel is used; one pass accumulates, for every T of the grid and every bin, the
   pixel count, the summed confidence and the summed accuracy
-  (:func:`~synthrel_lightning.calibration.grid.grid_bin_sums`); no pixel is stored.
+  (:func:`~synthrel_lightning.calibration.grid.grid_bin_sums`); no pixel is stored. While the
+  best T lies on an edge of the temperatures searched, the search goes beyond it and the fit
+  says so (:mod:`~synthrel_lightning.calibration.grid_search`).
 - ``"nll"``: T minimising the mean negative log-likelihood (LBFGS on ``log T``), on a
   uniform random subsample of at most ``max_pixels`` of the sampled pixels kept while
   streaming (random keys, smallest ``max_pixels`` kept), so memory does not grow with the set.
