@@ -123,10 +123,16 @@ def _command_lines(text: str) -> list[list[str]]:
     joined = re.sub(r"\\\n", " ", text)
     out: list[list[str]] = []
     for line in joined.splitlines():
-        for part in re.split(r";|&&|\|", line):
-            tokens = shlex.split(part, comments=True)
-            if tokens and tokens[0] not in ("do", "done", "for", "then", "fi"):
-                out.append(tokens)
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for token in [*lexer, ";"]:
+            if token and set(token) <= set(";&|"):
+                if command and command[0] not in ("do", "done", "for", "then", "fi"):
+                    out.append(command)
+                command = []
+            else:
+                command.append(token)
     return out
 
 
@@ -168,7 +174,7 @@ def test_bash_block_names_real_commands_options_and_files(block: Block) -> None:
     for tokens in _command_lines(block.text):
         head = tokens[0]
         if tokens[:3] == ["python", "-m", "synthrel_lightning"]:
-            if len(tokens) == 3:
+            if len(tokens) == 3 or tokens[3] in ("--help", "-h"):
                 continue
             command = tokens[3]
             if command not in TRAINER and command not in TOOLS and command != "<tool>":
