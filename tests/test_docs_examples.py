@@ -1,7 +1,8 @@
 """Every code block of README.md and the documentation site runs, or is checked against the code, in a test.
 
 * ```` ```python ```` blocks are executed, each in a fresh namespace in a temporary working directory, after
-  the tiny-size substitutions of :data:`SUBSTITUTIONS` (fewer epochs and frames; each must apply somewhere).
+  the tiny-size substitutions of :data:`SUBSTITUTIONS` (fewer epochs and frames; each must apply somewhere);
+  blocks that train a model are marked slow.
 * ```` ```bash ```` blocks: every command line is checked. ``python -m synthrel_lightning <command>`` must name
   a real command and only options that the command's ``--help`` lists; a line whose files all exist in the
   repository and holds no placeholder also parses with ``--print_config`` (the whole configuration is read
@@ -47,13 +48,14 @@ SUBSTITUTIONS: dict[str, str] = {
         'root=__import__("synthrel_lightning.data.demo", fromlist=["x"]).write_demo_cityscapes("cs", 4, 2)'
     ),
     "crop_size=(512, 1024), batch_size=8, seed=0": "crop_size=(64, 128), batch_size=2, seed=0, num_workers=0",
+    "data = DemoDataModule(\n": "data = DemoDataModule(num_train=4, num_val=2, batch_size=2, eval_batch_size=2,\n",
     "for epoch in range(10):": "for epoch in range(1):",
 }
 """Tiny variants: text of a block -> what the test runs instead."""
 
 MARK = re.compile(r"<!--\s*no-test:\s*(.+?)\s*-->")
 FENCE = re.compile(r"^(\s*)```(\w*)\s*$")
-PLACEHOLDER = re.compile(r"<[^>]*>|\.\.\.")
+PLACEHOLDER = re.compile(r"[<>$]|\.\.\.")
 REPO_FILE = re.compile(r"(?<![\w/.-])((?:recipes|callbacks|benchmarks|tests)/[\w./-]+\.(?:ya?ml|py|md))")
 TEST_REF = re.compile(r"(?:tests/)?(test_[\w]+\.py)?::(test_\w+)")
 TRAINER = {"demo", "fit", "validate", "test", "predict"}
@@ -153,7 +155,12 @@ def test_every_substitution_applies_to_a_block() -> None:
     assert not unused, f"substitutions that match no python block (remove or fix them): {unused}"
 
 
-@pytest.mark.parametrize("block", PYTHON, ids=str)
+def _python_params() -> list[Any]:
+    """Blocks that train a model (``.fit(``) take over a minute on a CPU: they run with the slow tests."""
+    return [pytest.param(b, marks=pytest.mark.slow) if ".fit(" in b.text else b for b in PYTHON]
+
+
+@pytest.mark.parametrize("block", _python_params(), ids=str)
 def test_python_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code = block.text
     for old, new in SUBSTITUTIONS.items():
@@ -218,7 +225,11 @@ def _parsable() -> list[tuple[Block, list[str]]]:
     for block, args in _synthrel_lines():
         if not args or args[0] not in TRAINER | {"generate", "domains", "caption", "correlate", "calibrate", "qc"}:
             continue
-        if any(PLACEHOLDER.search(a) for a in args) or "--ckpt_path" in " ".join(args):
+        if PLACEHOLDER.search(" ".join(args)) or "--ckpt_path" in " ".join(args):
+            continue
+        configs = [b for a, b in zip(args, args[1:]) if a in ("--config", "-c")]
+        configs += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+        if any(c != "demo" and not (REPO / c).exists() for c in configs):
             continue
         out.append((block, args))
     return out
