@@ -36,6 +36,7 @@ TOOLS: dict[str, str] = {
     "sml_stats": "synthrel_lightning.commands.sml_stats",
     "export_submission": "synthrel_lightning.commands.export_submission",
     "qc": "synthrel_lightning.commands.qc",
+    "share_set": "synthrel_lightning.commands.share_set",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
