@@ -32,6 +32,12 @@ DOCS = REPO / "docs"
 PAGES = sorted([REPO / "README.md", *DOCS.rglob("*.md")])
 
 UNTESTED: set[tuple[str, str]] = {
+    ("docs/concepts/calibration.md", "a fragment: needs a calibrated checkpoint, a model and images"),
+    ("docs/guides/calibration_study.md", "a fragment: needs a zoo and the real domain sets"),
+    ("docs/guides/calibration_study.md", "a fragment: needs logits of real sets"),
+    ("docs/guides/domains.md", "needs a Cityscapes copy under data/cityscapes"),
+    ("docs/guides/finetune_study.md", "a fragment: needs the metrics of three fine-tuning runs"),
+    ("docs/guides/sharing.md", "needs the hub (network)"),
     ("docs/guides/qc.md", "needs a generated set and hub segmenters"),
 }
 """(page, reason) of every block marked ``<!-- no-test: reason -->``."""
@@ -139,9 +145,7 @@ def _command_lines(text: str) -> list[list[str]]:
 
 
 def _synthrel_lines() -> list[tuple[Block, list[str]]]:
-    return [
-        (b, t[3:]) for b in BASH for t in _command_lines(b.text) if t[:3] == ["python", "-m", "synthrel_lightning"]
-    ]
+    return [(b, t[3:]) for b in BASH for t in _command_lines(b.text) if t[:3] == ["python", "-m", "synthrel_lightning"]]
 
 
 def test_the_pages_hold_code_blocks_and_the_untested_ones_are_exactly_the_listed_ones() -> None:
