@@ -148,7 +148,8 @@ class ControlNetFineTuning(L.LightningModule):
             raise ImportError("unet_lora_rank needs peft: pip install peft") from e
         config = LoraConfig(
             r=rank,
-            lora_alpha=alpha if alpha is not None else rank,
+            # peft annotates lora_alpha as int but only divides it by r: a float alpha is used as given
+            lora_alpha=alpha if alpha is not None else rank,  # type: ignore[arg-type]
             init_lora_weights="gaussian",
             target_modules=["to_k", "to_q", "to_v", "to_out.0"],
         )
@@ -172,7 +173,7 @@ class ControlNetFineTuning(L.LightningModule):
         return key.startswith(_TRAINED_PREFIXES) or (key.startswith("unet.") and "lora_" in key)
 
     def _frozen_dtype(self) -> torch.dtype:
-        name = self.hparams.frozen_dtype
+        name = self.hparams["frozen_dtype"]
         if name != "auto":
             return getattr(torch, name)
         precision = str(getattr(self.trainer, "precision", "32")) if self._trainer is not None else "32"
@@ -197,7 +198,7 @@ class ControlNetFineTuning(L.LightningModule):
 
     # ------------------------------------------------------------------ loss
     def _encode_prompts(self, captions: list[str], rng: np.random.Generator | None) -> torch.Tensor:
-        p = float(self.hparams.empty_prompt_probability)
+        p = float(self.hparams["empty_prompt_probability"])
         if p > 0 and rng is not None:
             captions = ["" if rng.random() < p else c for c in captions]
         ids = self.tokenizer(
@@ -252,14 +253,14 @@ class ControlNetFineTuning(L.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Denoising loss on a batch (noise keyed by seed, global step, batch index and rank)."""
-        g = torch_generator(self.hparams.seed, "controlnet-train", self.global_step, batch_idx, self.global_rank)
+        g = torch_generator(self.hparams["seed"], "controlnet-train", self.global_step, batch_idx, self.global_rank)
         loss = self.denoising_loss(batch, g)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Denoising loss with fixed noise per batch (comparable across validations)."""
-        g = torch_generator(self.hparams.seed, "controlnet-val", batch_idx)
+        g = torch_generator(self.hparams["seed"], "controlnet-val", batch_idx)
         loss = self.denoising_loss(batch, g)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["caption"]))
         return loss
@@ -269,8 +270,10 @@ class ControlNetFineTuning(L.LightningModule):
         """AdamW (plain, fused or 8-bit) over the trained weights; constant learning rate after a linear warm-up."""
         params = [p for p in self.trainable_parameters() if p.requires_grad]
         hp = self.hparams
-        kwargs = dict(lr=hp.learning_rate, betas=tuple(hp.adam_betas), eps=hp.adam_eps, weight_decay=hp.weight_decay)
-        if hp.optimizer == "adamw_8bit":
+        kwargs = dict(
+            lr=hp["learning_rate"], betas=tuple(hp["adam_betas"]), eps=hp["adam_eps"], weight_decay=hp["weight_decay"]
+        )
+        if hp["optimizer"] == "adamw_8bit":
             try:
                 import bitsandbytes as bnb
             except ImportError as e:
@@ -280,8 +283,8 @@ class ControlNetFineTuning(L.LightningModule):
                 ) from e
             opt = bnb.optim.AdamW8bit(params, **kwargs)
         else:
-            opt = torch.optim.AdamW(params, fused=hp.optimizer == "adamw_fused", **kwargs)
-        warmup = max(0, int(hp.lr_warmup_steps))
+            opt = torch.optim.AdamW(params, fused=hp["optimizer"] == "adamw_fused", **kwargs)
+        warmup = max(0, int(hp["lr_warmup_steps"]))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -326,7 +329,7 @@ class ControlNetFineTuning(L.LightningModule):
             if self.ema is not None:
                 self.ema.restore(params)
         write_encoding_file(folder, self.encoding)
-        if self.hparams.unet_lora_rank is not None:
+        if self.hparams["unet_lora_rank"] is not None:
             from diffusers import StableDiffusionPipeline
             from diffusers.utils import convert_state_dict_to_diffusers
             from peft.utils import get_peft_model_state_dict
@@ -337,8 +340,8 @@ class ControlNetFineTuning(L.LightningModule):
 
     def on_train_end(self) -> None:
         """Write the trained ControlNet to ``save_dir`` (global rank 0)."""
-        if self.hparams.save_dir and self.trainer.is_global_zero:
-            path = self.save_controlnet(self.hparams.save_dir)
+        if self.hparams["save_dir"] and self.trainer.is_global_zero:
+            path = self.save_controlnet(self.hparams["save_dir"])
             log.info("ControlNet (encoding %s) saved to %s", self.encoding.name, path)
 
     def pipeline(self) -> Any:

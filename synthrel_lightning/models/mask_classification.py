@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,9 @@ from torch import Tensor, nn
 
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.models.outputs import MaskClassificationOutput
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def mask_targets(target: Tensor, num_classes: int) -> tuple[list[Tensor], list[Tensor]]:
@@ -55,16 +58,23 @@ def _criterion_inputs(output: MaskClassificationOutput, target: Tensor) -> tuple
     return output.image_region(output.mask_logits), [output.image_region(m) for _, m in output.aux], target
 
 
-def mask2former_losses(model: nn.Module, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
-    """A transformers Mask2Former's weighted losses (class CE, mask BCE, Dice; last and auxiliary layers)."""
+def mask2former_losses(model: Any, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
+    """A transformers Mask2Former's weighted losses (class CE, mask BCE, Dice; last and auxiliary layers).
+
+    ``model`` is a ``Mask2FormerForUniversalSegmentation`` (duck-typed: its ``get_loss_dict`` takes the
+    per-image label lists and auxiliary list this passes, not the single tensors its annotations name).
+    """
     masks, aux_masks, target = _criterion_inputs(output, target)
     mask_labels, class_labels = mask_targets(target, int(model.config.num_labels))
     aux = [{"class_queries_logits": c, "masks_queries_logits": m} for (c, _), m in zip(output.aux, aux_masks)]
     return model.get_loss_dict(masks, output.class_logits, mask_labels, class_labels, aux)
 
 
-def oneformer_losses(model: nn.Module, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
-    """A transformers OneFormer's weighted mask/class losses (per decoder layer), without the contrastive term."""
+def oneformer_losses(model: Any, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
+    """A transformers OneFormer's weighted mask/class losses (per decoder layer), without the contrastive term.
+
+    ``model`` is a ``OneFormerForUniversalSegmentation`` (duck-typed as in :func:`mask2former_losses`).
+    """
     masks, aux_masks, target = _criterion_inputs(output, target)
     mask_labels, class_labels = mask_targets(target, int(model.config.num_labels))
     aux = [{"class_queries_logits": c, "masks_queries_logits": m} for (c, _), m in zip(output.aux, aux_masks)]
@@ -140,11 +150,23 @@ class _HFMaskClassifier(nn.Module):
     rba_trainable: ClassVar[tuple[str, ...]] = ()
     size_divisor = 32
 
-    model: nn.Module
+    model: PreTrainedModel
     num_classes: int
 
+    def criterion(self, output: MaskClassificationOutput, target: Tensor) -> dict[str, Tensor]:
+        """The model's own weighted losses (each wrapper gives its model's)."""
+        raise NotImplementedError
+
     @staticmethod
-    def _load(cls: Any, checkpoint: str, who: str, **kwargs: Any) -> nn.Module:
+    def _num_labels(model: PreTrainedModel) -> int:
+        """The class count of ``model``'s config (a model without one cannot be a segmenter here)."""
+        n = model.config.num_labels
+        if n is None:
+            raise ValueError(f"{type(model).__name__}: its config has no id2label, so no class count (num_labels)")
+        return int(n)
+
+    @staticmethod
+    def _load(cls: Any, checkpoint: str, who: str, **kwargs: Any) -> Any:
         try:
             return cls.from_pretrained(checkpoint, **kwargs)
         except OSError as err:
@@ -191,7 +213,9 @@ class HFMask2Former(_HFMaskClassifier):
             )
         else:
             cfg = {"use_pretrained_backbone": False, **(config or {})}
-            self.model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(num_labels=num_classes, **cfg))
+            # num_labels: a PreTrainedConfig property its dataclass transform does not list as a field
+            config_values = Mask2FormerConfig(num_labels=num_classes, **cfg)  # type: ignore[call-arg]
+            self.model = Mask2FormerForUniversalSegmentation(config_values)
         if detectron2_checkpoint is not None:
             if checkpoint is not None:
                 raise ValueError(
@@ -203,14 +227,14 @@ class HFMask2Former(_HFMaskClassifier):
         self.num_classes = int(num_classes)
 
     @classmethod
-    def wrap(cls, model: nn.Module) -> HFMask2Former:
+    def wrap(cls, model: PreTrainedModel) -> HFMask2Former:
         """An existing transformers ``Mask2FormerForUniversalSegmentation`` (its weights kept) as a segmenter."""
         if _model_type(model) != "mask2former":
             raise TypeError(f"HFMask2Former.wrap: expected a transformers Mask2Former, got {type(model).__name__}")
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self.model = model
-        self.num_classes = int(model.config.num_labels)
+        self.num_classes = self._num_labels(model)
         return self
 
     def forward(self, images: Tensor) -> MaskClassificationOutput:
@@ -239,6 +263,7 @@ class HFOneFormer(_HFMaskClassifier):
     """
 
     rba_trainable = ("class_embed", "mask_embed")
+    task_inputs: Tensor
 
     def __init__(
         self,
@@ -270,7 +295,9 @@ class HFOneFormer(_HFMaskClassifier):
                 )["input_ids"]
         else:
             cfg = {"use_pretrained_backbone": False, "is_training": False, **(config or {})}
-            self.model = OneFormerForUniversalSegmentation(OneFormerConfig(num_labels=num_classes, **cfg))
+            # num_labels: a PreTrainedConfig property its dataclass transform does not list as a field
+            config_values = OneFormerConfig(num_labels=num_classes, **cfg)  # type: ignore[call-arg]
+            self.model = OneFormerForUniversalSegmentation(config_values)
             if task_token_ids is None:
                 raise ValueError(
                     "HFOneFormer: a config-built model needs task_token_ids (the token ids of 'the task is semantic')"
@@ -279,7 +306,7 @@ class HFOneFormer(_HFMaskClassifier):
         self.num_classes = int(num_classes)
 
     @classmethod
-    def wrap(cls, model: nn.Module, task_token_ids: list[int]) -> HFOneFormer:
+    def wrap(cls, model: PreTrainedModel, task_token_ids: list[int]) -> HFOneFormer:
         """An existing transformers ``OneFormerForUniversalSegmentation`` with its task prompt's token ids."""
         if _model_type(model) != "oneformer":
             raise TypeError(f"HFOneFormer.wrap: expected a transformers OneFormer, got {type(model).__name__}")
@@ -287,7 +314,7 @@ class HFOneFormer(_HFMaskClassifier):
         nn.Module.__init__(self)
         self.model = model
         self._set_task(task_token_ids)
-        self.num_classes = int(model.config.num_labels)
+        self.num_classes = self._num_labels(model)
         return self
 
     def _set_task(self, task_token_ids: list[int]) -> None:

@@ -118,7 +118,7 @@ class InpaintResult:
         from synthrel_lightning.synthesis.bank import OutlierEntry
 
         meta = dict(self.metadata, box=list(self.box))
-        common = dict(
+        common: dict[str, Any] = dict(
             label_value=self.label_value,
             name=self.object_name,
             prompt=self.prompt,
@@ -605,7 +605,7 @@ class InpaintingEngine:
                         t = F.interpolate(t, size=(th, tw), mode="bicubic", align_corners=False, antialias=True)
                     t = t[0].clamp(0, 1)
                     hard = torch.zeros(1, 1, h, w)
-                    hard[(..., *win.box.slices)] = 1.0
+                    hard[0, 0][win.box.slices] = 1.0
                     mask = F.interpolate(hard, size=(th, tw), mode="nearest")[0]
                 else:
                     t = crop_to_tensor(frame, win, self.resolution)
@@ -666,7 +666,7 @@ class InpaintingEngine:
     ) -> InpaintResult:
         box = win.box
         empty = np.zeros((box.side, box.side), dtype=bool)
-        common = dict(
+        common: dict[str, Any] = dict(
             box=box,
             object_name=entry.name,
             label_value=int(entry.label_value),
