@@ -7,6 +7,7 @@ importing this module stays cheap and works on headless machines. Figures are bu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ def save_figure(
     written = []
     for fmt in formats:
         target = path.with_suffix(f".{fmt}")
-        written.append(atomic_write(target, lambda tmp, fmt=fmt: fig.savefig(tmp, format=fmt, dpi=dpi, **kwargs)))
+        written.append(atomic_write(target, functools.partial(fig.savefig, format=fmt, dpi=dpi, **kwargs)))
     return written
 
 

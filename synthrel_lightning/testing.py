@@ -305,7 +305,7 @@ class FaultySource:
     def __init__(self, fail_calls: tuple[int, ...] = (1,), delay_s: float = 0.0, size_range: tuple[int, int] = (8, 16)):
         self.fail_calls = tuple(int(c) for c in fail_calls)
         self.delay_s = float(delay_s)
-        self.size_range = tuple(size_range)
+        self.size_range = (size_range[0], size_range[1])
         self.calls = 0
 
     def sample(self, rng: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,7 @@ class PredictionWriter(BasePredictionWriter):
             atomic_save_png(out / f"{stem}_pred.png", pred)
             if self.color:
                 atomic_save_png(out / f"{stem}_pred_color.png", colorize_train_ids(pred))
-            atomic_write(out / f"{stem}_score.npy", lambda tmp, a=score: np.save(tmp, a.astype(np.float32)))
+            atomic_write(out / f"{stem}_score.npy", functools.partial(np.save, arr=score.astype(np.float32)))
             self.written["frames"] += 1
             self.written["files"] += 3 if self.color else 2
 

@@ -8,6 +8,7 @@ disk space: about 10 MB per 2048x1024 frame (image + label + ood).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -124,7 +125,7 @@ class DecodedCache(Dataset[Sample]):
         except TypeError:
             return  # values the cache cannot store: serve decoded samples uncached
         for key, arr in arrays.items():
-            atomic_write(entry / f"{key}.npy", lambda tmp, a=arr: np.save(tmp, np.ascontiguousarray(a)))
+            atomic_write(entry / f"{key}.npy", functools.partial(np.save, arr=np.ascontiguousarray(arr)))
         # Written last: an entry counts only once every array is in place.
         atomic_write_json(entry / _META, {"version": _VERSION, "arrays": sorted(arrays), "values": values})
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from synthrel_lightning.data.base import Transform
+from synthrel_lightning.data.base import OnError, Transform
 from synthrel_lightning.data.collate import collate_samples
 from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.data.sample import Sample
@@ -153,7 +153,7 @@ class SegmentationDataModule(L.LightningDataModule):
         if inspect.signature(self.build_sets).parameters:
             self.build_sets(stage)
         else:  # an override written without the stage argument builds everything
-            self.build_sets()  # type: ignore[call-arg]
+            self.build_sets()
         seed = _resolve_seed(self.seed)
         if needs_train and self.train_set is not None and "train" not in self._built:
             _check_frames(self.train_set)
@@ -296,6 +296,26 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader(sets[name], train=False)
 
 
+T = TypeVar("T")
+
+
+def _pair(values: Sequence[T], what: str) -> tuple[T, T]:
+    """``values`` as a 2-tuple (a list from a YAML config too); a clear error for any other length."""
+    if len(values) != 2:
+        raise ValueError(f"CityscapesOODDataModule: {what} must hold 2 values, got {values!r}")
+    return values[0], values[1]
+
+
+class _Unbuilt(Dataset[Sample]):
+    """Stands for a named evaluation set until ``build_sets`` indexes it in ``setup`` (its name is known before)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getitem__(self, index: Any) -> Sample:
+        raise RuntimeError(f"evaluation set {self.name!r} is indexed in setup(); call setup() before reading it")
+
+
 class CityscapesOODDataModule(SegmentationDataModule):
     """Cityscapes (official layout) for training/validation, mixed with synthetic outliers.
 
@@ -324,6 +344,8 @@ class CityscapesOODDataModule(SegmentationDataModule):
         decoded_cache / prefetch_factor: see :class:`SegmentationDataModule`.
     """
 
+    name: str  # the Cityscapes-format set's name (LightningDataModule declares it optional)
+
     def __init__(
         self,
         root: str | Path,
@@ -345,7 +367,7 @@ class CityscapesOODDataModule(SegmentationDataModule):
         pin_memory: bool = True,
         max_train_samples: int | None = None,
         max_val_samples: int | None = None,
-        on_error: str = "raise",
+        on_error: OnError = "raise",
         predict_set: str | None = None,
         predict_folder: str | Path | None = None,
         seed: int | None = None,
@@ -357,14 +379,15 @@ class CityscapesOODDataModule(SegmentationDataModule):
         from synthrel_lightning.data.transforms import train_transform as make_train
 
         default_train = make_train(
-            crop_size=tuple(crop_size),
-            scale_range=tuple(scale_range),
+            crop_size=_pair(crop_size, "crop_size"),
+            scale_range=_pair(scale_range, "scale_range"),
             output="uint8" if normalize_on_device else "float",
         )
         super().__init__(
             outliers=outliers,
             train_transform=train_transform or default_train,
-            eval_transform=eval_transform or make_eval(size=None if eval_size is None else tuple(eval_size)),
+            eval_transform=eval_transform
+            or make_eval(size=None if eval_size is None else _pair(eval_size, "eval_size")),
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
@@ -390,10 +413,10 @@ class CityscapesOODDataModule(SegmentationDataModule):
             if key in (name, f"{name}_objects"):
                 raise ValueError(f"{type(self).__name__}: extra set name {key!r} collides with a built-in set name")
         self.val_sets = {
-            name: None,
-            **({f"{name}_objects": None} if val_outliers is not None else {}),
+            name: _Unbuilt(name),
+            **({f"{name}_objects": _Unbuilt(f"{name}_objects")} if val_outliers is not None else {}),
             **self.extra_val_sets,
-        }  # type: ignore[dict-item]
+        }
         self.test_sets = dict(self.extra_test_sets)
 
     def build_sets(self, stage: str | None = None) -> None:
@@ -403,12 +426,12 @@ class CityscapesOODDataModule(SegmentationDataModule):
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = CityscapesDataset(
                 self.root, split=self.train_split, on_error=self.on_error, max_samples=self.max_train_samples
-            )  # type: ignore[arg-type,assignment]
+            )
         if "eval" in self._built or (stage == "predict" and self.predict_folder is not None):
             return
         val = CityscapesDataset(
             self.root, split=self.val_split, on_error=self.on_error, max_samples=self.max_val_samples
-        )  # type: ignore[arg-type]
+        )
         sets: dict[str, Dataset[Sample]] = {self.name: val}
         if self.val_outliers is not None:
             # Fixed epoch: the synthetic evaluation set is the same at every validation.

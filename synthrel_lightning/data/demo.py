@@ -113,7 +113,7 @@ def _draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.n
     palette = np.zeros((256, 3), dtype=np.float32)
     for lid, color in _BASE_COLORS.items():
         palette[lid] = np.clip(np.array(color) + rng.normal(0, 12, 3), 0, 255)
-    image = palette[label]
+    image: np.ndarray = palette[label]
     coarse = rng.normal(0, 10, (height // 8 + 1, width // 8 + 1, 1)).repeat(8, 0).repeat(8, 1)[:height, :width]
     image = image + coarse + rng.normal(0, 6, image.shape)
     image = image * np.linspace(1.05, 0.9, height, dtype=np.float32)[:, None, None] * rng.uniform(0.8, 1.2)

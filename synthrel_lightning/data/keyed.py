@@ -20,9 +20,13 @@ Transform = Callable[[Sample], Sample]
 
 
 class Mixer(Protocol):
-    """What mixes outliers into a raw sample, drawing from ``(its seed, epoch, index)`` alone."""
+    """What mixes outliers into a raw sample, drawing from ``(its seed, epoch, index)`` alone.
 
-    def __call__(self, sample: Sample, index: int, epoch: int = 0) -> Sample: ...
+    The sample is a raw :class:`~synthrel_lightning.data.sample.Sample`; mixers live below the data
+    package (:class:`~synthrel_lightning.synthesis.mixing.OutlierMixer`) and see it as a plain dict.
+    """
+
+    def __call__(self, sample: Any, index: int, epoch: int = 0) -> Any: ...
 
 
 @contextmanager

@@ -59,4 +59,5 @@ class SampleKey(NamedTuple):
     """
 
     epoch: int
-    index: int
+    # The field shadows tuple.index on purpose (key.index reads the dataset index); typeshed types the method.
+    index: int  # type: ignore[assignment]

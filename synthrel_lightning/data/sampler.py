@@ -69,7 +69,7 @@ class EpochSampler(DistributedSampler):
             indices += (indices * math.ceil(pad / max(1, len(indices))))[:pad]
         return indices[self.rank : self.total_size : self.num_replicas]
 
-    def __iter__(self) -> Iterator[SampleKey]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[SampleKey]:
         epoch = self.epoch
         return iter([SampleKey(epoch, i) for i in self.order()])
 

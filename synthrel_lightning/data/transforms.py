@@ -9,8 +9,8 @@ nearest-neighbour interpolation and padded with void (255).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
 
 import albumentations as A
 import albumentations.augmentations.pixel.functional as albu_pixel
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from synthrel_lightning.data.sample import Sample
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.seeding import derive_seed, worker_context
 
@@ -128,27 +129,28 @@ class SegmentationTransform:
         self.pipeline.set_random_seed(s & 0xFFFFFFFF)
         self._seeded_for = key
 
-    def __call__(self, sample: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
+    def __call__(self, sample: Sample, seed: int | None = None) -> Sample:
         """Transform one sample dict (its random draws keyed by ``seed`` if given); returns a new dict of tensors."""
-        if "image" not in sample:
-            raise KeyError(f"SegmentationTransform: sample has no 'image' (keys: {sorted(sample)})")
+        raw: Mapping[str, Any] = sample
+        if "image" not in raw:
+            raise KeyError(f"SegmentationTransform: sample has no 'image' (keys: {sorted(raw)})")
         if seed is None:
             self._reseed()
         else:
             self.pipeline.set_random_seed(int(seed) & 0xFFFFFFFF)
             self._seeded_for = None  # the next unkeyed call restarts this process's own stream
-        inputs: dict[str, Any] = {"image": sample["image"]}
+        inputs: dict[str, Any] = {"image": raw["image"]}
         for key in MASK_KEYS:
-            if key in sample:
-                inputs["mask" if key == "label" else key] = sample[key]
+            if key in raw:
+                inputs["mask" if key == "label" else key] = raw[key]
         out = self.pipeline(**inputs)
-        result = dict(sample)
+        result = dict(raw)
         result["image"] = self._image_tensor(out["image"])
-        if "label" in sample:
+        if "label" in raw:
             result["label"] = _mask_tensor(out["mask"])
-        if "ood" in sample:
+        if "ood" in raw:
             result["ood"] = _mask_tensor(out["ood"])
-        return result
+        return cast(Sample, result)  # the input's keys, with tensors
 
     def _normalized(self, image: np.ndarray) -> Tensor:
         """``(image / 255 - mean) / std`` as a float32 (3, H, W) tensor, what ``A.Normalize`` computes."""
@@ -385,7 +387,7 @@ class FastColorJitter(A.ColorJitter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.transforms = [*self.transforms]
+        self.transforms: list[Any] = [*self.transforms]
         self.transforms[2] = adjust_saturation
 
 

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from synthrel_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from synthrel_lightning.models.mask_classification import run_segmenter
 from synthrel_lightning.models.outputs import class_scores_at, identify_output
+from synthrel_lightning.scores.protocol import OODScore
 
 InputFormat = Literal["normalized", "uint8"]
 OUTPUT_NAMES = ("class_scores", "prediction", "ood_score")
@@ -35,6 +36,12 @@ class DeployableSegmenter(nn.Module):
     int64, their argmax; ``ood_score`` (B,H,W) float32, higher = more OOD.
     """
 
+    segmenter: nn.Module
+    scorer: OODScore
+    temperature: Tensor
+    mean: Tensor
+    inv_std: Tensor
+
     def __init__(self, module: nn.Module, input_format: InputFormat = "normalized") -> None:
         super().__init__()
         if input_format not in ("normalized", "uint8"):
@@ -44,10 +51,17 @@ class DeployableSegmenter(nn.Module):
                 raise TypeError(
                     f"DeployableSegmenter: {type(module).__name__} has no {attr!r}; expected an OODSegmenter"
                 )
+        segmenter, scorer, temperature = module.segmenter, module.scorer, module.temperature
+        if not (isinstance(segmenter, nn.Module) and isinstance(scorer, OODScore) and isinstance(temperature, Tensor)):
+            raise TypeError(
+                f"DeployableSegmenter: {type(module).__name__}'s segmenter, scorer and temperature must be a module, "
+                f"an OOD score and a tensor; got {type(segmenter).__name__}, {type(scorer).__name__} and "
+                f"{type(temperature).__name__}"
+            )
         # The parts, not the LightningModule: tracing must not reach trainer-bound attributes.
-        self.segmenter = module.segmenter.eval()
-        self.scorer = module.scorer.eval()
-        self.register_buffer("temperature", module.temperature.detach().clone())
+        self.segmenter = segmenter.eval()
+        self.scorer = scorer.eval()
+        self.register_buffer("temperature", temperature.detach().clone())
         self.input_format = input_format
         self.num_classes = int(getattr(module, "num_classes", 0))
         self.register_buffer("mean", torch.tensor([255.0 * m for m in IMAGENET_MEAN]).view(1, 3, 1, 1))

@@ -68,7 +68,7 @@ class ProceduralObjectSource(OutlierSource):
 
             gh, gw = max(2, h // 8), max(2, w // 8)
             coarse = (rng.random((gh, gw)) * 255).astype(np.uint8)
-            t = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BILINEAR), np.float32) / 255.0
+            t = np.asarray(Image.fromarray(coarse).resize((w, h), Image.Resampling.BILINEAR), np.float32) / 255.0
         else:  # gradient
             angle = rng.uniform(0, 2 * np.pi)
             proj = xx * np.cos(angle) + yy * np.sin(angle)
