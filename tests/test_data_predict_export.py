@@ -164,3 +164,5 @@ def test_fishyscapes_estimator_follows_the_benchmark_contract() -> None:
     np.testing.assert_allclose(uncertainty, expected.numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         estimator(np.zeros((40, 64)))
+    with pytest.raises(TypeError, match="TinySegmenter has no score"):
+        FishyscapesEstimator(TinySegmenter(num_classes=19, width=4, depth=1))

@@ -70,6 +70,10 @@ def test_paper_vocabulary_and_articles(tmp_path: Path) -> None:
     bad.write_text("- {name: x, label_value: 77}\n")
     with pytest.raises(ValueError, match="bad.yaml.*label_value"):
         load_vocabulary(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("- {name: x, label_value: null}\n")
+    with pytest.raises(ValueError, match="empty.yaml: the label of 'x' is empty"):
+        load_vocabulary(empty)
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         load_vocabulary(tmp_path / "missing.txt")
 

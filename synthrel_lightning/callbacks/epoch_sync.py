@@ -20,7 +20,7 @@ class DataEpochSync(Callback):
 
     def _sync(self, trainer: L.Trainer) -> None:
         epoch = trainer.current_epoch
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)  # set by the Trainer at run time, not declared on its class
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(epoch)
             return
@@ -37,7 +37,7 @@ class DataEpochSync(Callback):
                 ds.set_epoch(epoch)
 
     def _log_skips(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        counts = getattr(trainer.datamodule, "skipped_counts", None)
+        counts = getattr(getattr(trainer, "datamodule", None), "skipped_counts", None)
         if not callable(counts):
             return
         for name, n in counts().items():

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from synthrel_lightning.callbacks.correlation import log_figure
+
+
+@runtime_checkable
+class _KeepsEvaluationPlots(Protocol):
+    """A module that can keep its evaluation figures (as :class:`~synthrel_lightning.models.OODSegmenter` does)."""
+
+    keep_evaluation_plots: bool
 
 
 class ReliabilityPlots(Callback):
@@ -25,7 +34,7 @@ class ReliabilityPlots(Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Ask the module to keep its evaluation figures."""
-        if not hasattr(pl_module, "keep_evaluation_plots"):
+        if not isinstance(pl_module, _KeepsEvaluationPlots):
             raise TypeError(
                 "ReliabilityPlots needs an OODSegmenter-like module with evaluation plots; "
                 f"got {type(pl_module).__name__}"

@@ -26,7 +26,8 @@ class SMLStatistics(L.Callback):
             return
         loader = trainer.train_dataloader
         if loader is None:
-            loader = trainer.datamodule.train_dataloader()
+            datamodule = getattr(trainer, "datamodule", None)  # set by the Trainer at run time, not declared
+            loader = datamodule.train_dataloader()
         device_batches = (pl_module.transfer_batch_to_device(batch, pl_module.device, 0) for batch in loader)
         compute(device_batches, max_batches=max_batches)
 

@@ -50,7 +50,7 @@ class MetricsSummary(Callback):
 
     @staticmethod
     def _skipped(trainer: L.Trainer) -> dict[str, int] | None:
-        counts = getattr(trainer.datamodule, "skipped_counts", None) if trainer.datamodule is not None else None
+        counts = getattr(getattr(trainer, "datamodule", None), "skipped_counts", None)
         return {str(k): int(v) for k, v in counts().items()} if callable(counts) else None
 
     @rank_zero_only

@@ -45,10 +45,12 @@ def denormalize(
 
 def ground_truth_map(label: Tensor | None, ood: Tensor | None) -> np.ndarray:
     """Train-id map with OOD pixels (from ``label`` 254 or ``ood`` == 1) set to 254, for colourising."""
-    if label is None and ood is None:
+    if label is not None:
+        gt = label.cpu().numpy().astype(np.int64)
+    elif ood is not None:
+        gt = np.full(tuple(ood.shape), VOID_ID, np.int64)
+    else:
         raise ValueError("OODVisualization: the evaluation result has neither 'label' nor 'ood'")
-    ref = label if label is not None else ood
-    gt = label.cpu().numpy().astype(np.int64) if label is not None else np.full(tuple(ref.shape), VOID_ID, np.int64)
     if ood is not None:
         gt[ood.cpu().numpy() == OOD_POSITIVE] = OOD_ID
     return gt
@@ -96,6 +98,7 @@ def panel_figure(
             if row == 0:
                 ax.set_title(PANEL_TITLES[col], fontsize=9)
         axes[row, 0].set_ylabel(str(s["name"]), fontsize=7)
+    assert image_artist is not None  # one per sample, and samples[0] was read above
     fig.colorbar(image_artist, ax=axes[:, 3].tolist(), label=score_label, shrink=0.9)
     if title:
         fig.suptitle(title, fontsize=10)

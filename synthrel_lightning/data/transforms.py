@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, overload
 
 import albumentations as A
 import albumentations.augmentations.pixel.functional as albu_pixel
@@ -129,28 +129,37 @@ class SegmentationTransform:
         self.pipeline.set_random_seed(s & 0xFFFFFFFF)
         self._seeded_for = key
 
-    def __call__(self, sample: Sample, seed: int | None = None) -> Sample:
-        """Transform one sample dict (its random draws keyed by ``seed`` if given); returns a new dict of tensors."""
-        raw: Mapping[str, Any] = sample
-        if "image" not in raw:
-            raise KeyError(f"SegmentationTransform: sample has no 'image' (keys: {sorted(raw)})")
+    @overload
+    def __call__(self, sample: Sample, seed: int | None = None) -> Sample: ...
+
+    @overload
+    def __call__(self, sample: dict[str, Any], seed: int | None = None) -> dict[str, Any]: ...
+
+    def __call__(self, sample: Mapping[str, Any], seed: int | None = None) -> Sample | dict[str, Any]:
+        """Transform one sample dict (its random draws keyed by ``seed`` if given); returns a new dict of tensors.
+
+        A :class:`~synthrel_lightning.data.sample.Sample` gives one; a dict with fewer keys (an image to
+        predict on) gives a dict with the same keys.
+        """
+        if "image" not in sample:
+            raise KeyError(f"SegmentationTransform: sample has no 'image' (keys: {sorted(sample)})")
         if seed is None:
             self._reseed()
         else:
             self.pipeline.set_random_seed(int(seed) & 0xFFFFFFFF)
             self._seeded_for = None  # the next unkeyed call restarts this process's own stream
-        inputs: dict[str, Any] = {"image": raw["image"]}
+        inputs: dict[str, Any] = {"image": sample["image"]}
         for key in MASK_KEYS:
-            if key in raw:
-                inputs["mask" if key == "label" else key] = raw[key]
+            if key in sample:
+                inputs["mask" if key == "label" else key] = sample[key]
         out = self.pipeline(**inputs)
-        result = dict(raw)
+        result = dict(sample)
         result["image"] = self._image_tensor(out["image"])
-        if "label" in raw:
+        if "label" in sample:
             result["label"] = _mask_tensor(out["mask"])
-        if "ood" in raw:
+        if "ood" in sample:
             result["ood"] = _mask_tensor(out["ood"])
-        return cast(Sample, result)  # the input's keys, with tensors
+        return result
 
     def _normalized(self, image: np.ndarray) -> Tensor:
         """``(image / 255 - mean) / std`` as a float32 (3, H, W) tensor, what ``A.Normalize`` computes."""

@@ -9,6 +9,7 @@ trained :class:`~synthrel_lightning.models.OODSegmenter`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,12 @@ class FishyscapesEstimator:
     def __init__(self, model: nn.Module, transform: Any | None = None, device: str | torch.device = "cpu") -> None:
         from synthrel_lightning.data.transforms import eval_transform
 
+        score = getattr(model, "score", None)
+        if not callable(score):
+            raise TypeError(
+                f"FishyscapesEstimator: {type(model).__name__} has no score(outputs) method; expected an OODSegmenter"
+            )
+        self._score: Callable[[Any], Tensor] = score
         self.model = model.eval().to(device)
         self.transform = transform if transform is not None else eval_transform()
         self.device = torch.device(device)
@@ -41,7 +48,7 @@ class FishyscapesEstimator:
             raise ValueError(f"FishyscapesEstimator: expected an (H, W, 3) RGB image, got shape {arr.shape}")
         sample = self.transform({"image": np.ascontiguousarray(arr.astype(np.uint8)), "name": "frame"})
         images = sample["image"][None].to(self.device)
-        score = self.model.score(self.model(images))
+        score = self._score(self.model(images))
         if score.shape[-2:] != arr.shape[:2]:
             score = torch.nn.functional.interpolate(score[:, None].float(), size=arr.shape[:2], mode="bilinear")[:, 0]
         return score[0].float().cpu()

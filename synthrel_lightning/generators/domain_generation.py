@@ -37,7 +37,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import numpy as np
@@ -128,11 +128,11 @@ def _square(array: np.ndarray, position: float | None = None) -> np.ndarray:
     return array[y : y + s, x : x + s]
 
 
-def check_protocol(protocol: str) -> str:
+def check_protocol(protocol: str) -> Protocol:
     """``protocol`` if it names a sampling protocol, else a ValueError listing the valid ones."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"domains: unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
-    return protocol
+    return cast(Protocol, protocol)  # one of PROTOCOLS, checked above
 
 
 class DomainWorkItems(Dataset):
@@ -192,7 +192,8 @@ class DomainWorkItems(Dataset):
         self.ood_condition_id = int(ood_condition_id)
         self.protocol, self.num_samples = protocol, int(num_samples)
         kinds = {"shift": ["shift"], "joint": ["joint"], "both": ["shift", "joint"]}[sets]
-        n = len(source) if max_frames is None else min(len(source), int(max_frames))
+        # torch's Dataset declares no __len__; the map-style sets rendered here have one
+        n = len(source) if max_frames is None else min(len(source), int(max_frames))  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("DomainWorkItems: the source set has no frames")
         all_items: list[tuple[int, str, str, tuple[int, float] | None]] = []
@@ -253,6 +254,8 @@ class DomainWorkItems(Dataset):
 
     def _paste_objects(self, label_ids: np.ndarray, train_ids: np.ndarray, domain: str, name: str) -> tuple[str, int]:
         """Paste one OOD object mask into both maps (in place); returns its name and the pixels it covers."""
+        if self.ood_objects is None:
+            raise ValueError("DomainWorkItems: joint sets paste OOD objects: pass ood_objects (an outlier source)")
         rng = numpy_generator(self.seed, "joint", domain, name)
         for _ in range(8):
             entry = self.ood_objects.sample(rng)
@@ -345,7 +348,8 @@ class DomainDataModule(HostItemsDataModule):
     def _captions(self) -> dict[str, str]:
         if self.captions is None:
             return {}
-        n = len(self.source) if self.max_frames is None else min(len(self.source), int(self.max_frames))
+        # torch's Dataset declares no __len__; the map-style sets rendered here have one
+        n = len(self.source) if self.max_frames is None else min(len(self.source), int(self.max_frames))  # type: ignore[arg-type]
         names = [frame_name(self.source, i) or str(self.source[i].get("name", f"#{i}")) for i in range(n)]
         kwargs = {} if self.generic_caption is None else {"generic": self.generic_caption}
         by_name, self.missing_captions = CaptionFile.read(self.captions).lookup(

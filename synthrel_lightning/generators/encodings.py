@@ -57,7 +57,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -241,7 +241,7 @@ class LabelEncoding:
         return {"encoding": self.name, "conditioning_channels": self.channels, "ids": "label_ids"}
 
 
-def _lut(rows: dict[int, Sequence[float]], channels: int) -> np.ndarray:
+def _lut(rows: Mapping[int, Sequence[float]], channels: int) -> np.ndarray:
     lut = np.full((256, channels), np.nan, dtype=np.float32)
     for i, v in rows.items():
         lut[i] = np.asarray(v, dtype=np.float32)

@@ -56,7 +56,7 @@ class ControlNetSampleLogger(Callback):
         self.saved: list[Path] = []
 
     def _frames(self, trainer: L.Trainer) -> list[dict[str, Any]]:
-        dm = trainer.datamodule
+        dm = getattr(trainer, "datamodule", None)  # set by the Trainer at run time, not declared on its class
         pairs = getattr(dm, "val_set", None) or getattr(dm, "train_set", None)
         if pairs is None:
             return []

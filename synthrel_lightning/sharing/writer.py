@@ -93,7 +93,7 @@ class SetWriter:
             intact = shards is not None and all(
                 (self.staging / r["file"]).is_file() for records in shards.values() for r in records
             )
-            if intact:
+            if shards is not None and intact:
                 self.done = {s: list(v) for s, v in shards.items()}
                 log.info("share: resuming %s (%d shards already written)", out, sum(map(len, self.done.values())))
             else:

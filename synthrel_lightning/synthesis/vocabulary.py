@@ -103,6 +103,8 @@ def _entry_from(item: Any, origin: str) -> VocabularyEntry:
                 raise ValueError(
                     f"{origin}: label {label!r} of {item['name']!r} is neither 'ood' nor a Cityscapes class name"
                 )
+        if label is None:
+            raise ValueError(f"{origin}: the label of {item['name']!r} is empty; expected a train id, a class or 'ood'")
         try:
             return VocabularyEntry(str(item["name"]), int(label), item.get("prompt"))
         except ValueError as e:

@@ -96,7 +96,8 @@ class WorkItemDataset(Dataset):
         self.vocabulary = list(vocabulary)
         self.placement = placement
         self.seed = int(seed)
-        n = len(source) if max_frames is None else min(len(source), int(max_frames))
+        # torch's Dataset declares no __len__; the map-style sets sampled here have one
+        n = len(source) if max_frames is None else min(len(source), int(max_frames))  # type: ignore[arg-type]
         all_items = [(i, s) for i in range(n) for s in range(int(objects_per_frame))]
         self.items = [(i, s) for i, s in all_items if is_done is None or not is_done(self.key(i, s))]
         self.total = len(all_items)

@@ -106,10 +106,10 @@ class CocoObjectSource(OutlierSource):
                 raise ValueError(f"{self.annotation_json} is not COCO instance format: missing {k!r}")
         cats = {int(c["id"]): str(c["name"]) for c in data["categories"]}
         if categories is not None:
-            missing = set(categories) - set(cats.values())
-            if missing:
+            unknown = set(categories) - set(cats.values())
+            if unknown:
                 raise ValueError(
-                    f"categories {sorted(missing)} not in {self.annotation_json} (has {sorted(cats.values())})"
+                    f"categories {sorted(unknown)} not in {self.annotation_json} (has {sorted(cats.values())})"
                 )
         keep_cats = {
             i for i, n in cats.items() if (categories is None or n in categories) and n not in set(exclude_categories)
