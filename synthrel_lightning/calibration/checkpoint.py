@@ -199,7 +199,7 @@ def calibrate(
     data.setup("validate")
     loader = datamodule_loader(data, set_name, who="calibrate")
     start = time.perf_counter()
-    if method in ("clustered", "lts"):
+    if method == "clustered" or method == "lts":
         with torch.inference_mode(False):
             entry, lines = fit_spatial_calibration(
                 model, loader, method, max_batches, grid=grid, num_bins=num_bins, pixels_per_image=pixels_per_image,
@@ -263,14 +263,23 @@ class _FrameStream:
                                                   with_features=False))  # fmt: skip
 
 
+def _with_features(
+    stream: Iterable[tuple[Tensor, Tensor, Tensor, Tensor | None]],
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """``(features, logits, labels)`` per batch of inputs collected with their features."""
+    for logits, labels, _, feats in stream:
+        if feats is None:
+            raise RuntimeError("calibrate: the calibration inputs were collected without features")
+        yield feats, logits, labels
+
+
 def fit_spatial_calibration(
     model: Any, loader: Any, method: str, max_batches: int | None, **kw: Any
 ) -> tuple[dict, list[str]]:
     """Fit a clustered or local calibrator; its checkpoint entry and report lines."""
     if method == "clustered":
-        stream = collect_calibration_inputs(model, loader, kw["feature_module"], max_batches)
         cfit = fit_clustered_temperature(
-            ((feats, logits, labels) for logits, labels, _, feats in stream),
+            _with_features(collect_calibration_inputs(model, loader, kw["feature_module"], max_batches)),
             n_clusters=kw["n_clusters"], seed=kw["cluster_seed"], assignment=kw["assignment"], grid=kw["grid"],
             num_bins=kw["num_bins"], pixels_per_image=kw["pixels_per_image"], pixel_seed=kw["seed"],
             extend_grid=kw["extend_grid"], feature_module=FeatureTap(model, kw["feature_module"]).name,

@@ -106,7 +106,7 @@ def forward_with_features(
     logits = forward(images)
     if isinstance(logits, dict):
         logits = logits["out"]
-    size = size or tuple(images.shape[-2:])
+    size = size or (images.shape[-2], images.shape[-1])
     if logits.shape[-2:] != size:
         logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
     return logits.float(), tap.features()
@@ -134,9 +134,12 @@ def collect_calibration_inputs(
             with torch.no_grad():
                 if tap is not None:
                     with tap:
-                        logits, feats = forward_with_features(module, images, tap, tuple(labels.shape[-2:]))
+                        logits, feats = forward_with_features(module, images, tap, (labels.shape[-2], labels.shape[-1]))
                 else:
-                    logits, feats = forward_with_features_plain(module, images, tuple(labels.shape[-2:])), None
+                    logits, feats = (
+                        forward_with_features_plain(module, images, (labels.shape[-2], labels.shape[-1])),
+                        None,
+                    )
             yield logits, labels, images, feats
     finally:
         module.train(was_training)

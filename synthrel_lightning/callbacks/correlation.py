@@ -53,11 +53,8 @@ def log_figure(trainer: L.Trainer, tag: str, fig: Any, fallback_dir: str | Path 
             logger.log_image(key=tag, images=[figure_to_array(fig)], step=None)
             sent.append("wandb")
     if not sent:
-        root = fallback_dir or (
-            trainer.loggers[0].log_dir
-            if trainer.loggers and getattr(trainer.loggers[0], "log_dir", None)
-            else trainer.default_root_dir
-        )
+        log_dir = getattr(trainer.loggers[0], "log_dir", None) if trainer.loggers else None
+        root = fallback_dir or log_dir or trainer.default_root_dir
         safe = tag.replace("/", "_").replace("~", "-")
         sent.append(str(save_figure(fig, Path(root) / "plots" / f"{safe}_step{step:06d}.png")[0]))
     return sent
@@ -205,10 +202,10 @@ class MetricCorrelation(Callback):
             )
             self.last_correlations[key] = corr
             for method, c in corr.items():
-                if not c.ok:
+                if not c.ok or c.coefficient is None:
                     continue
                 logged[f"corr/{key}/{method}"] = c.coefficient
-                if c.ci_low is not None:
+                if c.ci_low is not None and c.ci_high is not None:
                     logged[f"corr/{key}/{method}_ci_low"] = c.ci_low
                     logged[f"corr/{key}/{method}_ci_high"] = c.ci_high
             if self.log_plot and trainer.is_global_zero:

@@ -47,7 +47,7 @@ class PredictionWriter(BasePredictionWriter):
         self.directory = Path(trainer.strategy.broadcast(path))
         self.written = {"frames": 0, "files": 0}
 
-    def write_on_batch_end(  # type: ignore[override]
+    def write_on_batch_end(
         self,
         trainer: L.Trainer,
         pl_module: L.LightningModule,

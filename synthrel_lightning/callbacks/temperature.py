@@ -91,7 +91,8 @@ class TemperatureScaling(Callback):
         self.dataloader = dataloader
         self.method = method
         self.when = when
-        self.grid = tuple(grid)
+        low, high, step = grid  # a list from a YAML config too
+        self.grid = (low, high, step)
         self.num_bins = num_bins
         self.pixels_per_image = pixels_per_image
         self.max_pixels = max_pixels
@@ -115,7 +116,7 @@ class TemperatureScaling(Callback):
                 f"TemperatureScaling: {type(pl_module).__name__} needs a scalar tensor buffer 'temperature' "
                 "(register_buffer('temperature', torch.ones(()))) that divides its logits"
             )
-        if self.method in ("clustered", "lts"):
+        if self.method == "clustered" or self.method == "lts":
             return self._fit_spatial(trainer, pl_module)
         value = 0.0
         if trainer.is_global_zero:
@@ -125,7 +126,7 @@ class TemperatureScaling(Callback):
                     collect_logits(pl_module, self._loader(trainer), max_batches=self.max_batches),
                     method=self.method,
                     grid=self.grid,
-                    num_bins=self.num_bins,  # type: ignore[arg-type]
+                    num_bins=self.num_bins,
                     pixels_per_image=self.pixels_per_image,
                     max_pixels=self.max_pixels,
                     seed=self.seed,

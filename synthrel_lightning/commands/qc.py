@@ -88,7 +88,7 @@ def qc(
         if eval_size is not None:
             from synthrel_lightning.data.transforms import eval_transform
 
-            transform = eval_transform(size=tuple(eval_size))
+            transform = eval_transform(size=(eval_size[0], eval_size[1]))
         result = run_qc(
             dataset, entries, masker, qc_dir, object_names, transform, device, context, flush_every, trust_checkpoint
         )

@@ -102,7 +102,7 @@ class TrainerEvaluator:
                 entry.name,
                 trainer.world_size,
             )
-        elif collector is not None:
+        elif collector is not None and self.frame_stats_dir is not None:  # a collector implies the folder
             save_frame_stats(self.frame_stats_dir / f"{slug(entry.name)}.npz", collector.arrays())
         return metrics
 

@@ -159,7 +159,7 @@ class FrameStatistics(Callback):
 
 def save_frame_stats(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """Save per-frame statistics atomically as .npz."""
-    return atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+    return atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))  # type: ignore[arg-type]  # numpy's stub: a ** mapping might hold allow_pickle
 
 
 def load_frame_stats(path: str | Path, set_name: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:

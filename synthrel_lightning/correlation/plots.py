@@ -88,15 +88,16 @@ def curve_figure(
     """Correlation (mean and central ``band`` over random subsets) against the number of synthetic frames."""
     fig = new_figure((6.0, 4.2))
     ax = fig.add_subplot(1, 1, 1)
-    pts = [p for p in curve if p.mean is not None]
+    pts = [p for p in curve if p.mean is not None]  # a point has its mean, low and high, or none of them
     if pts:
         sizes = [p.size for p in pts]
         symbol = f"${_MATH[SYMBOLS.get(method, 'r')]}$"
-        ax.plot(sizes, [p.mean for p in pts], marker="o", color="tab:blue", label=f"mean {method} {symbol}")
+        means = [p.mean for p in pts if p.mean is not None]
+        ax.plot(sizes, means, marker="o", color="tab:blue", label=f"mean {method} {symbol}")
         ax.fill_between(
             sizes,
-            [p.low for p in pts],
-            [p.high for p in pts],
+            [p.low for p in pts if p.low is not None],
+            [p.high for p in pts if p.high is not None],
             alpha=0.25,
             color="tab:blue",
             label=f"central {band:.0%} over random subsets ({max(p.repeats for p in pts)} per size)",

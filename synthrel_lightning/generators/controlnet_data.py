@@ -90,9 +90,11 @@ class ControlNetPairs(Dataset):
         from synthrel_lightning.data.io import check_same_size, read_image, read_label
 
         frame = self.frames[index]
+        if frame.label is None:
+            raise ValueError(f"ControlNetPairs: frame {frame.name!r} has no label map to condition on")
         image, label_ids = read_image(frame.image), read_label(frame.label)
         check_same_size(image, label_ids, frame.image, frame.label)
-        y, x, ch, cw = self._window(*label_ids.shape, index)
+        y, x, ch, cw = self._window(label_ids.shape[0], label_ids.shape[1], index)
         image, label_ids = image[y : y + ch, x : x + cw], label_ids[y : y + ch, x : x + cw]
         size = (self.resolution, self.resolution)
         if self.crop == "full":

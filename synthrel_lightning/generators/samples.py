@@ -115,5 +115,7 @@ class ControlNetSampleLogger(Callback):
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="controlnet/samples", images=[grid], step=step, caption=[caption])
-            elif hasattr(getattr(logger, "experiment", None), "add_image"):
-                logger.experiment.add_image("controlnet/samples", grid, step, dataformats="HWC")
+            else:
+                experiment = getattr(logger, "experiment", None)
+                if hasattr(experiment, "add_image"):
+                    experiment.add_image("controlnet/samples", grid, step, dataformats="HWC")

@@ -74,7 +74,9 @@ class HFSegformer(nn.Module):
                     f"reachable from this machine, or a local folder with config.json): {err}"
                 ) from err
         else:
-            self.model = SegformerForSemanticSegmentation(SegformerConfig(num_labels=num_classes, **(config or {})))
+            # num_labels: a PreTrainedConfig property its dataclass transform does not list as a field
+            config_values = SegformerConfig(num_labels=num_classes, **(config or {}))  # type: ignore[call-arg]
+            self.model = SegformerForSemanticSegmentation(config_values)
         self.num_classes = num_classes
 
     def forward(self, images: Tensor) -> Tensor:

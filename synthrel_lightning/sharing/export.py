@@ -247,7 +247,7 @@ def export_frames(
     writer = SetWriter(out_path, key)
     for name, ds in sets.items():
         who = f"share {name}: {type(ds).__name__}"
-        count = len(ds)  # type: ignore[arg-type]
+        count = len(ds)
 
         def make(i: int, ds: Any = ds, who: str = who) -> tuple[dict[str, Any], dict[str, Any]]:
             sample = raw_sample(ds, i, who)

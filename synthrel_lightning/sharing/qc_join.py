@@ -8,6 +8,7 @@ set. A shared set carries the files as they are under ``qc/`` and one ``qc_<colu
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class QCSource:
         return [(self.path, f"{QC_DIR}/{self.path.name}"), *((p, f"{QC_DIR}/{p.name}") for p in self.extra_files)]
 
 
-def read_qc_table(path: str | Path, key: str | None = None) -> QCSource:
+def read_qc_table(path: str | os.PathLike[str], key: str | None = None) -> QCSource:
     """Read a QC table (``.csv`` or ``.parquet``, or a QC folder holding ``frames.csv``) keyed by frame name."""
     import pyarrow as pa
     import pyarrow.csv as pacsv

@@ -226,7 +226,7 @@ def save_stats(path: str | Path, stats: Mapping[str, SetCalibrationStats]) -> Pa
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **arrays)  # type: ignore[arg-type]  # numpy's stub: a ** mapping might hold allow_pickle
 
     return atomic_write(path, write)
 

@@ -154,7 +154,7 @@ def encode_entry(entry: OutlierEntry, compress: bool = True, version: int = FORM
     if version == 1:
         buf = io.BytesIO()
         save = np.savez_compressed if compress else np.savez
-        save(
+        save(  # type: ignore[arg-type]  # numpy's stub: a ** mapping might hold allow_pickle
             buf,
             **arrays,
             meta=np.frombuffer(meta_json.encode("utf-8"), dtype=np.uint8),

@@ -198,6 +198,9 @@ class OpenVocabMasker(ObjectMasker):
             SamProcessor,
         )
 
+        # transformers model and processor classes (auto classes among them) share no base but from_pretrained
+        model_cls: Any
+        proc_cls: Any
         if kind == "sam":
             ident, model_cls, proc_cls = self.sam_id, SamModel, SamProcessor
         elif self.detector_type == "owlv2":

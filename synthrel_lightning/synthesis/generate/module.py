@@ -46,9 +46,14 @@ class InpaintGenerationModule(L.LightningModule):
             self.engine.to(self.device)
 
     def _run(self, items: list[WorkItem]) -> list[InpaintResult]:
+        boxes = []
+        for it in items:
+            if it.box is None:
+                raise ValueError(f"generate: item {it.title} has no box to inpaint")
+            boxes.append(it.box)
         return self.engine.synthesize_batch(
             [it.image for it in items],
-            [it.box for it in items],
+            boxes,
             [it.object for it in items],
             [it.seed for it in items],
             [it.label for it in items],
