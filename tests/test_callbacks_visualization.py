@@ -20,9 +20,9 @@ from synthrel_lightning.callbacks.visualization import (
     denormalize,
     panel_figure,
 )
+from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import NUM_CLASSES, OOD_POSITIVE, VOID_ID
 from synthrel_lightning.models import OODSegmenter
-from synthrel_lightning.models.evaluation import EvaluationResult
 
 H, W = 16, 24
 SETS = ["synthetic_objects", "road_anomaly"]

@@ -1,6 +1,6 @@
 """Labelled validation panels (image | ground truth | prediction | OOD score) for any Lightning logger.
 
-The callback reads the :class:`~synthrel_lightning.models.evaluation.EvaluationResult` that the
+The callback reads the :class:`~synthrel_lightning.evaluation_result.EvaluationResult` that the
 module's ``validation_step`` (or ``test_step``) returns, so the model never runs twice.
 """
 
@@ -16,8 +16,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, OOD_POSITIVE, TRAIN_ID_NAMES, VOID_ID, colorize_train_ids
-from synthrel_lightning.models.evaluation import EvaluationResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -105,7 +105,7 @@ def panel_figure(
 class OODVisualization(Callback):
     """Logs labelled panels of the first ``num_images`` frames of each evaluation set every ``every_n_epochs``.
 
-    Reads the :class:`~synthrel_lightning.models.evaluation.EvaluationResult` returned by the
+    Reads the :class:`~synthrel_lightning.evaluation_result.EvaluationResult` returned by the
     module's ``validation_step`` (``stage="val"``) or ``test_step`` (``stage="test"``); ``set_names``
     restricts which sets. Each set gets one figure (:func:`panel_figure`): a row per frame with
     titled columns and one colour bar. The OOD score's colour range is fixed per set, never
@@ -189,7 +189,7 @@ class OODVisualization(Callback):
         if not isinstance(outputs, EvaluationResult):
             raise TypeError(
                 f"OODVisualization reads the EvaluationResult returned by {self.stage}_step "
-                f"(synthrel_lightning.models.evaluation); {type(pl_module).__name__}.{self.stage}_step "
+                f"(synthrel_lightning.evaluation_result); {type(pl_module).__name__}.{self.stage}_step "
                 f"returned {type(outputs).__name__}"
             )
         name = outputs.set_name

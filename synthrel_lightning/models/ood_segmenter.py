@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
-from synthrel_lightning.models.evaluation import EvaluationResult
 from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, identify_output
 from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, build_set_metrics, check_metric_groups

@@ -9,10 +9,10 @@ from typing import Any
 from synthrel_lightning.atomic import atomic_save_png, atomic_write_json
 from synthrel_lightning.labels import semantic_to_ood_target
 from synthrel_lightning.predict_loop import BatchPredictionWriter
-from synthrel_lightning.qc.presence import object_sidecar
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.generate.items import WriteKind, bank_keys
 from synthrel_lightning.synthesis.names import path_within
+from synthrel_lightning.synthesis.sidecar import object_sidecar
 
 __all__ = ["BankWriter", "GenerationStopped", "eval_paths"]
 
