@@ -90,6 +90,9 @@ def test_fit_reports_the_ece_before_and_after_on_the_pixels_it_used(method: str)
         "sampled_pixels": 20_000,
         "frames": 1,
         "pixels_per_image": 20_000,
+        "searched": (0.5, 10.0) if method == "ece_grid" else None,
+        "grid_notes": (),
+        "extension_pixels": None,
     }
 
 

@@ -68,7 +68,7 @@ def test_generator_renders_each_domain_deterministically(label_map: np.ndarray) 
         num_inference_steps=2, caption="a street",
     )  # fmt: skip
     out = gen.generate([label_map, label_map], ["fog", "night"], [0, 0])
-    assert [s.domain for s in out] == ["fog", "night"] and out[0].prompt == "a street, in fog"
+    assert [s.domain for s in out] == ["fog", "night"] and out[0].prompt == "a street, in fog, "
     for s in out:
         assert s.image.shape == (*label_map.shape, 3) and s.image.dtype == np.uint8
         assert np.array_equal(s.label, label_map)
@@ -81,7 +81,7 @@ def test_generator_renders_each_domain_deterministically(label_map: np.ndarray) 
     assert np.abs(other.image.astype(int) - out[0].image.astype(int)).mean() > 0.05
     # Per-frame captions win over the fixed one.
     (s,) = gen.generate([label_map], ["rain"], [0], captions=["two cyclists"])
-    assert s.prompt == "two cyclists, in rain"
+    assert s.prompt == "two cyclists, in rain, "
 
 
 def test_fixed_caption_with_a_slash_stays_a_plain_string(label_map: np.ndarray) -> None:
@@ -90,7 +90,7 @@ def test_fixed_caption_with_a_slash_stays_a_plain_string(label_map: np.ndarray) 
         num_inference_steps=1, caption="street w/ cars",
     )  # fmt: skip
     (s,) = gen.generate([label_map[:32, :32]], ["snow"], [0])
-    assert s.prompt == "street w/ cars, in snow"
+    assert s.prompt == "street w/ cars, in snow, "
 
 
 def test_one_channel_controlnet_renders_and_channel_mismatch_is_named(label_map: np.ndarray) -> None:
@@ -158,6 +158,7 @@ def write_config(path: Path, out: Path, frames: Path, tiny: Path, **extra) -> Pa
                 "dtype": "float32",
             },
         },
+        "protocol": "deterministic_center",
         "crop": "full",
         "resolution": 64,
         "seed": 5,
@@ -248,7 +249,7 @@ def test_caption_file_drives_prompts_and_missing_frames(
         pipeline=build_tiny_controlnet_pipeline(0), encoding="cityscapes_palette", device="cpu", num_inference_steps=1
     )
     ((_, sample),) = DomainGenerationModule(gen).predict_step([item], 0)
-    assert sample.prompt == "wet road, in fog" and sample.image.shape == (32, 32, 3)
+    assert sample.prompt == "wet road, in fog, " and sample.image.shape == (32, 32, 3)
     # A caption file without this frame: a clear error, or (opt-in) the generic caption, counted.
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"image": "aachen_000000_000019_leftImg8bit.png", "text": "x"}) + "\n")
@@ -263,19 +264,22 @@ def test_caption_file_drives_prompts_and_missing_frames(
 
 def test_work_items_square_crop_full_frame_seeds_and_label_ids(tmp_path: Path, cityscapes_mini: Path) -> None:
     src = CityscapesDataset(cityscapes_mini, split="val")
-    items = DomainWorkItems(src, tmp_path, ["fog", "night", "india"], split="val", crop="full", resolution=64, seed=0)
+    items = DomainWorkItems(
+        src, tmp_path, ["fog", "night", "india"], split="val", crop="full", resolution=64, seed=0,
+        protocol="deterministic_center",
+    )  # fmt: skip
     got = [items[i] for i in range(len(items))]
     assert len(got) == 3 and items.total == 3 and len({it["seed"] for it in got}) == 3
-    other_seed = DomainWorkItems(src, tmp_path, ["fog"], seed=1)[0]["seed"]
+    other_seed = DomainWorkItems(src, tmp_path, ["fog"], seed=1, protocol="deterministic_center")[0]["seed"]
     assert other_seed != got[0]["seed"]
     for it in got:
         # 256x128 at long side 64 -> 64x32 (multiples of 8); label ids resized nearest, train ids follow.
         assert it["label"].shape == (32, 64) and it["label_ids"].shape == (32, 64)
         assert np.array_equal(LABEL_TO_TRAIN_ID[it["label_ids"]], it["label"])
         assert it["paths"][0].endswith(f"{it['domain']}/leftImg8bit/val/{CITY}/{STEM}_leftImg8bit.png")
-    # GenVal's protocol (default): the centred square, 512x512, NEAREST (no new label values).
+    # The deterministic protocol: the centred square, 512x512, NEAREST (no new label values).
     src_ids = np.asarray(Image.open(cityscapes_mini / f"gtFine/val/{CITY}/{STEM}_gtFine_labelIds.png"))
-    sq = DomainWorkItems(src, tmp_path, ["fog"])[0]["label_ids"]
+    sq = DomainWorkItems(src, tmp_path, ["fog"], protocol="deterministic_center")[0]["label_ids"]
     assert sq.shape == (512, 512) and set(np.unique(sq)) <= set(np.unique(src_ids))
     assert np.array_equal(sq[::4, ::4], src_ids[:, 64:192])  # 128x128 centre square, upsampled x4 by NEAREST
     with pytest.raises(ValueError, match="cannot be used as a file or folder name"):
@@ -294,7 +298,8 @@ def test_joint_shift_and_ood_set_round_trip(tmp_path: Path, cityscapes_mini: Pat
         domains=["fog"], caption="a street", num_inference_steps=1, device="cpu", dtype="float32",
     )  # fmt: skip
     summary = generate_domains(
-        str(out), CityscapesDataset(cityscapes_mini, split="val"), gen, crop="square", resolution=64, sets="both",
+        str(out), CityscapesDataset(cityscapes_mini, split="val"), gen, protocol="deterministic_center",
+        crop="square", resolution=64, sets="both",
         ood_objects=ProceduralObjectSource(size_range=(24, 48)), accelerator="cpu", devices=1, progress=False,
     )  # fmt: skip
     assert summary["written"] == 2 and summary["joint"] == 1 and summary["per_domain"] == {"fog": 1, "fog-ood": 1}
@@ -328,8 +333,9 @@ def test_recipes_parse_and_match_correlate_recipe() -> None:
     gen = dom.generator.init_args
     assert dom.source.init_args.split == "val" and dom.split == "val" and dom.crop == "square" and dom.resolution == 512
     assert (gen.num_inference_steps, gen.eta, gen.guidance_scale, gen.conditioning_scale, gen.prompt_template) == (
-        25, 0.0, 8.0, 1.0, "{caption}, in {domain}",
+        25, 0.0, 8.0, 1.0, "{caption}, in {domain}, ",
     )  # fmt: skip
+    assert dom.protocol == "genval" and dom.num_samples == 512
     assert gen.controlnet_id == "lllyasviel/sd-controlnet-seg" and gen.encoding == "ade20k_palette"
     assert list(gen.domains) == ["fog", "night", "rain", "snow"]
     assert ENCODINGS[gen.encoding].channels == 3
@@ -394,5 +400,5 @@ class _NamedFrames(torch.utils.data.Dataset):
 def test_frame_names_cannot_move_domain_writes_outside_the_output_folder(tmp_path: Path, bad: str) -> None:
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="cannot be used as a file or folder name|leaves its output folder"):
-        DomainWorkItems(_NamedFrames([bad]), out, ["fog"], crop="full", resolution=32)
+        DomainWorkItems(_NamedFrames([bad]), out, ["fog"], crop="full", resolution=32, protocol="deterministic_center")
     assert not any(p for p in tmp_path.rglob("*escaped*"))

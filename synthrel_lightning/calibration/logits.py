@@ -117,4 +117,20 @@ def collect_logits(
         module.train(was_training)
 
 
-__all__ = ["LogitBatches", "PixelReservoir", "as_batches", "collect_logits"]
+class LogitStream:
+    """``collect_logits(module, dataloader, ...)`` as an iterable that runs the model again on each pass.
+
+    A fit that needs a second pass (a grid extended beyond its edge) streams the same frames
+    again instead of keeping their logits.
+    """
+
+    def __init__(self, module: nn.Module, dataloader: Iterable[Any], max_batches: int | None = None) -> None:
+        self.module = module
+        self.dataloader = dataloader
+        self.max_batches = max_batches
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return collect_logits(self.module, self.dataloader, max_batches=self.max_batches)
+
+
+__all__ = ["LogitBatches", "LogitStream", "PixelReservoir", "as_batches", "collect_logits"]

@@ -9,7 +9,9 @@ per-frame sample of labelled pixels (:mod:`~synthrel_lightning.calibration.sampl
   ``[0.5, 10)`` step ``0.01`` minimising the top-1 ECE with 15 equal-width bins. Every
   sampled pixel is used; one pass accumulates, for every T of the grid and every bin, the
   pixel count, the summed confidence and the summed accuracy
-  (:func:`~synthrel_lightning.calibration.grid.grid_bin_sums`); no pixel is stored.
+  (:func:`~synthrel_lightning.calibration.grid.grid_bin_sums`); no pixel is stored. While the
+  best T lies on an edge of the temperatures searched, the search goes beyond it and the fit
+  says so (:mod:`~synthrel_lightning.calibration.grid_search`).
 - ``"nll"``: T minimising the mean negative log-likelihood (LBFGS on ``log T``), on a
   uniform random subsample of at most ``max_pixels`` of the sampled pixels kept while
   streaming (random keys, smallest ``max_pixels`` kept), so memory does not grow with the set.
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from synthrel_lightning.calibration.grid import grid_bin_sums
+from synthrel_lightning.calibration.grid_search import is_replayable, search_grid
 from synthrel_lightning.calibration.logits import LogitBatches, PixelReservoir, as_batches
 from synthrel_lightning.calibration.sampling import DEFAULT_PIXELS_PER_IMAGE, PixelsPerImage, frame_pixels
 from synthrel_lightning.labels import OOD_ID, VOID_ID
@@ -83,12 +86,15 @@ def _binned(
     num_bins: int,
     pixels_per_image: PixelsPerImage = "all",
     seed: int = 0,
+    keep: PixelReservoir | None = None,
 ) -> tuple[_BinnedTop1, int, int]:
-    """The accumulated sums, the labelled pixels streamed and the frames."""
+    """The accumulated sums, the labelled pixels streamed and the frames (sampled pixels also offered to ``keep``)."""
     acc = _BinnedTop1(temperatures, num_bins)
     labelled = frames = 0
     for frame in frame_pixels(as_batches(data), pixels_per_image, seed):
         acc.update(frame.logits, frame.target)
+        if keep is not None:
+            keep.update(frame.logits.detach(), frame.target)
         labelled += frame.labelled
         frames += 1
     _check_nonempty(frames, acc.pixels)
@@ -157,10 +163,68 @@ class TemperatureFit:
     """Frames streamed (a ``(B,K,H,W)`` batch holds B, an ``(N,K)`` batch is one)."""
     pixels_per_image: int | str = "all"
     """The per-frame sample size (``"all"``: every labelled pixel)."""
+    searched: tuple[float, float] | None = None
+    """``ece_grid``: the range of temperatures searched, ``[lowest, upper bound)`` (wider than the
+    grid when the best T lay on one of its edges)."""
+    grid_notes: tuple[str, ...] = ()
+    """``ece_grid``: each time the best T lay on an edge of the searched temperatures, and what was done."""
+    extension_pixels: int | None = None
+    """Pixels the extended search used when the data could not be streamed again (a subsample of
+    at most ``max_pixels``); ``None`` when every extension streamed all sampled pixels again."""
+
+    @property
+    def on_grid_edge(self) -> bool:
+        """Whether T is still on an edge of the temperatures searched (not a minimum of the ECE)."""
+        return bool(self.grid_notes) and "not a minimum" in self.grid_notes[-1]
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values (for checkpoints, JSON and loggers)."""
         return asdict(self)
+
+
+def _fit_ece_grid(
+    data: LogitBatches | tuple[Tensor, Tensor],
+    grid: tuple[float, float, float],
+    num_bins: int,
+    pixels_per_image: PixelsPerImage,
+    max_pixels: int,
+    seed: int,
+    extend_grid: bool,
+) -> TemperatureFit:
+    temps = temperature_grid(grid)
+    replayable = is_replayable(data)
+    keep = PixelReservoir(max_pixels, seed) if extend_grid and not replayable else None
+    # T = 1 rides along in the same pass for the ECE before scaling
+    acc, labelled, frames = _binned(data, torch.cat([temps, temps.new_ones(1)]), num_bins, pixels_per_image, seed, keep)
+    ece = acc.ece()
+    used: list[int] = []
+
+    def evaluate(more: Tensor) -> Tensor:
+        if keep is None:
+            return _binned(data, more, num_bins, pixels_per_image, seed)[0].ece()
+        assert keep.z is not None and keep.y is not None
+        used.append(int(keep.y.numel()))
+        return _binned((keep.z, keep.y), more, num_bins)[0].ece()
+
+    t, ece_after, notes, searched = search_grid(evaluate, temps, ece[:-1], grid, extend=extend_grid)
+    if used and t not in temps.tolist():
+        # T lies outside the grid: its ECE on every sampled pixel is not known without another pass.
+        notes = (*notes, f"the extended search ran on a uniform subsample of {used[0]:,} sampled pixels")
+    return TemperatureFit(
+        temperature=t,
+        method="ece_grid",
+        pixels=labelled,
+        fit_pixels=acc.pixels,
+        ece_before=float(ece[-1]),
+        ece_after=ece_after,
+        num_bins=num_bins,
+        sampled_pixels=acc.pixels,
+        frames=frames,
+        pixels_per_image=pixels_per_image,
+        searched=searched,
+        grid_notes=notes,
+        extension_pixels=used[0] if used else None,
+    )
 
 
 def fit_temperature(
@@ -172,6 +236,7 @@ def fit_temperature(
     max_pixels: int = 2_000_000,
     seed: int = 0,
     max_iter: int = 100,
+    extend_grid: bool = True,
 ) -> TemperatureFit:
     """Fit one global temperature on ``(logits, target)`` batches (or one collected pair).
 
@@ -188,6 +253,9 @@ def fit_temperature(
         max_pixels: cap of the NLL method's uniform subsample of the sampled pixels.
         seed: seed of the per-frame samples (frame i draws from ``(seed, i)``) and of that subsample.
         max_iter: LBFGS iterations of the NLL method.
+        extend_grid: ``ece_grid``: while the best T lies on an edge of the searched temperatures,
+            search beyond it (:func:`~synthrel_lightning.calibration.grid_search.search_grid`); the
+            fit's ``grid_notes`` say so. ``False``: keep the grid and only report the edge.
 
     Returns:
         The fit: ``temperature`` T such that ``logits / T`` is calibrated, and the ECE at
@@ -196,25 +264,7 @@ def fit_temperature(
     if method not in ("nll", "ece_grid"):
         raise ValueError(f"fit_temperature: method must be 'nll' or 'ece_grid', got {method!r}")
     if method == "ece_grid":
-        temps = temperature_grid(grid)
-        # T = 1 rides along in the same pass for the ECE before scaling
-        acc, labelled, frames = _binned(data, torch.cat([temps, temps.new_ones(1)]), num_bins, pixels_per_image, seed)
-        ece = acc.ece()
-        best = int(torch.argmin(ece[:-1]))
-        if best in (0, temps.numel() - 1):
-            log.warning("fit_temperature: the best T=%.4g is at the edge of the grid %s", float(temps[best]), grid)
-        return TemperatureFit(
-            temperature=round(float(temps[best]), 10),
-            method=method,
-            pixels=labelled,
-            fit_pixels=acc.pixels,
-            ece_before=float(ece[-1]),
-            ece_after=float(ece[best]),
-            num_bins=num_bins,
-            sampled_pixels=acc.pixels,
-            frames=frames,
-            pixels_per_image=pixels_per_image,
-        )
+        return _fit_ece_grid(data, grid, num_bins, pixels_per_image, max_pixels, seed, extend_grid)
     reservoir = PixelReservoir(max_pixels, seed)
     labelled = frames = 0
     for frame in frame_pixels(as_batches(data), pixels_per_image, seed):

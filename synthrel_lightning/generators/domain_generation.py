@@ -3,8 +3,20 @@
 Each (source frame, domain) item renders the frame's label map with a
 :class:`~synthrel_lightning.generators.domains.DomainShiftGenerator` and writes it as
 ``<out>/<domain>`` in the Cityscapes layout (``CityscapesDataset(root=<out>/<domain>)``
-reads it). GenVal's protocol is the default: a centred square crop of each val label map
-resized to 512x512 with NEAREST; ``crop="full"`` renders the whole frame instead.
+reads it). Two sampling protocols:
+
+- ``"genval"`` (the default; GenVal, Loiseau et al., ECCV 2024, ``ControlNet/style_transfer.py``
+  and ``ControlNet/dataset.py`` of https://github.com/valeoai/GenVal): ``num_samples`` (512)
+  frames drawn uniformly WITH replacement from the source set, per domain; each label map
+  cropped to a square of side min(H, W) at a uniformly random offset along its long side
+  (every integer offset 0..W-H equally likely, as ``random.randint``), resized to 512x512 with
+  NEAREST; prompt ``"<caption>, in <domain>, "`` (GenVal appends ``", " + a_prompt`` with an
+  empty ``a_prompt``: :data:`~synthrel_lightning.generators.domains.GENVAL_PROMPT_TEMPLATE`).
+  Draw ``k`` of frame ``<stem>`` is written as ``<domain>_<k>_<stem>`` (GenVal's naming), so a
+  frame drawn twice gives two files. GenVal's draws come from Python's unseeded ``random``;
+  here they are seeded from (seed, domain), so a run can be repeated and resumed.
+- ``"deterministic_center"`` (ours): every source frame once, centred square crop (``crop="square"``)
+  resized to ``resolution``, or the whole frame (``crop="full"``).
 
 Joint shift sets (``sets="joint"`` or ``"both"``) put OOD objects in the shifted frame: an
 object mask from an outlier source is pasted into the label map before rendering, its
@@ -34,6 +46,7 @@ from torch.utils.data import Dataset
 from synthrel_lightning.atomic import atomic_save_png, atomic_write_json
 from synthrel_lightning.generators.captions import GENERIC_CAPTION, CaptionFile, MissingCaptions
 from synthrel_lightning.generators.domains import (
+    GENVAL_PROMPT_TEMPLATE,
     DomainSample,
     DomainShiftGenerator,
     check_domain_name,
@@ -50,7 +63,9 @@ from synthrel_lightning.synthesis.sidecar import object_sidecar
 from synthrel_lightning.synthesis.sources import OutlierSource
 
 __all__ = [
+    "PROTOCOLS",
     "Crop",
+    "Protocol",
     "SetKind",
     "DomainWorkItems",
     "DomainDataModule",
@@ -62,6 +77,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Crop = Literal["square", "full"]
+Protocol = Literal["genval", "deterministic_center"]
+PROTOCOLS: tuple[str, ...] = ("genval", "deterministic_center")
+"""Sampling protocols of the rendered sets: GenVal's random draws, or every frame once, centre-cropped."""
+
+GENVAL_NUM_SAMPLES = 512
+"""Frames GenVal renders per domain (``style_transfer.py --num_samples``)."""
 SetKind = Literal["shift", "joint", "both"]
 
 _CS_IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -95,12 +116,23 @@ def _resize(array: np.ndarray, hw: tuple[int, int], nearest: bool) -> np.ndarray
     return np.asarray(Image.fromarray(array).resize((hw[1], hw[0]), resample=resample))
 
 
-def _square(array: np.ndarray) -> np.ndarray:
-    """The centred square of side min(H, W)."""
+def _square(array: np.ndarray, position: float | None = None) -> np.ndarray:
+    """The square of side min(H, W): centred, or at offset ``floor(position * (L - s + 1))`` along the long side L."""
     h, w = array.shape[:2]
     s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
+    if position is None:
+        y, x = (h - s) // 2, (w - s) // 2
+    else:
+        offset = min(int(position * (max(h, w) - s + 1)), max(h, w) - s)
+        y, x = (offset, 0) if h > w else (0, offset)
     return array[y : y + s, x : x + s]
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it names a sampling protocol, else a ValueError listing the valid ones."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"domains: unknown protocol {protocol!r}; valid protocols: {', '.join(PROTOCOLS)}")
+    return protocol
 
 
 class DomainWorkItems(Dataset):
@@ -108,6 +140,8 @@ class DomainWorkItems(Dataset):
 
     ``kind`` "shift" is written to ``<out>/<domain>/leftImg8bit|gtFine/<split>/<city>/<stem>_*.png``;
     "joint" (a shifted frame with pasted OOD objects) to ``<out>/<domain>-ood/images|labels/<stem>*.png``.
+    With ``protocol="genval"`` each item is one of ``num_samples`` seeded draws (frame, crop
+    position) per domain, with replacement, and ``<stem>`` is ``<domain>_<draw>_<frame stem>``.
     """
 
     def __init__(
@@ -125,7 +159,16 @@ class DomainWorkItems(Dataset):
         ood_objects: OutlierSource | None = None,
         placement: PlacementSampler | None = None,
         ood_condition_id: int = 0,
+        protocol: Protocol = "genval",
+        num_samples: int = GENVAL_NUM_SAMPLES,
     ) -> None:
+        check_protocol(protocol)
+        if protocol == "genval" and crop != "square":
+            raise ValueError(
+                f"protocol 'genval' renders square crops; crop={crop!r} needs protocol 'deterministic_center'"
+            )
+        if int(num_samples) < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if resolution is not None and int(resolution) < 8:
             raise ValueError(f"resolution must be >= 8 or None (the frame size), got {resolution}")
         if crop not in ("square", "full"):
@@ -147,21 +190,45 @@ class DomainWorkItems(Dataset):
             placement if placement is not None else PlacementSampler(size_range=(64, 160), reference_width=512)
         )
         self.ood_condition_id = int(ood_condition_id)
+        self.protocol, self.num_samples = protocol, int(num_samples)
         kinds = {"shift": ["shift"], "joint": ["joint"], "both": ["shift", "joint"]}[sets]
         n = len(source) if max_frames is None else min(len(source), int(max_frames))
-        all_items = [(i, d, k) for i in range(n) for d in self.domains for k in kinds]
+        if n == 0:
+            raise ValueError("DomainWorkItems: the source set has no frames")
+        all_items: list[tuple[int, str, str, tuple[int, float] | None]] = []
+        for d in self.domains:
+            if protocol == "genval":
+                frames, positions = self.draws(d, n)
+                all_items += [
+                    (int(frames[k]), d, kind, (k, float(positions[k])))
+                    for k in range(self.num_samples)
+                    for kind in kinds
+                ]
+            else:
+                all_items += [(i, d, kind, None) for i in range(n) for kind in kinds]
+        if protocol != "genval":  # frame-major order, as before
+            all_items.sort(key=lambda it: (it[0], self.domains.index(it[1])))
         self.items = [it for it in all_items if not all(p.is_file() for p in self.paths(*it))]
         self.total = len(all_items)
+
+    def draws(self, domain: str, frames: int) -> tuple[np.ndarray, np.ndarray]:
+        """GenVal's draws for ``domain``: ``num_samples`` frame indices (with replacement), crop positions in [0, 1)."""
+        rng = numpy_generator(self.seed, "genval-draws", domain)
+        return rng.integers(0, frames, size=self.num_samples), rng.random(self.num_samples)
 
     def frame_name(self, index: int) -> str:
         """The stable name of source frame ``index`` (without decoding it when the dataset lists its frames)."""
         name = frame_name(self.source, index)
         return name if name is not None else str(self.source[index].get("name", f"#{index}"))
 
-    def paths(self, index: int, domain: str, kind: str = "shift") -> tuple[Path, ...]:
-        """The files of item (frame ``index``, ``domain``, ``kind``); the image is first."""
+    def paths(
+        self, index: int, domain: str, kind: str = "shift", draw: tuple[int, float] | None = None
+    ) -> tuple[Path, ...]:
+        """The files of item (frame ``index``, ``domain``, ``kind``, GenVal draw); the image is first."""
         name = self.frame_name(index)
         city, stem = _city_and_stem(self.source, index, name)
+        if draw is not None:
+            stem = f"{domain}_{draw[0]}_{stem}"
         # Every part built from a name (domain, split, city, stem) is checked, so a frame named
         # "../x" or "/abs/x" cannot move a write outside the output folder.
         what = f"frame {name!r}"
@@ -176,9 +243,9 @@ class DomainWorkItems(Dataset):
             path_within(self.out, domain, "gtFine", self.split, city, f"{stem}{_CS_LABEL_SUFFIX}", what=what),
         )
 
-    def _geometry(self, array: np.ndarray, nearest: bool) -> np.ndarray:
+    def _geometry(self, array: np.ndarray, nearest: bool, position: float | None = None) -> np.ndarray:
         if self.crop == "square":
-            array = _square(array)
+            array = _square(array, position)
             side = self.resolution if self.resolution is not None else array.shape[0]
             return _resize(array, (side, side), nearest)
         h, w = array.shape[:2]
@@ -208,7 +275,7 @@ class DomainWorkItems(Dataset):
         return len(self.items)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        index, domain, kind = self.items[k]
+        index, domain, kind, draw = self.items[k]
         sample = self.source[index]
         if sample.get("label") is None:
             raise ValueError(f"domain generation conditions on label maps, but source item {index} has no 'label'")
@@ -220,11 +287,12 @@ class DomainWorkItems(Dataset):
             label_ids = read_label(ids_file)
         else:
             label_ids = train_ids_to_label_ids(np.asarray(sample["label"]), what=f"label of source frame {name!r}")
-        label_ids = np.array(self._geometry(label_ids, nearest=True))
+        label_ids = np.array(self._geometry(label_ids, nearest=True, position=None if draw is None else draw[1]))
         train_ids = label_ids_to_train_ids(label_ids).copy()
         obj = None
+        key = name if draw is None else f"{name}#{draw[0]}"
         if kind == "joint":
-            obj, _ = self._paste_objects(label_ids, train_ids, domain, name)
+            obj, _ = self._paste_objects(label_ids, train_ids, domain, key)
         return {
             "index": index,
             "domain": domain,
@@ -234,8 +302,9 @@ class DomainWorkItems(Dataset):
             "label": train_ids,
             "caption": self.captions.get(name),
             "object": obj,
-            "seed": derive_seed(self.seed, "domains", kind, domain, name),
-            "paths": [str(p) for p in self.paths(index, domain, kind)],
+            "seed": derive_seed(self.seed, "domains", kind, domain, key),
+            "draw": None if draw is None else draw[0],
+            "paths": [str(p) for p in self.paths(index, domain, kind, draw)],
         }
 
 
@@ -260,8 +329,11 @@ class DomainDataModule(HostItemsDataModule):
         ood_condition_id: int = 0,
         batch_size: int = 4,
         num_workers: int = 0,
+        protocol: Protocol = "genval",
+        num_samples: int = GENVAL_NUM_SAMPLES,
     ) -> None:
         super().__init__()
+        self.protocol, self.num_samples = check_protocol(protocol), int(num_samples)
         self.source, self.out, self.domains, self.split = source, out, list(domains), split
         self.crop, self.resolution, self.seed, self.max_frames = crop, resolution, seed, max_frames
         self.captions, self.on_missing_caption, self.generic_caption = captions, on_missing_caption, generic_caption
@@ -296,6 +368,8 @@ class DomainDataModule(HostItemsDataModule):
             self.sets,
             self.ood_objects,
             ood_condition_id=self.ood_condition_id,
+            protocol=self.protocol,
+            num_samples=self.num_samples,
         )
         self.log_pending("domains", self.out)
 
@@ -374,6 +448,8 @@ def generate_domains(
     captions: str | None = None,
     on_missing_caption: MissingCaptions = "error",
     split: str | None = None,
+    protocol: Protocol = "genval",
+    num_samples: int = GENVAL_NUM_SAMPLES,
     crop: Crop = "square",
     resolution: int | None = 512,
     sets: SetKind = "shift",
@@ -390,23 +466,33 @@ def generate_domains(
     limit_predict_batches: int | float | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Render every ``source`` label map in each of ``generator.domains``; write ``<out>/<domain>`` (Cityscapes layout).
+    """Render ``source`` label maps in each of ``generator.domains``; write ``<out>/<domain>`` (Cityscapes layout).
 
-    ``captions``: a JSONL caption file (frames matched by name); a frame missing from it is an
-    error unless ``on_missing_caption="generic"`` (then the generator's caption is used, and
-    counted). ``crop``/``resolution``: "square" = centred square resized to ``resolution``
-    (GenVal: 512), "full" = the whole frame at long side ``resolution``. ``sets``: "shift",
+    ``protocol``: ``"genval"`` (GenVal's: ``num_samples`` = 512 seeded draws per domain with
+    replacement, random square crops, 512x512, prompt ``"<caption>, in <domain>, "``; the
+    generator's ``prompt_template`` must be GenVal's) or ``"deterministic_center"`` (ours: every
+    frame once, ``crop`` "square" = centred square resized to ``resolution``, "full" = the whole
+    frame at long side ``resolution``). ``captions``: a JSONL caption file (frames matched by
+    name); a frame missing from it is an error unless ``on_missing_caption="generic"`` (then the
+    generator's caption is used, and counted). ``sets``: "shift",
     "joint" (with OOD objects from ``ood_objects``, written to ``<out>/<domain>-ood``) or "both".
     Items whose files exist are skipped, so an interrupted run resumes.
     """
     generator = generator if generator is not None else DomainShiftGenerator()
+    check_protocol(protocol)
+    if protocol == "genval" and generator.prompt_template != GENVAL_PROMPT_TEMPLATE:
+        raise ValueError(
+            f"domains: protocol 'genval' uses GenVal's prompt {GENVAL_PROMPT_TEMPLATE!r}, but the generator's "
+            f"prompt_template is {generator.prompt_template!r}; set it to GenVal's or use protocol "
+            "'deterministic_center'"
+        )
     split = split if split is not None else str(getattr(source, "split", "val"))
     root = getattr(source, "root", None)
     if root is not None and Path(out).resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"domains: out {out!r} lies inside the source dataset {str(root)!r}; write elsewhere")
     datamodule = DomainDataModule(
         source, out, generator.domains, split, crop, resolution, seed, max_frames, captions, on_missing_caption,
-        generator.caption, sets, ood_objects, ood_condition_id, batch_size, num_workers,
+        generator.caption, sets, ood_objects, ood_condition_id, batch_size, num_workers, protocol, num_samples,
     )  # fmt: skip
     writer = DomainWriter()
     trainer = predict_trainer(accelerator, devices, strategy, num_nodes, [writer], progress, limit_predict_batches)
@@ -421,4 +507,5 @@ def generate_domains(
         encoding=generator.encoding.name if writer.counts["written"] else generator.requested_encoding,
         out=str(out),
         split=split,
+        protocol=protocol,
     )

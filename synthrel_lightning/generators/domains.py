@@ -1,7 +1,7 @@
 """Domain-shifted street scenes from Cityscapes label maps with a ControlNet on Stable Diffusion 1.5.
 
 A ControlNet conditioned on the encoded label map renders the scene in another domain
-("<caption>, in fog"); the conditioning label map is the ground truth. The defaults follow
+("<caption>, in fog, "); the conditioning label map is the ground truth. The defaults follow
 GenVal (Loiseau et al., "Reliability in Semantic Segmentation: Can We Use Synthetic Data?",
 ECCV 2024; github.com/valeoai/GenVal): DDIM 25 steps, eta 0, guidance 8, control strength 1.
 """
@@ -32,9 +32,19 @@ from synthrel_lightning.synthesis.engine import _DTYPES, ModelLoadError
 from synthrel_lightning.synthesis.names import check_name
 from synthrel_lightning.synthesis.protocol import to_uint8
 
-__all__ = ["DomainShiftGenerator", "DomainSample", "check_domain_name", "train_ids_to_label_ids"]
+__all__ = [
+    "GENVAL_PROMPT_TEMPLATE",
+    "DomainShiftGenerator",
+    "DomainSample",
+    "check_domain_name",
+    "train_ids_to_label_ids",
+]
 
 log = logging.getLogger(__name__)
+
+GENVAL_PROMPT_TEMPLATE = "{caption}, in {domain}, "
+"""GenVal's prompt (``ControlNet/style_transfer.py``): ``data["txt"] + f", in {domain}"``, to which
+``process`` appends ``", " + a_prompt`` with ``a_prompt = ""``; the negative prompt is empty."""
 
 
 def check_domain_name(domain: str) -> str:
@@ -70,7 +80,7 @@ class DomainShiftGenerator:
         controlnet_id: str = "lllyasviel/sd-controlnet-seg",
         encoding: str | None = None,
         domains: Sequence[str] = ("fog", "night", "rain", "snow"),
-        prompt_template: str = "{caption}, in {domain}",
+        prompt_template: str = GENVAL_PROMPT_TEMPLATE,
         caption: str | None = None,
         num_inference_steps: int = 25,
         eta: float = 0.0,
