@@ -4,12 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo lint test test-all bench clean
+.PHONY: setup demo lint docs test test-all bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,docs]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create the virtual environment and install the package
@@ -21,11 +21,16 @@ lint: setup  ## ruff lint and format check (line length 120, configured in pypro
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint  ## lint, then run the default (fast, offline, CPU) test suite
+SITE ?= site
+
+docs: setup  ## build the documentation site strictly (any warning fails) into $(SITE)/
+	$(VENV)/bin/mkdocs build --strict --quiet -d $(SITE)
+
+test: lint docs  ## lint, build the documentation strictly, then run the default (fast, offline, CPU) test suite
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-all: setup  ## run every test, the slow ones too
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
 clean:
-	rm -rf $(VENV) outputs lightning_logs
+	rm -rf $(VENV) outputs lightning_logs $(SITE)

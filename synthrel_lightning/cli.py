@@ -35,6 +35,7 @@ TOOLS: dict[str, str] = {
     "calibrate": "synthrel_lightning.commands.calibrate",
     "sml_stats": "synthrel_lightning.commands.sml_stats",
     "export_submission": "synthrel_lightning.commands.export_submission",
+    "export_model": "synthrel_lightning.commands.export_model",
     "qc": "synthrel_lightning.commands.qc",
     "share_set": "synthrel_lightning.commands.share_set",
 }
@@ -94,7 +95,10 @@ def _usage() -> str:
         "  caption                     caption the frames of a Cityscapes-layout split into a JSONL file\n"
         "  import_controlnet           convert an original-format ControlNet checkpoint for the domain generator\n"
         "  export_submission           write score maps in the SegmentMeIfYouCan submission layout\n"
-        "  qc                          score a synthetic set per frame (label faithfulness, object presence)\n\n"
+        "  export_model                export a trained segmenter as ONNX, TorchScript or a pretrained folder\n"
+        "  qc                          score a synthetic set per frame (label faithfulness, object presence)\n"
+        "  share_set                   export a set or outlier bank as a Hugging Face dataset; push; import\n"
+        "  import_mask2former          import a detectron2-format Mask2Former/RbA checkpoint (weights only)\n\n"
         "Options: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
         "Run any subcommand with --help for its options."
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from synthrel_lightning.checkpoints import load_checkpoint
+from synthrel_lightning.module_spec import build_module, spec_from_hyperparameters
 
 
 @dataclass
@@ -39,17 +40,6 @@ class ZooEntry:
     trust_checkpoint: bool = False
 
 
-def _build(spec: dict[str, Any], default_class: str) -> Any:
-    import lightning as L
-    from jsonargparse import ArgumentParser
-
-    spec = dict(spec)
-    spec.setdefault("class_path", default_class)
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--model", type=L.LightningModule)
-    return parser.instantiate_classes(parser.parse_object({"model": spec})).model
-
-
 def _last_line(err: Exception) -> str:
     # jsonargparse nests the cause under a header per parser level: the last line is the cause.
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -73,14 +63,8 @@ def _spec_from_config(entry: ZooEntry) -> dict[str, Any] | None:
 
 
 def _spec_from_hyperparameters(entry: ZooEntry, payload: Any) -> dict[str, Any]:
-    # LightningCLI stores the module's configuration as hyper-parameters: its class under
-    # "_class_path" and its init arguments flat beside it.
     hp = payload.get("hyper_parameters") if isinstance(payload, dict) else None
-    hp = dict(hp or {})
-    return {
-        "class_path": hp.pop("_class_path", entry.model_class),
-        "init_args": {k: v for k, v in hp.items() if not k.startswith("_")},
-    }
+    return spec_from_hyperparameters(hp, entry.model_class)
 
 
 def instantiate_model(entry: ZooEntry, trust_checkpoint: bool = False) -> Any:
@@ -99,7 +83,7 @@ def instantiate_model(entry: ZooEntry, trust_checkpoint: bool = False) -> Any:
     if spec is None:
         spec = _spec_from_hyperparameters(entry, payload)
         try:
-            model = _build(spec, entry.model_class)
+            model = build_module(spec, entry.model_class)
         except Exception as e:
             raise TypeError(
                 f"zoo entry {entry.name!r}: checkpoint {entry.checkpoint} does not hold every constructor argument of "
@@ -107,7 +91,7 @@ def instantiate_model(entry: ZooEntry, trust_checkpoint: bool = False) -> Any:
                 f"({_last_line(e)})"
             ) from e
     else:
-        model = _build(spec, entry.model_class)
+        model = build_module(spec, entry.model_class)
     if payload is not None:
         state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
         if not isinstance(state, dict):

@@ -9,15 +9,15 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from synthrel_lightning.evaluation_result import EvaluationResult
+from synthrel_lightning.hub.pretrained import PretrainedMixin
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
 from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
-from synthrel_lightning.models.outputs import MaskClassificationOutput, identify_output
+from synthrel_lightning.models.outputs import MaskClassificationOutput, class_scores_at, identify_output
 from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, build_set_metrics, check_metric_groups
 from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
 from synthrel_lightning.scores.registry import ScoreName
@@ -80,7 +80,7 @@ def _weighted(terms: list[LossTerm], values: list[Tensor]) -> dict[str, Tensor]:
     return parts
 
 
-class OODSegmenter(L.LightningModule):
+class OODSegmenter(PretrainedMixin, L.LightningModule):
     """Semantic segmenter trained for reliability: in-distribution accuracy, OOD detection, calibration.
 
     Args:
@@ -295,11 +295,7 @@ class OODSegmenter(L.LightningModule):
 
     def class_scores(self, output: Tensor | MaskClassificationOutput, size: tuple[int, int]) -> Tensor:
         """Per-pixel class scores (B,K,H,W) at ``size`` (bilinear; masks are upsampled before ``l_k``)."""
-        if isinstance(output, MaskClassificationOutput):
-            return output.semantic_scores(size)
-        if output.shape[-2:] != size:
-            output = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
-        return output
+        return class_scores_at(output, size)
 
     def raw_logits(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Per-pixel class scores (B,K,H,W) at the input resolution (or ``size``), before temperature scaling."""

@@ -115,3 +115,12 @@ def identify_output(value: Any, who: str = "OODSegmenter") -> tuple[OutputKind, 
 
 
 __all__ = ["MaskClassificationOutput", "identify_output", "per_pixel_class_scores"]
+
+
+def class_scores_at(output: Tensor | MaskClassificationOutput, size: tuple[int, int]) -> Tensor:
+    """Per-pixel class scores (B,K,H,W) at ``size``: bilinear logits, or the semantic scores of mask classification."""
+    if isinstance(output, MaskClassificationOutput):
+        return output.semantic_scores(size)
+    if output.shape[-2:] != size:
+        output = F.interpolate(output, size=size, mode="bilinear", align_corners=False)
+    return output
