@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
+from synthrel_lightning.atomic import create_temp
 from synthrel_lightning.cli import main as cli_main
 from synthrel_lightning.labels import OOD_ID, TRAIN_NAME_TO_ID
 from synthrel_lightning.synthesis.bank import OutlierBank
@@ -273,11 +275,18 @@ def test_temp_files_of_killed_writers_are_cleaned_at_start(
     dead = shard / f".tmp-{socket.gethostname()}-999999999-deadbeef"  # a writer whose process is gone
     dead.write_bytes(b"half an entry")
     (eval_dir / "images").mkdir(parents=True)
-    stale_png = eval_dir / "images" / ".tmp-abc.x1y2.png"
+    stale_png = eval_dir / "images" / ".tmp-abc.x1y2.png"  # no owner in its name, and two hours old
     stale_png.write_bytes(b"half a png")
+    os.utime(stale_png, (time.time() - 7200, time.time() - 7200))
+    # Fresh files of writers still at work: another process here (this one) and a process on another host.
+    live_here = create_temp(eval_dir / "images", "frame", ".png")
+    live_elsewhere = eval_dir / "labels" / ".tmp-0badc0de-12345-0123456789ab.frame.png"
+    live_elsewhere.parent.mkdir(parents=True)
+    live_elsewhere.write_bytes(b"being written on another node")
     cfg = write_config(tmp_path / "g.yaml", bank, two_frames, tiny_folder, eval_dir=str(eval_dir), max_frames=1)
     summary = run_cli(capsys, "--config", str(cfg), "--objects_per_frame", "1")
     assert summary["temp_files_removed"] == 2 and not dead.exists() and not stale_png.exists()
+    assert live_here.exists() and live_elsewhere.exists()
     assert summary["done"] == 1 and OutlierBank(bank).temp_files() == []
 
 

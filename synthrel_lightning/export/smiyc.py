@@ -17,13 +17,13 @@ the scores, and the folder is what the leaderboard's submission archive holds.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from synthrel_lightning.atomic import atomic_write
+from synthrel_lightning.paths import check_name, path_within
 
 __all__ = [
     "SMIYC_DATASETS",
@@ -72,16 +72,6 @@ SMIYC_DATASETS: tuple[str, ...] = tuple(SMIYC_FOLDERS)
 """Dataset names of the benchmark's registry that an export accepts."""
 
 _VAR = "value"
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _check_part(what: str, value: str) -> str:
-    if not _SAFE.match(value) or value in (".", ".."):
-        raise ValueError(
-            f"SMIYC export: {what} {value!r} must be a plain file name (letters, digits, '.', '_', '-'), "
-            "as the benchmark uses it as a folder or file name"
-        )
-    return value
 
 
 def smiyc_folder(dataset: str) -> str:
@@ -100,13 +90,8 @@ def smiyc_path(output_dir: str | os.PathLike[str], method: str, dataset: str, fi
     ``<folder>`` is ``dataset``'s persistence folder (:func:`smiyc_folder`), e.g. ``AnomalyTrack-all``
     for ``AnomalyTrack-test``.
     """
-    return (
-        Path(output_dir)
-        / "anomaly_p"
-        / _check_part("method name", method)
-        / smiyc_folder(dataset)
-        / f"{_check_part('frame id', fid)}.hdf5"
-    )
+    folder = Path(output_dir) / "anomaly_p" / check_name(method, "method name") / smiyc_folder(dataset)
+    return path_within(folder, f"{check_name(fid, 'frame id')}.hdf5", what="frame id")
 
 
 def write_smiyc_score(path: str | os.PathLike[str], score: np.ndarray) -> Path:

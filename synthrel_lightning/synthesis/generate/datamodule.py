@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from synthrel_lightning.atomic import TEMP_PREFIX, abandoned_temp
 from synthrel_lightning.predict_loop import HostItemsDataModule
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.generate.items import WorkItemDataset, WriteKind, bank_keys
@@ -17,15 +18,22 @@ from synthrel_lightning.synthesis.vocabulary import VocabularyEntry
 __all__ = ["HostItemsDataModule", "GenerationDataModule", "remove_stale_temp_files"]
 
 
-def remove_stale_temp_files(bank_root: str | Path, eval_dir: str | Path | None) -> int:
-    """Delete temp files left by killed writers: the bank's (dead or old writers) and ``.tmp-*`` in ``eval_dir``."""
-    removed = OutlierBank(bank_root, mode="a").cleanup_temp()
+def remove_stale_temp_files(bank_root: str | Path, eval_dir: str | Path | None, max_age_s: float = 3600.0) -> int:
+    """Delete temp files left by writers that are gone, in the bank and in ``eval_dir``; returns the count.
+
+    A temp file is removed when its name says a process of this host wrote it and that
+    process has ended, or when it is older than ``max_age_s`` (see
+    :func:`~synthrel_lightning.atomic.abandoned_temp`); fresh files of live writers (another
+    ``generate`` on this or another node) are kept.
+    """
+    removed = OutlierBank(bank_root, mode="a").cleanup_temp(max_age_s)
     if eval_dir is not None:
         for folder in (Path(eval_dir) / "images", Path(eval_dir) / "labels"):
-            for path in folder.glob(".tmp-*") if folder.is_dir() else []:
+            for path in folder.glob(f"{TEMP_PREFIX}*") if folder.is_dir() else []:
                 try:
-                    path.unlink()
-                    removed += 1
+                    if abandoned_temp(path, max_age_s):
+                        path.unlink()
+                        removed += 1
                 except FileNotFoundError:
                     pass
     return removed

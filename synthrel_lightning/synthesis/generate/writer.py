@@ -8,10 +8,10 @@ from typing import Any
 
 from synthrel_lightning.atomic import atomic_save_png
 from synthrel_lightning.labels import semantic_to_ood_target
+from synthrel_lightning.paths import path_within
 from synthrel_lightning.predict_loop import BatchPredictionWriter
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.generate.items import WriteKind, bank_keys
-from synthrel_lightning.synthesis.names import path_within
 
 __all__ = ["BankWriter", "GenerationStopped", "eval_paths"]
 
