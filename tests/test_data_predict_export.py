@@ -63,11 +63,11 @@ def test_predict_on_a_folder_from_the_cli_writes_score_maps(tmp_path: Path, monk
             "--trainer.logger=false",
         ]
     )
-    scores = sorted(p.name for p in out.glob("*_score.npy"))
-    assert scores == ["a_score.npy", "street_b_score.npy", "street_deeper_c_score.npy"]
+    scores = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_score.npy"))
+    assert scores == ["a_score.npy", "street/b_score.npy", "street/deeper/c_score.npy"]
     # Frames of different sizes share a padded batch; each map has its own image's size.
     assert np.load(out / "a_score.npy").shape == (40, 64)
-    assert np.load(out / "street_b_score.npy").shape == (48, 64)
+    assert np.load(out / "street" / "b_score.npy").shape == (48, 64)
 
 
 def test_predict_set_is_accepted_by_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -243,3 +243,52 @@ def test_smiyc_export_refuses_unknown_dataset_names(tmp_path: Path, capsys) -> N
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "ObstacleTrack-tset" in err and "ObstacleTrack-test" in err
     assert not (tmp_path / "sub").exists()
+
+
+def test_predict_writes_every_frame_once_with_the_values_of_its_own_region(tmp_path: Path) -> None:
+    import lightning as L
+    from torch.nn import functional as F
+    from torch.utils.data import DataLoader
+
+    from synthrel_lightning.data.collate import collate_samples
+
+    root = tmp_path / "imgs"
+    _image(root / "a" / "b.png", 40, 64, 0)
+    _image(root / "a_b.png", 48, 64, 1)  # would share a file with a/b under a flattened name
+    grey = np.random.default_rng(2).integers(0, 255, (32, 48), dtype=np.uint8)
+    Image.fromarray(grey).save(root / "grey.png")  # one greyscale frame among colour ones
+    torch.manual_seed(0)
+    model = OODSegmenter(
+        TinySegmenter(num_classes=19, width=4, depth=1),
+        ood_score="msp",
+        summary=False,
+        prediction_dir=str(tmp_path / "p"),
+    )
+    dataset = FolderDataset(root, transform=eval_transform())
+    loader = DataLoader(dataset, batch_size=3, collate_fn=collate_samples)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.predict(model, loader, return_predictions=False)
+    out = tmp_path / "p"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_score.npy")) == [
+        "a/b_score.npy",
+        "a_b_score.npy",
+        "grey_score.npy",
+    ]
+    # Each saved map holds the scores of its frame's own region of the padded batch (top-left, as collated).
+    model.eval()
+    samples = [dataset[i] for i in range(len(dataset))]
+    height = max(s["image"].shape[-2] for s in samples)
+    width = max(s["image"].shape[-1] for s in samples)
+    for sample in samples:
+        h, w = sample["image"].shape[-2:]
+        padded = F.pad(sample["image"], (0, width - w, 0, height - h))[None]
+        with torch.no_grad():
+            expected = model.score(model(padded))[0, :h, :w].numpy()
+        saved = np.load(out / f"{sample['name']}_score.npy")
+        np.testing.assert_allclose(saved, expected, rtol=1e-5, atol=1e-6)
+        for kind in ("overlay", "heatmap"):
+            visual = np.asarray(Image.open(out / f"{sample['name']}_{kind}.png"))
+            assert visual.shape == (h, w, 3) and visual.dtype == np.uint8
+    rgb = np.asarray(Image.open(root / "a_b.png"))
+    overlay = np.asarray(Image.open(out / "a_b_overlay.png")).astype(int)
+    assert 0 < np.abs(overlay - rgb).mean() < 128  # the frame shows through its overlay

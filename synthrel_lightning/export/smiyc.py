@@ -151,7 +151,8 @@ def export_smiyc_folder(
     """Convert the ``<fid><suffix>`` score maps ``predict`` wrote under ``scores`` into a SMIYC submission.
 
     Args:
-        scores: folder of NumPy (H, W) score maps, one per frame (``predict``'s prediction folder).
+        scores: folder of NumPy (H, W) score maps, one per frame (``predict``'s prediction folder, searched
+            recursively; a frame's id is its file name without ``suffix``).
         output_dir: the submission folder (the benchmark's ``DIR_OUTPUTS``); files go to
             ``output_dir/anomaly_p/<method>/<folder>/<fid>.hdf5``, ``<folder>`` the dataset's persistence
             folder (``AnomalyTrack-all`` for ``AnomalyTrack-test``, see :data:`SMIYC_FOLDERS`).
@@ -164,7 +165,12 @@ def export_smiyc_folder(
     folder = Path(scores)
     if not folder.is_dir():
         raise FileNotFoundError(f"SMIYC export: score folder {folder} does not exist; run predict first")
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
+    files = sorted(p for p in folder.rglob(f"*{suffix}") if p.is_file())
+    seen: dict[str, Path] = {}
+    for path in files:  # predict mirrors sub-folders; the benchmark names frames by file name alone
+        other = seen.setdefault(path.name, path)
+        if other != path:
+            raise ValueError(f"SMIYC export: {other} and {path} would both be frame {path.name[: -len(suffix)]!r}")
     if not files:
         raise FileNotFoundError(f"SMIYC export: no '*{suffix}' score maps in {folder}; run predict into this folder")
 
