@@ -21,10 +21,10 @@ lint: setup  ## ruff lint and format check (line length 120, configured in pypro
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: lint  ## lint, then run the default (fast, offline, CPU) test suite
+test: lint  ## lint, then run the whole (offline, CPU) test suite, the slow tests included
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-all: setup  ## run every test, the slow ones too
+test-all: setup  ## run every test (the same selection as `test`, without the lint)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
 clean:
