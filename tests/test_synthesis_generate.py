@@ -354,3 +354,26 @@ def test_an_evaluation_png_that_cannot_be_written_fails_the_item_and_a_rerun_red
     second = generate(str(bank), source, engine=TinyInpaintingEngine(mask_method="box"), **kwargs)
     assert (second.skipped, second.done, second.failed) == (0, 2, 0)
     assert len(list((eval_dir / "labels").glob("*_ood.png"))) == 2
+
+
+def test_resume_redoes_items_whose_outputs_are_damaged(
+    tmp_path: Path, two_frames: Path, tiny_folder: Path, capsys
+) -> None:
+    bank, eval_dir = tmp_path / "bank", tmp_path / "eval"
+    cfg = write_config(tmp_path / "g.yaml", bank, two_frames, tiny_folder, eval_dir=str(eval_dir), max_frames=1)
+    first = run_cli(capsys, "--config", str(cfg), "--objects_per_frame", "3")
+    keys = sorted(OutlierBank(bank).keys())
+    assert first["done"] == 3 and len(keys) == 3
+    image_png = eval_paths(eval_dir, keys[0])[0]
+    image_png.write_bytes(image_png.read_bytes()[: image_png.stat().st_size // 2])  # a truncated PNG
+    entry = OutlierBank(bank).path(keys[1])
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped bit in a bank entry
+    entry.write_bytes(bytes(data))
+    again = run_cli(capsys, "--config", str(cfg), "--objects_per_frame", "3")
+    assert again["skipped"] == 1 and again["done"] == 2
+    assert OutlierBank(bank).verify() == []
+    for key in keys:
+        for path in eval_paths(eval_dir, key):
+            with Image.open(path) as im:
+                im.load()

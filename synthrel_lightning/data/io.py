@@ -19,6 +19,7 @@ __all__ = [
     "check_same_size",
     "check_label_values",
     "describe_values",
+    "png_damage",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -104,6 +105,18 @@ def _png_damage(data: bytes) -> str | None:
         if len(raw) != height * (1 + row):
             return f"its pixel data holds {len(raw)} bytes, its {width}x{height} header calls for {height * (1 + row)}"
     return None
+
+
+def png_damage(path: PathLike) -> str | None:
+    """Why the PNG file ``path`` is damaged or unreadable (see :func:`read_image`'s checks), or ``None`` if intact."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return f"it cannot be read ({exc})"
+    if data[:8] != _PNG_SIGNATURE:
+        return "it is not a PNG file (no PNG signature)"
+    return _png_damage(data)
 
 
 def _png_bytes(path: Path, what: str) -> bytes | None:

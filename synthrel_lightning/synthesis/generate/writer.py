@@ -70,7 +70,8 @@ class BankWriter(BatchPredictionWriter):
         result.metadata.update(frame=item.name, slot=item.slot)
         for key in bank_keys(item.key, self.write):
             kind = "frame" if key.endswith("-frame") else "object"
-            self.bank.add(result.to_entry(kind, base_label=item.label), key=key)
+            # An item is redone only when one of its outputs is missing or damaged: replace them all.
+            self.bank.add(result.to_entry(kind, base_label=item.label), key=key, overwrite=True)
         if self.eval_dir is not None:
             label = result.label_map(item.label)
             image_path, label_path, ood_path = eval_paths(self.eval_dir, item.key)
