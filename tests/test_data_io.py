@@ -249,3 +249,16 @@ def test_damaged_compressed_data_with_valid_chunk_crcs_is_never_decoded_to_wrong
             wrong.append(i)
     assert not wrong, f"{png_decoder}: {len(wrong)} of 30 damaged files decoded to wrong pixels"
     assert rejected >= 25
+
+
+def test_a_png_damaged_after_a_good_read_is_checked_again(tmp_path: Path, png_decoder: str) -> None:
+    import os
+
+    path = tmp_path / "frame.png"
+    Image.fromarray(np.repeat(_rgb(24, 32, seed=1), 2, axis=0)).save(path)
+    read_image(path)  # checked once, remembered
+    keep = path.stat()
+    path.write_bytes(_flip_in_idat_keeping_crcs(path.read_bytes(), 0.5))
+    os.utime(path, ns=(keep.st_atime_ns, keep.st_mtime_ns))  # same size and modification time
+    with pytest.raises(DatasetError, match=r"frame\.png is corrupt"):
+        read_image(path)

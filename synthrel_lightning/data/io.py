@@ -54,6 +54,8 @@ def _check_file(path: Path, what: str) -> None:
 
 
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each IHDR colour type
+_CHECKED: dict[str, tuple[int, ...]] = {}  # path -> identity of the file when it passed _png_damage
+_CHECKED_MAX = 200_000
 
 
 def _png_damage(data: bytes) -> str | None:
@@ -123,14 +125,23 @@ def _png_bytes(path: Path, what: str) -> bytes | None:
     """The bytes of ``path`` when it is a PNG file (checked whole: :func:`_png_damage`); ``None`` otherwise."""
     try:
         with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
             data = f.read()
     except OSError as exc:
         raise DatasetError(f"{what} {path} cannot be read ({exc})") from exc
     if data[:8] != _PNG_SIGNATURE:
         return None
+    # A file checked before in this process and not changed since (any write, rename or utime
+    # moves its inode change time) is not inflated twice: workers kept across epochs check once.
+    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if len(data) == st.st_size and _CHECKED.get(str(path)) == ident:
+        return data
     damage = _png_damage(data)
     if damage is not None:
         raise DatasetError(f"{what} {path} is corrupt or truncated: {damage}; re-download or re-extract it")
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[str(path)] = ident
     return data
 
 
