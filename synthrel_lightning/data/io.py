@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import zlib
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ __all__ = [
     "check_same_size",
     "check_label_values",
     "describe_values",
+    "png_damage",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -51,46 +53,113 @@ def _check_file(path: Path, what: str) -> None:
         raise DatasetError(f"{what} {path} not found")
 
 
-def _chunks_intact(data: bytes) -> bool:
-    """True when every PNG chunk up to IEND is complete and matches its CRC-32.
+_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each IHDR colour type
+_CHECKED: dict[str, tuple[int, ...]] = {}  # path -> identity of the file when it passed _png_damage
+_CHECKED_MAX = 200_000
 
-    libspng (as ``pyspng`` builds it) does not check chunk CRCs, so a flipped bit in the
-    pixel data would decode silently; libpng and PIL refuse such files. About 1 ms per 4 MB.
+
+def _png_damage(data: bytes) -> str | None:
+    """Why the PNG file ``data`` is damaged, or ``None`` when its chunks and pixel stream are intact.
+
+    Checks every chunk up to IEND (complete, CRC-32 matching) and the compressed pixel data:
+    the IDAT chunks' zlib stream must inflate without error to its end, pass its Adler-32
+    check, hold exactly the bytes the header's size and layout call for, and nothing may
+    follow it. A decoder cannot be trusted with this: libspng (as ``pyspng`` builds it)
+    checks neither chunk CRCs nor the Adler-32, and libpng (OpenCV, PIL) only warns about
+    a failed Adler-32 once every row is decoded, so a damaged stream whose chunk CRCs were
+    rewritten decodes to wrong pixels. Inflating costs about as much as libspng's decode.
     """
     pos, end = 8, len(data)
-    while pos + 12 <= end:
+    idat: list[bytes] = []
+    header = b""
+    while True:
+        if pos + 12 > end:
+            return "it ends before its IEND chunk (truncated)"
         length = int.from_bytes(data[pos : pos + 4], "big")
         stop = pos + 8 + length
         if stop + 4 > end:
-            return False
+            return "a chunk runs past the end of the file (truncated)"
+        kind = data[pos + 4 : pos + 8]
         if zlib.crc32(data[pos + 4 : stop]) != int.from_bytes(data[stop : stop + 4], "big"):
-            return False
-        if data[pos + 4 : pos + 8] == b"IEND":
-            return True
+            return f"its {kind.decode('latin-1')!r} chunk fails its CRC-32 check"
+        if kind == b"IHDR":
+            header = data[pos + 8 : stop]
+        elif kind == b"IDAT":
+            idat.append(data[pos + 8 : stop])
+        elif kind == b"IEND":
+            break
         pos = stop + 4
-    return False
+    if len(header) != 13 or not idat:
+        return "it has no valid IHDR or no IDAT chunk"
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(b"".join(idat))
+    except zlib.error as exc:
+        return f"its compressed pixel data is corrupt ({exc})"
+    if not inflater.eof:
+        return "its compressed pixel data ends early (truncated)"
+    if inflater.unused_data:
+        return "bytes follow the end of its compressed pixel data"
+    width, height = int.from_bytes(header[0:4], "big"), int.from_bytes(header[4:8], "big")
+    depth, colour, interlace = header[8], header[9], header[12]
+    if interlace == 0 and colour in _CHANNELS:
+        row = (width * depth * _CHANNELS[colour] + 7) // 8
+        if len(raw) != height * (1 + row):
+            return f"its pixel data holds {len(raw)} bytes, its {width}x{height} header calls for {height * (1 + row)}"
+    return None
 
 
-def _fast_png(path: Path, colour_type: int) -> np.ndarray | None:
-    """Decode an 8-bit PNG of IHDR ``colour_type`` with :data:`PNG_DECODER`, or None to leave the file to PIL.
+def png_damage(path: PathLike) -> str | None:
+    """Why the PNG file ``path`` is damaged or unreadable (see :func:`read_image`'s checks), or ``None`` if intact."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return f"it cannot be read ({exc})"
+    if data[:8] != _PNG_SIGNATURE:
+        return "it is not a PNG file (no PNG signature)"
+    return _png_damage(data)
+
+
+def _png_bytes(path: Path, what: str) -> bytes | None:
+    """The bytes of ``path`` when it is a PNG file (checked whole: :func:`_png_damage`); ``None`` otherwise."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as exc:
+        raise DatasetError(f"{what} {path} cannot be read ({exc})") from exc
+    if data[:8] != _PNG_SIGNATURE:
+        return None
+    # A file checked before in this process and not changed since (any write, rename or utime
+    # moves its inode change time) is not inflated twice: workers kept across epochs check once.
+    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if len(data) == st.st_size and _CHECKED.get(str(path)) == ident:
+        return data
+    damage = _png_damage(data)
+    if damage is not None:
+        raise DatasetError(f"{what} {path} is corrupt or truncated: {damage}; re-download or re-extract it")
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[str(path)] = ident
+    return data
+
+
+def _fast_png(data: bytes, colour_type: int) -> np.ndarray | None:
+    """Decode checked 8-bit PNG bytes of IHDR ``colour_type`` with :data:`PNG_DECODER`, or None to leave them to PIL.
 
     Only the simple, common layouts take this path (8-bit grey or RGB); every other layout,
     any decoding failure and any unexpected result return None, so PIL decides and names
-    the problem. An RGB result is returned in RGB order.
+    the problem. An RGB result is returned in RGB order. ``data`` has passed
+    :func:`_png_damage`, so the decoders need not check chunk CRCs or the zlib stream.
     """
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+    if len(data) < 33 or data[12:16] != b"IHDR":
         return None
     if data[24] != 8 or data[25] != colour_type:
         return None
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     expected = (height, width) if colour_type == _PNG_GREY else (height, width, 3)
     if PNG_DECODER == "libspng" and _spng is not None:
-        if not _chunks_intact(data):
-            return None
         try:
             arr = _spng.load(data)  # RGB order already
         except (RuntimeError, ValueError):
@@ -109,11 +178,11 @@ def _fast_png(path: Path, colour_type: int) -> np.ndarray | None:
     return arr
 
 
-def _decode(path: Path) -> Image.Image:
-    """Open and fully decode ``path``, closing the file if decoding fails."""
+def _decode(path: Path, data: bytes | None = None) -> Image.Image:
+    """Open and fully decode ``path`` (from ``data`` when given), closing the file if decoding fails."""
     img: Image.Image | None = None
     try:
-        img = Image.open(path)
+        img = Image.open(path if data is None else io.BytesIO(data))
         # Image.open only parses the header; load() decodes every pixel, which is what
         # exposes truncated or corrupt payloads.
         img.load()
@@ -124,11 +193,11 @@ def _decode(path: Path) -> Image.Image:
     return img
 
 
-def _open_fully(path: Path, what: str) -> Image.Image:
-    """Open ``path`` with PIL and force a full decode so corrupt/truncated files fail here."""
+def _open_fully(path: Path, what: str, data: bytes | None = None) -> Image.Image:
+    """Open ``path`` (its bytes ``data`` when read already) with PIL and decode it fully, so damage fails here."""
     _check_file(path, what)
     try:
-        return _decode(path)
+        return _decode(path, data)
     except UnidentifiedImageError as exc:
         raise DatasetError(f"{what} {path} is not a readable image file (unknown or corrupt format): {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -140,15 +209,18 @@ def _open_fully(path: Path, what: str) -> Image.Image:
 def read_image(path: PathLike, allow_grayscale: bool = False) -> np.ndarray:
     """Read a colour image as a uint8 ``(H, W, 3)`` RGB array (png/jpg/webp/...).
 
-    8-bit RGB PNGs are decoded by OpenCV (faster than PIL, same pixels); everything else,
-    and any file OpenCV cannot decode, goes through PIL, whose errors name the file.
+    A PNG file is first checked whole (chunk CRCs, zlib stream and its Adler-32, size), as
+    no decoder here refuses every damaged stream; 8-bit RGB PNGs are then decoded by
+    :data:`PNG_DECODER` (faster than PIL, same pixels); everything else, and any file it
+    cannot decode, goes through PIL, whose errors name the file.
     """
     path = Path(path)
     _check_file(path, "image")
-    fast = _fast_png(path, _PNG_RGB)
+    data = _png_bytes(path, "image")
+    fast = _fast_png(data, _PNG_RGB) if data is not None else None
     if fast is not None:
         return fast
-    img = _open_fully(path, "image")
+    img = _open_fully(path, "image", data)
     mode = img.mode
     if mode == "RGBA" or mode == "LA" or mode == "PA":
         alpha = np.asarray(img.getchannel("A"))
@@ -185,14 +257,16 @@ def read_label(path: PathLike) -> np.ndarray:
     Palette PNGs give their palette indices (the class ids), 16/32-bit maps are accepted
     when every value fits in 0..255, and an RGB(A) file is accepted only when its three
     channels are identical (a grey map saved as colour); a colour-coded map is an error.
-    8-bit grey PNGs are decoded by OpenCV (same values as PIL), everything else by PIL.
+    PNG files are checked whole first (see :func:`read_image`); 8-bit grey PNGs are decoded by
+    :data:`PNG_DECODER` (same values as PIL), everything else by PIL.
     """
     path = Path(path)
     _check_file(path, "label")
-    fast = _fast_png(path, _PNG_GREY)
+    data = _png_bytes(path, "label")
+    fast = _fast_png(data, _PNG_GREY) if data is not None else None
     if fast is not None:
         return fast
-    img = _open_fully(path, "label")
+    img = _open_fully(path, "label", data)
     mode = img.mode
     if mode in _LABEL_INT_MODES:
         arr = np.array(img)
