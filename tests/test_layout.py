@@ -127,6 +127,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
         "figures",
         "labels",
         "module_spec",
+        "paths",
+        "png_check",
         "predict_loop",
         "runs",
         "seeding",

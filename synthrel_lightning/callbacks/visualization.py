@@ -18,6 +18,7 @@ from torch import Tensor
 
 from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, OOD_POSITIVE, TRAIN_ID_NAMES, VOID_ID, colorize_train_ids
+from synthrel_lightning.paths import check_name, path_within
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -153,6 +154,7 @@ class OODVisualization(Callback):
         self.set_names = list(set_names) if set_names is not None else None
         self.mean, self.std = tuple(mean), tuple(std)
         self.stage = stage
+        self._set_what = f"{'validation' if stage == 'val' else stage} set name"
         self.score_range = score_range
         self.range_quantiles = (float(lo_q), float(hi_q))
         self.formats = tuple(formats)
@@ -195,6 +197,8 @@ class OODVisualization(Callback):
         name = outputs.set_name
         if self.set_names is not None and name not in self.set_names:
             return
+        # The set name becomes part of a file name: refuse one that could leave the run folder, now.
+        check_name(name, what=self._set_what)
         score = outputs.score.detach().float()
         valid = torch.isfinite(score)
         if outputs.ood is not None:
@@ -294,7 +298,8 @@ class OODVisualization(Callback):
             )
             rendered[set_name] = figure_to_array(fig)
             if self.formats:
-                path = run_dir(trainer) / "images" / f"{self.stage}_{set_name}_epoch{epoch:03d}.{self.formats[0]}"
+                file_name = f"{self.stage}_{set_name}_epoch{epoch:03d}.{self.formats[0]}"
+                path = path_within(run_dir(trainer) / "images", file_name, what=self._set_what)
                 self.logged += [str(p) for p in save_figure(fig, path, formats=self.formats)]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
