@@ -27,10 +27,10 @@ SITE ?= site
 docs: setup  ## build the documentation site strictly (any warning fails) into $(SITE)/
 	$(VENV)/bin/mkdocs build --strict --quiet -d $(SITE)
 
-test: lint docs  ## lint, build the documentation strictly, then run the default (fast, offline, CPU) test suite
+test: lint docs  ## lint, build the documentation strictly, then run the whole (offline, CPU) test suite, the slow tests included
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-all: setup  ## run every test, the slow ones too
+test-all: setup  ## run every test (the same selection as `test`, without the lint)
 	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
 clean:

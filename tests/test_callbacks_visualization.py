@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import lightning as L
 import numpy as np
@@ -20,9 +21,9 @@ from synthrel_lightning.callbacks.visualization import (
     denormalize,
     panel_figure,
 )
+from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import NUM_CLASSES, OOD_POSITIVE, VOID_ID
 from synthrel_lightning.models import OODSegmenter
-from synthrel_lightning.models.evaluation import EvaluationResult
 
 H, W = 16, 24
 SETS = ["synthetic_objects", "road_anomaly"]
@@ -227,3 +228,14 @@ def test_bad_arguments() -> None:
         OODVisualization(score_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="range_quantiles"):
         OODVisualization(range_quantiles=(0.9, 0.1))
+
+
+def test_a_set_name_that_would_leave_the_run_folder_is_refused(tmp_path, monkeypatch) -> None:
+    # A module of the user's own whose evaluation results carry a set name with path steps.
+    module = _Segmenter(_Conv(), ood_score="energy", summary=False, val_set_names=SETS)
+    monkeypatch.setattr(sys.modules[__name__], "SETS", ["x/../../../../escaped", "road_anomaly"])
+    cb = OODVisualization(num_images=1, formats=("png",))
+    with pytest.raises(ValueError, match=r"validation set name 'x/\.\./\.\./\.\./\.\./escaped'.*file or folder name"):
+        _fit(tmp_path / "runs", CSVLogger(tmp_path / "runs", name="csv", version="run"), cb, module=module)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert all((tmp_path / "runs" / "csv" / "run") in p.parents for p in written), written

@@ -195,8 +195,9 @@ def test_demo_end_to_end_then_load_and_predict(tmp_path: Path, monkeypatch, caps
         # The checkpoint's model settings win (Lightning's rule), and the replaced option is named.
         assert "replace the configured ood_score='entropy' -> 'msp' (checkpoint wins)" in err
         written = sorted(p.name for p in preds.iterdir())
-        assert written and len(written) % 3 == 0 and any(n.endswith("_score.npy") for n in written)
-        assert f"wrote {len(written)} files ({len(written) // 3} frames" in err and str(preds) in err
+        frames = sum(n.endswith("_score.npy") for n in written)  # with pred, pred_color, heatmap and overlay
+        assert frames and len(written) == 5 * frames
+        assert f"wrote {len(written)} files ({frames} frames" in err and str(preds) in err
 
         product = [*preds.iterdir(), run / "metrics_summary.json", run / "metrics_summary.md", run / "config.yaml"]
         product += list((tmp_path / "outputs" / "demo" / "cityscapes").rglob("*.png"))[:4]

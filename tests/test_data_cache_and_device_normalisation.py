@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -156,3 +158,125 @@ def test_decoded_cache_in_the_datamodule_gives_identical_batches(tmp_path: Path)
     assert not any(root.rglob("*.npy"))
     with pytest.raises(ValueError, match="prefetch_factor must be >= 1"):
         _demo(root, prefetch_factor=0)
+
+
+def _entries(cache: DecodedCache) -> list[Path]:
+    """The entry folder of every frame of ``cache`` (in frame order)."""
+    return [cache._entry(f) for f in cache.frames]
+
+
+def _flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    keep = path.stat()
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(keep.st_atime_ns, keep.st_mtime_ns))  # same size and time: only the content tells
+
+
+def _swap(a: Path, b: Path) -> None:
+    tmp = a.with_name(a.name + ".swap")
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+
+
+def _same_size_replacement(path: Path) -> None:
+    """Replace a PNG by one of other pixels, of the same byte size and modification time."""
+    keep = path.stat()
+    arr = np.array(Image.open(path))
+    arr.reshape(-1)[:7] ^= 1
+    Image.fromarray(arr).save(path, compress_level=0)  # stored blocks: the size depends on the shape only
+    assert path.stat().st_size == keep.st_size
+    os.utime(path, ns=(keep.st_atime_ns, keep.st_mtime_ns))
+
+
+def _damage(case: str, e0: Path, e1: Path, frame) -> None:  # type: ignore[no-untyped-def]
+    image = e0 / "image.npy"
+    header = len(image.read_bytes()) - int(np.load(image).nbytes)
+    if case == "image bit flip":
+        _flip(image, header + 5)
+    elif case == "label bit flip":
+        _flip(e0 / "label.npy", header + 3)
+    elif case == "ood bit flip":
+        _flip(e0 / "ood.npy", header + 1)
+    elif case == "array header flip":
+        _flip(image, 50)  # inside the shape tuple of the .npy header
+    elif case == "truncated array":
+        image.write_bytes(image.read_bytes()[:-100])
+    elif case == "empty array file":
+        image.write_bytes(b"")
+    elif case == "missing array file":
+        image.unlink()
+    elif case == "empty record":
+        (e0 / "sample.json").write_bytes(b"")
+    elif case == "garbled record":
+        _flip(e0 / "sample.json", 3)
+    elif case == "edited record":
+        record = json.loads((e0 / "sample.json").read_text())
+        record["values"]["name"] = "someone_else"
+        (e0 / "sample.json").write_text(json.dumps(record))
+    elif case == "arrays swapped between entries":
+        _swap(image, e1 / "image.npy")
+    elif case == "records swapped between entries":
+        _swap(e0 / "sample.json", e1 / "sample.json")
+    elif case == "entries swapped":
+        _swap(e0, e1)
+    elif case == "source image replaced, time kept":
+        _same_size_replacement(frame.image)
+    elif case == "source label replaced, time kept":
+        _same_size_replacement(frame.label)
+    else:
+        raise AssertionError(case)
+
+
+DAMAGE = [
+    "image bit flip",
+    "label bit flip",
+    "ood bit flip",
+    "array header flip",
+    "truncated array",
+    "empty array file",
+    "missing array file",
+    "empty record",
+    "garbled record",
+    "edited record",
+    "arrays swapped between entries",
+    "records swapped between entries",
+    "entries swapped",
+    "source image replaced, time kept",
+    "source label replaced, time kept",
+]
+
+
+@pytest.mark.parametrize("case", DAMAGE)
+def test_decoded_cache_detects_every_damaged_or_stale_entry(tmp_path: Path, case: str) -> None:
+    root = tmp_path / "scenes"
+    write_demo_cityscapes(root, num_train=2, num_val=1, size=(32, 64), seed=0)
+    for png in root.rglob("*.png"):  # stored blocks, so that a same-size replacement can be made
+        Image.open(png).save(png, compress_level=0)
+    cache = DecodedCache(CityscapesDataset(root, split="train"), tmp_path / "cache")
+    for i in range(len(cache)):
+        cache[i]
+    e0, e1 = _entries(cache)
+    _damage(case, e0, e1, cache.frames[0])
+    base = CityscapesDataset(root, split="train")  # the truth: decoded from the (possibly replaced) sources
+    again = DecodedCache(CityscapesDataset(root, split="train"), tmp_path / "cache")  # as a new run sees it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        served = [again[i] for i in range(len(again))]
+    for i, got in enumerate(served):
+        ref = base[i]
+        for key in ("image", "label", "ood"):
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{case}: frame {i} {key}")
+        assert got["name"] == ref["name"]
+    assert again.misses >= 1, f"{case}: served from the damaged cache"
+    messages = [str(w.message) for w in caught]
+    if case.startswith("source"):
+        assert not messages  # a changed source is an ordinary reason to decode again
+    else:
+        assert any("damaged" in m and str(tmp_path / "cache") in m for m in messages), (case, messages)
+    # the entry is rewritten: a further run reads it back intact
+    final = DecodedCache(CityscapesDataset(root, split="train"), tmp_path / "cache")
+    for i in range(len(final)):
+        np.testing.assert_array_equal(final[i]["image"], base[i]["image"])
+    assert (final.hits, final.misses) == (2, 0), case

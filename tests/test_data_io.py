@@ -200,3 +200,65 @@ def test_label_value_check_on_large_uint8_maps_counts_every_value() -> None:
     with pytest.raises(DatasetError, match=r"unexpected label values \{77\} \(77: 1 px\)"):
         check_label_values(label, range(34), "big.png")
     check_label_values(label[:, :2047], range(34), "big.png")  # non-contiguous view, no stray value
+
+
+def _png_chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(offset, type, length) of every chunk of a PNG file."""
+    out, pos = [], 8
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        out.append((pos, data[pos + 4 : pos + 8], length))
+        pos += 12 + length
+    return out
+
+
+def _flip_in_idat_keeping_crcs(data: bytes, fraction: float) -> bytes:
+    """Flip one byte of the compressed pixel data and rewrite that chunk's CRC-32 (a valid chunk, damaged stream)."""
+    import zlib
+
+    idats = [(pos, length) for pos, kind, length in _png_chunks(data) if kind == b"IDAT"]
+    pos, length = idats[0]
+    out = bytearray(data)
+    out[pos + 8 + min(int(fraction * length), length - 1)] ^= 0x5A
+    crc = zlib.crc32(bytes(out[pos + 4 : pos + 8 + length]))
+    out[pos + 8 + length : pos + 12 + length] = crc.to_bytes(4, "big")
+    return bytes(out)
+
+
+@pytest.mark.parametrize("label", [False, True])
+def test_damaged_compressed_data_with_valid_chunk_crcs_is_never_decoded_to_wrong_pixels(
+    tmp_path: Path, png_decoder: str, label: bool
+) -> None:
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 34, (48, 64), dtype=np.uint8) if label else _rgb(48, 64, seed=5)
+    arr = np.repeat(np.repeat(arr, 2, axis=0), 2, axis=1)  # compressible, so the stream has structure
+    Image.fromarray(arr).save(tmp_path / "clean.png")
+    data = (tmp_path / "clean.png").read_bytes()
+    read = read_label if label else read_image
+    wrong, rejected = [], 0
+    for i in range(30):
+        path = tmp_path / f"damaged_{i}.png"
+        path.write_bytes(_flip_in_idat_keeping_crcs(data, (i + 0.5) / 30))
+        try:
+            got = read(path)
+        except DatasetError as err:
+            assert path.name in str(err)
+            rejected += 1
+            continue
+        if not np.array_equal(got, arr):
+            wrong.append(i)
+    assert not wrong, f"{png_decoder}: {len(wrong)} of 30 damaged files decoded to wrong pixels"
+    assert rejected >= 25
+
+
+def test_a_png_damaged_after_a_good_read_is_checked_again(tmp_path: Path, png_decoder: str) -> None:
+    import os
+
+    path = tmp_path / "frame.png"
+    Image.fromarray(np.repeat(_rgb(24, 32, seed=1), 2, axis=0)).save(path)
+    read_image(path)  # checked once, remembered
+    keep = path.stat()
+    path.write_bytes(_flip_in_idat_keeping_crcs(path.read_bytes(), 0.5))
+    os.utime(path, ns=(keep.st_atime_ns, keep.st_mtime_ns))  # same size and modification time
+    with pytest.raises(DatasetError, match=r"frame\.png is corrupt"):
+        read_image(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -330,3 +331,20 @@ def test_real_cityscapes_frame_matches_the_official_train_id_file(cityscapes_min
     assert shared[0]["name"].startswith(stem)
     assert np.array_equal(shared[0]["label"], np.asarray(Image.open(gt)))
     assert np.array_equal(shared[0]["image"], np.asarray(Image.open(rgb).convert("RGB")))
+
+
+def test_a_shared_set_serves_its_qc_filtered_view(tmp_path: Path) -> None:
+    from synthrel_lightning.data import SyntheticFramesDataset
+
+    root = tmp_path / "sets" / "fog-ood"
+    _write_synthetic_set(root)
+    qc_dir = tmp_path / "sets" / "fog-ood.qc"
+    qc_dir.mkdir()
+    (qc_dir / "frames.csv").write_text(
+        "frame,ood_px,ref.n_px,ref.miou,ref.pixel_acc\nf0,24,536,0.75,0.9\nf1,24,536,0.25,0.9\nf2,24,536,0.5,0.9\n"
+    )
+    export_frames(SyntheticFramesDataset(root), tmp_path / "out", split="test")
+    shutil.rmtree(qc_dir)  # elsewhere: only the shared copy of the table exists
+    view = HubFramesDataset(tmp_path / "out", qc_filter={"min_miou": 0.5})
+    assert view.names == ["f0", "f2"] and view.qc_report["kept"] == 2
+    assert len(HubFramesDataset(tmp_path / "out")) == 3

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 
+from synthrel_lightning.atomic import create_temp
 from synthrel_lightning.cli import main as cli_main
 from synthrel_lightning.labels import OOD_ID, TRAIN_NAME_TO_ID
 from synthrel_lightning.synthesis.bank import OutlierBank
@@ -273,11 +275,18 @@ def test_temp_files_of_killed_writers_are_cleaned_at_start(
     dead = shard / f".tmp-{socket.gethostname()}-999999999-deadbeef"  # a writer whose process is gone
     dead.write_bytes(b"half an entry")
     (eval_dir / "images").mkdir(parents=True)
-    stale_png = eval_dir / "images" / ".tmp-abc.x1y2.png"
+    stale_png = eval_dir / "images" / ".tmp-abc.x1y2.png"  # no owner in its name, and two hours old
     stale_png.write_bytes(b"half a png")
+    os.utime(stale_png, (time.time() - 7200, time.time() - 7200))
+    # Fresh files of writers still at work: another process here (this one) and a process on another host.
+    live_here = create_temp(eval_dir / "images", "frame", ".png")
+    live_elsewhere = eval_dir / "labels" / ".tmp-0badc0de-12345-0123456789ab.frame.png"
+    live_elsewhere.parent.mkdir(parents=True)
+    live_elsewhere.write_bytes(b"being written on another node")
     cfg = write_config(tmp_path / "g.yaml", bank, two_frames, tiny_folder, eval_dir=str(eval_dir), max_frames=1)
     summary = run_cli(capsys, "--config", str(cfg), "--objects_per_frame", "1")
     assert summary["temp_files_removed"] == 2 and not dead.exists() and not stale_png.exists()
+    assert live_here.exists() and live_elsewhere.exists()
     assert summary["done"] == 1 and OutlierBank(bank).temp_files() == []
 
 
@@ -345,3 +354,26 @@ def test_an_evaluation_png_that_cannot_be_written_fails_the_item_and_a_rerun_red
     second = generate(str(bank), source, engine=TinyInpaintingEngine(mask_method="box"), **kwargs)
     assert (second.skipped, second.done, second.failed) == (0, 2, 0)
     assert len(list((eval_dir / "labels").glob("*_ood.png"))) == 2
+
+
+def test_resume_redoes_items_whose_outputs_are_damaged(
+    tmp_path: Path, two_frames: Path, tiny_folder: Path, capsys
+) -> None:
+    bank, eval_dir = tmp_path / "bank", tmp_path / "eval"
+    cfg = write_config(tmp_path / "g.yaml", bank, two_frames, tiny_folder, eval_dir=str(eval_dir), max_frames=1)
+    first = run_cli(capsys, "--config", str(cfg), "--objects_per_frame", "3")
+    keys = sorted(OutlierBank(bank).keys())
+    assert first["done"] == 3 and len(keys) == 3
+    image_png = eval_paths(eval_dir, keys[0])[0]
+    image_png.write_bytes(image_png.read_bytes()[: image_png.stat().st_size // 2])  # a truncated PNG
+    entry = OutlierBank(bank).path(keys[1])
+    data = bytearray(entry.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # a flipped bit in a bank entry
+    entry.write_bytes(bytes(data))
+    again = run_cli(capsys, "--config", str(cfg), "--objects_per_frame", "3")
+    assert again["skipped"] == 1 and again["done"] == 2
+    assert OutlierBank(bank).verify() == []
+    for key in keys:
+        for path in eval_paths(eval_dir, key):
+            with Image.open(path) as im:
+                im.load()

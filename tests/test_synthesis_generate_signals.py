@@ -76,3 +76,11 @@ def test_sigterm_stops_after_the_current_item_and_a_rerun_resumes(tmp_path: Path
     final = json.loads(rerun.stdout)
     assert final["skipped"] == summary["done"] and final["skipped"] + final["done"] + final["rejected"] == items
     assert final["interrupted"] is None
+
+
+def test_the_default_test_selection_runs_this_guard() -> None:
+    """The exit status after SIGTERM is checked only above: the default pytest options must not deselect it."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    options = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "not slow" not in options.get("addopts", "")

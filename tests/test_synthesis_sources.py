@@ -315,3 +315,35 @@ def test_bank_source_cache_serves_the_same_draws_and_still_skips_corrupt_entries
     assert fresh.corrupt_skipped >= 1
     with pytest.raises(ValueError, match="cache_size"):
         BankSource(tmp_path, cache_size=-1)
+
+
+def test_coco_source_skips_unreadable_images_too(coco, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from synthrel_lightning.synthesis.mixing import OutlierMixer
+
+    ann, root, _ = coco
+    data = json.loads(Path(ann).read_text())
+    # A second image that exists but cannot be decoded (a damaged download).
+    data["images"].append({"id": 2, "file_name": "broken.png", "height": 60, "width": 40})
+    data["annotations"].extend(dict(data["annotations"][0], id=20 + k, image_id=2) for k in range(4))
+    (Path(root) / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 20)
+    ann2 = tmp_path / "instances_broken.json"
+    ann2.write_text(json.dumps(data))
+    strict = CocoObjectSource(ann2, root, min_area=50)
+    with pytest.raises(ValueError, match=r"broken\.png.*on_missing='skip'"):
+        strict.get([a["id"] for a in strict.annotations].index(20))
+    lenient = CocoObjectSource(ann2, root, min_area=50, on_missing="skip")
+    with caplog.at_level(logging.WARNING):
+        rng = np.random.default_rng(0)
+        drawn = [lenient.sample(rng) for _ in range(30)]
+    assert all("broken.png" not in e.source for e in drawn)
+    assert lenient.unreadable_images == ["broken.png"]
+    assert sum("broken.png" in r.getMessage() for r in caplog.records) == 1  # warned once, naming the file
+    mixer = OutlierMixer(lenient, probability=1.0, seed=0)
+    frame = {"image": np.zeros((64, 96, 3), np.uint8), "label": np.zeros((64, 96), np.uint8), "name": "f"}
+    for i in range(30):
+        mixer(dict(frame), i)
+    fresh = CocoObjectSource(ann2, root, min_area=50, on_missing="skip")
+    report = fill_bank(fresh, OutlierBank(tmp_path / "bank"), 10, seed=0)
+    assert report.produced == 10 and report.failed == 0 and fresh.unreadable_images == ["broken.png"]

@@ -1,6 +1,6 @@
 """Labelled validation panels (image | ground truth | prediction | OOD score) for any Lightning logger.
 
-The callback reads the :class:`~synthrel_lightning.models.evaluation.EvaluationResult` that the
+The callback reads the :class:`~synthrel_lightning.evaluation_result.EvaluationResult` that the
 module's ``validation_step`` (or ``test_step``) returns, so the model never runs twice.
 """
 
@@ -16,8 +16,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, OOD_POSITIVE, TRAIN_ID_NAMES, VOID_ID, colorize_train_ids
-from synthrel_lightning.models.evaluation import EvaluationResult
+from synthrel_lightning.paths import check_name, path_within
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -108,7 +109,7 @@ def panel_figure(
 class OODVisualization(Callback):
     """Logs labelled panels of the first ``num_images`` frames of each evaluation set every ``every_n_epochs``.
 
-    Reads the :class:`~synthrel_lightning.models.evaluation.EvaluationResult` returned by the
+    Reads the :class:`~synthrel_lightning.evaluation_result.EvaluationResult` returned by the
     module's ``validation_step`` (``stage="val"``) or ``test_step`` (``stage="test"``); ``set_names``
     restricts which sets. Each set gets one figure (:func:`panel_figure`): a row per frame with
     titled columns and one colour bar. The OOD score's colour range is fixed per set, never
@@ -156,6 +157,7 @@ class OODVisualization(Callback):
         self.set_names = list(set_names) if set_names is not None else None
         self.mean, self.std = tuple(mean), tuple(std)
         self.stage = stage
+        self._set_what = f"{'validation' if stage == 'val' else stage} set name"
         self.score_range = score_range
         self.range_quantiles = (float(lo_q), float(hi_q))
         self.formats = tuple(formats)
@@ -192,12 +194,14 @@ class OODVisualization(Callback):
         if not isinstance(outputs, EvaluationResult):
             raise TypeError(
                 f"OODVisualization reads the EvaluationResult returned by {self.stage}_step "
-                f"(synthrel_lightning.models.evaluation); {type(pl_module).__name__}.{self.stage}_step "
+                f"(synthrel_lightning.evaluation_result); {type(pl_module).__name__}.{self.stage}_step "
                 f"returned {type(outputs).__name__}"
             )
         name = outputs.set_name
         if self.set_names is not None and name not in self.set_names:
             return
+        # The set name becomes part of a file name: refuse one that could leave the run folder, now.
+        check_name(name, what=self._set_what)
         score = outputs.score.detach().float()
         valid = torch.isfinite(score)
         if outputs.ood is not None:
@@ -297,7 +301,8 @@ class OODVisualization(Callback):
             )
             rendered[set_name] = figure_to_array(fig)
             if self.formats:
-                path = run_dir(trainer) / "images" / f"{self.stage}_{set_name}_epoch{epoch:03d}.{self.formats[0]}"
+                file_name = f"{self.stage}_{set_name}_epoch{epoch:03d}.{self.formats[0]}"
+                path = path_within(run_dir(trainer) / "images", file_name, what=self._set_what)
                 self.logged += [str(p) for p in save_figure(fig, path, formats=self.formats)]
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
@@ -17,7 +18,8 @@ def build_parser() -> ArgumentParser:
         export_smiyc_folder,
         description=(
             "Convert the <frame>_score.npy maps written by `predict` into the SegmentMeIfYouCan file layout "
-            "(<output_dir>/anomaly_p/<method>/<dataset>/<frame>.hdf5), which the benchmark's code evaluates "
+            "(<output_dir>/anomaly_p/<method>/<folder>/<frame>.hdf5, <folder> the dataset's persistence folder, "
+            "e.g. AnomalyTrack-all for AnomalyTrack-test), which the benchmark's code evaluates "
             "(set its DIR_OUTPUTS to output_dir) and its leaderboard accepts."
         ),
         config_help="options as a YAML file",
@@ -31,7 +33,8 @@ def main(args: list[str] | None = None) -> list[Path]:
     try:
         written = export_smiyc_folder(**kwargs)
     except (OSError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(f"wrote {len(written)} SegmentMeIfYouCan score files to {written[0].parent}")
     return written
 

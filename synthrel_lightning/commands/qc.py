@@ -72,8 +72,8 @@ def qc(
         trust_checkpoint: allow checkpoints holding pickled objects (only files you trust).
         filter: thresholds to report, e.g. ``min_miou=0.5,min_object_iou=0.3``.
     """
+    from synthrel_lightning.data.qc_table import check_qc_dir
     from synthrel_lightning.qc import QCThresholds, filter_report, load_qc_table, run_qc
-    from synthrel_lightning.qc.table import check_qc_dir
 
     entries = _zoo_file(references) if isinstance(references, str) else list(references or [])
     if select is not None:

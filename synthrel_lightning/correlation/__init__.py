@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "correlate_results": ".pairs",
     "pair_key": ".pairs",
     "FrameStatistics": ".frame_statistics",
-    "CurvePoint": ".subsampling",
+    "CurvePoint": ".statistics",
     "subsample_curve": ".subsampling",
     "subsampling_outputs": ".subsampling",
     "correlate_records": ".histories",

@@ -1,7 +1,7 @@
 """Per-frame additive statistics of an evaluation, from which a set's metrics are recomputed on any subset of frames.
 
 :class:`FrameStatistics` is a Lightning callback that reads the
-:class:`~synthrel_lightning.models.evaluation.EvaluationResult` each evaluation step
+:class:`~synthrel_lightning.evaluation_result.EvaluationResult` each evaluation step
 returns (nothing runs the model a second time) and keeps, per frame of the chosen sets:
 the (K, K) confusion matrix (mIoU), the top-1 calibration bin sums (ECE) and a histogram
 of the OOD score (AP, AUROC, FPR95). Summing the statistics of any subset of frames and
@@ -57,7 +57,7 @@ def statistic_for(metric: str) -> str:
 class FrameStatistics(Callback):
     """Lightning callback keeping additive per-frame statistics of chosen evaluation sets.
 
-    It reads the :class:`~synthrel_lightning.models.evaluation.EvaluationResult` returned
+    It reads the :class:`~synthrel_lightning.evaluation_result.EvaluationResult` returned
     by ``validation_step``. The OOD histogram uses ``ood_bins`` bins on
     ``0.5 + 0.5 tanh((s - c) / 2w)`` with c, w the median and spread of the set's first
     batch: a rank-preserving map, so the metrics are the dataset-level definitions up to
@@ -86,14 +86,14 @@ class FrameStatistics(Callback):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         """Add the per-frame statistics of one evaluation batch."""
-        from synthrel_lightning.models.evaluation import EvaluationResult
+        from synthrel_lightning.evaluation_result import EvaluationResult
 
         if trainer.sanity_checking:
             return
         if not isinstance(outputs, EvaluationResult):
             raise TypeError(
                 f"FrameStatistics: {type(pl_module).__name__}.validation_step returned {type(outputs).__name__}; "
-                "it must return an EvaluationResult (synthrel_lightning.models.evaluation), as OODSegmenter does"
+                "it must return an EvaluationResult (synthrel_lightning.evaluation_result), as OODSegmenter does"
             )
         wanted = self.sets.get(outputs.set_name)
         if not wanted:

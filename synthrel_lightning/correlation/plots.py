@@ -17,8 +17,7 @@ from synthrel_lightning.figures import new_figure
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-    from synthrel_lightning.correlation.statistics import Correlation
-    from synthrel_lightning.correlation.subsampling import CurvePoint
+    from synthrel_lightning.correlation.statistics import Correlation, CurvePoint
 
 _MATH = {"r": "r", "rho": r"\rho", "tau": r"\tau"}
 _INTERVAL_NAMES = {"copula": "copula test inversion", "fisher_z": "Fisher z", "bootstrap": "bootstrap"}

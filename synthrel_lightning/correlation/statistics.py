@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,20 @@ class Correlation:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
         return asdict(self)
+
+
+@dataclass
+class CurvePoint:
+    """Correlation statistics at one synthetic-set size over repeated random subsets."""
+
+    size: int
+    repeats: int
+    mean: float | None
+    std: float | None
+    low: float | None
+    high: float | None
+    valid: int
+    values: list[float] = field(default_factory=list)
 
 
 def few_models_warning(n: int) -> str:
@@ -362,6 +376,7 @@ def format_correlation(c: Correlation) -> str:
 
 __all__ = [
     "COPULA_DRAWS",
+    "CurvePoint",
     "EXACT_P_MAX_N",
     "FEW_MODELS",
     "INTERVALS",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,15 @@ from synthrel_lightning.correlation.frame_statistics import (
 )
 from synthrel_lightning.correlation.pairs import Pair, pair_key, slug
 from synthrel_lightning.correlation.results import Metrics
-from synthrel_lightning.correlation.statistics import MIN_POINTS, as_values, coefficients, few_models_warning
+from synthrel_lightning.correlation.statistics import (
+    MIN_POINTS,
+    CurvePoint,
+    as_values,
+    coefficients,
+    few_models_warning,
+)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CurvePoint:
-    """Correlation statistics at one synthetic-set size over repeated random subsets."""
-
-    size: int
-    repeats: int
-    mean: float | None
-    std: float | None
-    low: float | None
-    high: float | None
-    valid: int
-    values: list[float] = field(default_factory=list)
 
 
 def subsample_curve(

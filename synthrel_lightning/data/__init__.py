@@ -1,5 +1,5 @@
 """Datasets (Cityscapes, OOD benchmarks, shifted domains, image folders, demo scenes), typed samples, transforms,
-epoch-keyed sampling and DataModules.
+epoch-keyed sampling, DataModules, and the QC tables, thresholds and filtered views that datasets read.
 
 Exports resolve lazily, so importing one dataset does not import Lightning or albumentations.
 """

@@ -21,8 +21,8 @@ from synthrel_lightning.data.io import (
     read_image,
     read_label,
 )
+from synthrel_lightning.data.qc_thresholds import QCFilter
 from synthrel_lightning.data.sample import Sample, SampleKey
-from synthrel_lightning.qc.thresholds import QCFilter
 
 __all__ = ["Frame", "SkippedFrame", "SegmentationDataset", "Sample", "Transform", "OnError"]
 
@@ -107,7 +107,7 @@ class SegmentationDataset(Dataset[Sample]):
             )
         frames = self._index()
         if qc_filter is not None:
-            from synthrel_lightning.qc.view import apply_qc_filter
+            from synthrel_lightning.data.qc_view import apply_qc_filter
 
             frames = apply_qc_filter(self, frames, qc_filter)
         if self.max_samples is not None:

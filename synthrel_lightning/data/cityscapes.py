@@ -7,8 +7,8 @@ import numpy as np
 
 from synthrel_lightning.data.base import Frame, OnError, Sample, SegmentationDataset, Transform, void_like
 from synthrel_lightning.data.io import PathLike, read_image
+from synthrel_lightning.data.qc_thresholds import QCFilter
 from synthrel_lightning.labels import LABEL_IDS, LABEL_TO_TRAIN_ID, OOD_ID, OOD_NEGATIVE, OOD_POSITIVE, VOID_ID
-from synthrel_lightning.qc.thresholds import QCFilter
 
 __all__ = ["CityscapesDataset"]
 

@@ -21,6 +21,7 @@ class FolderDataset(SegmentationDataset):
     separators (``street/0001`` for ``root/street/0001.jpg``), so predictions written under
     those names mirror the folder. Hidden files and folders (starting with ``.``) are ignored;
     two images that differ only by extension are an error (their names would collide).
+    Greyscale images are read as RGB with three equal channels.
     """
 
     has_semantics = False
@@ -65,5 +66,5 @@ class FolderDataset(SegmentationDataset):
         return list(frames.values())
 
     def _load(self, frame: Frame) -> Sample:
-        image = read_image(frame.image)
+        image = read_image(frame.image, allow_grayscale=True)  # a greyscale photo is predicted as grey RGB
         return {"image": image, "label": void_like(image), "ood": void_like(image), "name": frame.name}

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import os
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from synthrel_lightning.png_check import PNG_SIGNATURE as _PNG_SIGNATURE
+from synthrel_lightning.png_check import png_bytes_damage as _png_damage
+from synthrel_lightning.png_check import png_damage
 
 __all__ = [
     "DatasetError",
@@ -18,6 +22,7 @@ __all__ = [
     "check_same_size",
     "check_label_values",
     "describe_values",
+    "png_damage",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -36,7 +41,6 @@ except ImportError:  # pragma: no cover - depends on the installed extras
 PNG_DECODER: str = "libspng" if _spng is not None else "libpng"
 """Decoder of the fast PNG path: ``"libspng"`` (``pyspng``, when installed) or ``"libpng"`` (OpenCV)."""
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREY, _PNG_RGB = 0, 2  # IHDR colour types decoded by the fast path (8 bits per sample)
 
 
@@ -51,46 +55,49 @@ def _check_file(path: Path, what: str) -> None:
         raise DatasetError(f"{what} {path} not found")
 
 
-def _chunks_intact(data: bytes) -> bool:
-    """True when every PNG chunk up to IEND is complete and matches its CRC-32.
-
-    libspng (as ``pyspng`` builds it) does not check chunk CRCs, so a flipped bit in the
-    pixel data would decode silently; libpng and PIL refuse such files. About 1 ms per 4 MB.
-    """
-    pos, end = 8, len(data)
-    while pos + 12 <= end:
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        stop = pos + 8 + length
-        if stop + 4 > end:
-            return False
-        if zlib.crc32(data[pos + 4 : stop]) != int.from_bytes(data[stop : stop + 4], "big"):
-            return False
-        if data[pos + 4 : pos + 8] == b"IEND":
-            return True
-        pos = stop + 4
-    return False
+_CHECKED: dict[str, tuple[int, ...]] = {}  # path -> identity of the file when it passed _png_damage
+_CHECKED_MAX = 200_000
 
 
-def _fast_png(path: Path, colour_type: int) -> np.ndarray | None:
-    """Decode an 8-bit PNG of IHDR ``colour_type`` with :data:`PNG_DECODER`, or None to leave the file to PIL.
+def _png_bytes(path: Path, what: str) -> bytes | None:
+    """The bytes of ``path`` when it is a PNG file (checked whole: :func:`_png_damage`); ``None`` otherwise."""
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as exc:
+        raise DatasetError(f"{what} {path} cannot be read ({exc})") from exc
+    if data[:8] != _PNG_SIGNATURE:
+        return None
+    # A file checked before in this process and not changed since (any write, rename or utime
+    # moves its inode change time) is not inflated twice: workers kept across epochs check once.
+    ident = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if len(data) == st.st_size and _CHECKED.get(str(path)) == ident:
+        return data
+    damage = _png_damage(data)
+    if damage is not None:
+        raise DatasetError(f"{what} {path} is corrupt or truncated: {damage}; re-download or re-extract it")
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[str(path)] = ident
+    return data
+
+
+def _fast_png(data: bytes, colour_type: int) -> np.ndarray | None:
+    """Decode checked 8-bit PNG bytes of IHDR ``colour_type`` with :data:`PNG_DECODER`, or None to leave them to PIL.
 
     Only the simple, common layouts take this path (8-bit grey or RGB); every other layout,
     any decoding failure and any unexpected result return None, so PIL decides and names
-    the problem. An RGB result is returned in RGB order.
+    the problem. An RGB result is returned in RGB order. ``data`` has passed
+    :func:`_png_damage`, so the decoders need not check chunk CRCs or the zlib stream.
     """
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if len(data) < 33 or data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
+    if len(data) < 33 or data[12:16] != b"IHDR":
         return None
     if data[24] != 8 or data[25] != colour_type:
         return None
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     expected = (height, width) if colour_type == _PNG_GREY else (height, width, 3)
     if PNG_DECODER == "libspng" and _spng is not None:
-        if not _chunks_intact(data):
-            return None
         try:
             arr = _spng.load(data)  # RGB order already
         except (RuntimeError, ValueError):
@@ -109,11 +116,11 @@ def _fast_png(path: Path, colour_type: int) -> np.ndarray | None:
     return arr
 
 
-def _decode(path: Path) -> Image.Image:
-    """Open and fully decode ``path``, closing the file if decoding fails."""
+def _decode(path: Path, data: bytes | None = None) -> Image.Image:
+    """Open and fully decode ``path`` (from ``data`` when given), closing the file if decoding fails."""
     img: Image.Image | None = None
     try:
-        img = Image.open(path)
+        img = Image.open(path if data is None else io.BytesIO(data))
         # Image.open only parses the header; load() decodes every pixel, which is what
         # exposes truncated or corrupt payloads.
         img.load()
@@ -124,11 +131,11 @@ def _decode(path: Path) -> Image.Image:
     return img
 
 
-def _open_fully(path: Path, what: str) -> Image.Image:
-    """Open ``path`` with PIL and force a full decode so corrupt/truncated files fail here."""
+def _open_fully(path: Path, what: str, data: bytes | None = None) -> Image.Image:
+    """Open ``path`` (its bytes ``data`` when read already) with PIL and decode it fully, so damage fails here."""
     _check_file(path, what)
     try:
-        return _decode(path)
+        return _decode(path, data)
     except UnidentifiedImageError as exc:
         raise DatasetError(f"{what} {path} is not a readable image file (unknown or corrupt format): {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -140,15 +147,18 @@ def _open_fully(path: Path, what: str) -> Image.Image:
 def read_image(path: PathLike, allow_grayscale: bool = False) -> np.ndarray:
     """Read a colour image as a uint8 ``(H, W, 3)`` RGB array (png/jpg/webp/...).
 
-    8-bit RGB PNGs are decoded by OpenCV (faster than PIL, same pixels); everything else,
-    and any file OpenCV cannot decode, goes through PIL, whose errors name the file.
+    A PNG file is first checked whole (chunk CRCs, zlib stream and its Adler-32, size), as
+    no decoder here refuses every damaged stream; 8-bit RGB PNGs are then decoded by
+    :data:`PNG_DECODER` (faster than PIL, same pixels); everything else, and any file it
+    cannot decode, goes through PIL, whose errors name the file.
     """
     path = Path(path)
     _check_file(path, "image")
-    fast = _fast_png(path, _PNG_RGB)
+    data = _png_bytes(path, "image")
+    fast = _fast_png(data, _PNG_RGB) if data is not None else None
     if fast is not None:
         return fast
-    img = _open_fully(path, "image")
+    img = _open_fully(path, "image", data)
     mode = img.mode
     if mode == "RGBA" or mode == "LA" or mode == "PA":
         alpha = np.asarray(img.getchannel("A"))
@@ -185,14 +195,16 @@ def read_label(path: PathLike) -> np.ndarray:
     Palette PNGs give their palette indices (the class ids), 16/32-bit maps are accepted
     when every value fits in 0..255, and an RGB(A) file is accepted only when its three
     channels are identical (a grey map saved as colour); a colour-coded map is an error.
-    8-bit grey PNGs are decoded by OpenCV (same values as PIL), everything else by PIL.
+    PNG files are checked whole first (see :func:`read_image`); 8-bit grey PNGs are decoded by
+    :data:`PNG_DECODER` (same values as PIL), everything else by PIL.
     """
     path = Path(path)
     _check_file(path, "label")
-    fast = _fast_png(path, _PNG_GREY)
+    data = _png_bytes(path, "label")
+    fast = _fast_png(data, _PNG_GREY) if data is not None else None
     if fast is not None:
         return fast
-    img = _open_fully(path, "label")
+    img = _open_fully(path, "label", data)
     mode = img.mode
     if mode in _LABEL_INT_MODES:
         arr = np.array(img)

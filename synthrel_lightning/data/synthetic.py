@@ -18,13 +18,13 @@ from synthrel_lightning.data.io import (
     check_same_size,
     read_label,
 )
+from synthrel_lightning.data.qc_thresholds import QCFilter
 from synthrel_lightning.labels import (
     NUM_CLASSES,
     OOD_ID,
     VOID_ID,
     semantic_to_ood_target,
 )
-from synthrel_lightning.qc.thresholds import QCFilter
 
 __all__ = ["SyntheticFramesDataset"]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from synthrel_lightning.export.fishyscapes import FishyscapesEstimator
 from synthrel_lightning.export.smiyc import (
     SMIYC_DATASETS,
+    SMIYC_FOLDERS,
     export_smiyc,
     export_smiyc_folder,
     read_smiyc_score,
+    smiyc_folder,
     smiyc_path,
     write_smiyc_score,
 )
@@ -15,9 +17,11 @@ from synthrel_lightning.export.smiyc import (
 __all__ = [
     "FishyscapesEstimator",
     "SMIYC_DATASETS",
+    "SMIYC_FOLDERS",
     "export_smiyc",
     "export_smiyc_folder",
     "read_smiyc_score",
+    "smiyc_folder",
     "smiyc_path",
     "write_smiyc_score",
 ]

@@ -2,26 +2,33 @@
 
 The benchmark's code (github.com/SegmentMeIfYouCan/road-anomaly-benchmark,
 ``road_anomaly_benchmark/evaluation.py``) stores and reads a method's output for frame
-``fid`` of dataset ``dset_name`` at ``<DIR_OUTPUTS>/anomaly_p/<method_name>/<dset_name>/<fid>.hdf5``:
-an HDF5 file holding the (H, W) score map (higher = more anomalous, at the image's own
-size) as float16 in the dataset ``value``, gzip-compressed (level 9). Pointing its
-``DIR_OUTPUTS`` at the folder written here lets its ``metric`` command evaluate the scores,
-and the folder is what the leaderboard's submission archive holds.
+``fid`` at ``<DIR_OUTPUTS>/anomaly_p/<method_name>/<dset_name>/<fid>.hdf5``: an HDF5 file
+holding the (H, W) score map (higher = more anomalous, at the image's own size) as float16
+in the dataset ``value``, gzip-compressed (level 9). ``dset_name`` is not always the
+dataset's registry name: ``DatasetBase.get_frame`` (``datasets/dataset_io.py``) uses the
+config's ``name_for_persistence`` when set, and the subset datasets of ``tracks_extra.py``
+hand frames to a parent dataset. So AnomalyTrack-test and -validation frames live in
+``AnomalyTrack-all/``, every ObstacleTrack split in ``ObstacleTrack-all/``, and
+LostAndFound-testNoKnown in ``LostAndFound-test/`` (:data:`SMIYC_FOLDERS`). Pointing the
+benchmark's ``DIR_OUTPUTS`` at the folder written here lets its ``metric`` command evaluate
+the scores, and the folder is what the leaderboard's submission archive holds.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from synthrel_lightning.atomic import atomic_write
+from synthrel_lightning.paths import check_name, path_within
 
 __all__ = [
     "SMIYC_DATASETS",
+    "SMIYC_FOLDERS",
+    "smiyc_folder",
     "smiyc_path",
     "write_smiyc_score",
     "read_smiyc_score",
@@ -29,40 +36,62 @@ __all__ = [
     "export_smiyc_folder",
 ]
 
-SMIYC_DATASETS: tuple[str, ...] = (
-    "AnomalyTrack-test",
-    "AnomalyTrack-validation",
-    "AnomalyTrack-all",
-    "ObstacleTrack-test",
-    "ObstacleTrack-validation",
-    "ObstacleTrack-all",
-    "LostAndFound-testNoKnown",
-    "FishyLAFAnomaly-val",
+_OBSTACLE_SPLITS = ("test", "all", "noNight", "night", "snowstorm", "validation")
+_OBSTACLE_SCENES = (
+    "curvy",
+    "darkasphalt",
+    "darkasphaltDog",
+    "darkasphaltAll",
+    "gravel",
+    "greyasphalt",
+    "motorway",
+    "shiny",
+    "paving",
+    "night",
+    "snowstorm",
+    "validation",
 )
-"""Dataset names of the benchmark's registry that a submission commonly targets."""
+SMIYC_FOLDERS: dict[str, str] = {
+    **{f"AnomalyTrack-{s}": "AnomalyTrack-all" for s in ("all", "test", "validation", "animals", "vehicles", "other")},
+    **{f"ObstacleTrack-{s}": "ObstacleTrack-all" for s in _OBSTACLE_SPLITS},
+    **{f"ObstacleScene-{s}": "ObstacleTrack-all" for s in _OBSTACLE_SCENES},
+    **{f"Erasing-{s}": "ObstacleTrack-all" for s in ("20", "20nodog", "21")},
+    **{f"LostAndFound-{s}": "LostAndFound-train" for s in ("train", "trainValid", "anomalyTrain")},
+    **{f"LostAndFound-{s}": "LostAndFound-test" for s in ("test", "testValid", "testNoKnown", "anomalyTest")},
+    **{name: name for name in ("RoadObstacleWeather-v1", "RoadObstacleExtra-v1")},
+    **{f"SmallObstacleDataset-{s}": f"SmallObstacleDataset-{s}" for s in ("train", "test", "val")},
+}
+"""Benchmark dataset name -> the folder its frames' score files live in (the benchmark's ``dset_name``).
+
+The Fishyscapes subsets (``FishyLAF*``) are left out: the benchmark reads each of their frames
+from LostAndFound-train or LostAndFound-test depending on the frame, so export those frames
+under the matching LostAndFound name.
+"""
+
+SMIYC_DATASETS: tuple[str, ...] = tuple(SMIYC_FOLDERS)
+"""Dataset names of the benchmark's registry that an export accepts."""
 
 _VAR = "value"
-_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _check_part(what: str, value: str) -> str:
-    if not _SAFE.match(value) or value in (".", ".."):
+def smiyc_folder(dataset: str) -> str:
+    """The folder the benchmark reads ``dataset``'s score files from; an unknown name raises ``ValueError``."""
+    try:
+        return SMIYC_FOLDERS[dataset]
+    except KeyError:
         raise ValueError(
-            f"SMIYC export: {what} {value!r} must be a plain file name (letters, digits, '.', '_', '-'), "
-            "as the benchmark uses it as a folder or file name"
-        )
-    return value
+            f"unknown SegmentMeIfYouCan dataset {dataset!r}; expected one of: {', '.join(SMIYC_DATASETS)}"
+        ) from None
 
 
 def smiyc_path(output_dir: str | os.PathLike[str], method: str, dataset: str, fid: str) -> Path:
-    """Where the benchmark looks for frame ``fid``: ``output_dir/anomaly_p/<method>/<dataset>/<fid>.hdf5``."""
-    return (
-        Path(output_dir)
-        / "anomaly_p"
-        / _check_part("method name", method)
-        / _check_part("dataset name", dataset)
-        / f"{_check_part('frame id', fid)}.hdf5"
-    )
+    """Where the benchmark looks for frame ``fid``: ``output_dir/anomaly_p/<method>/<folder>/<fid>.hdf5``.
+
+    ``<folder>`` is ``dataset``'s persistence folder (:func:`smiyc_folder`), e.g. ``AnomalyTrack-all``
+    for ``AnomalyTrack-test``.
+    """
+    folder = Path(output_dir) / "anomaly_p" / check_name(method, "method name") / smiyc_folder(dataset)
+    return path_within(folder, f"{check_name(fid, 'frame id')}.hdf5", what="frame id")
 
 
 def write_smiyc_score(path: str | os.PathLike[str], score: np.ndarray) -> Path:
@@ -103,6 +132,7 @@ def export_smiyc(
     Frame ids are the image file names without extension (``SMIYCDataset`` and
     ``FolderDataset`` over the track's ``images/`` folder name frames this way).
     """
+    smiyc_folder(dataset)
     written = []
     for fid, score in scores:
         written.append(write_smiyc_score(smiyc_path(output_dir, method, dataset, fid), score))
@@ -121,17 +151,26 @@ def export_smiyc_folder(
     """Convert the ``<fid><suffix>`` score maps ``predict`` wrote under ``scores`` into a SMIYC submission.
 
     Args:
-        scores: folder of NumPy (H, W) score maps, one per frame (``predict``'s prediction folder).
+        scores: folder of NumPy (H, W) score maps, one per frame (``predict``'s prediction folder, searched
+            recursively; a frame's id is its file name without ``suffix``).
         output_dir: the submission folder (the benchmark's ``DIR_OUTPUTS``); files go to
-            ``output_dir/anomaly_p/<method>/<dataset>/<fid>.hdf5``.
+            ``output_dir/anomaly_p/<method>/<folder>/<fid>.hdf5``, ``<folder>`` the dataset's persistence
+            folder (``AnomalyTrack-all`` for ``AnomalyTrack-test``, see :data:`SMIYC_FOLDERS`).
         method: the method name shown by the benchmark.
-        dataset: the benchmark dataset the frames belong to (e.g. ``AnomalyTrack-test``, ``ObstacleTrack-test``).
+        dataset: the benchmark dataset the frames belong to (e.g. ``AnomalyTrack-test``, ``ObstacleTrack-test``,
+            ``LostAndFound-testNoKnown``); unknown names are refused.
         suffix: ending of the score files after the frame id.
     """
+    smiyc_folder(dataset)
     folder = Path(scores)
     if not folder.is_dir():
         raise FileNotFoundError(f"SMIYC export: score folder {folder} does not exist; run predict first")
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(suffix) and p.is_file())
+    files = sorted(p for p in folder.rglob(f"*{suffix}") if p.is_file())
+    seen: dict[str, Path] = {}
+    for path in files:  # predict mirrors sub-folders; the benchmark names frames by file name alone
+        other = seen.setdefault(path.name, path)
+        if other != path:
+            raise ValueError(f"SMIYC export: {other} and {path} would both be frame {path.name[: -len(suffix)]!r}")
     if not files:
         raise FileNotFoundError(f"SMIYC export: no '*{suffix}' score maps in {folder}; run predict into this folder")
 

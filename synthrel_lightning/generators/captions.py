@@ -25,7 +25,6 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from synthrel_lightning.atomic import file_mode
 from synthrel_lightning.predict_loop import BatchPredictionWriter, HostItemsDataModule, predict_trainer
 
 __all__ = [
@@ -72,7 +71,7 @@ def append_jsonl(path: str | os.PathLike[str], records: Sequence[Mapping[str, An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in records).encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # the kernel applies the umask
     try:
         written = os.write(fd, data)
         if written != len(data):

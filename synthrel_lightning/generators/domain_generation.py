@@ -53,13 +53,13 @@ from synthrel_lightning.generators.domains import (
     train_ids_to_label_ids,
 )
 from synthrel_lightning.labels import LABEL_IDS, OOD_ID, label_ids_to_train_ids, semantic_to_ood_target
+from synthrel_lightning.paths import path_within
 from synthrel_lightning.predict_loop import BatchPredictionWriter, HostItemsDataModule, predict_trainer
-from synthrel_lightning.qc.presence import object_sidecar
 from synthrel_lightning.seeding import derive_seed, numpy_generator
 from synthrel_lightning.synthesis.generate import frame_name
-from synthrel_lightning.synthesis.names import path_within
 from synthrel_lightning.synthesis.placement import PlacementSampler
 from synthrel_lightning.synthesis.protocol import snap_size
+from synthrel_lightning.synthesis.sidecar import object_sidecar
 from synthrel_lightning.synthesis.sources import OutlierSource
 
 __all__ = [

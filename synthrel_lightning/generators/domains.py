@@ -27,9 +27,9 @@ from synthrel_lightning.generators.encodings import (
     resolve_encoding,
     train_ids_to_label_ids,
 )
+from synthrel_lightning.paths import check_name
 from synthrel_lightning.seeding import torch_generator
 from synthrel_lightning.synthesis.engine import _DTYPES, ModelLoadError
-from synthrel_lightning.synthesis.names import check_name
 from synthrel_lightning.synthesis.protocol import to_uint8
 
 __all__ = [
@@ -48,7 +48,7 @@ GENVAL_PROMPT_TEMPLATE = "{caption}, in {domain}, "
 
 
 def check_domain_name(domain: str) -> str:
-    """``domain`` if it can name an output folder (see :func:`~synthrel_lightning.synthesis.names.check_name`)."""
+    """``domain`` if it can name an output folder (see :func:`~synthrel_lightning.paths.check_name`)."""
     return check_name(domain, what="domain")
 
 

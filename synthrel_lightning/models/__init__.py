@@ -1,6 +1,6 @@
 """The OOD segmenter LightningModule, segmenter factories and the evaluation result."""
 
-from synthrel_lightning.models.evaluation import EvaluationResult
+from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.models.mask_classification import HFMask2Former, HFOneFormer
 from synthrel_lightning.models.ood_segmenter import OODSegmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, per_pixel_class_scores

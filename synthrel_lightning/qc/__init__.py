@@ -31,6 +31,11 @@ Public API (stable)::
 
 A dataset reads its filtered view by name through its ``qc_filter`` argument (YAML:
 ``qc_filter: {min_miou: 0.5}``); its ``qc_report`` then holds :func:`filter_report`'s result.
+
+This package computes the table (:mod:`~synthrel_lightning.qc.run`, references, faithfulness,
+object presence). The table's format, the thresholds and the filtered views live below it, in
+:mod:`synthrel_lightning.data` (``qc_table``, ``qc_thresholds``, ``qc_view``), since every dataset
+reads its view; the object-name file beside a frame's label is :mod:`synthrel_lightning.synthesis.sidecar`.
 """
 
 from __future__ import annotations
@@ -41,22 +46,22 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "run_qc": "synthrel_lightning.qc.run",
     "QCResult": "synthrel_lightning.qc.run",
-    "QCThresholds": "synthrel_lightning.qc.thresholds",
-    "QCFilter": "synthrel_lightning.qc.thresholds",
-    "QCTable": "synthrel_lightning.qc.table",
-    "MissingQCTable": "synthrel_lightning.qc.table",
-    "load_qc_table": "synthrel_lightning.qc.table",
-    "default_qc_dir": "synthrel_lightning.qc.table",
-    "qc_command": "synthrel_lightning.qc.table",
-    "FRAMES_FILE": "synthrel_lightning.qc.table",
-    "SUMMARY_FILE": "synthrel_lightning.qc.table",
-    "filtered_indices": "synthrel_lightning.qc.view",
-    "filter_report": "synthrel_lightning.qc.view",
-    "apply_qc_filter": "synthrel_lightning.qc.view",
+    "QCThresholds": "synthrel_lightning.data.qc_thresholds",
+    "QCFilter": "synthrel_lightning.data.qc_thresholds",
+    "QCTable": "synthrel_lightning.data.qc_table",
+    "MissingQCTable": "synthrel_lightning.data.qc_table",
+    "load_qc_table": "synthrel_lightning.data.qc_table",
+    "default_qc_dir": "synthrel_lightning.data.qc_table",
+    "qc_command": "synthrel_lightning.data.qc_table",
+    "FRAMES_FILE": "synthrel_lightning.data.qc_table",
+    "SUMMARY_FILE": "synthrel_lightning.data.qc_table",
+    "filtered_indices": "synthrel_lightning.data.qc_view",
+    "filter_report": "synthrel_lightning.data.qc_view",
+    "apply_qc_filter": "synthrel_lightning.data.qc_view",
     "ReferenceSegmenter": "synthrel_lightning.qc.references",
     "build_references": "synthrel_lightning.qc.references",
     "ObjectNames": "synthrel_lightning.qc.presence",
-    "OBJECT_SUFFIX": "synthrel_lightning.qc.presence",
+    "OBJECT_SUFFIX": "synthrel_lightning.synthesis.sidecar",
 }
 
 __all__ = list(_EXPORTS)

@@ -12,7 +12,7 @@ OOD) and keep the per-class counts, so per-class and pooled figures follow exact
 
 MultiShiftSeg (Gao et al., NeurIPS 2024) discards generated frames whose prediction by a
 pretrained segmenter disagrees with the label map; these per-frame scores let a user choose
-that threshold (:class:`~synthrel_lightning.qc.thresholds.QCThresholds`).
+that threshold (:class:`~synthrel_lightning.data.qc_thresholds.QCThresholds`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthrel_lightning.data.qc_table import class_key
 from synthrel_lightning.metrics.functional import mean_iou
-from synthrel_lightning.qc.table import class_key
 
 __all__ = ["frame_counts", "frame_columns"]
 

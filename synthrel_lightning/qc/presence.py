@@ -23,19 +23,9 @@ from typing import Any
 import numpy as np
 
 from synthrel_lightning.synthesis.geometry import Box
+from synthrel_lightning.synthesis.sidecar import OBJECT_SUFFIX, object_sidecar
 
 __all__ = ["OBJECT_SUFFIX", "ObjectNames", "object_sidecar", "check_masker", "object_columns", "presence_crop"]
-
-OBJECT_SUFFIX = "_object.json"
-"""Suffix of the per-frame object-name file beside a synthetic frame's label (``labels/<key>_object.json``)."""
-_LABEL_SUFFIX = "_labelTrainIds.png"
-
-
-def object_sidecar(label_path: str | Path) -> Path:
-    """The object-name file of a frame whose label is ``label_path`` (``<key>_labelTrainIds.png``)."""
-    path = Path(label_path)
-    stem = path.name[: -len(_LABEL_SUFFIX)] if path.name.endswith(_LABEL_SUFFIX) else path.stem
-    return path.with_name(f"{stem}{OBJECT_SUFFIX}")
 
 
 class ObjectNames:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from synthrel_lightning.qc.table import check_reference_name
+from synthrel_lightning.data.qc_table import check_reference_name
 
 __all__ = ["ReferenceSegmenter", "build_references", "check_classes", "ReferenceSpec"]
 

@@ -1,6 +1,6 @@
 """``run_qc``: score every frame of a synthetic set (label faithfulness, object presence) into its QC table.
 
-The table is written beside the set (see :mod:`synthrel_lightning.qc.table`), atomically every
+The table is written beside the set (see :mod:`synthrel_lightning.data.qc_table`), atomically every
 ``flush_every`` frames and at the end, so a killed run loses at most those frames; a rerun
 scores only what is missing: (frame, reference) pairs without scores and frames whose object
 was not checked. A reference whose weights changed (another fingerprint) or an object-mask
@@ -21,12 +21,7 @@ import numpy as np
 import torch
 
 from synthrel_lightning.atomic import atomic_write_json
-from synthrel_lightning.labels import OOD_ID, TRAIN_ID_NAMES
-from synthrel_lightning.qc.faithfulness import frame_columns, frame_counts
-from synthrel_lightning.qc.presence import ObjectNames, check_masker, object_columns
-from synthrel_lightning.qc.references import ReferenceSegmenter, build_references, check_classes
-from synthrel_lightning.qc.summary import summarise
-from synthrel_lightning.qc.table import (
+from synthrel_lightning.data.qc_table import (
     FRAMES_FILE,
     OBJECT_PREFIX,
     SUMMARY_FILE,
@@ -35,6 +30,11 @@ from synthrel_lightning.qc.table import (
     qc_command,
     set_label,
 )
+from synthrel_lightning.labels import OOD_ID, TRAIN_ID_NAMES
+from synthrel_lightning.qc.faithfulness import frame_columns, frame_counts
+from synthrel_lightning.qc.presence import ObjectNames, check_masker, object_columns
+from synthrel_lightning.qc.references import ReferenceSegmenter, build_references, check_classes
+from synthrel_lightning.qc.summary import summarise
 
 __all__ = ["QCResult", "run_qc", "masker_description"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from synthrel_lightning.qc.table import QCTable
+from synthrel_lightning.data.qc_table import QCTable
 
 __all__ = ["summarise"]
 

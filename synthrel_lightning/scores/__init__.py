@@ -4,6 +4,7 @@
 * :mod:`~synthrel_lightning.scores.pixel`: stateless scores (MSP, max logit, entropy, energy,
   sigmoid sum; RbA and Mask2Anomaly on mask-classification models).
 * :mod:`~synthrel_lightning.scores.sml`: standardized max logits with boundary suppression and dilated smoothing.
+* :mod:`~synthrel_lightning.scores.names`: the score names and the error for an unknown one.
 * :mod:`~synthrel_lightning.scores.registry`: scores by name.
 """
 

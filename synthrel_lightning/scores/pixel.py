@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from synthrel_lightning.scores.names import unknown_score
 from synthrel_lightning.scores.protocol import OODScore, OutputKind
 
 
@@ -104,8 +105,6 @@ class OODScorer(OODScore):
     def __init__(self, name: str = "energy", temperature: float = 1.0) -> None:
         super().__init__()
         if name not in STATELESS:
-            from synthrel_lightning.scores.registry import unknown_score
-
             raise unknown_score(name, "OODScorer")
         if not temperature > 0.0:
             raise ValueError(f"OODScorer: temperature must be > 0, got {temperature!r}")

@@ -1,29 +1,15 @@
-"""OOD scores by name: the names a configuration may give and the module each builds."""
+"""OOD scores by name: the score map of a stateless score, and the scorer module each name builds."""
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from torch import Tensor
 
+from synthrel_lightning.scores.names import SCORE_NAMES, ScoreName, unknown_score
 from synthrel_lightning.scores.pixel import STATELESS, OODScorer, stateless_score
 from synthrel_lightning.scores.protocol import OODScore
 
-ScoreName = Literal[
-    "msp", "max_logit", "entropy", "energy", "sigmoid_sum", "rba", "mask2anomaly", "standardized_max_logit"
-]
-"""Names accepted by :func:`build_scorer` (and by ``OODSegmenter(ood_score=...)``)."""
-
-SCORE_NAMES: tuple[str, ...] = get_args(ScoreName)
-"""Every score name."""
-
 STATELESS_SCORE_NAMES: tuple[str, ...] = tuple(n for n in SCORE_NAMES if n in STATELESS)
 """Scores that need nothing but the class scores (all but ``standardized_max_logit``)."""
-
-
-def unknown_score(name: object, who: str = "OOD score") -> ValueError:
-    """The error for a name that is no score, listing the valid ones."""
-    return ValueError(f"{who}: unknown OOD score {name!r}; valid names: {', '.join(SCORE_NAMES)}")
 
 
 def ood_score(name: str, logits: Tensor, temperature: float = 1.0) -> Tensor:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from synthrel_lightning.data.base import Frame, OnError, Sample, SegmentationDataset, Transform
 from synthrel_lightning.data.io import DatasetError, check_label_values, describe_values
+from synthrel_lightning.data.qc_thresholds import QCFilter
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID, OOD_NEGATIVE, OOD_POSITIVE, VOID_ID
-from synthrel_lightning.sharing.format import FRAME_COLUMNS, QC_PREFIX, decode_png
+from synthrel_lightning.sharing.format import FRAME_COLUMNS, QC_DIR, QC_PREFIX, decode_png
 from synthrel_lightning.sharing.source import SharedTable, resolve_source
 
 __all__ = ["HubFramesDataset"]
@@ -36,6 +40,8 @@ class HubFramesDataset(SegmentationDataset):
 
     Samples are bit-identical to those of the exported set; :meth:`metadata` and :meth:`qc` give each
     frame's stored metadata and QC row. ``has_semantics``/``has_ood`` follow the exported set.
+    ``qc_filter`` (e.g. ``{min_miou: 0.5, min_object_iou: 0.3}``) serves the QC-filtered view, read
+    from the QC table shared with the set (its ``qc/`` folder) unless the filter names a ``qc_dir``.
     """
 
     def __init__(
@@ -47,6 +53,7 @@ class HubFramesDataset(SegmentationDataset):
         transform: Transform | None = None,
         on_error: OnError = "raise",
         max_samples: int | None = None,
+        qc_filter: QCFilter | Mapping[str, Any] | str | None = None,
     ) -> None:
         self.source = os.fspath(source)
         self.split = split
@@ -58,7 +65,13 @@ class HubFramesDataset(SegmentationDataset):
         self.has_semantics = bool(described.get("has_semantics", True))  # type: ignore[misc]
         self.has_ood = bool(described.get("has_ood", True))  # type: ignore[misc]
         self._rows: dict[str, int] = {}
-        super().__init__(folder, transform=transform, on_error=on_error, max_samples=max_samples)
+        super().__init__(
+            folder,
+            transform=transform,
+            on_error=on_error,
+            max_samples=max_samples,
+            qc_filter=_shared_qc_filter(qc_filter, folder),
+        )
 
     def _index(self) -> list[Frame]:
         frames = []
@@ -119,3 +132,13 @@ class HubFramesDataset(SegmentationDataset):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(source={self.source!r}, split={self.split!r}, frames={len(self.frames)})"
+
+
+def _shared_qc_filter(qc_filter: QCFilter | Mapping[str, Any] | str | None, folder: Path) -> QCFilter | None:
+    """A QC filter reading the QC table shared inside the set (``qc/``) unless it names another folder."""
+    if qc_filter is None:
+        return None
+    flt = qc_filter if isinstance(qc_filter, QCFilter) else QCFilter.parse(qc_filter)
+    if flt.qc_dir is None and (folder / QC_DIR / "frames.csv").is_file():
+        flt = dataclasses.replace(flt, qc_dir=str(folder / QC_DIR))
+    return flt

@@ -34,7 +34,7 @@ def _default_folder(dataset: Any) -> Path | None:
     if root is None:
         return None
     try:
-        from synthrel_lightning.qc.table import default_qc_dir
+        from synthrel_lightning.data.qc_table import default_qc_dir
     except ImportError:
         root = Path(root).expanduser()
         return root.parent / f"{root.resolve().name}.qc"

@@ -16,7 +16,7 @@ default, as the authors' relis code; frame ``i`` draws from ``(seed, i)``); void
 OOD (254) pixels are left out.
 
 :class:`CalibrationStatsCollector` fills them inside a Lightning validation run from the
-:class:`~synthrel_lightning.models.evaluation.EvaluationResult` each step returns (the
+:class:`~synthrel_lightning.evaluation_result.EvaluationResult` each step returns (the
 model's logits are divided back by its ``temperature`` buffer: the statistics are those
 of the unscaled outputs), so the model runs once.
 """
@@ -366,7 +366,7 @@ class CalibrationStatsCollector(Callback):
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         """Add the batch's unscaled logits to its set's statistics."""
-        from synthrel_lightning.models.evaluation import EvaluationResult
+        from synthrel_lightning.evaluation_result import EvaluationResult
 
         if trainer.sanity_checking:
             return

@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import socket
 import struct
 import time
 import uuid
@@ -35,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from synthrel_lightning.atomic import TEMP_PREFIX, abandoned_temp, create_temp
 from synthrel_lightning.labels import NUM_CLASSES, OOD_ID
 
 __all__ = ["OutlierEntry", "OutlierBank", "CorruptEntryError", "BankWriteError"]
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "synthrel-outlier-bank"
 FORMAT_VERSION = 2
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TEMP_PREFIX
 _SUFFIX = ".entry"
 _LEGACY_SUFFIX = ".npz"  # format 1 entries (NumPy archives)
 _MAGIC = b"\x93SRBANK\x02"
@@ -252,16 +252,6 @@ def _read_writable(path: Path) -> bytearray:
         return buf
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class OutlierBank:
     """A sharded on-disk store of :class:`OutlierEntry` objects, safe for concurrent writers and readers.
 
@@ -354,7 +344,7 @@ class OutlierBank:
                 os.fsync(f.fileno())
 
     def _temp_path(self, folder: Path) -> Path:
-        return folder / f"{_TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
+        return create_temp(folder, "entry")
 
     def _atomic_write(self, final: Path, data: bytes) -> None:
         tmp = self._temp_path(final.parent)
@@ -487,17 +477,10 @@ class OutlierBank:
 
     def cleanup_temp(self, max_age_s: float = 3600.0) -> int:
         """Delete temp files of dead writers (same host) or older than ``max_age_s``; returns the count."""
-        host = socket.gethostname()
-        now = time.time()
         removed = 0
         for p in self.temp_files():
-            parts = p.name[len(_TMP_PREFIX) :].rsplit("-", 2)
-            dead = False
-            if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
-                dead = not _pid_alive(int(parts[1]))
             try:
-                old = now - p.stat().st_mtime > max_age_s
-                if dead or old:
+                if abandoned_temp(p, max_age_s):
                     p.unlink()
                     removed += 1
             except FileNotFoundError:

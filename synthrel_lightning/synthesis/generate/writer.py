@@ -8,11 +8,11 @@ from typing import Any
 
 from synthrel_lightning.atomic import atomic_save_png, atomic_write_json
 from synthrel_lightning.labels import semantic_to_ood_target
+from synthrel_lightning.paths import path_within
 from synthrel_lightning.predict_loop import BatchPredictionWriter
-from synthrel_lightning.qc.presence import object_sidecar
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.generate.items import WriteKind, bank_keys
-from synthrel_lightning.synthesis.names import path_within
+from synthrel_lightning.synthesis.sidecar import object_sidecar
 
 __all__ = ["BankWriter", "GenerationStopped", "eval_paths"]
 
@@ -72,7 +72,8 @@ class BankWriter(BatchPredictionWriter):
         result.metadata.update(frame=item.name, slot=item.slot)
         for key in bank_keys(item.key, self.write):
             kind = "frame" if key.endswith("-frame") else "object"
-            self.bank.add(result.to_entry(kind, base_label=item.label), key=key)
+            # An item is redone only when one of its outputs is missing or damaged: replace them all.
+            self.bank.add(result.to_entry(kind, base_label=item.label), key=key, overwrite=True)
         if self.eval_dir is not None:
             label = result.label_map(item.label)
             image_path, label_path, ood_path = eval_paths(self.eval_dir, item.key)

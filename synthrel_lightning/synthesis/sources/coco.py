@@ -67,12 +67,19 @@ def polygons_to_mask(polygons: Iterable[Sequence[float]], height: int, width: in
     return np.asarray(img, dtype=bool)
 
 
+class UnreadableImageError(ValueError):
+    """A COCO image file exists but cannot be decoded (the message names it)."""
+
+
 class CocoObjectSource(OutlierSource):
     """Cuts objects out of any COCO-format instance-segmentation dataset (polygon or RLE masks).
 
-    ``on_missing``: what an annotation whose image file is missing does: ``"error"`` (default) raises a
-    FileNotFoundError naming the file when it is drawn; ``"skip"`` leaves those annotations out when the
-    source is built, counting the images in :attr:`missing_images` (logged with the first few names).
+    ``on_missing``: what an annotation whose image file is missing or unreadable does: ``"error"``
+    (default) raises an error naming the file when it is drawn (FileNotFoundError, or ValueError for a
+    file that cannot be decoded); ``"skip"`` leaves missing images' annotations out when the source is
+    built, counting them in :attr:`missing_images` (logged with the first few names), and leaves an
+    unreadable image's annotations out when it is first drawn, counting it in
+    :attr:`unreadable_images` (one warning naming the file) and drawing again.
     """
 
     def __init__(
@@ -93,6 +100,8 @@ class CocoObjectSource(OutlierSource):
         self.on_missing = on_missing
         self.missing_images: list[str] = []
         """Image files named by the annotation file but absent under ``image_root`` (``on_missing="skip"``)."""
+        self.unreadable_images: list[str] = []
+        """Image files present but not decodable, left out when drawn (``on_missing="skip"``)."""
         self.annotation_json = Path(annotation_json)
         self.image_root = Path(image_root)
         try:
@@ -185,12 +194,18 @@ class CocoObjectSource(OutlierSource):
         path = self.image_root / file_name
         try:
             with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
+                rgb = np.asarray(im.convert("RGB"))  # decodes every pixel: damage fails here
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"COCO image {path} (annotation {ann.get('id')} in {self.annotation_json}) does not exist; "
                 "set on_missing='skip' to leave out annotations whose image is missing"
             ) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:  # PIL's errors for undecodable files
+            raise UnreadableImageError(
+                f"COCO image {path} (annotation {ann.get('id')} in {self.annotation_json}) cannot be decoded "
+                f"({type(exc).__name__}: {exc}); set on_missing='skip' to leave out annotations whose image "
+                "is missing or unreadable"
+            ) from exc
         mask = self.mask(ann)
         if mask.shape != rgb.shape[:2]:
             raise ValueError(f"mask of annotation {ann.get('id')} is {mask.shape}, image {path} is {rgb.shape[:2]}")
@@ -213,5 +228,30 @@ class CocoObjectSource(OutlierSource):
         )
 
     def sample(self, rng: np.random.Generator) -> OutlierEntry:
-        """A uniformly drawn matching object."""
-        return self.get(int(rng.integers(len(self.annotations))))
+        """A uniformly drawn matching object (with ``on_missing="skip"``, among those of readable images)."""
+        while True:
+            i = int(rng.integers(len(self.annotations)))
+            try:
+                return self.get(i)
+            except (FileNotFoundError, UnreadableImageError):
+                if self.on_missing != "skip":
+                    raise
+                self._drop_image(int(self.annotations[i]["image_id"]))
+
+    def _drop_image(self, image_id: int) -> None:
+        """Leave out every annotation of an image that vanished or cannot be decoded (warning once, naming it)."""
+        file_name = self.images[image_id][0]
+        before = len(self.annotations)
+        self.annotations = [a for a in self.annotations if int(a["image_id"]) != image_id]
+        self.unreadable_images.append(file_name)
+        log.warning(
+            "CocoObjectSource: image %s cannot be read; its %d annotation(s) are skipped (%d image(s) so far)",
+            self.image_root / file_name,
+            before - len(self.annotations),
+            len(self.unreadable_images),
+        )
+        if not self.annotations:
+            raise ValueError(
+                f"no annotation in {self.annotation_json} has a readable image left under {self.image_root} "
+                f"({len(self.unreadable_images)} unreadable, {len(self.missing_images)} missing)"
+            )

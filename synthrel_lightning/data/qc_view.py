@@ -7,8 +7,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from synthrel_lightning.qc.table import QCTable, load_qc_table, qc_command, set_label
-from synthrel_lightning.qc.thresholds import QCFilter, QCThresholds
+from synthrel_lightning.data.qc_table import QCTable, load_qc_table, qc_command, set_label
+from synthrel_lightning.data.qc_thresholds import QCFilter, QCThresholds
 
 __all__ = ["filtered_indices", "filter_report", "frame_failures", "apply_qc_filter"]
 
@@ -102,7 +102,7 @@ def filtered_indices(
     ``source``: a dataset (its frames, its QC table read from ``thresholds.qc_dir`` or the set's
     default folder unless ``table`` is given) or a sequence of frame names (``table`` required).
     Every frame must have its row and the scores the thresholds read; a missing table raises
-    :class:`~synthrel_lightning.qc.table.MissingQCTable` naming the command that makes it.
+    :class:`~synthrel_lightning.data.qc_table.MissingQCTable` naming the command that makes it.
     """
     th = _coerce(thresholds)
     names, table, where, how = _resolve(source, th, table)

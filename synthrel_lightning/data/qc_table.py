@@ -266,7 +266,8 @@ def load_qc_table(where: str | Path | Any, qc_dir: str | Path | None = None) -> 
                 f"--dataset.root <set folder> --qc_dir {path.parent} --references <reference zoo YAML>`"
             )
         return QCTable.read(path)
-    folder = check_qc_dir(qc_dir, where)
+    # Reading may look inside the set (a shared set carries its table in qc/); only writes are kept outside it.
+    folder = Path(qc_dir).expanduser() if qc_dir is not None else check_qc_dir(None, where)
     path = folder / FRAMES_FILE
     if not path.is_file():
         raise MissingQCTable(

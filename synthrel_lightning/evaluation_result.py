@@ -1,4 +1,8 @@
-"""The result of one evaluation step: what callbacks and tools read instead of re-running the model."""
+"""The result of one evaluation step: what callbacks and tools read instead of re-running the model.
+
+A carrier type on the base floor, below the models that return it and the callbacks and studies
+that read it (``synthrel_lightning.models`` re-exports it).
+"""
 
 from __future__ import annotations
 
