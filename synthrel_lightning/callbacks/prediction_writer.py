@@ -110,13 +110,9 @@ class PredictionWriter(BasePredictionWriter):
             atomic_save_png(path("pred", ".png"), pred)
             files = 1
             if self.color:
-<<<<<<< HEAD
-                atomic_save_png(out / f"{stem}_pred_color.png", colorize_train_ids(pred))
-            atomic_write(out / f"{stem}_score.npy", functools.partial(np.save, arr=score.astype(np.float32)))
-=======
                 atomic_save_png(path("pred_color", ".png"), colorize_train_ids(pred))
                 files += 1
-            atomic_write(path("score", ".npy"), lambda tmp, a=score: np.save(tmp, a.astype(np.float32)))
+            atomic_write(path("score", ".npy"), functools.partial(np.save, arr=score.astype(np.float32)))
             files += 1
             if self.visuals:
                 heat = score_heatmap(score)
@@ -127,7 +123,6 @@ class PredictionWriter(BasePredictionWriter):
                     overlay = (0.6 * frame.astype(np.float32) + 0.4 * heat.astype(np.float32)).round()
                     atomic_save_png(path("overlay", ".png"), overlay.astype(np.uint8))
                     files += 1
->>>>>>> main
             self.written["frames"] += 1
             self.written["files"] += files
 

@@ -245,10 +245,7 @@ class DecodedCache(Dataset[Sample]):
         except TypeError:
             return  # values the cache cannot store: serve decoded samples uncached
         for key, arr in arrays.items():
-<<<<<<< HEAD
-            atomic_write(entry / f"{key}.npy", functools.partial(np.save, arr=np.ascontiguousarray(arr)))
-=======
-            atomic_write(entry / f"{key}.npy", lambda tmp, a=arr: np.save(tmp, a))
+            atomic_write(entry / f"{key}.npy", functools.partial(np.save, arr=arr))
         body = {
             "version": _VERSION,
             "entry": entry.name,
@@ -259,7 +256,6 @@ class DecodedCache(Dataset[Sample]):
             },
             "values": values,
         }
->>>>>>> main
         # Written last: an entry counts only once every array is in place.
         atomic_write_json(entry / _META, {**body, "check": _record_check(body)})
 
