@@ -393,3 +393,13 @@ def test_validate_reports_component_metrics_equal_to_the_official_code_port(tmp_
     assert out["val/objects/siou"] == pytest.approx(siou_a.mean(), abs=1e-6)
     assert out["val/objects/ppv"] == pytest.approx(ppv_a.mean(), abs=1e-6)
     assert out["val/objects/mean_f1"] == pytest.approx(float(np.mean(f1)), abs=1e-6)
+
+
+def test_sml_statistics_without_a_loader_or_datamodule_says_so(tmp_path) -> None:
+    from synthrel_lightning.callbacks import SMLStatistics
+
+    module = OODSegmenter(TinySegmenter(width=8), ood_score="standardized_max_logit", summary=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    assert trainer.train_dataloader is None
+    with pytest.raises(RuntimeError, match="SMLStatistics: the trainer has no training loader yet and no datamodule"):
+        SMLStatistics._compute(trainer, module, max_batches=1)

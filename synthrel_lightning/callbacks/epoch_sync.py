@@ -33,7 +33,7 @@ class DataEpochSync(Callback):
             else (loaders if isinstance(loaders, (list, tuple)) else [loaders])
         ):
             ds = getattr(loader, "dataset", None)
-            if hasattr(ds, "set_epoch"):
+            if ds is not None and hasattr(ds, "set_epoch"):
                 ds.set_epoch(epoch)
 
     def _log_skips(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

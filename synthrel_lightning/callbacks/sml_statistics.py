@@ -27,6 +27,11 @@ class SMLStatistics(L.Callback):
         loader = trainer.train_dataloader
         if loader is None:
             datamodule = getattr(trainer, "datamodule", None)  # set by the Trainer at run time, not declared
+            if datamodule is None:
+                raise RuntimeError(
+                    "SMLStatistics: the trainer has no training loader yet and no datamodule to build one from; "
+                    "fit with a datamodule"
+                )
             loader = datamodule.train_dataloader()
         device_batches = (pl_module.transfer_batch_to_device(batch, pl_module.device, 0) for batch in loader)
         compute(device_batches, max_batches=max_batches)

@@ -46,7 +46,7 @@ def _crc_file(path: Path) -> int:
 
 
 def _crc_array(arr: np.ndarray) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B"))
+    return zlib.crc32(np.ascontiguousarray(arr).data.cast("B"))
 
 
 def _source_record(path: Path) -> dict[str, Any]:

@@ -120,6 +120,7 @@ def qc_command(dataset: Any, qc_dir: str | Path | None = None) -> str:
         public = False
     path = f"synthrel_lightning.data.{cls.__name__}" if public else f"{cls.__module__}.{cls.__qualname__}"
     parts = ["python -m synthrel_lightning qc", f"--dataset {path}", f"--dataset.root {getattr(dataset, 'root', '?')}"]
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(cls.__init__).parameters
     except (TypeError, ValueError):  # pragma: no cover - builtins

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from typing_extensions import Self
+
 __all__ = ["QCThresholds", "QCFilter"]
 
 _BOUNDED = ("min_miou", "min_pixel_acc", "min_object_iou")
@@ -61,7 +63,7 @@ class QCThresholds:
         return ",".join(f"{k}={v}" for k, v in self.as_dict().items()) or "(no threshold)"
 
     @classmethod
-    def parse(cls, text: str | Mapping[str, Any] | QCThresholds | None) -> QCThresholds:
+    def parse(cls, text: str | Mapping[str, Any] | QCThresholds | None) -> Self:
         """Thresholds from ``"min_miou=0.5,min_object_iou=0.3,reference=segformer_b0"``, a mapping or an instance."""
         if text is None:
             return cls()

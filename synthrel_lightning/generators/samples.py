@@ -117,5 +117,5 @@ class ControlNetSampleLogger(Callback):
                 logger.log_image(key="controlnet/samples", images=[grid], step=step, caption=[caption])
             else:
                 experiment = getattr(logger, "experiment", None)
-                if hasattr(experiment, "add_image"):
+                if experiment is not None and hasattr(experiment, "add_image"):
                     experiment.add_image("controlnet/samples", grid, step, dataformats="HWC")

@@ -154,9 +154,9 @@ def encode_entry(entry: OutlierEntry, compress: bool = True, version: int = FORM
     if version == 1:
         buf = io.BytesIO()
         save = np.savez_compressed if compress else np.savez
-        save(  # type: ignore[arg-type]  # numpy's stub: a ** mapping might hold allow_pickle
+        save(
             buf,
-            **arrays,
+            **arrays,  # type: ignore[arg-type]  # numpy's stub: a ** mapping might hold allow_pickle
             meta=np.frombuffer(meta_json.encode("utf-8"), dtype=np.uint8),
             checksum=np.frombuffer(checksum.encode("ascii"), dtype=np.uint8),
         )
