@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -107,7 +107,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         set_metrics: dict[str, list[MetricGroup]] | None = None,
         component_tracks: dict[str, Literal["anomaly", "obstacle"]] | None = None,
         ood_protocol: Literal["benchmark", "paper"] = "benchmark",
-        ood_metric_mode: str = "binned",
+        ood_metric_mode: Literal["binned", "exact"] = "binned",
         calibration_bins: int = 15,
         val_set_names: list[str] | None = None,
         test_set_names: list[str] | None = None,
@@ -154,7 +154,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
             raise ValueError(f"OODSegmenter: model_criterion must be >= 0, got {model_criterion!r}")
         self.model_criterion = float(model_criterion)
         if loss_weights:
-            by_name = {term.name: term for term in self.losses}
+            by_name = {term.name: term for term in self._loss_terms()}
             unknown = sorted(set(loss_weights) - set(by_name))
             if unknown:
                 raise ValueError(
@@ -265,7 +265,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
 
     def raw_logits(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Per-pixel class scores (B,K,H,W) at the input resolution (or ``size``), before temperature scaling."""
-        return self.class_scores(self.segmenter_output(images), size or tuple(images.shape[-2:]))
+        return self.class_scores(self.segmenter_output(images), size or (images.shape[-2], images.shape[-1]))
 
     def forward(self, images: Tensor) -> Tensor:
         """Temperature-scaled per-pixel class scores (B,K,H,W) at the input resolution."""
@@ -308,7 +308,8 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
                 # uint8 images come from loaders that normalise on the device (ImageNet statistics).
                 images = normalize_images(batch["image"].to(self.device))
                 label = batch.get("label")
-                size = tuple(label.shape[-2:]) if label is not None else tuple(images.shape[-2:])
+                shape = label.shape if label is not None else images.shape
+                size = (shape[-2], shape[-1])
                 raw = self.raw_logits(images, size)
                 self.scorer.update_statistics(raw, None if label is None else label.to(self.device))
                 n += 1
@@ -318,6 +319,10 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         return n
 
     # ------------------------------------------------------------------ training
+    def _loss_terms(self) -> list[LossTerm]:
+        """The terms of ``losses`` (each checked to be a LossTerm at construction)."""
+        return cast("list[LossTerm]", list(self.losses))
+
     def compute_losses(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The weighted total (``loss``) and each unweighted term (``loss_<name>``) on per-pixel logits.
 
@@ -327,7 +332,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         """
         from synthrel_lightning.losses import check_target_values, evaluate_terms
 
-        terms = list(self.losses)
+        terms = self._loss_terms()
         if len(terms) > 1 and any(term.supports_stats for term in terms):
             if self.compile_losses and logits.is_cuda:
                 if self._compiled_terms is None:
@@ -354,9 +359,11 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
                     "criterion(output, target); wrap it in HFMask2Former/HFOneFormer or set model_criterion=0"
                 )
             own = sum(criterion(output, target).values())
+            if not isinstance(own, Tensor):
+                raise TypeError(f"OODSegmenter: the criterion of {type(self.segmenter).__name__} returned no loss")
             parts["loss_criterion"] = own
             total = own * self.model_criterion
-        terms = list(self.losses)
+        terms = self._loss_terms()
         if terms:
             layers = [output.class_scores(), *output.aux_class_scores()]
             values = [sum(term(scores, target) for scores in layers) for term in terms]
@@ -422,7 +429,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         if isinstance(self.scorer, StatefulScore):
             from synthrel_lightning.callbacks.sml_statistics import SMLStatistics
 
-            user_callbacks = self.trainer.callbacks if self._trainer is not None else []
+            user_callbacks = getattr(self.trainer, "callbacks", []) if self._trainer is not None else []
             if not any(isinstance(c, SMLStatistics) for c in user_callbacks):
                 parts.append(SMLStatistics())
         if self.summary:

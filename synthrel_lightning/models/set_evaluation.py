@@ -17,7 +17,7 @@ The mixin reads what the module defines: ``raw_logits``, ``score``, ``temperatur
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -26,17 +26,48 @@ from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.models.set_metrics import build_set_metrics
 
+if TYPE_CHECKING:
+    from lightning import LightningModule as _ModuleBase
+else:
+    _ModuleBase = object
+
 log = logging.getLogger(__name__)
 
 
-class SetEvaluation:
+class SetEvaluation(_ModuleBase):
     """Named evaluation sets: per-set streaming metrics, evaluation results for callbacks, epoch-end logging."""
+
+    # What the module mixing this in defines (see the module docstring).
+    set_names: dict[str, list[str] | None]
+    metric_groups: list[str]
+    set_metric_groups: dict[str, list[str]]
+    num_classes: int
+    class_names: list[str]
+    ood_metric_mode: Literal["binned", "exact"]
+    calibration_bins: int
+    ood_protocol: Literal["benchmark", "paper"]
+    component_tracks: dict[str, Literal["anomaly", "obstacle"]]
+    temperature: Tensor
+    ood_score: str
+    keep_evaluation_plots: bool
+    eval_metrics: nn.ModuleDict
+    evaluation_plots: dict[str, dict[str, Any]]
+    _seen: dict[str, dict[str, bool]]
+    _dataloader_of: dict[str, int]
+    _reported_skips: set[str]
+
+    if TYPE_CHECKING:
+
+        def raw_logits(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor: ...
+
+        def score(self, logits: Tensor) -> Tensor: ...
 
     def set_name(self, stage: str, dataloader_idx: int) -> str:
         """The name of evaluation set ``dataloader_idx`` of ``stage`` (``val``/``test``)."""
         names = self.set_names.get(stage)
-        if names is None and self._trainer is not None and self.trainer.datamodule is not None:
-            names = getattr(self.trainer.datamodule, f"{stage}_set_names", None)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if names is None and datamodule is not None:  # the Trainer sets datamodule at run time
+            names = getattr(datamodule, f"{stage}_set_names", None)
         if names is not None and dataloader_idx < len(names):
             return str(names[dataloader_idx])
         return f"{stage}_{dataloader_idx}"
@@ -63,7 +94,8 @@ class SetEvaluation:
         name = self.set_name(stage, dataloader_idx)
         images = batch["image"]
         label, ood = batch.get("label"), batch.get("ood")
-        size = tuple((label if label is not None else ood if ood is not None else images).shape[-2:])
+        shape = (label if label is not None else ood if ood is not None else images).shape
+        size = (shape[-2], shape[-1])
         raw = self.raw_logits(images, size)
         logits = raw / self.temperature
         score = self.score(logits)
@@ -89,7 +121,7 @@ class SetEvaluation:
     def _eval_step(self, stage: str, batch: dict[str, Any], batch_idx: int, dataloader_idx: int) -> EvaluationResult:
         result = self.evaluate_batch(stage, batch, batch_idx, dataloader_idx)
         key = f"{stage}__{result.set_name}"
-        metrics = self._metrics_for(stage, result.set_name)
+        metrics: Any = self._metrics_for(stage, result.set_name)  # metric modules of several kinds by group
         self._dataloader_of[key] = dataloader_idx
         seen = self._seen[key]
         label, ood = result.label, result.ood
@@ -106,11 +138,16 @@ class SetEvaluation:
             seen["ood"] = True
         return result
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EvaluationResult:
+    # Lightning types its step hooks as (*args, **kwargs) -> Tensor | Mapping | None; any output reaches callbacks.
+    def validation_step(  # type: ignore[override]
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> EvaluationResult:
         """Update the named set's streaming metrics; the batch's :class:`EvaluationResult` for callbacks."""
         return self._eval_step("val", batch, batch_idx, dataloader_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> EvaluationResult:
+    def test_step(  # type: ignore[override]
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> EvaluationResult:
         """Update the named set's streaming metrics; the batch's :class:`EvaluationResult` for callbacks."""
         return self._eval_step("test", batch, batch_idx, dataloader_idx)
 
@@ -133,7 +170,8 @@ class SetEvaluation:
                 metric.update(result.score, ood)
 
     def _log_epoch(self, stage: str) -> None:
-        for key, metrics in self.eval_metrics.items():
+        for key, group_metrics in self.eval_metrics.items():
+            metrics: Any = group_metrics  # metric modules of several kinds by group
             st, name = key.split("__", 1)
             if st != stage:
                 continue

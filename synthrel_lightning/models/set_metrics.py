@@ -35,10 +35,10 @@ def build_set_metrics(
     groups: list[str],
     num_classes: int,
     class_names: list[str],
-    ood_metric_mode: str,
+    ood_metric_mode: Literal["binned", "exact"],
     calibration_bins: int,
     ood_protocol: str,
-    track: str,
+    track: Literal["anomaly", "obstacle"],
 ) -> nn.ModuleDict:
     """One metric module per group (``pixel_ood`` follows ``ood_protocol``)."""
     from synthrel_lightning.metrics import CalibrationMetrics, ComponentMetrics, PixelOODMetrics, SegmentationIoU

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import cast
 
 from torch import nn
 
@@ -29,7 +30,7 @@ def declared_output_kind(segmenter: nn.Module) -> OutputKind:
             f"OODSegmenter: {type(segmenter).__name__}.output_kind is {kind!r}; expected 'per_pixel' or "
             "'mask_classification'"
         )
-    return kind
+    return cast(OutputKind, kind)  # one of the two, checked above
 
 
 def freeze_except(module: nn.Module, patterns: list[str], who: str) -> list[str]:
