@@ -85,7 +85,10 @@ class SetEvaluation(_ModuleBase):
                 self.component_tracks.get(name, "anomaly"),
             ).to(self.device)
             self._seen[key] = {"seg": False, "ood": False}
-        return self.eval_metrics[key]
+        metrics = self.eval_metrics[key]
+        if not isinstance(metrics, nn.ModuleDict):  # only build_set_metrics' dicts are stored there
+            raise TypeError(f"OODSegmenter: eval_metrics[{key!r}] is a {type(metrics).__name__}, not a ModuleDict")
+        return metrics
 
     def evaluate_batch(
         self, stage: str, batch: dict[str, Any], batch_idx: int, dataloader_idx: int
@@ -155,6 +158,8 @@ class SetEvaluation(_ModuleBase):
         """Second pass over the set's loader: component metrics at the set's best-F1 threshold."""
         loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
         loader = loaders[dataloader_idx] if isinstance(loaders, (list, tuple)) else loaders
+        if loader is None:
+            raise RuntimeError(f"OODSegmenter: no {stage} loader to take the component pass over set {name!r}")
         limits = self.trainer.num_val_batches if stage == "val" else self.trainer.num_test_batches
         limit = limits[dataloader_idx] if dataloader_idx < len(limits) else float("inf")
         metric.set_threshold(threshold)
@@ -180,7 +185,9 @@ class SetEvaluation(_ModuleBase):
             flags = torch.tensor(
                 [seen.get("seg", False), seen.get("ood", False)], device=self.device, dtype=torch.float32
             )
-            flags = self.all_gather(flags).reshape(-1, 2).amax(0) if self.trainer.world_size > 1 else flags
+            if self.trainer.world_size > 1:
+                # Lightning types all_gather's result as any collection; a tensor gathers to a tensor
+                flags = self.all_gather(flags).reshape(-1, 2).amax(0)  # type: ignore[union-attr]
             values: dict[str, Tensor] = {}
             plots: dict[str, Any] = {}
             if flags[0] > 0:
