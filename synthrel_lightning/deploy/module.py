@@ -44,6 +44,11 @@ class DeployableSegmenter(nn.Module):
                 raise TypeError(
                     f"DeployableSegmenter: {type(module).__name__} has no {attr!r}; expected an OODSegmenter"
                 )
+        if getattr(module, "calibrator", None) is not None:
+            raise ValueError(
+                "DeployableSegmenter: the module carries a clustered or local calibrator, which the exported graph "
+                "cannot hold; export a module calibrated with one temperature (calibrate --method ece_grid|nll)"
+            )
         # The parts, not the LightningModule: tracing must not reach trainer-bound attributes.
         self.segmenter = module.segmenter.eval()
         self.scorer = module.scorer.eval()

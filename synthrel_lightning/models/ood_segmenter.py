@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from synthrel_lightning.hub.pretrained import PretrainedMixin
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES
 from synthrel_lightning.losses import CrossEntropy, LossTerm
+from synthrel_lightning.models.calibrated import CalibratedScores
 from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, class_scores_at, identify_output
 from synthrel_lightning.models.set_evaluation import SetEvaluation
@@ -46,7 +47,7 @@ def _weighted(terms: list[LossTerm], values: list[Tensor]) -> dict[str, Tensor]:
     return parts
 
 
-class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
+class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.LightningModule):
     """Semantic segmenter trained for reliability: in-distribution accuracy, OOD detection, calibration.
 
     Args:
@@ -206,6 +207,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         self.compile_losses = bool(compile_losses)
         self._compiled_terms: Any = None
         self.register_buffer("temperature", torch.ones(()))
+        self.calibrator = None  # a clustered or local calibrator replaces ``temperature`` (CalibratedScores)
         # Evaluation metrics per (stage, set name), created on first use.
         self.eval_metrics = nn.ModuleDict()
         self._seen: dict[str, dict[str, bool]] = {}
@@ -268,8 +270,8 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         return self.class_scores(self.segmenter_output(images), size or tuple(images.shape[-2:]))
 
     def forward(self, images: Tensor) -> Tensor:
-        """Temperature-scaled per-pixel class scores (B,K,H,W) at the input resolution."""
-        return self.raw_logits(images) / self.temperature
+        """Calibrated per-pixel class scores (B,K,H,W) at the input resolution."""
+        return self.calibrated_scores(images)[1]
 
     def set_ood_score(self, score: str | nn.Module) -> None:
         """Switch the OOD score used by evaluation and prediction (e.g. to compare scores on one model)."""
@@ -392,11 +394,11 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
     # ---------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Prediction (argmax train ids), OOD score map and frame names for a batch."""
-        logits = self(batch["image"])
+        logits, score = self.calibrated_scores_and_ood(batch["image"])
         return {
             "name": batch.get("name"),
             "prediction": logits.argmax(1).to(torch.uint8),
-            "score": self.score(logits).float(),
+            "score": score.float(),
         }
 
     # ----------------------------------------------------------------- optimiser

@@ -64,9 +64,7 @@ class SetEvaluation:
         images = batch["image"]
         label, ood = batch.get("label"), batch.get("ood")
         size = tuple((label if label is not None else ood if ood is not None else images).shape[-2:])
-        raw = self.raw_logits(images, size)
-        logits = raw / self.temperature
-        score = self.score(logits)
+        logits, score = self.calibrated_scores_and_ood(images, size)
         for what, value in (("class scores", logits), ("OOD scores", score)):
             if not bool(torch.isfinite(value).all()):
                 raise FloatingPointError(
