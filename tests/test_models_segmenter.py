@@ -301,6 +301,23 @@ def test_paper_protocol_averages_per_image_metrics_with_void_as_negative(tmp_pat
     assert "val/objects/pooled_ap" in out and "val/objects/aupr_out" in out
 
 
+def test_validate_logs_misclassification_metrics_per_set(tmp_path) -> None:
+    from synthrel_lightning.metrics import MisclassificationMetrics
+
+    module = OODSegmenter(TinySegmenter(width=8), summary=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    out = trainer.validate(module, datamodule=_NamedData(), verbose=False)
+    module.eval()
+    for i, loader in enumerate(_NamedData().val_dataloader()):
+        reference = MisclassificationMetrics(mode="exact")
+        with torch.no_grad():
+            for batch in loader:
+                reference.update(module(batch["image"]), batch["label"])
+        name = _NamedData.val_set_names[i]
+        for key, value in reference.compute().items():
+            assert out[i][f"val/{name}/{key}"] == pytest.approx(float(value), abs=1e-4), (name, key)
+
+
 def test_raw_transformers_segformer_is_accepted_and_unknown_outputs_are_explained() -> None:
     from transformers import SegformerConfig, SegformerForSemanticSegmentation
 

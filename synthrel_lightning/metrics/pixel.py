@@ -301,6 +301,16 @@ class PixelOODMetrics(Metric):
                 lo = mid
         return unordered(hi)
 
+    def _curve_counts(self) -> tuple[Tensor, Tensor]:
+        """Cumulative true / false positives at the descending thresholds (distinct scores or bins)."""
+        if self.mode == "exact":
+            scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
+            positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
+            tps, fps, _ = curve_counts_from_scores(scores, positives)
+        else:
+            tps, fps, _ = curve_counts_from_histogram(self._ascending_counts()[0])
+        return tps, fps
+
     def _pos_neg_counts(self) -> Tensor:
         if self.mode == "binned":
             return split_state(self.hist)[0].sum(1).flip(0)
@@ -357,12 +367,7 @@ class PixelOODMetrics(Metric):
         states of all processes (collective under DDP).
         """
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
-            if self.mode == "exact":
-                scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
-                positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
-                tps, fps, _ = curve_counts_from_scores(scores, positives)
-            else:
-                tps, fps, _ = curve_counts_from_histogram(self._ascending_counts()[0])
+            tps, fps = self._curve_counts()
         if tps.numel() == 0 or tps[-1] == 0 or fps[-1] == 0:
             raise NotComputableError(f"{type(self).__name__}: curves need OOD and in-distribution pixels")
         summary = binary_curve_metrics(tps, fps)

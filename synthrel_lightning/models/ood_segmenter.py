@@ -106,8 +106,8 @@ class OODSegmenter(L.LightningModule):
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``).
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: ``"epoch"`` or ``"step"``.
-        metrics: metric groups every set computes (``segmentation``, ``calibration``, ``pixel_ood``,
-            ``components``); OOD groups only on sets with OOD labels.
+        metrics: metric groups every set computes (``segmentation``, ``calibration``, ``misclassification``,
+            ``pixel_ood``, ``components``); OOD groups only on sets with OOD labels.
         set_metrics: per-set overrides of ``metrics`` by set name.
         component_tracks: SMIYC size rules of the component metrics per set name (``anomaly``: default,
             or ``obstacle``).
@@ -492,7 +492,7 @@ class OODSegmenter(L.LightningModule):
         seen = self._seen[key]
         label, ood = result.label, result.ood
         if label is not None and bool((label < self.num_classes).any()):
-            for group in ("segmentation", "calibration"):
+            for group in ("segmentation", "calibration", "misclassification"):
                 if group in metrics:
                     metrics[group].update(result.logits, label)
             seen["seg"] = True
@@ -546,6 +546,8 @@ class OODSegmenter(L.LightningModule):
             if flags[0] > 0:
                 if "segmentation" in metrics:
                     values.update(metrics["segmentation"].compute())
+                if "misclassification" in metrics:
+                    values.update(metrics["misclassification"].compute())
                 if "calibration" in metrics:
                     values.update(metrics["calibration"].compute())
                     if self.keep_evaluation_plots:

@@ -1,5 +1,10 @@
 """The metric groups computed per evaluation set.
 
+``misclassification`` (on sets with class labels): PRR as relis computes it, AURC and AUGRC as
+torch-uncertainty computes them (:class:`~synthrel_lightning.metrics.MisclassificationMetrics`,
+max-probability confidence of the temperature-scaled class scores), logged as ``prr``, ``aurc``,
+``augrc``.
+
 The component metrics (sIoU, PPV, mean F1) need the set's best-F1 threshold, known only after the
 whole set: :class:`~synthrel_lightning.models.OODSegmenter` runs a second pass over the set's loader
 at the end of the epoch instead of keeping per-pixel scores (which for Fishyscapes L&F at full size
@@ -13,7 +18,7 @@ from typing import Literal, get_args
 
 from torch import nn
 
-MetricGroup = Literal["segmentation", "calibration", "pixel_ood", "components"]
+MetricGroup = Literal["segmentation", "calibration", "misclassification", "pixel_ood", "components"]
 """Metric groups an evaluation set can compute."""
 
 METRIC_GROUPS: tuple[str, ...] = get_args(MetricGroup)
@@ -41,13 +46,21 @@ def build_set_metrics(
     track: str,
 ) -> nn.ModuleDict:
     """One metric module per group (``pixel_ood`` follows ``ood_protocol``)."""
-    from synthrel_lightning.metrics import CalibrationMetrics, ComponentMetrics, PixelOODMetrics, SegmentationIoU
+    from synthrel_lightning.metrics import (
+        CalibrationMetrics,
+        ComponentMetrics,
+        MisclassificationMetrics,
+        PixelOODMetrics,
+        SegmentationIoU,
+    )
 
     metrics = nn.ModuleDict()
     if "segmentation" in groups:
         metrics["segmentation"] = SegmentationIoU(num_classes=num_classes, class_names=class_names)
     if "calibration" in groups:
         metrics["calibration"] = CalibrationMetrics(num_bins=calibration_bins)
+    if "misclassification" in groups:
+        metrics["misclassification"] = MisclassificationMetrics(mode=ood_metric_mode)
     if "pixel_ood" in groups:
         metrics["pixel_ood"] = PixelOODMetrics(mode=ood_metric_mode)
         if ood_protocol == "paper":
