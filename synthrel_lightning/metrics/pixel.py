@@ -39,6 +39,10 @@ no score range and resolve every kind of score:
   sync) widens both to the common ``e`` and adds the counts, which gives the
   state a single process would have built from all the scores.
 
+``aggregation="official"`` replaces both with the official benchmark's aggregation (768
+percentile bins per frame on float16 scores, merged over frames; see
+:mod:`synthrel_lightning.metrics.official`), to reproduce leaderboard numbers exactly.
+
 After ``compute()``, :attr:`PixelOODMetrics.resolution` holds the largest change
 of AUROC, AP, FPR95 and best F1 that any order (or tie) of the pixels sharing a
 bin could make, so the distance to the exact sort is at most that. Bins that can
@@ -54,9 +58,11 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
 
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.metrics._checks import check_binary_inputs
@@ -67,6 +73,13 @@ from synthrel_lightning.metrics.functional import (
     curve_counts_from_histogram,
     curve_counts_from_scores,
     resolution_from_counts,
+)
+from synthrel_lightning.metrics.official import (
+    OFFICIAL_BINS,
+    check_aggregation,
+    official_curve,
+    official_frame_bins,
+    official_metrics,
 )
 from synthrel_lightning.metrics.score_bins import (
     INT32_MAX,
@@ -157,17 +170,25 @@ class PixelOODMetrics(Metric):
         num_bins: int = 1 << 20,
         ignore_index: int = VOID_ID,
         tolerance: float = 1e-4,
+        aggregation: Literal["exact", "official"] = "exact",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         if mode not in ("binned", "exact"):
             raise ValueError(f"PixelOODMetrics: mode must be 'binned' or 'exact', got {mode!r}")
-        self.mode = mode
+        self.aggregation = check_aggregation(aggregation, "PixelOODMetrics")
+        self.mode = "official" if aggregation == "official" else mode
         self.ignore_index = int(ignore_index)
         self.tolerance = float(tolerance)
         self.resolution: dict[str, float] | None = None
         self._warned = False
-        if mode == "binned":
+        if self.mode == "official":  # the benchmark's per-frame bins, concatenated over frames
+            self.num_bins = OFFICIAL_BINS
+            self.add_state("official_thresholds", default=[], dist_reduce_fx="cat")
+            self.add_state("official_counts", default=[], dist_reduce_fx="cat")
+            self.add_state("n_pos", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+            self.add_state("n_neg", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        elif mode == "binned":
             if num_bins < 64:
                 raise ValueError(f"PixelOODMetrics: num_bins must be >= 64, got {num_bins}")
             self.num_bins = int(num_bins)
@@ -187,6 +208,9 @@ class PixelOODMetrics(Metric):
     def update(self, scores: Tensor, target: Tensor) -> None:
         """Add a batch of score maps and their binary targets (0 in, 1 OOD, ignore_index skipped)."""
         target, valid = check_binary_inputs(scores, target, self.ignore_index, type(self).__name__)
+        if self.mode == "official":
+            self._update_official(scores, target)
+            return
         if self.mode == "exact":
             pos = target[valid] == 1
             n_pos = pos.sum()
@@ -202,6 +226,24 @@ class PixelOODMetrics(Metric):
         # one slot per (top 12 bits, class); ignored pixels go to slot 8192 (masking would copy every pixel)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).long() * 4096, 8192)
         self._count64(key, slot, self._fit_batch(slot, key, mantissa))
+
+    def _update_official(self, scores: Tensor, target: Tensor) -> None:
+        """One set of benchmark bins per frame (each leading index of an (N, H, W) batch; an (H, W) map is one)."""
+        frames = zip(scores.reshape(-1, *scores.shape[-2:]), target.reshape(-1, *target.shape[-2:]))
+        for frame_scores, frame_target in frames if scores.ndim >= 2 else [(scores, target)]:
+            bins = official_frame_bins(frame_scores, frame_target, self.ignore_index)
+            if bins is None:
+                continue
+            thresholds, ood_counts, in_counts = (torch.from_numpy(b.copy()).to(self.n_pos.device) for b in bins)
+            self.official_thresholds.append(thresholds)
+            self.official_counts.append(torch.stack([ood_counts, in_counts], 1))
+            self.n_pos += ood_counts.sum()
+            self.n_neg += in_counts.sum()
+
+    def _official_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        thresholds = dim_zero_cat(self.official_thresholds).cpu().numpy()
+        counts = dim_zero_cat(self.official_counts).cpu().numpy()
+        return thresholds, counts[:, 0], counts[:, 1]
 
     def _update_float32(self, x: Tensor, target: Tensor, valid: Tensor, mantissa: int) -> bool:
         """The same binning on float32 scores with 32-bit arithmetic; False (nothing done) where it cannot apply.
@@ -303,6 +345,9 @@ class PixelOODMetrics(Metric):
 
     def _curve_counts(self) -> tuple[Tensor, Tensor]:
         """Cumulative true / false positives at the descending thresholds (distinct scores or bins)."""
+        if self.mode == "official":
+            curve = official_curve(*self._official_arrays())
+            return torch.from_numpy(curve["tp"]), torch.from_numpy(curve["fp"])
         if self.mode == "exact":
             scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
             positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
@@ -336,6 +381,9 @@ class PixelOODMetrics(Metric):
                 f"{type(self).__name__}: cannot compute AUROC/AP/FPR95 with {n_pos} OOD and {n_neg} "
                 "in-distribution pixels; both must be present (check is_computable() first)"
             )
+        if self.mode == "official":
+            values = official_metrics(*self._official_arrays())
+            return {k: torch.tensor(v, dtype=torch.float64, device=self.n_pos.device) for k, v in values.items()}
         if self.mode == "exact":
             scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
             positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
@@ -396,4 +444,7 @@ class PixelOODMetrics(Metric):
         return fig, ax if ax is not None else (fig.axes[0], fig.axes[1])
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, num_bins={self.num_bins}, tolerance={self.tolerance}"
+        return (
+            f"mode={self.mode!r}, aggregation={self.aggregation!r}, num_bins={self.num_bins}, "
+            f"tolerance={self.tolerance}"
+        )

@@ -17,7 +17,13 @@ from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES, VOID_ID
 from synthrel_lightning.losses import CrossEntropy, LossTerm
 from synthrel_lightning.models.evaluation import EvaluationResult
 from synthrel_lightning.models.outputs import MaskClassificationOutput, identify_output, per_pixel_class_scores
-from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, build_set_metrics, check_metric_groups
+from synthrel_lightning.models.set_metrics import (
+    DEFAULT_METRICS,
+    MetricGroup,
+    build_set_metrics,
+    check_metric_groups,
+    check_ood_metric_mode,
+)
 from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
 from synthrel_lightning.scores.registry import ScoreName
 
@@ -114,7 +120,8 @@ class OODSegmenter(L.LightningModule):
         ood_protocol: ``"benchmark"`` (SMIYC: pixels pooled over the set, void left out) or ``"paper"``
             (AUROC/AP/FPR95 per image with void counted as negative, averaged over images; the pooled
             values are then logged as ``pooled_<metric>``).
-        ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics.
+        ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics, or ``"official"``
+            (the SegmentMeIfYouCan benchmark's per-frame percentile aggregation, as on its leaderboard).
         calibration_bins: bins of the top-1 ECE.
         val_set_names / test_set_names: names of the evaluation dataloaders, used in
             logged keys ``val/<name>/<metric>``; by default taken from the datamodule, else ``val_0``...
@@ -222,7 +229,7 @@ class OODSegmenter(L.LightningModule):
         if ood_protocol not in ("benchmark", "paper"):
             raise ValueError(f"OODSegmenter: ood_protocol must be 'benchmark' or 'paper', got {ood_protocol!r}")
         self.ood_protocol = ood_protocol
-        self.ood_metric_mode = ood_metric_mode
+        self.ood_metric_mode = check_ood_metric_mode(ood_metric_mode, "OODSegmenter")
         self.calibration_bins = calibration_bins
         self.set_names: dict[str, list[str] | None] = {"val": val_set_names, "test": test_set_names}
         self.class_names = (
