@@ -33,7 +33,7 @@ def _data(seed: int) -> dict[str, torch.Tensor]:
 
 def _metrics() -> dict[str, torch.nn.Module]:
     return {
-        "pixel": PixelOODMetrics(num_bins=1 << 12),
+        "pixel": PixelOODMetrics(num_bins=1 << 12, fallback_pixels=0),
         "pixel_exact": PixelOODMetrics(mode="exact"),
         "components": ComponentMetrics(threshold=1.0, min_pred_size=5, min_gt_size=5),
         "calibration": CalibrationMetrics(),

@@ -153,7 +153,8 @@ class MisclassificationMetrics(PixelOODMetrics):
             raise ValueError(
                 f"MisclassificationMetrics: unknown confidence {confidence!r}; valid: {', '.join(CONFIDENCES)}"
             )
-        super().__init__(mode=mode, num_bins=num_bins, ignore_index=255, **kwargs)
+        # its values need no resolution bound: no exact fallback (fallback_pixels=0)
+        super().__init__(mode=mode, num_bins=num_bins, ignore_index=255, fallback_pixels=0, **kwargs)
         self.confidence = confidence
         self.label_ignore_index = int(ignore_index)
 

@@ -66,6 +66,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.metrics._checks import check_binary_inputs
+from synthrel_lightning.metrics._threads import cpu_threads
 from synthrel_lightning.metrics.functional import (
     best_f1,
     binary_curve_metrics,
@@ -93,6 +94,7 @@ from synthrel_lightning.metrics.score_bins import (
     merge_states,
     ordered,
     score_keys,
+    segment_ranges,
     split_state,
     unordered,
 )
@@ -127,27 +129,6 @@ def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
     return binary_ood_metrics(scores, positive)
 
 
-def _segment_ranges(slot: Tensor, key: Tensor, segment: Tensor, empty: int) -> Tensor:
-    """Per segment, the smallest non-zero and the largest key of the pixels in each slot: ``(low..., high...)``.
-
-    ``slot`` (int64) indexes ``segment`` (the segment of each slot), one past its end for
-    ignored pixels; ``empty`` (the dtype's max) marks a segment without keys. A key 0
-    (a score at a segment centre) has a bin of its own, so windows start above it.
-    """
-    n = segment.numel()
-    low = torch.full((n + 1,), empty, dtype=key.dtype, device=key.device)
-    low.scatter_reduce_(0, slot, key, "amin")
-    if bool((low[:n] == 0).any()):
-        low.fill_(empty).scatter_reduce_(0, slot, torch.where(key > 0, key, empty), "amin")
-    high = torch.full((n + 1,), -1, dtype=key.dtype, device=key.device)
-    high.scatter_reduce_(0, slot, key, "amax")
-    seg_low = torch.full((SEGMENTS,), empty, dtype=key.dtype, device=key.device)
-    seg_high = torch.full((SEGMENTS,), -1, dtype=key.dtype, device=key.device)
-    seg_low.scatter_reduce_(0, segment, low[:n], "amin")
-    seg_high.scatter_reduce_(0, segment, high[:n], "amax")
-    return torch.cat([seg_low, seg_high])
-
-
 class PixelOODMetrics(Metric):
     """Streaming dataset-level AUROC / AP / FPR95 / best F1 for pixel OOD scores (higher = more OOD).
 
@@ -171,9 +152,17 @@ class PixelOODMetrics(Metric):
         ignore_index: int = VOID_ID,
         tolerance: float = 1e-4,
         aggregation: Literal["exact", "official"] = "exact",
+        fallback_pixels: int = 1 << 25,
+        cpu_threads: int | None = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.fallback_pixels = int(fallback_pixels)
+        self.cpu_threads = cpu_threads
+        self.exact_fallback: str | None = None  # why the binned metric switched to the exact path, if it did
+        self._probe_pending = self.fallback_pixels > 0
+        self._fallback_active = False
+        self._kept_mantissa = 0  # the finest input precision among the kept scores
         if mode not in ("binned", "exact"):
             raise ValueError(f"PixelOODMetrics: mode must be 'binned' or 'exact', got {mode!r}")
         self.aggregation = check_aggregation(aggregation, "PixelOODMetrics")
@@ -197,8 +186,8 @@ class PixelOODMetrics(Metric):
                 [torch.zeros(2 * self.num_bins, dtype=torch.int64), torch.tensor(BinLayout.empty().header())]
             )
             self.add_state("hist", default=default, dist_reduce_fx=merge_states)
-        else:
-            self.num_bins = 0
+        if self.mode != "official":  # the exact mode's states; binned mode's exact fallback uses them too
+            self.num_bins = 0 if self.mode == "exact" else self.num_bins
             self.add_state("scores", default=[], dist_reduce_fx="cat")
             self.add_state("positives", default=[], dist_reduce_fx="cat")
             self.add_state("n_pos", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
@@ -212,14 +201,90 @@ class PixelOODMetrics(Metric):
             self._update_official(scores, target)
             return
         if self.mode == "exact":
-            pos = target[valid] == 1
-            n_pos = pos.sum()
-            self.n_pos += n_pos
-            self.n_neg += pos.numel() - n_pos
-            self.scores.append(_keep_precision(scores[valid]))
-            self.positives.append(pos)
+            self._update_exact(scores, target, valid)
             return
-        mantissa = MANTISSA_BITS.get(scores.dtype, 52)
+        with cpu_threads(scores.device, self.cpu_threads):
+            if self._probe_pending or self._fallback_active:
+                self._kept_mantissa = max(self._kept_mantissa, MANTISSA_BITS.get(scores.dtype, 52))
+                self._update_exact(scores, target, valid)  # kept until the probe decides, or in the fallback
+                if self._probe_pending:
+                    self._probe()
+                elif int(self.n_pos + self.n_neg) > self.fallback_pixels:
+                    self._end_fallback()
+                return
+            self._update_binned(scores, target, valid)
+
+    def _update_exact(self, scores: Tensor, target: Tensor, valid: Tensor) -> None:
+        pos = target[valid] == 1
+        n_pos = pos.sum()
+        self.n_pos += n_pos
+        self.n_neg += pos.numel() - n_pos
+        self.scores.append(_keep_precision(scores[valid]))
+        self.positives.append(pos)
+
+    def _drop_kept(self) -> None:
+        self.scores, self.positives = [], []
+        self.n_pos.zero_()
+        self.n_neg.zero_()
+
+    def _probe(self) -> None:
+        """Until both classes were seen: switch to the exact path if the bins cannot resolve the scores so far."""
+        kept = int(self.n_pos + self.n_neg)
+        if self.fallback_pixels <= 0 or kept > self.fallback_pixels:
+            self._probe_pending = False
+            self._bin_kept_scores()
+            return
+        if int(self.n_pos) == 0 or int(self.n_neg) == 0:
+            return  # keep the scores until both classes are there
+        self._probe_pending = False
+        scores, positives = dim_zero_cat(self.scores), dim_zero_cat(self.positives)
+        self._update_binned(scores, positives.to(torch.uint8), torch.ones_like(positives), self._kept_mantissa)
+        ordered, _, single, _ = self._ascending_counts()
+        tps, fps, bins = curve_counts_from_histogram(ordered)
+        bound = max(float(v) for v in resolution_from_counts(tps, fps, ~single[bins]).values())
+        if bound <= self.tolerance:
+            self._drop_kept()
+            return
+        self.hist.copy_(self._defaults["hist"].to(self.hist.device))
+        self._fallback_active = True
+        self.exact_fallback = (
+            f"the scores need finer bins than num_bins={self.num_bins} give (resolution bound {bound:.1e} > "
+            f"tolerance {self.tolerance:g}: pixels of different scores share bins, e.g. with far-apart score "
+            "clusters): exact sort while the set holds at most "
+            f"fallback_pixels={self.fallback_pixels} pixels"
+        )
+        warnings.warn(f"{type(self).__name__}: switched to the exact path: {self.exact_fallback}", stacklevel=4)
+
+    def _end_fallback(self) -> None:
+        """Too many pixels for the exact fallback: bin the kept scores and go on binned."""
+        self._bin_kept_scores()
+        self._fallback_active = False
+        self.exact_fallback = f"{self.exact_fallback}; the set grew past that, so the metric is binned again"
+        warnings.warn(f"{type(self).__name__}: {self.exact_fallback}", stacklevel=3)
+
+    def _bin_kept_scores(self) -> None:
+        scores, positives = dim_zero_cat(self.scores), dim_zero_cat(self.positives)
+        self._update_binned(scores, positives.to(torch.uint8), torch.ones_like(positives), self._kept_mantissa)
+        self._drop_kept()
+
+    def _settled(self) -> str:
+        """``"exact"`` or ``"binned"``: which state holds the (synced) pixels; a binned one absorbs kept scores."""
+        if self.mode != "binned" or int(self.n_pos + self.n_neg) == 0:
+            return self.mode
+        if int(split_state(self.hist)[0].sum()) == 0:
+            return "exact"
+        self._bin_kept_scores()  # processes disagreed on the fallback: bin every pixel
+        return "binned"
+
+    def reset(self) -> None:
+        """Clear the state; the next batch is probed again for the exact fallback."""
+        super().reset()
+        self._probe_pending = self.fallback_pixels > 0
+        self._fallback_active = False
+        self._kept_mantissa = 0  # the finest input precision among the kept scores
+
+    def _update_binned(self, scores: Tensor, target: Tensor, valid: Tensor, mantissa: int | None = None) -> None:
+        mantissa = mantissa or MANTISSA_BITS.get(scores.dtype, 52)
         if scores.dtype != torch.float64 and self._update_float32(scores.reshape(-1).float(), target, valid, mantissa):
             return
         top, key = score_keys(scores)
@@ -257,7 +322,7 @@ class PixelOODMetrics(Metric):
         key = x.abs().sub_(TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).int() * 512, 1024)
         segment = TOP32_SEGMENT.to(device).repeat(2)
-        ranges = _segment_ranges(slot.long(), key, segment, INT32_MAX).cpu()
+        ranges = segment_ranges(slot.long(), key, segment, INT32_MAX).cpu()
         low32, high32 = ranges[:SEGMENTS].tolist(), ranges[SEGMENTS:].tolist()
         if any(lo < 1 << 23 and lo <= hi for lo, hi in zip(low32, high32)):
             return False  # subnormal distances: their float64 keys are not affine in the float32 ones
@@ -298,7 +363,7 @@ class PixelOODMetrics(Metric):
     def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> BinLayout:
         """Widen the layout to hold this batch's keys (moving the counts when it changes); the new layout."""
         segment = TOP_SEGMENT.to(key.device).repeat(2)
-        ranges = _segment_ranges(slot, key, segment, INT64_MAX).tolist()
+        ranges = segment_ranges(slot, key, segment, INT64_MAX).tolist()
         return self._widen(BinLayout(0, ranges[:SEGMENTS], ranges[SEGMENTS:], mantissa))
 
     def _widen(self, batch: BinLayout) -> BinLayout:
@@ -348,7 +413,7 @@ class PixelOODMetrics(Metric):
         if self.mode == "official":
             curve = official_curve(*self._official_arrays())
             return torch.from_numpy(curve["tp"]), torch.from_numpy(curve["fp"])
-        if self.mode == "exact":
+        if self._settled() == "exact":
             scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
             positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
             tps, fps, _ = curve_counts_from_scores(scores, positives)
@@ -357,9 +422,8 @@ class PixelOODMetrics(Metric):
         return tps, fps
 
     def _pos_neg_counts(self) -> Tensor:
-        if self.mode == "binned":
-            return split_state(self.hist)[0].sum(1).flip(0)
-        return torch.stack([self.n_pos, self.n_neg])
+        kept = torch.stack([self.n_pos, self.n_neg])
+        return split_state(self.hist)[0].sum(1).flip(0) + kept if self.mode == "binned" else kept
 
     def is_computable(self) -> bool:
         """True when the data seen (on all processes) holds OOD and in-distribution pixels; collective in DDP."""
@@ -384,9 +448,10 @@ class PixelOODMetrics(Metric):
         if self.mode == "official":
             values = official_metrics(*self._official_arrays())
             return {k: torch.tensor(v, dtype=torch.float64, device=self.n_pos.device) for k, v in values.items()}
-        if self.mode == "exact":
+        if self._settled() == "exact":
             scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
             positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
+            self.resolution = None if self.mode == "exact" else dict.fromkeys(("auroc", "ap", "fpr95", "best_f1"), 0.0)
             return _exact(scores, positives, type(self).__name__)
         ordered, order, single, layout = self._ascending_counts()
         tps, fps, bins = curve_counts_from_histogram(ordered)
