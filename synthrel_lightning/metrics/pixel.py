@@ -43,6 +43,12 @@ no score range and resolve every kind of score:
 percentile bins per frame on float16 scores, merged over frames; see
 :mod:`synthrel_lightning.metrics.official`), to reproduce leaderboard numbers exactly.
 
+Binned mode switches to the exact sort on its own when the first scores (kept until both classes
+were seen) need finer bins than ``num_bins`` give (their resolution bound exceeds ``tolerance``,
+e.g. far-apart score clusters), warns once and gives the reason in ``exact_fallback``; see
+:mod:`synthrel_lightning.metrics._fallback`. Its CPU work runs on ``cpu_threads`` (1) intra-op
+threads (:mod:`synthrel_lightning.metrics._threads`).
+
 After ``compute()``, :attr:`PixelOODMetrics.resolution` holds the largest change
 of AUROC, AP, FPR95 and best F1 that any order (or tie) of the pixels sharing a
 bin could make, so the distance to the exact sort is at most that. Bins that can
@@ -66,6 +72,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.metrics._checks import check_binary_inputs
+from synthrel_lightning.metrics._fallback import ExactFallback, keep_precision
 from synthrel_lightning.metrics._threads import cpu_threads
 from synthrel_lightning.metrics.functional import (
     best_f1,
@@ -111,12 +118,7 @@ class NotComputableError(ValueError):
 def pixel_ood_metrics(scores: Tensor, target: Tensor, ignore_index: int = VOID_ID) -> dict[str, Tensor]:
     """Exact (sort-based) AUROC, AP, FPR95, best F1 and its threshold over all non-ignored pixels."""
     target, valid = check_binary_inputs(scores, target, ignore_index, "pixel_ood_metrics")
-    return _exact(_keep_precision(scores[valid]), target[valid] == 1, "pixel_ood_metrics")
-
-
-def _keep_precision(scores: Tensor) -> Tensor:
-    """float64 scores as they are, lower precisions as float32 (exact for float16 / bfloat16)."""
-    return scores if scores.dtype == torch.float64 else scores.float()
+    return _exact(keep_precision(scores[valid]), target[valid] == 1, "pixel_ood_metrics")
 
 
 def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
@@ -129,7 +131,7 @@ def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
     return binary_ood_metrics(scores, positive)
 
 
-class PixelOODMetrics(Metric):
+class PixelOODMetrics(ExactFallback, Metric):
     """Streaming dataset-level AUROC / AP / FPR95 / best F1 for pixel OOD scores (higher = more OOD).
 
     ``update(scores, target)``: scores float ``(N, ...)``, target int of the same
@@ -138,7 +140,11 @@ class PixelOODMetrics(Metric):
     ``best_f1_threshold`` (``score >= threshold`` = predicted OOD; in binned mode the
     smallest score of the best bin). ``num_bins`` bounds the binned state
     (``2 * num_bins`` int64 counts: 16 MB at the default); ``tolerance``: the
-    binned resolution above which ``compute()`` warns. See the module docstring.
+    binned resolution above which ``compute()`` warns. ``aggregation="official"``: the
+    SegmentMeIfYouCan benchmark's own aggregation. ``fallback_pixels``: binned mode switches to
+    the exact sort (and says so in ``exact_fallback``) when its first scores need finer bins,
+    while the set holds at most that many pixels (0: never). ``cpu_threads``: intra-op threads of
+    the binned update on CPU tensors (``None``: torch's setting). See the module docstring.
     """
 
     is_differentiable = False
@@ -213,68 +219,6 @@ class PixelOODMetrics(Metric):
                     self._end_fallback()
                 return
             self._update_binned(scores, target, valid)
-
-    def _update_exact(self, scores: Tensor, target: Tensor, valid: Tensor) -> None:
-        pos = target[valid] == 1
-        n_pos = pos.sum()
-        self.n_pos += n_pos
-        self.n_neg += pos.numel() - n_pos
-        self.scores.append(_keep_precision(scores[valid]))
-        self.positives.append(pos)
-
-    def _drop_kept(self) -> None:
-        self.scores, self.positives = [], []
-        self.n_pos.zero_()
-        self.n_neg.zero_()
-
-    def _probe(self) -> None:
-        """Until both classes were seen: switch to the exact path if the bins cannot resolve the scores so far."""
-        kept = int(self.n_pos + self.n_neg)
-        if self.fallback_pixels <= 0 or kept > self.fallback_pixels:
-            self._probe_pending = False
-            self._bin_kept_scores()
-            return
-        if int(self.n_pos) == 0 or int(self.n_neg) == 0:
-            return  # keep the scores until both classes are there
-        self._probe_pending = False
-        scores, positives = dim_zero_cat(self.scores), dim_zero_cat(self.positives)
-        self._update_binned(scores, positives.to(torch.uint8), torch.ones_like(positives), self._kept_mantissa)
-        ordered, _, single, _ = self._ascending_counts()
-        tps, fps, bins = curve_counts_from_histogram(ordered)
-        bound = max(float(v) for v in resolution_from_counts(tps, fps, ~single[bins]).values())
-        if bound <= self.tolerance:
-            self._drop_kept()
-            return
-        self.hist.copy_(self._defaults["hist"].to(self.hist.device))
-        self._fallback_active = True
-        self.exact_fallback = (
-            f"the scores need finer bins than num_bins={self.num_bins} give (resolution bound {bound:.1e} > "
-            f"tolerance {self.tolerance:g}: pixels of different scores share bins, e.g. with far-apart score "
-            "clusters): exact sort while the set holds at most "
-            f"fallback_pixels={self.fallback_pixels} pixels"
-        )
-        warnings.warn(f"{type(self).__name__}: switched to the exact path: {self.exact_fallback}", stacklevel=4)
-
-    def _end_fallback(self) -> None:
-        """Too many pixels for the exact fallback: bin the kept scores and go on binned."""
-        self._bin_kept_scores()
-        self._fallback_active = False
-        self.exact_fallback = f"{self.exact_fallback}; the set grew past that, so the metric is binned again"
-        warnings.warn(f"{type(self).__name__}: {self.exact_fallback}", stacklevel=3)
-
-    def _bin_kept_scores(self) -> None:
-        scores, positives = dim_zero_cat(self.scores), dim_zero_cat(self.positives)
-        self._update_binned(scores, positives.to(torch.uint8), torch.ones_like(positives), self._kept_mantissa)
-        self._drop_kept()
-
-    def _settled(self) -> str:
-        """``"exact"`` or ``"binned"``: which state holds the (synced) pixels; a binned one absorbs kept scores."""
-        if self.mode != "binned" or int(self.n_pos + self.n_neg) == 0:
-            return self.mode
-        if int(split_state(self.hist)[0].sum()) == 0:
-            return "exact"
-        self._bin_kept_scores()  # processes disagreed on the fallback: bin every pixel
-        return "binned"
 
     def reset(self) -> None:
         """Clear the state; the next batch is probed again for the exact fallback."""
