@@ -410,3 +410,15 @@ def test_the_fallback_ends_when_the_set_outgrows_it() -> None:
     assert len(metric.scores) == 0 and int(split_state(metric.hist)[0].sum()) == 20_000
     with pytest.warns(UserWarning, match="may differ from an exact sort"):
         metric.compute()
+
+
+def test_forward_keeps_every_pixel_with_the_fallback_armed() -> None:
+    scores, target = score_kind("max_logit 10z", n=40_000)
+    streamed, whole = PixelOODMetrics(), PixelOODMetrics()
+    for chunk_s, chunk_t in zip(scores.chunk(4), target.chunk(4)):
+        streamed(chunk_s, chunk_t)  # forward: a batch value and the accumulated state
+    whole.update(scores, target)
+    assert {k: float(v) for k, v in streamed.compute().items()} == pytest.approx(
+        {k: float(v) for k, v in whole.compute().items()}, abs=1e-4
+    )
+    assert int(streamed._pos_neg_counts().sum()) == 40_000

@@ -51,6 +51,9 @@ class ExactFallback:
         if int(self.n_pos) == 0 or int(self.n_neg) == 0:
             return  # keep the scores until both classes are there
         self._probe_pending = False
+        if int(split_state(self.hist)[0].sum()) > 0:  # pixels already binned (e.g. forward()): stay binned
+            self._bin_kept_scores()
+            return
         scores, positives = dim_zero_cat(self.scores), dim_zero_cat(self.positives)
         self._update_binned(scores, positives.to(torch.uint8), torch.ones_like(positives), self._kept_mantissa)
         ordered, _, single, _ = self._ascending_counts()
