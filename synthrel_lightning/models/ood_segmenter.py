@@ -24,7 +24,12 @@ from synthrel_lightning.models.calibrated import CalibratedScores
 from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, class_scores_at, identify_output
 from synthrel_lightning.models.set_evaluation import SetEvaluation
-from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, check_metric_groups
+from synthrel_lightning.models.set_metrics import (
+    DEFAULT_METRICS,
+    MetricGroup,
+    check_metric_groups,
+    check_ood_metric_mode,
+)
 from synthrel_lightning.models.setup import built_from_config, declared_output_kind, freeze_except
 from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
 from synthrel_lightning.scores.registry import ScoreName
@@ -74,15 +79,16 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``).
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: ``"epoch"`` or ``"step"``.
-        metrics: metric groups every set computes (``segmentation``, ``calibration``, ``pixel_ood``,
-            ``components``); OOD groups only on sets with OOD labels.
+        metrics: metric groups every set computes (``segmentation``, ``calibration``, ``misclassification``,
+            ``pixel_ood``, ``components``); OOD groups only on sets with OOD labels.
         set_metrics: per-set overrides of ``metrics`` by set name.
         component_tracks: SMIYC size rules of the component metrics per set name (``anomaly``: default,
             or ``obstacle``).
         ood_protocol: ``"benchmark"`` (SMIYC: pixels pooled over the set, void left out) or ``"paper"``
             (AUROC/AP/FPR95 per image with void counted as negative, averaged over images; the pooled
             values are then logged as ``pooled_<metric>``).
-        ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics.
+        ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics, or ``"official"``
+            (the SegmentMeIfYouCan benchmark's per-frame percentile aggregation, as on its leaderboard).
         calibration_bins: bins of the top-1 ECE.
         val_set_names / test_set_names: names of the evaluation dataloaders, used in
             logged keys ``val/<name>/<metric>``; by default taken from the datamodule, else ``val_0``...
@@ -190,7 +196,7 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
         if ood_protocol not in ("benchmark", "paper"):
             raise ValueError(f"OODSegmenter: ood_protocol must be 'benchmark' or 'paper', got {ood_protocol!r}")
         self.ood_protocol = ood_protocol
-        self.ood_metric_mode = ood_metric_mode
+        self.ood_metric_mode = check_ood_metric_mode(ood_metric_mode, "OODSegmenter")
         self.calibration_bins = calibration_bins
         self.set_names: dict[str, list[str] | None] = {"val": val_set_names, "test": test_set_names}
         self.class_names = (

@@ -92,7 +92,7 @@ class SetEvaluation:
         seen = self._seen[key]
         label, ood = result.label, result.ood
         if label is not None and bool((label < self.num_classes).any()):
-            for group in ("segmentation", "calibration"):
+            for group in ("segmentation", "calibration", "misclassification"):
                 if group in metrics:
                     metrics[group].update(result.logits, label)
             seen["seg"] = True
@@ -146,6 +146,8 @@ class SetEvaluation:
             if flags[0] > 0:
                 if "segmentation" in metrics:
                     values.update(metrics["segmentation"].compute())
+                if "misclassification" in metrics:
+                    values.update(metrics["misclassification"].compute())
                 if "calibration" in metrics:
                     values.update(metrics["calibration"].compute())
                     if self.keep_evaluation_plots:
