@@ -20,24 +20,9 @@ score bin), so memory does not grow with the number of pixels, and computes
 exactly what the exact mode would on scores rounded to their bin. The bins need
 no score range and resolve every kind of score:
 
-* Each float64 score goes to one of 8 segments by its sign and magnitude
-  (``|s|`` in ``[0, 0.5)``, ``[0.5, 1)``, ``[1, 2)``, ``[2, inf)``) and is keyed
-  by its distance ``d`` to the segment's centre (0 or +-1; exact in floating
-  point): the float64 bit pattern of ``d``, a log-scale key. Probabilities that
-  saturate towards 0 or 1 (``sigmoid(20 z)``, softmax maxima) are resolved at
-  both ends, as are scores near -1; large magnitudes are keyed by ``|s|``.
-* Within each segment the bins are a window over the keys that occur (widened to
-  whole chunks of ``num_bins / 1024`` bins, so that it rarely moves), of width
-  ``2**e`` keys, with one ``e`` for all segments: the smallest ``e`` whose windows
-  hold all scores seen in ``num_bins`` bins (one extra bin per segment holds
-  ``d = 0``). The windows start at the first ``update`` and widen (``e`` grows,
-  merging bin pairs exactly) when later scores fall outside; an offset score
-  (``1e6 + z``) or a tiny or huge scale (``z * 1e-12``, ``z * 1e12``) gets the
-  whole bin budget over the range it occupies.
-* The state depends only on the scores seen, not on their order or on how they
-  were split into batches or processes: merging two states (``forward``, DDP
-  sync) widens both to the common ``e`` and adds the counts, which gives the
-  state a single process would have built from all the scores.
+Scores are keyed by their distance to a segment centre (8 segments by sign and magnitude), over
+windows fitted to the scores seen; merging states (``forward``, DDP sync) gives exactly the state one
+process would have built (the key and window rules: :mod:`synthrel_lightning.metrics.score_bins`).
 
 ``aggregation="official"`` replaces both with the official benchmark's aggregation (768
 percentile bins per frame on float16 scores, merged over frames; see
