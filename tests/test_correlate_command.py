@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from argparse import ArgumentError
 
 import pytest
 import torch
@@ -258,7 +259,7 @@ def test_options_come_from_the_library_signature() -> None:
         ]
     )
     assert cfg.interval == "auto" and cfg.trust_checkpoint is False and cfg.pairs[0].metrics == ["miou"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(ArgumentError, match="interval"):
         build_parser().parse_args(
             ["--zoo=[{name: a}]", "--data=lightning.LightningDataModule", "--pairs=[]", "--interval=percentile"]
         )

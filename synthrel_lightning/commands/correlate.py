@@ -74,4 +74,6 @@ def main(args: list[str] | None = None) -> StudyReport:
 
 
 if __name__ == "__main__":
-    main()
+    from synthrel_lightning.cli import main as cli_main
+
+    cli_main(["correlate", *sys.argv[1:]])
