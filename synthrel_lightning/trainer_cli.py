@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import traceback
 from argparse import ArgumentError
 from pathlib import Path
@@ -128,6 +129,34 @@ class RunConfig(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
+_NULLS = ("null", "Null", "NULL", "~", "None")
+"""YAML's spellings of a null value (and Python's, as users type it)."""
+
+
+def restore_nulls(config: Any, args: list[str]) -> None:
+    """Set to None each option of ``args`` given as ``null`` that the parser turned into the string ``"None"``.
+
+    jsonargparse (4.x) parses an option two classes deep (``--model.init_args.segmenter.init_args.x=null``)
+    by formatting the value it already parsed back into ``--x=None``, so ``null`` arrives as the
+    string ``"None"`` (e.g. ``encoder_weights='None'``, which segmentation-models-pytorch then tries
+    to download). Only options the user gave as a null literal and that hold exactly ``"None"`` change.
+    """
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if value.strip() not in _NULLS or key.count("init_args") < 2:
+            continue
+        try:
+            current = config.get(key)
+        except (KeyError, AttributeError, TypeError):
+            continue
+        if current == "None":
+            config[key] = None
+
+
 def _class_of(node: Any) -> type | None:
     path = getattr(node, "class_path", None) if not isinstance(node, dict) else node.get("class_path")
     if not isinstance(path, str) or "." not in path:
@@ -151,11 +180,16 @@ class SynthrelCLI(LightningCLI):
             subparser.prog = f"{PROG} {name}"
 
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parse; a rejected option becomes a :class:`ConfigurationError`."""
+        """Parse; a rejected option becomes a :class:`ConfigurationError`; ``null`` reaches nested classes as None."""
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise ConfigurationError(concise_cause(str(err)), str(err)) from err
+        given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        if given and given[0] in TRAINER_SUBCOMMANDS and self.config.get(given[0]) is not None:
+            restore_nulls(self.config[given[0]], given[1:])
+        elif given:
+            restore_nulls(self.config, given)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's checkpoint-settings rule, keeping output settings and reporting what the checkpoint replaced.
@@ -273,4 +307,4 @@ def run(args: list[str] | None) -> SynthrelCLI:
     )
 
 
-__all__ = ["ConfigurationError", "RunConfig", "SynthrelCLI", "concise_cause", "run"]
+__all__ = ["ConfigurationError", "RunConfig", "SynthrelCLI", "concise_cause", "restore_nulls", "run"]

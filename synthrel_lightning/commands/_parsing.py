@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -126,7 +127,10 @@ def parse_kwargs(
     parser: Any, function: Callable[..., Any], args: Sequence[str] | None = None, skip: Iterable[str] = ()
 ) -> tuple[Any, dict[str, Any]]:
     """Parse ``args`` (``sys.argv`` when ``None``): the parsed config and ``function``'s keyword arguments, built."""
+    from synthrel_lightning.trainer_cli import restore_nulls
+
     cfg = parser.parse_args(None if args is None else list(args))
+    restore_nulls(cfg, [str(a) for a in (sys.argv[1:] if args is None else args)])
     init = instantiate(parser, cfg)
     skipped = set(skip)
     params = inspect.signature(function).parameters
