@@ -114,7 +114,16 @@ class RunConfig(SaveConfigCallback):
     """Writes the merged configuration into the run's own folder and logs it to every logger's hyperparameters."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Once per run, on rank zero: ``<run folder>/config.yaml`` and ``log_hyperparams(config)`` on each logger."""
+        """Once per run, on rank zero: ``<run folder>/config.yaml`` and ``log_hyperparams(config)`` on each logger.
+
+        The configuration holds the module's and datamodule's arguments (under ``model`` and
+        ``data``): Lightning's own logging of their hyperparameters is switched off, so they are not
+        logged a second time as flat keys (where the module's ``optimizer`` replaced the
+        configuration's top-level ``optimizer``).
+        """
+        pl_module._log_hyperparams = False
+        if trainer.datamodule is not None:
+            trainer.datamodule._log_hyperparams = False
         if self.already_saved:
             return
         if trainer.is_global_zero:
