@@ -86,3 +86,49 @@ def test_denoising_loss_is_diffusers_controlnet_objective(module, prediction_typ
     # The test tells targets apart: the other prediction type gives another loss on the same draws.
     other = _reference_loss(module, batch, 123, "epsilon" if prediction_type != "epsilon" else "v_prediction")
     assert abs(other.item() - reference.item()) > 1e-4 * reference.item()
+
+
+def _make_it_look(blip: torch.nn.Module) -> None:
+    """Redraw the tiny BLIP's vision and cross-attention weights larger, so its captions depend on the image.
+
+    At BLIP's initialisation scale the tiny vision tower's features are nearly constant (every frame
+    gets the same caption), and a test of which caption goes to which frame could not fail.
+    """
+    g = torch.Generator().manual_seed(0)
+    cross = [(n, p) for n, p in blip.text_decoder.named_parameters() if "crossattention" in n]
+    with torch.no_grad():
+        for name, param in [*blip.vision_model.named_parameters(), *cross]:
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=g) * 0.3)
+            elif "norm" in name.lower() and name.endswith("weight"):
+                param.fill_(1.0)
+
+
+def test_each_frame_gets_its_own_caption(tmp_path, tmp_path_factory) -> None:
+    """Captioned in batches (and resumed), frame i's record holds the caption of frame i's image alone."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from test_generators_captions import save_tiny_blip
+
+    from synthrel_lightning.data.demo import write_demo_cityscapes
+    from synthrel_lightning.generators.captions import Captioner, caption_split
+
+    root = write_demo_cityscapes(tmp_path / "cs", num_train=5, num_val=1, size=(64, 128))
+    captioner = Captioner(str(save_tiny_blip(tmp_path / "captioner")), max_new_tokens=8)
+    captioner.configure_model()
+    _make_it_look(captioner.captioner)
+    out = tmp_path / "train.jsonl"
+    kwargs = dict(split="train", batch_size=3, accelerator="cpu", devices=1, progress=False)
+    caption_split(str(root), str(out), captioner=captioner, limit_predict_batches=1, **kwargs)
+    caption_split(str(root), str(out), captioner=captioner, **kwargs)
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 5
+    expected = {}
+    for record in records:
+        image = np.asarray(Image.open(root / record["image"]).convert("RGB"))
+        expected[record["image"]] = captioner.caption([image])[0]  # this frame alone, in a batch of one
+    # The check can fail: the tiny captioner tells at least some frames apart.
+    assert len(set(expected.values())) >= 2, expected
+    assert {r["image"]: r["text"] for r in records} == expected
