@@ -77,7 +77,7 @@ def _has_config(args: list[str]) -> bool:
 
 def _resolve_demo_config(args: list[str]) -> list[str]:
     """Replace ``--config demo`` by the packaged demo configuration's path (unless a file ``demo`` exists)."""
-    if Path("demo").exists():
+    if Path("demo").is_file():
         return args
     out = list(args)
     for i, a in enumerate(out):

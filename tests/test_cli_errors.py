@@ -173,3 +173,12 @@ def test_a_fit_runs_config_is_read_by_every_command_that_reads_one(tmp_path: Pat
     path.write_text(text)
     sml_stats.build_parser().parse_args(["--config", str(path), "--ckpt_path", "last.ckpt"])
     calibrate.build_parser().parse_args(["--config", str(path), "--ckpt_path", "last.ckpt"])
+
+
+def test_a_folder_named_demo_does_not_shadow_the_demo_config(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()  # e.g. the demo's own output folder
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "demo", "--print_config"])
+    assert info.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["class_path"].endswith("DemoDataModule")
