@@ -2,10 +2,10 @@
 
 ``import_mask2former CHECKPOINT --config CONFIG OUT`` reads ``CHECKPOINT`` (``.pkl``/``.pth`` with a
 ``"model"`` state dict in the original Mask2Former names, e.g. RbA's ``model_final.pth``) without running
-pickled code, loads it into a ``Mask2FormerForUniversalSegmentation`` built from ``CONFIG`` (a JSON or
-YAML file of ``Mask2FormerConfig`` values, e.g. ``decoder_layers: 2`` for RbA's one-decoder-layer models)
-and writes the folder ``OUT`` (``save_pretrained``), which ``HFMask2Former(checkpoint=OUT)`` loads.
-Bad input ends with one line naming the file and the cause, exit status 2.
+pickled code, loads it into a Mask2Former built from ``CONFIG`` (a JSON or YAML file of
+``Mask2FormerConfig`` values, e.g. ``decoder_layers: 2`` and ``encoder_feature_levels: 1`` for RbA's
+one-decoder-layer Swin models) and writes the folder ``OUT`` (``save_pretrained``), which
+``HFMask2Former(checkpoint=OUT)`` loads. Bad input ends with one line naming the file and the cause, exit status 2.
 """
 
 from __future__ import annotations
@@ -22,14 +22,15 @@ from typing import Any
 
 def import_mask2former(checkpoint: str, config: dict[str, Any], out: str) -> dict[str, Any]:
     """Build the model from ``config``, load ``checkpoint`` into it and save it under ``out`` (atomically)."""
-    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+    from transformers import Mask2FormerConfig
 
     from synthrel_lightning.models.detectron2_import import load_detectron2_mask2former
+    from synthrel_lightning.models.mask2former_levels import Mask2FormerLevelsForUniversalSegmentation
 
     target = Path(out)
     if target.exists():
         raise ValueError(f"{target}: already exists; give a new folder")
-    model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(**{"use_pretrained_backbone": False, **config}))
+    model = Mask2FormerLevelsForUniversalSegmentation(Mask2FormerConfig(**{"use_pretrained_backbone": False, **config}))
     load_detectron2_mask2former(model, checkpoint)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -165,6 +165,13 @@ class HFMask2Former(_HFMaskClassifier):
         detectron2_checkpoint: with ``checkpoint`` None, weights of a Mask2Former/RbA checkpoint in
             detectron2's format (``.pkl``/``.pth`` with a ``"model"`` state dict), read without running
             pickled code (see :func:`~synthrel_lightning.models.detectron2_import.load_detectron2_mask2former`).
+        encoder_feature_levels: with ``config``, how many of the coarsest backbone levels the pixel
+            decoder's deformable encoder reads (default 3, transformers' Mask2Former; RbA's Swin models: 1,
+            its ``DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES: [res5]``).
+        decoder_feature_levels: with ``config``, how many scales the transformer decoder attends to
+            (default: ``encoder_feature_levels``, as RbA's code; the original Mask2Former code uses 3).
+            A ``checkpoint`` folder carries both in its ``config.json``
+            (see :class:`~synthrel_lightning.models.mask2former_levels.Mask2FormerLevelsForUniversalSegmentation`).
     """
 
     rba_trainable = ("class_predictor", "mask_embedder")
@@ -175,23 +182,40 @@ class HFMask2Former(_HFMaskClassifier):
         num_classes: int = 19,
         config: dict[str, Any] | None = None,
         detectron2_checkpoint: str | None = None,
+        encoder_feature_levels: int | None = None,
+        decoder_feature_levels: int | None = None,
     ) -> None:
         super().__init__()
-        from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+        from transformers import Mask2FormerConfig
+
+        from synthrel_lightning.models.mask2former_levels import Mask2FormerLevelsForUniversalSegmentation
 
         if checkpoint is None and config is None:
             raise ValueError("HFMask2Former: give a checkpoint id/folder or a config dict")
+        levels = {
+            k: int(v)
+            for k, v in (
+                ("encoder_feature_levels", encoder_feature_levels),
+                ("decoder_feature_levels", decoder_feature_levels),
+            )
+            if v is not None
+        }
         if checkpoint is not None:
+            if levels:
+                raise ValueError(
+                    f"HFMask2Former: {', '.join(levels)} apply to a config-built model; the checkpoint "
+                    f"{checkpoint!r} sets them in its config.json"
+                )
             self.model = self._load(
-                Mask2FormerForUniversalSegmentation,
+                Mask2FormerLevelsForUniversalSegmentation,
                 checkpoint,
                 "HFMask2Former",
                 num_labels=num_classes,
                 ignore_mismatched_sizes=True,
             )
         else:
-            cfg = {"use_pretrained_backbone": False, **(config or {})}
-            self.model = Mask2FormerForUniversalSegmentation(Mask2FormerConfig(num_labels=num_classes, **cfg))
+            cfg = {"use_pretrained_backbone": False, **(config or {}), **levels}
+            self.model = Mask2FormerLevelsForUniversalSegmentation(Mask2FormerConfig(num_labels=num_classes, **cfg))
         if detectron2_checkpoint is not None:
             if checkpoint is not None:
                 raise ValueError(
