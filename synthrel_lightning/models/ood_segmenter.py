@@ -18,6 +18,7 @@ from synthrel_lightning.losses import CrossEntropy, LossTerm
 from synthrel_lightning.models.evaluation import EvaluationResult
 from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, class_scores_at, identify_output
+from synthrel_lightning.models.param_groups import ParamGroups
 from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, build_set_metrics, check_metric_groups
 from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
 from synthrel_lightning.scores.registry import ScoreName
@@ -123,6 +124,8 @@ class OODSegmenter(PretrainedMixin, L.LightningModule):
         summary: write ``metrics_summary.{json,md}`` after fit/validate/test.
         prediction_dir: where ``predict`` writes prediction and score maps (default ``<log_dir>/predictions``).
         compile_losses: compile the summed loss terms with ``torch.compile`` (CUDA only).
+        param_groups: optimizer parameter groups (learning-rate multipliers, weight decay of norms and
+            embeddings; :class:`~synthrel_lightning.models.param_groups.ParamGroups`); default one group.
     """
 
     def __init__(
@@ -149,6 +152,7 @@ class OODSegmenter(PretrainedMixin, L.LightningModule):
         summary: bool = True,
         prediction_dir: str | None = None,
         compile_losses: bool = False,
+        param_groups: ParamGroups | None = None,
     ) -> None:
         super().__init__()
         if _built_from_config():
@@ -156,7 +160,9 @@ class OODSegmenter(PretrainedMixin, L.LightningModule):
             # all of it, so load_from_checkpoint can rebuild the segmenter and loss terms.
             self.save_hyperparameters()
         else:
-            self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler", "ood_score"])
+            self.save_hyperparameters(
+                ignore=["segmenter", "losses", "optimizer", "scheduler", "ood_score", "param_groups"]
+            )
             if isinstance(ood_score, str):
                 self.hparams["ood_score"] = ood_score
         self.segmenter = segmenter
@@ -204,6 +210,7 @@ class OODSegmenter(PretrainedMixin, L.LightningModule):
             freeze_except(self.segmenter, trainable, "OODSegmenter")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.param_groups = param_groups
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.scheduler_interval = scheduler_interval
@@ -604,8 +611,10 @@ class OODSegmenter(PretrainedMixin, L.LightningModule):
     # ----------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
         """The configured optimizer (and scheduler) over the trainable parameters."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        if self.param_groups is None:
+            optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        else:
+            optimizer = self.param_groups.apply(self.optimizer_factory(self.param_groups(self)))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
