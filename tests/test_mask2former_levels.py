@@ -339,3 +339,30 @@ def test_one_level_model_trains() -> None:
     total.backward()
     grad = model.model.model.pixel_level_module.decoder.adapter_3[0].weight.grad
     assert torch.isfinite(total) and grad is not None and grad.abs().sum() > 0
+
+
+def test_backbone_checkpoint_loads_pretrained_swin_weights(tmp_path: Path) -> None:
+    """RbA's MODEL.WEIGHTS for training from scratch is an ImageNet Swin: a transformers Swin checkpoint here."""
+    from test_detectron2_import import SWIN
+    from transformers import SwinConfig, SwinForImageClassification
+
+    swin_args = {k: v for k, v in SWIN.items() if k not in ("model_type", "out_features")}
+    torch.manual_seed(5)
+    classifier = SwinForImageClassification(SwinConfig(num_labels=3, **swin_args))
+    classifier.save_pretrained(tmp_path / "swin")
+    model = HFMask2Former(
+        checkpoint=None,
+        num_classes=K,
+        config=CONFIG,
+        encoder_feature_levels=1,
+        backbone_checkpoint=str(tmp_path / "swin"),
+    )
+    ours = model.model.model.pixel_level_module.encoder.swin.state_dict()
+    theirs = classifier.swin.state_dict()
+    assert ours.keys() <= theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    wider = SwinForImageClassification(SwinConfig(num_labels=3, **{**swin_args, "embed_dim": 32}))
+    wider.save_pretrained(tmp_path / "wider")
+    with pytest.raises(ValueError, match=r"backbone_checkpoint .*wider.*embeddings\.patch_embeddings\.projection"):
+        HFMask2Former(checkpoint=None, num_classes=K, config=CONFIG, backbone_checkpoint=str(tmp_path / "wider"))
+    with pytest.raises(ValueError, match="cannot load a transformers Swin checkpoint"):
+        HFMask2Former(checkpoint=None, num_classes=K, config=CONFIG, backbone_checkpoint=str(tmp_path / "none"))
