@@ -4,7 +4,8 @@
 ``"model"`` state dict in the original Mask2Former names, e.g. RbA's ``model_final.pth``) without running
 pickled code, loads it into a Mask2Former built from ``CONFIG`` (a JSON or YAML file of
 ``Mask2FormerConfig`` values, e.g. ``decoder_layers: 2`` and ``encoder_feature_levels: 1`` for RbA's
-one-decoder-layer Swin models) and writes the folder ``OUT`` (``save_pretrained``), which
+one-decoder-layer Swin models) or the detectron2 ``config.yaml`` shipped with the checkpoint (RbA's
+``ckpts/<model>/config.yaml``), and writes the folder ``OUT`` (``save_pretrained``), which
 ``HFMask2Former(checkpoint=OUT)`` loads. Bad input ends with one line naming the file and the cause, exit status 2.
 """
 
@@ -57,6 +58,10 @@ def _read_config(path: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of Mask2FormerConfig values, got {type(data).__name__}")
+    from synthrel_lightning.models.detectron2_config import is_detectron2_config, mask2former_config_from_detectron2
+
+    if is_detectron2_config(data):
+        return mask2former_config_from_detectron2(data, source=path)
     return data
 
 
@@ -65,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m synthrel_lightning import_mask2former", description=__doc__)
     parser.add_argument("checkpoint", help="detectron2 checkpoint (.pkl or .pth with a 'model' state dict)")
     parser.add_argument("out", help="new folder for the transformers model")
-    parser.add_argument("--config", required=True, help="JSON/YAML file of Mask2FormerConfig values")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="JSON/YAML file of Mask2FormerConfig values, or the checkpoint's detectron2 config.yaml",
+    )
     return parser
 
 
