@@ -366,3 +366,8 @@ def test_backbone_checkpoint_loads_pretrained_swin_weights(tmp_path: Path) -> No
         HFMask2Former(checkpoint=None, num_classes=K, config=CONFIG, backbone_checkpoint=str(tmp_path / "wider"))
     with pytest.raises(ValueError, match="cannot load a transformers Swin checkpoint"):
         HFMask2Former(checkpoint=None, num_classes=K, config=CONFIG, backbone_checkpoint=str(tmp_path / "none"))
+
+
+def test_zero_levels_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"encoder_feature_levels=0: expected 1\.\.4"):
+        HFMask2Former(checkpoint=None, num_classes=K, config=CONFIG, encoder_feature_levels=0)

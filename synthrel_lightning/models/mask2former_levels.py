@@ -52,7 +52,8 @@ def feature_levels(config: Any) -> tuple[int, int]:
 
     An unset ``decoder_feature_levels`` equals the encoder's, as in RbA's code.
     """
-    encoder = int(getattr(config, "encoder_feature_levels", None) or 3)
+    encoder = getattr(config, "encoder_feature_levels", None)
+    encoder = 3 if encoder is None else int(encoder)
     decoder = getattr(config, "decoder_feature_levels", None)
     return encoder, int(decoder) if decoder is not None else encoder
 
