@@ -23,6 +23,7 @@ from synthrel_lightning.losses import CrossEntropy, LossTerm
 from synthrel_lightning.models.calibrated import CalibratedScores
 from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, class_scores_at, identify_output
+from synthrel_lightning.models.param_groups import ParamGroups
 from synthrel_lightning.models.set_evaluation import SetEvaluation
 from synthrel_lightning.models.set_metrics import (
     DEFAULT_METRICS,
@@ -96,6 +97,8 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
         summary: write ``metrics_summary.{json,md}`` after fit/validate/test.
         prediction_dir: where ``predict`` writes prediction and score maps (default ``<log_dir>/predictions``).
         compile_losses: compile the summed loss terms with ``torch.compile`` (CUDA only).
+        param_groups: optimizer parameter groups (learning-rate multipliers, weight decay of norms and
+            embeddings; :class:`~synthrel_lightning.models.param_groups.ParamGroups`); default one group.
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
         summary: bool = True,
         prediction_dir: str | None = None,
         compile_losses: bool = False,
+        param_groups: ParamGroups | None = None,
     ) -> None:
         super().__init__()
         if built_from_config():
@@ -129,7 +133,9 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
             # all of it, so load_from_checkpoint can rebuild the segmenter and loss terms.
             self.save_hyperparameters()
         else:
-            self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler", "ood_score"])
+            self.save_hyperparameters(
+                ignore=["segmenter", "losses", "optimizer", "scheduler", "ood_score", "param_groups"]
+            )
             if isinstance(ood_score, str):
                 self.hparams["ood_score"] = ood_score
         self.segmenter = segmenter
@@ -177,6 +183,7 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
             freeze_except(self.segmenter, trainable, "OODSegmenter")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.param_groups = param_groups
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.scheduler_interval = scheduler_interval
@@ -410,8 +417,10 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
     # ----------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
         """The configured optimizer (and scheduler) over the trainable parameters."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        if self.param_groups is None:
+            optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        else:
+            optimizer = self.param_groups.apply(self.optimizer_factory(self.param_groups(self)))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)
