@@ -11,6 +11,17 @@ agreement on it.
     python benchmarks/bench_metrics.py --frames 50 --height 1024 --width 2048
     python benchmarks/bench_metrics.py --frames 4 --height 256 --width 512   # quick
     python benchmarks/bench_metrics.py --frames 4 --height 256 --width 512 --score sigmoid20
+    python benchmarks/bench_metrics.py --frames 10 --height 512 --width 1024 --busy 2   # under CPU load
+
+``--compare-official`` instead measures how far the official SegmentMeIfYouCan aggregation
+(per-frame 768 percentile bins, its best-F1 threshold) is from the exact definitions, on the
+synthetic frames or, with ``--road-anomaly DIR``, on the Road Anomaly labels with a synthetic score:
+
+    python benchmarks/bench_metrics.py --compare-official --frames 20 --height 512 --width 1024
+    python benchmarks/bench_metrics.py --compare-official --road-anomaly ../shared/datasets/road_anomaly
+
+``--busy N`` runs N processes that spin on the CPU beside the timing (standing in for busy
+data-loader workers) and reports the load average.
 """
 
 from __future__ import annotations
@@ -49,6 +60,82 @@ def make_frame(seed: int, height: int, width: int, ood_fraction: float, num_clas
     target = ood.to(torch.uint8)
     target[: height // 12] = 255
     return SCORES[score](scores), target
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def start_busy(n: int) -> list:
+    """Start ``n`` processes that keep a CPU core busy until terminated."""
+    import multiprocessing as mp
+
+    procs = [mp.get_context("fork").Process(target=_spin, daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0 if n else 0.0)  # let them take the cores
+    return procs
+
+
+def road_anomaly_frames(root: str, scale: int = 2):
+    """Road Anomaly labels (>= 2: anomaly; downscaled ``scale`` times, nearest) with a synthetic score.
+
+    The score is smooth noise plus a blurred copy of the anomaly mask through a sigmoid: a detector
+    that finds the objects with uncertain borders and scattered false alarms.
+    """
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    names = json.loads((Path(root) / "frame_list.json").read_text())
+    for i, name in enumerate(names):
+        stem = Path(name).stem
+        label = np.array(Image.open(Path(root) / "frames" / f"{stem}.labels" / "labels_semantic.png"))
+        target = torch.from_numpy((label >= 2).astype(np.uint8))[::scale, ::scale].contiguous()
+        g = torch.Generator().manual_seed(i)
+        h, w = target.shape
+        noise = F.avg_pool2d(torch.randn(1, 1, h, w, generator=g), 15, 1, 7)[0, 0] * 15  # std about 1
+        soft = F.avg_pool2d(target[None, None].float(), 9, 1, 4)[0, 0]
+        yield torch.sigmoid(noise + 2.5 * soft - 1.5), target
+
+
+def compare_official(args) -> None:
+    """Print exact vs official values (pixel and component metrics) and their differences."""
+    from synthrel_lightning.metrics import ComponentMetrics, PixelOODMetrics
+
+    if args.road_anomaly:
+        frames = list(road_anomaly_frames(args.road_anomaly))
+        what = f"Road Anomaly labels ({len(frames)} frames at half size) with a synthetic score"
+    else:
+        frames = [
+            make_frame(i, args.height, args.width, args.ood_fraction, score=args.score) for i in range(args.frames)
+        ]
+        what = f"{len(frames)} synthetic {args.height}x{args.width} frames, {args.score} scores"
+    exact, official = PixelOODMetrics(mode="exact"), PixelOODMetrics(aggregation="official")
+    for scores, target in frames:
+        exact.update(scores, target)
+        official.update(scores, target)
+    pixel = {"exact": exact.compute(), "official": official.compute()}
+    comps = {
+        "exact": ComponentMetrics(threshold=float(pixel["exact"]["best_f1_threshold"])),
+        "official": ComponentMetrics(aggregation="official", threshold=float(pixel["official"]["best_f1_threshold"])),
+    }
+    for scores, target in frames:
+        for metric in comps.values():
+            metric.update(scores, target)
+    values = {
+        k: {**{n: float(v) for n, v in pixel[k].items()}, **{n: float(v) for n, v in comps[k].compute().items()}}
+        for k in ("exact", "official")
+    }
+    print(f"## Exact vs official SegmentMeIfYouCan aggregation: {what}\n")
+    print("| value | exact | official | official - exact |")
+    print("|---|---|---|---|")
+    for key in ("ap", "auroc", "fpr95", "best_f1", "best_f1_threshold", "siou", "ppv", "mean_f1"):
+        a, b = values["exact"][key], values["official"][key]
+        print(f"| {key} | {a:.6f} | {b:.6f} | {b - a:+.2e} |")
 
 
 def state_bytes(metric) -> int:
@@ -158,8 +245,24 @@ def main() -> None:
         default="torchmetrics",
         help="the exact reference: torchmetrics (timed) or PixelOODMetrics(mode='exact')",
     )
+    parser.add_argument("--busy", type=int, default=0, help="spinning processes beside the timing (CPU load)")
+    parser.add_argument("--compare-official", action="store_true", help="exact vs official aggregation")
+    parser.add_argument("--road-anomaly", default=None, help="with --compare-official: the Road Anomaly folder")
     args = parser.parse_args()
+    if args.compare_official:
+        compare_official(args)
+        return
     exact_frames = args.exact_frames or args.frames
+    busy = start_busy(args.busy)
+    try:
+        report(args, exact_frames)
+    finally:
+        for p in busy:
+            p.terminate()
+
+
+def report(args, exact_frames: int) -> None:
+    """Time both metrics and print the markdown report."""
 
     small = run_binned(min(args.memory_frames, args.frames), args)
     binned = run_binned(args.frames, args)
@@ -178,7 +281,8 @@ def main() -> None:
     )
     print(
         f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}\n"
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"{args.busy} busy processes beside it, load average {os.getloadavg()[0]:.1f} at the end\n"
     )
     print("| metric | frames | wall time (s) | state memory (MB) | peak RSS (MB) |")
     print("|---|---|---|---|---|")

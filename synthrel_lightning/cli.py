@@ -4,12 +4,14 @@
 :class:`~synthrel_lightning.models.OODSegmenter` (or any LightningModule) and any
 LightningDataModule (see :mod:`synthrel_lightning.trainer_cli`); they need ``--config``.
 ``demo`` runs ``fit`` on the packaged demo configuration (``synthrel_lightning/configs/demo.yaml``,
-also reachable as ``--config demo``), as does ``fit`` given no argument at all. The tools in
-:data:`TOOLS` have their own options (``python -m synthrel_lightning <tool> --help``).
+also reachable as ``--config demo``). The tools in :data:`TOOLS` have their own options
+(``python -m synthrel_lightning <tool> --help``).
 
-Configuration errors of the trainer subcommands print one short message leading with the cause
-and exit with status 2; ``--verbose`` (or ``SYNTHREL_VERBOSE=1``) adds the full report. The
-package's log records (INFO and up) are shown on stderr for every subcommand.
+Every command has one error path (:func:`guarded`): a bad option, an unreadable configuration file,
+a missing or corrupt checkpoint, a bad dataset, a missing optional dependency or an accelerator
+that is not there prints ``error: <command>: <cause>``, the cause in one line, and exits with
+status 2; ``--verbose`` (or ``SYNTHREL_VERBOSE=1``) adds the full report. The package's log records
+(INFO and up) are shown on stderr for every subcommand, on global rank 0 (warnings on every rank).
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 """The packaged demo configuration: ``demo`` runs it; ``--config demo`` names it."""
@@ -55,9 +61,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Show the package's log records (INFO and up) on stderr as ``LEVEL module: message``, once per process."""
+    """Show the package's log records (INFO and up) on stderr as ``LEVEL module: message``, once per process.
+
+    Processes other than global rank 0 show warnings and errors only, so a report prints once per run.
+    """
+    from synthrel_lightning.ranks import global_rank
+
     logger = logging.getLogger("synthrel_lightning")
-    logger.setLevel(level)
+    logger.setLevel(level if global_rank() == 0 else max(level, logging.WARNING))
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -70,7 +81,7 @@ def _has_config(args: list[str]) -> bool:
 
 def _resolve_demo_config(args: list[str]) -> list[str]:
     """Replace ``--config demo`` by the packaged demo configuration's path (unless a file ``demo`` exists)."""
-    if Path("demo").exists():
+    if Path("demo").is_file():
         return args
     out = list(args)
     for i, a in enumerate(out):
@@ -121,12 +132,12 @@ def main(args: list[str] | None = None) -> None:
         return
     configure_logging()
     sub = args[0]
-    if sub in TOOLS:
-        import_module(TOOLS[sub]).main(args[1:])
-        return
     verbose = "--verbose" in args or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     args = [a for a in args if a != "--verbose"]
-    if sub == "demo" or (sub == "fit" and len(args) == 1):
+    if sub in TOOLS:
+        guarded(sub, lambda: _check_config_files(args[1:]) or import_module(TOOLS[sub]).main(args[1:]), verbose)
+        return
+    if sub == "demo":
         print(
             f"Running the embedded demo (procedural street scenes, written under outputs/demo unless "
             f"--data.init_args.root says otherwise); configuration: {DEMO_CONFIG}",
@@ -134,7 +145,7 @@ def main(args: list[str] | None = None) -> None:
         )
         args = ["fit", "--config", str(DEMO_CONFIG), *args[1:]]
     elif sub not in TRAINER_SUBCOMMANDS:
-        raise SystemExit(f"unknown subcommand {sub!r}\n\n{_usage()}")
+        _fail(f"unknown subcommand {sub!r}; expected one of demo, {', '.join(TRAINER_SUBCOMMANDS + tuple(TOOLS))}")
     rest = args[1:]
     asks_help = bool(rest) and all(a in ("-h", "--help") for a in rest)
     names_model = any(a == "--model" or a.startswith("--model=") for a in rest)
@@ -142,25 +153,109 @@ def main(args: list[str] | None = None) -> None:
         _fail(_missing_config(sub), "", verbose)
     args = _resolve_demo_config(args)
     from synthrel_lightning.runs import current_run_id
-    from synthrel_lightning.trainer_cli import ConfigurationError, run
+    from synthrel_lightning.trainer_cli import run
 
     current_run_id(fresh=True)
     if from_argv:
         # LightningCLI reads sys.argv itself (and warns when given both).
         sys.argv = [sys.argv[0], *args]
-    from synthrel_lightning.checkpoints import CheckpointError
-    from synthrel_lightning.data.io import DatasetError
+    guarded(args[0], lambda: _check_config_files(args[1:]) or run(None if from_argv else args), verbose)
+
+
+class CommandError(SystemExit):
+    """Exit status 2 after ``error: <cause>`` was printed; ``str()`` gives the cause (for callers and tests)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input or a bad environment (not a bug): reported in one line."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    return (ValueError, OSError, MisconfigurationException)
+
+
+def _prefixed(sub: str, message: str) -> tuple[str, str]:
+    """``(<sub>: <first line>, the rest)`` of a message (a leading ``error:`` or ``<sub>:`` is not repeated)."""
+    text = message.strip()
+    text = text[len("error:") :].strip() if text.startswith("error:") else text
+    first, _, rest = text.partition("\n")
+    first = first.strip() or "failed"
+    return (first if first.startswith(f"{sub}:") or first.startswith(f"{sub} ") else f"{sub}: {first}"), rest
+
+
+def _missing_dependency(err: ImportError) -> str:
+    name = (getattr(err, "name", None) or str(err)).split(".")[0]
+    return (
+        f"a package this needs is not installed: {name} ({err}); install it (pip install {name}) or the "
+        "optional extra that provides it"
+    )
+
+
+def guarded(sub: str, command: Callable[[], T], verbose: bool = False) -> T:
+    """Run ``command`` (the body of subcommand ``sub``) so that every failure of its input or environment prints
+    ``error: <sub>: <cause>`` in one line (the full report with ``verbose``) and exits with status 2.
+
+    Bugs (any other exception) keep their traceback; ``SystemExit`` with a number (e.g. 1 after a
+    report listing failed models, or 128 + signal) passes through.
+    """
+    from argparse import ArgumentError
+
+    from synthrel_lightning.trainer_cli import ConfigurationError, concise_cause
 
     try:
-        run(None if from_argv else args)
+        return command()
+    except CommandError:
+        raise
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            cause, rest = _prefixed(sub, exc.code)
+            _fail(cause, rest, verbose)
+        raise
     except ConfigurationError as err:
-        _fail(f"{args[0]}: {err.cause}", err.details, verbose)
-    except (DatasetError, CheckpointError) as err:
-        # Bad input found while running: the message names the file and what was expected.
-        _fail(f"{args[0]}: {err}", traceback.format_exc(), verbose)
+        _fail(_prefixed(sub, err.cause)[0], err.details, verbose)
+    except ArgumentError as err:
+        _fail(_prefixed(sub, concise_cause(str(err)))[0], str(err), verbose)
+    except ImportError as err:
+        _fail(f"{sub}: {_missing_dependency(err)}", traceback.format_exc(), verbose)
+    except _user_errors() as err:
+        cause, _ = _prefixed(sub, str(err) or type(err).__name__)
+        _fail(cause, traceback.format_exc(), verbose)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _fail(cause: str, details: str, verbose: bool) -> None:
+def _check_config_files(args: list[str]) -> None:
+    """Read each ``--config`` YAML file named in ``args``: a syntax error names the file, line and column."""
+    import yaml
+
+    from synthrel_lightning.trainer_cli import ConfigurationError
+
+    paths = [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths += [args[i + 1] for i, a in enumerate(args[:-1]) if a in CONFIG_FLAGS]
+    for name in paths:
+        path = Path(name)
+        if not path.is_file():
+            continue
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigurationError(f"{path}: not a text (UTF-8) file ({err.reason} at byte {err.start})") from err
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = " ".join(str(getattr(err, "problem", "") or err).split())
+            context = " ".join(str(getattr(err, "context", "") or "").split())
+            raise ConfigurationError(
+                f"{path}: not valid YAML{where}: {problem}" + (f" ({context})" if context else ""), str(err)
+            ) from err
+
+
+def _fail(cause: str, details: str = "", verbose: bool = False) -> Any:
     """Print ``error: <cause>`` (and the full report when verbose) and exit with status 2."""
     lines = [f"error: {cause}"]
     if details and verbose:
@@ -168,4 +263,4 @@ def _fail(cause: str, details: str, verbose: bool) -> None:
     elif details:
         lines.append(f"(full report: add --verbose or set {VERBOSE_ENV}=1)")
     print("\n".join(lines), file=sys.stderr)
-    raise SystemExit(2)
+    raise CommandError(cause)

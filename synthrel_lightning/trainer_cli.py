@@ -13,15 +13,20 @@ On top of Lightning's :class:`~lightning.pytorch.cli.LightningCLI`:
   rule), except ``prediction_dir``, an output setting, which is honoured; other replaced
   settings are reported in a warning;
 - each command closes its wandb runs when it ends, so commands run in one process stay separate runs;
-- configuration errors (bad option values, constructors that reject their arguments) raise
-  :class:`ConfigurationError`, whose message leads with the cause.
+- configuration errors (bad option values, constructors that reject their arguments, a missing or
+  unreadable ``--ckpt_path``) raise :class:`ConfigurationError`, whose message leads with the cause;
+- options are taken only as spelt in full (``--trainer.max_epoch`` is an error, not an abbreviation),
+  and the usage names the real command (``python -m synthrel_lightning fit``).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
+import traceback
 from argparse import ArgumentError
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -34,6 +39,10 @@ from synthrel_lightning.runs import current_run_id, run_dir
 log = logging.getLogger(__name__)
 
 TRAINER_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+PROG = "python -m synthrel_lightning"
+"""How the trainer subcommands are started (their usage lines say so, not ``__main__.py``)."""
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+"""``--ckpt_path`` values Lightning resolves itself (not file names)."""
 OUTPUT_SETTINGS = ("prediction_dir",)
 """Model settings that say where to write, not what the model is: kept over a checkpoint's."""
 
@@ -105,7 +114,16 @@ class RunConfig(SaveConfigCallback):
     """Writes the merged configuration into the run's own folder and logs it to every logger's hyperparameters."""
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Once per run, on rank zero: ``<run folder>/config.yaml`` and ``log_hyperparams(config)`` on each logger."""
+        """Once per run, on rank zero: ``<run folder>/config.yaml`` and ``log_hyperparams(config)`` on each logger.
+
+        The configuration holds the module's and datamodule's arguments (under ``model`` and
+        ``data``): Lightning's own logging of their hyperparameters is switched off, so they are not
+        logged a second time as flat keys (where the module's ``optimizer`` replaced the
+        configuration's top-level ``optimizer``).
+        """
+        pl_module._log_hyperparams = False
+        if trainer.datamodule is not None:
+            trainer.datamodule._log_hyperparams = False
         if self.already_saved:
             return
         if trainer.is_global_zero:
@@ -118,6 +136,34 @@ class RunConfig(SaveConfigCallback):
             log.info("run folder: %s", folder)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+
+_NULLS = ("null", "Null", "NULL", "~", "None")
+"""YAML's spellings of a null value (and Python's, as users type it)."""
+
+
+def restore_nulls(config: Any, args: list[str]) -> None:
+    """Set to None each option of ``args`` given as ``null`` that the parser turned into the string ``"None"``.
+
+    jsonargparse (4.x) parses an option two classes deep (``--model.init_args.segmenter.init_args.x=null``)
+    by formatting the value it already parsed back into ``--x=None``, so ``null`` arrives as the
+    string ``"None"`` (e.g. ``encoder_weights='None'``, which segmentation-models-pytorch then tries
+    to download). Only options the user gave as a null literal and that hold exactly ``"None"`` change.
+    """
+    for i, arg in enumerate(args):
+        if not arg.startswith("--"):
+            continue
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            value = args[i + 1] if i + 1 < len(args) else ""
+        if value.strip() not in _NULLS or key.count("init_args") < 2:
+            continue
+        try:
+            current = config.get(key)
+        except (KeyError, AttributeError, TypeError):
+            continue
+        if current == "None":
+            config[key] = None
 
 
 def _class_of(node: Any) -> type | None:
@@ -136,24 +182,45 @@ def _class_of(node: Any) -> type | None:
 class SynthrelCLI(LightningCLI):
     """LightningCLI with per-run folders, complete logged settings and cause-first errors (see module docstring)."""
 
+    def _add_subcommands(self, parser: Any, **kwargs: Any) -> None:
+        """Lightning's subcommands, each with the usage line of the command that runs it."""
+        super()._add_subcommands(parser, **kwargs)
+        for name, subparser in self._subcommand_parsers.items():
+            subparser.prog = f"{PROG} {name}"
+
     def parse_arguments(self, parser: Any, args: Any) -> None:
-        """Parse; a rejected option becomes a :class:`ConfigurationError`."""
+        """Parse; a rejected option becomes a :class:`ConfigurationError`; ``null`` reaches nested classes as None."""
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
             raise ConfigurationError(concise_cause(str(err)), str(err)) from err
+        given = [str(a) for a in (sys.argv[1:] if args is None else args)]
+        if given and given[0] in TRAINER_SUBCOMMANDS and self.config.get(given[0]) is not None:
+            restore_nulls(self.config[given[0]], given[1:])
+        elif given:
+            restore_nulls(self.config, given)
 
     def _parse_ckpt_path(self) -> None:
-        """Lightning's checkpoint-settings rule, keeping output settings and reporting what the checkpoint replaced."""
+        """Lightning's checkpoint-settings rule, keeping output settings and reporting what the checkpoint replaced.
+
+        A ``--ckpt_path`` that names no file, or a file that is not a readable checkpoint, is a
+        :class:`ConfigurationError` naming the file, raised before anything is built or run.
+        """
         sub = self.config.get("subcommand")
         if not sub or not self.config[sub].get("ckpt_path"):
             return
+        ckpt = str(self.config[sub].get("ckpt_path"))
+        local = "://" not in ckpt and ckpt.split(":")[0] not in SPECIAL_CKPT_PATHS
+        if local and not Path(ckpt).is_file():
+            raise ConfigurationError(f"--ckpt_path {ckpt}: no such checkpoint file")
         given = self._model_args(sub)
         before = given.as_dict() if given is not None else None
         try:
             super()._parse_ckpt_path()
         except SystemExit as err:
             raise ConfigurationError("the checkpoint's model settings do not fit this model configuration") from err
+        except Exception as err:
+            raise ConfigurationError(_unreadable_checkpoint(ckpt, err), traceback.format_exc()) from err
         after = self._model_args(sub)
         if before is None or after is None:
             return
@@ -213,13 +280,29 @@ class SynthrelCLI(LightningCLI):
         """Instantiate; a constructor that rejects its configuration becomes a :class:`ConfigurationError`."""
         try:
             super().instantiate_classes()
-        except (ValueError, TypeError, KeyError, FileNotFoundError, ImportError) as err:
+        except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
             raise ConfigurationError(concise_cause(str(err)), str(err)) from err
+
+
+def _unreadable_checkpoint(path: str, err: Exception) -> str:
+    """The cause, naming ``path``, of a checkpoint that Lightning could not read (``err``)."""
+    from synthrel_lightning.checkpoints import CheckpointError, load_checkpoint
+
+    try:
+        load_checkpoint(path, who="--ckpt_path")
+    except CheckpointError as named:
+        # The trainer commands load tensors-only checkpoints; the opt-in belongs to the tools.
+        return str(named).split(" If you trust its origin")[0]
+    except Exception:  # noqa: BLE001 - the original error is the one to report
+        pass
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"--ckpt_path: checkpoint {path} cannot be read ({type(err).__name__}: {first})"
 
 
 def run(args: list[str] | None) -> SynthrelCLI:
     """Run the trainer CLI on ``args`` (subcommand first; ``None`` reads ``sys.argv``)."""
-    no_exit = {"exit_on_error": False}
+    main_kwargs = {"exit_on_error": False, "allow_abbrev": False, "prog": PROG}
+    sub_kwargs = {sub: {"exit_on_error": False, "allow_abbrev": False} for sub in TRAINER_SUBCOMMANDS}
     return SynthrelCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
@@ -228,9 +311,9 @@ def run(args: list[str] | None) -> SynthrelCLI:
         seed_everything_default=0,
         save_config_callback=RunConfig,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={**no_exit, **{sub: dict(no_exit) for sub in TRAINER_SUBCOMMANDS}},
+        parser_kwargs={**main_kwargs, **sub_kwargs},
         args=args,
     )
 
 
-__all__ = ["ConfigurationError", "RunConfig", "SynthrelCLI", "concise_cause", "run"]
+__all__ = ["ConfigurationError", "RunConfig", "SynthrelCLI", "concise_cause", "restore_nulls", "run"]

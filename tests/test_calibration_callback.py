@@ -328,6 +328,7 @@ def test_real_ood_segmenter_on_demo_scenes(tmp_path: Path) -> None:
         "batch_size": 2,
         "eval_batch_size": 2,
         "num_workers": 0,
+        "val_outliers": False,  # one validation set: the clean demo frames
     }
     model = OODSegmenter(TinySegmenter(num_classes=19, width=8, depth=3))
     callback = TemperatureScaling(set_name="demo", method="ece_grid", when="validation_end", grid=(0.5, 10.0, 0.25))

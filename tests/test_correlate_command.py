@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from argparse import ArgumentError
 
 import pytest
 import torch
@@ -258,7 +259,7 @@ def test_options_come_from_the_library_signature() -> None:
         ]
     )
     assert cfg.interval == "auto" and cfg.trust_checkpoint is False and cfg.pairs[0].metrics == ["miou"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(ArgumentError, match="interval"):
         build_parser().parse_args(
             ["--zoo=[{name: a}]", "--data=lightning.LightningDataModule", "--pairs=[]", "--interval=percentile"]
         )
@@ -298,3 +299,35 @@ def test_multi_process_evaluation_saves_no_partial_frame_statistics(tiny_zoo, tm
     assert 0.0 <= metrics["demo_train"]["miou"] <= 1.0
     assert not (tmp_path / "frame_stats").exists()
     assert any("per-frame statistics are not saved with 2 processes" in m for m in caplog.messages)
+
+
+def test_processes_other_than_global_rank_zero_evaluate_but_write_and_print_nothing(
+    tiny_zoo, tmp_path, monkeypatch, capsys
+) -> None:
+    """One report per run: the study's correlation/report stage runs on global rank 0 only."""
+    config = yaml.safe_load((tiny_zoo / "zoo.yaml").read_text())
+    config["zoo"] = config["zoo"][:2]
+    for entry in config["zoo"]:
+        # (Lightning's own rank-zero guard of the metrics summary reads the rank of a real launch.)
+        entry["model"]["init_args"]["summary"] = False
+    config["output_dir"] = str(tmp_path / "out")
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(config))
+    evaluated = []
+    from synthrel_lightning.correlation import evaluate
+
+    real_call = evaluate.TrainerEvaluator.__call__
+
+    def counting(self, entry):
+        evaluated.append(entry.name)
+        return real_call(self, entry)
+
+    monkeypatch.setattr(evaluate.TrainerEvaluator, "__call__", counting)
+    monkeypatch.setenv("SLURM_PROCID", "1")  # the second task of an srun job
+    for name in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    report = main(["--config", str(tmp_path / "zoo.yaml")])
+    assert evaluated == ["m0", "m1"]  # it took part in every evaluation
+    assert not report.primary and report.correlations == []
+    assert not (tmp_path / "out" / "results.json").exists()
+    assert not (tmp_path / "out" / "correlations.json").exists()
+    assert capsys.readouterr().out == ""

@@ -254,7 +254,7 @@ def test_caption_file_drives_prompts_and_missing_frames(
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"image": "aachen_000000_000019_leftImg8bit.png", "text": "x"}) + "\n")
     cfg = write_config(tmp_path / "d.yaml", tmp_path / "out", cityscapes_mini, tiny_controlnet, captions=str(other))
-    with pytest.raises(ValueError, match=rf"no caption for 1 of 1 frames \(first: {STEM}\)"):
+    with pytest.raises(SystemExit, match=rf"no caption for 1 of 1 frames \(first: {STEM}\)"):  # exit status 2
         run(["--config", str(cfg)], capsys)
     summary = run(
         ["--config", str(cfg), "--on_missing_caption", "generic", "--crop", "square", "--resolution", "32"], capsys

@@ -130,6 +130,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
         "paths",
         "png_check",
         "predict_loop",
+        "ranks",
         "runs",
         "seeding",
     ),
@@ -244,7 +245,6 @@ def test_the_house_checks_catch_an_arrow_back_up_and_a_circle() -> None:
 # Modules still over the limit, each awaiting its split: none may grow, and one back under the
 # limit must leave this list.
 AWAITING_SPLIT: dict[str, int] = {
-    "data/datamodule.py": 489,
     "data/transforms.py": 485,
     "generators/domain_generation.py": 511,
     "synthesis/bank.py": 505,

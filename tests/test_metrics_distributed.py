@@ -10,7 +10,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from synthrel_lightning.metrics import CalibrationMetrics, ComponentMetrics, PixelOODMetrics, SegmentationIoU
+from synthrel_lightning.metrics import (
+    CalibrationMetrics,
+    ComponentMetrics,
+    MisclassificationMetrics,
+    PixelOODMetrics,
+    SegmentationIoU,
+)
 
 
 def _data(seed: int) -> dict[str, torch.Tensor]:
@@ -27,11 +33,13 @@ def _data(seed: int) -> dict[str, torch.Tensor]:
 
 def _metrics() -> dict[str, torch.nn.Module]:
     return {
-        "pixel": PixelOODMetrics(num_bins=1 << 12),
+        "pixel": PixelOODMetrics(num_bins=1 << 12, fallback_pixels=0),
         "pixel_exact": PixelOODMetrics(mode="exact"),
         "components": ComponentMetrics(threshold=1.0, min_pred_size=5, min_gt_size=5),
         "calibration": CalibrationMetrics(),
         "iou": SegmentationIoU(num_classes=5, class_names=list("abcde")),
+        "misclassification": MisclassificationMetrics(num_bins=1 << 12),
+        "misclassification_exact": MisclassificationMetrics(mode="exact"),
     }
 
 
@@ -43,6 +51,8 @@ def _run(metrics: dict, seeds: list[int]) -> dict[str, dict[str, float]]:
         metrics["components"].update(d["scores"], d["ood"])
         metrics["calibration"].update(d["logits"], d["semantic"])
         metrics["iou"].update(d["logits"], d["semantic"])
+        metrics["misclassification"].update(d["logits"], d["semantic"])
+        metrics["misclassification_exact"].update(d["logits"], d["semantic"])
     out = {name: {k: float(v) for k, v in m.compute().items()} for name, m in metrics.items()}
     # raw states are local again after compute(); read the pooled counts inside a sync
     with metrics["components"].sync_context():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from synthrel_lightning.metrics import NotComputableError, PixelOODMetrics, pixel_ood_metrics
+from synthrel_lightning.metrics.score_bins import split_state
 from synthrel_lightning.scores import ood_score
 
 
@@ -64,7 +65,7 @@ def test_binned_and_exact_match_sklearn(batches, score: str) -> None:
         lo, hi = float(all_s.min()), float(all_s.max())
         assert lo < -20 and hi > -3, (lo, hi)  # an unbounded, realistic range
     ref = sklearn_reference(all_s, all_t)
-    binned, exact = PixelOODMetrics(), PixelOODMetrics(mode="exact")
+    binned, exact = PixelOODMetrics(fallback_pixels=0), PixelOODMetrics(mode="exact")
     for s, t in zip(scores, targets):
         binned.update(s, t)
         exact.update(s, t)
@@ -83,7 +84,7 @@ def test_ties_and_float16_quantised_scores(batches) -> None:
     assert scores.unique().numel() < scores.numel() // 10
     ref = sklearn_reference(scores, target)
     exact = pixel_ood_metrics(scores, target)
-    m = PixelOODMetrics()
+    m = PixelOODMetrics(fallback_pixels=0)
     m.update(scores, target)
     out = m.compute()
     for key in TOL:
@@ -155,7 +156,7 @@ KINDS = [
 def test_binned_within_1e4_of_sklearn_on_every_score_kind(kind: str) -> None:
     scores, target = score_kind(kind)
     ref = sklearn_all(scores, target)
-    binned, exact = PixelOODMetrics(), PixelOODMetrics(mode="exact")
+    binned, exact = PixelOODMetrics(fallback_pixels=0), PixelOODMetrics(mode="exact")
     for chunk_s, chunk_t in zip(scores.chunk(4), target.chunk(4)):
         binned.update(chunk_s, chunk_t)
         exact.update(chunk_s, chunk_t)
@@ -187,7 +188,7 @@ def test_exact_mode_keeps_float64() -> None:
     assert float(out["auroc"]) == 1.0 and float(out["ap"]) == 1.0
     assert float(out["best_f1_threshold"]) == 0.5 + 2e-9
     assert float(pixel_ood_metrics(scores, target)["auroc"]) == 1.0
-    binned = PixelOODMetrics()
+    binned = PixelOODMetrics(fallback_pixels=0)
     binned.update(scores, target)
     assert float(binned.compute()["auroc"]) == 1.0
 
@@ -200,7 +201,7 @@ def test_centres_and_signed_zero() -> None:
     g = torch.Generator().manual_seed(0)
     target = torch.randint(0, 2, scores.shape, generator=g)
     exact = pixel_ood_metrics(scores, target)
-    binned = PixelOODMetrics()
+    binned = PixelOODMetrics(fallback_pixels=0)
     binned.update(scores, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # float64 ties 15 values apart: the bound cannot tell them from spreads
@@ -215,7 +216,7 @@ def test_centres_and_signed_zero() -> None:
 def test_best_f1_threshold_reproduces_best_f1(batches, kwargs) -> None:
     scores = torch.cat([ood_score("energy", z) for z, _ in batches])
     target = torch.cat([t for _, t in batches])
-    m = PixelOODMetrics(**kwargs)
+    m = PixelOODMetrics(fallback_pixels=0, **kwargs)
     m.update(scores, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 5000 bins lose resolution on purpose
@@ -231,7 +232,7 @@ def test_best_f1_threshold_reproduces_best_f1(batches, kwargs) -> None:
 def test_lost_resolution_warns_with_a_bound_that_holds() -> None:
     scores, target = score_kind("max_logit 10z", n=100_000)
     ref = sklearn_all(scores, target)
-    m = PixelOODMetrics(num_bins=256)
+    m = PixelOODMetrics(fallback_pixels=0, num_bins=256)
     m.update(scores, target)
     with pytest.warns(UserWarning, match=r"may differ from an exact sort by up to auroc .* more num_bins"):
         out = m.compute()
@@ -249,15 +250,15 @@ def test_state_does_not_depend_on_order_split_or_merge() -> None:
     parts = [score_kind(kind, n=20_000, seed=i) for i, kind in enumerate(["energy", "sigmoid(20z)", "z*1e12"])]
     scores = torch.cat([s.double() for s, _ in parts])
     target = torch.cat([t for _, t in parts])
-    single = PixelOODMetrics(num_bins=4096)
+    single = PixelOODMetrics(fallback_pixels=0, num_bins=4096)
     single.update(scores, target)
     perm = torch.randperm(scores.numel(), generator=torch.Generator().manual_seed(1))
-    streamed = PixelOODMetrics(num_bins=4096)
+    streamed = PixelOODMetrics(fallback_pixels=0, num_bins=4096)
     for idx in perm.chunk(7):
         streamed.update(scores[idx], target[idx])
     assert torch.equal(single.hist, streamed.hist)
     # two "processes" with a different share each, merged as a DDP sync / forward would
-    a, b = PixelOODMetrics(num_bins=4096), PixelOODMetrics(num_bins=4096)
+    a, b = PixelOODMetrics(fallback_pixels=0, num_bins=4096), PixelOODMetrics(fallback_pixels=0, num_bins=4096)
     a.update(scores[perm[:1000]], target[perm[:1000]])
     b.update(scores[perm[1000:]], target[perm[1000:]])
     a.merge_state(b)
@@ -268,7 +269,7 @@ def test_state_does_not_depend_on_order_split_or_merge() -> None:
 
 
 def test_streaming_equals_one_batch_and_state_is_flat(batches) -> None:
-    streamed, single = PixelOODMetrics(), PixelOODMetrics()
+    streamed, single = PixelOODMetrics(fallback_pixels=0), PixelOODMetrics(fallback_pixels=0)
     sizes = []
     for z, t in batches:
         streamed.update(ood_score("energy", z), t)
@@ -281,7 +282,7 @@ def test_streaming_equals_one_batch_and_state_is_flat(batches) -> None:
 
 
 def test_bad_inputs_raise_clear_errors() -> None:
-    m = PixelOODMetrics()
+    m = PixelOODMetrics(fallback_pixels=0)
     scores = torch.rand(2, 8, 8)
     target = torch.zeros(2, 8, 8, dtype=torch.long)
     with pytest.raises(ValueError, match="does not match"):
@@ -314,7 +315,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="mode"):
         PixelOODMetrics(mode="fast")
     with pytest.raises(ValueError, match="num_bins"):
-        PixelOODMetrics(num_bins=8)
+        PixelOODMetrics(fallback_pixels=0, num_bins=8)
 
 
 @pytest.mark.parametrize("mode", ["binned", "exact"])
@@ -346,7 +347,10 @@ def test_float32_path_counts_like_the_float64_keys(case: str) -> None:
         scores, target = score_kind("max_logit 10z" if case == "coarse" else case, n=50_000)
         scores = scores.float()
     target[:100] = 255
-    fast, wide = PixelOODMetrics(num_bins=num_bins), PixelOODMetrics(num_bins=num_bins)
+    fast, wide = (
+        PixelOODMetrics(fallback_pixels=0, num_bins=num_bins),
+        PixelOODMetrics(fallback_pixels=0, num_bins=num_bins),
+    )
     for s, t in zip(scores.chunk(3), target.chunk(3)):
         fast.update(s, t)
         wide.update(s.double(), t)
@@ -356,3 +360,65 @@ def test_float32_path_counts_like_the_float64_keys(case: str) -> None:
         exact = pixel_ood_metrics(scores, target)
         out = fast.compute()
     assert abs(float(out["auroc"]) - float(exact["auroc"])) <= fast.resolution["auroc"] + 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spread", [1e2, 1e6, 1e12])
+def test_far_apart_clusters_switch_to_the_exact_path_and_say_so(spread: float, dtype: torch.dtype) -> None:
+    # z + s * Bernoulli(0.5): two clusters s apart; one bin layout cannot resolve both at large s
+    g = torch.Generator().manual_seed(0)
+    n = 100_000
+    target = (torch.rand(n, generator=g) < 0.05).long()
+    z = torch.randn(n, generator=g, dtype=torch.float64) + 2.0 * target
+    scores = (z + spread * (torch.rand(n, generator=g) < 0.5).double()).to(dtype)
+    ref = sklearn_all(scores, target)
+    metric = PixelOODMetrics()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for chunk_s, chunk_t in zip(scores.chunk(4), target.chunk(4)):
+            metric.update(chunk_s, chunk_t)
+        out = metric.compute()
+    for key, value in ref.items():
+        assert abs(float(out[key]) - value) <= 1e-4, (key, float(out[key]), value)
+    if metric.exact_fallback is not None:  # it said so, once, and the values are the exact sort's
+        assert [str(w.message) for w in caught if "switched to the exact path" in str(w.message)] != []
+        assert metric.resolution == dict.fromkeys(("auroc", "ap", "fpr95", "best_f1"), 0.0)
+    if spread >= 1e6:
+        assert metric.exact_fallback is not None and "far-apart" in metric.exact_fallback
+    # without the fallback the bins alone are off by more than the tolerance, and warn
+    binned_only = PixelOODMetrics(fallback_pixels=0)
+    for chunk_s, chunk_t in zip(scores.chunk(4), target.chunk(4)):
+        binned_only.update(chunk_s, chunk_t)
+    if spread >= 1e6 and dtype == torch.float64:
+        with pytest.warns(UserWarning, match="may differ from an exact sort"):
+            binned_values = binned_only.compute()
+        assert abs(float(binned_values["ap"]) - ref["ap"]) > 1e-3
+
+
+def test_the_fallback_ends_when_the_set_outgrows_it() -> None:
+    g = torch.Generator().manual_seed(1)
+    target = (torch.rand(4, 5000, generator=g) < 0.05).long()
+    scores = torch.randn(4, 5000, generator=g, dtype=torch.float64) + 2.0 * target
+    scores += 1e6 * (torch.rand(4, 5000, generator=g) < 0.5)
+    metric = PixelOODMetrics(fallback_pixels=12_000)
+    with pytest.warns(UserWarning, match="switched to the exact path"):
+        metric.update(scores[0], target[0])
+    metric.update(scores[1], target[1])
+    with pytest.warns(UserWarning, match="binned again"):
+        metric.update(scores[2], target[2])
+    metric.update(scores[3], target[3])
+    assert len(metric.scores) == 0 and int(split_state(metric.hist)[0].sum()) == 20_000
+    with pytest.warns(UserWarning, match="may differ from an exact sort"):
+        metric.compute()
+
+
+def test_forward_keeps_every_pixel_with_the_fallback_armed() -> None:
+    scores, target = score_kind("max_logit 10z", n=40_000)
+    streamed, whole = PixelOODMetrics(), PixelOODMetrics()
+    for chunk_s, chunk_t in zip(scores.chunk(4), target.chunk(4)):
+        streamed(chunk_s, chunk_t)  # forward: a batch value and the accumulated state
+    whole.update(scores, target)
+    assert {k: float(v) for k, v in streamed.compute().items()} == pytest.approx(
+        {k: float(v) for k, v in whole.compute().items()}, abs=1e-4
+    )
+    assert int(streamed._pos_neg_counts().sum()) == 40_000

@@ -281,7 +281,7 @@ def test_metric_groups_are_configurable_per_set(tmp_path) -> None:
 
 
 def test_paper_protocol_averages_per_image_metrics_with_void_as_negative(tmp_path) -> None:
-    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.metrics import auc, precision_recall_curve, roc_auc_score
 
     module = OODSegmenter(TinySegmenter(width=8), ood_protocol="paper", summary=False)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
@@ -293,11 +293,29 @@ def test_paper_protocol_averages_per_image_metrics_with_void_as_negative(tmp_pat
             scores = module.score(module(batch["image"]))
             for s, o in zip(scores, batch["ood"]):
                 y = (o == 1).flatten().numpy()  # void (255) counts as negative
-                aps.append(average_precision_score(y, s.flatten().numpy()))
+                precision, recall, _ = precision_recall_curve(y, s.flatten().numpy())
+                aps.append(auc(recall, precision))  # GenVal's AUPR-in, the trapezoid area
                 aurocs.append(roc_auc_score(y, s.flatten().numpy()))
     assert out["val/objects/ap"] == pytest.approx(sum(aps) / len(aps), abs=1e-5)
     assert out["val/objects/auroc"] == pytest.approx(sum(aurocs) / len(aurocs), abs=1e-5)
-    assert "val/objects/pooled_ap" in out
+    assert "val/objects/pooled_ap" in out and "val/objects/aupr_out" in out
+
+
+def test_validate_logs_misclassification_metrics_per_set(tmp_path) -> None:
+    from synthrel_lightning.metrics import MisclassificationMetrics
+
+    module = OODSegmenter(TinySegmenter(width=8), summary=False)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    out = trainer.validate(module, datamodule=_NamedData(), verbose=False)
+    module.eval()
+    for i, loader in enumerate(_NamedData().val_dataloader()):
+        reference = MisclassificationMetrics(mode="exact")
+        with torch.no_grad():
+            for batch in loader:
+                reference.update(module(batch["image"]), batch["label"])
+        name = _NamedData.val_set_names[i]
+        for key, value in reference.compute().items():
+            assert out[i][f"val/{name}/{key}"] == pytest.approx(float(value), abs=1e-4), (name, key)
 
 
 def test_raw_transformers_segformer_is_accepted_and_unknown_outputs_are_explained() -> None:

@@ -7,7 +7,7 @@ import json
 import torch
 
 from synthrel_lightning.correlation.zoo import ZooEntry
-from synthrel_lightning.data.datamodule import DemoDataModule
+from synthrel_lightning.data import DemoDataModule
 from synthrel_lightning.study.calibration_stats import load_stats
 from synthrel_lightning.study.calibration_study import DomainPair, run_calibration_study
 

@@ -41,7 +41,12 @@ class GlobalCalibrator:
 
     def __call__(self, module: nn.Module, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Calibrated class scores of ``images`` (unscaled logits divided by T)."""
-        return _raw_logits(module, images, size) / self.temperature
+        return self.scores(module, images, size)[1]
+
+    def scores(self, module: nn.Module, images: Tensor, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """The unscaled class scores of ``images`` and the calibrated ones, from one forward pass."""
+        raw = _raw_logits(module, images, size)
+        return raw, raw / self.temperature
 
     def state(self) -> dict[str, Any]:
         """Plain values for the checkpoint."""
@@ -58,10 +63,14 @@ class ClusteredCalibrator:
 
     def __call__(self, module: nn.Module, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Calibrated class scores of ``images``."""
+        return self.scores(module, images, size)[1]
+
+    def scores(self, module: nn.Module, images: Tensor, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """The unscaled class scores of ``images`` and the calibrated ones, from one forward pass."""
         with FeatureTap(module, self.clusters.feature_module) as tap:
             logits, features = forward_with_features(module, images, tap, size)
         t = self.clusters.image_temperatures(features).to(logits)
-        return logits / t.view(-1, 1, 1, 1)
+        return logits, logits / t.view(-1, 1, 1, 1)
 
     def state(self) -> dict[str, Any]:
         """Plain values for the checkpoint."""
@@ -78,10 +87,14 @@ class LocalCalibrator:
 
     def __call__(self, module: nn.Module, images: Tensor, size: tuple[int, int] | None = None) -> Tensor:
         """Calibrated class scores of ``images``."""
+        return self.scores(module, images, size)[1]
+
+    def scores(self, module: nn.Module, images: Tensor, size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """The unscaled class scores of ``images`` and the calibrated ones, from one forward pass."""
         logits = _raw_logits(module, images, size)
         self.network.to(logits.device)
         with torch.no_grad():
-            return self.network(logits, images)
+            return logits, self.network(logits, images)
 
     def state(self) -> dict[str, Any]:
         """Plain values for the checkpoint."""

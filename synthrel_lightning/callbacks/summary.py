@@ -38,12 +38,14 @@ class MetricsSummary(Callback):
     kept in the JSON and left out of the table; the summary states the mIoU convention
     (:data:`MIOU_CONVENTION`). A datamodule exposing ``skipped_counts() -> dict[str, int]``
     (frames left out of each named set by ``on_error="skip"``) has its counts reported under
-    ``skipped_frames``.
+    ``skipped_frames``. ``epoch`` is the epoch the metrics come from, counted from 0 as Lightning
+    names checkpoints (``epoch=1-...ckpt`` after two epochs); ``epochs_completed`` counts them.
     """
 
     def __init__(self, filename: str = "metrics_summary", print_table: bool = True) -> None:
         self.filename = filename
         self.print_table = print_table
+        self._val_epoch: int | None = None
 
     def _directory(self, trainer: L.Trainer) -> Path:
         return run_dir(trainer)
@@ -53,14 +55,33 @@ class MetricsSummary(Callback):
         counts = getattr(getattr(trainer, "datamodule", None), "skipped_counts", None)
         return {str(k): int(v) for k, v in counts().items()} if callable(counts) else None
 
+    def _epochs(self, trainer: L.Trainer, stage: str) -> tuple[int, int | None]:
+        """``(epoch, epochs completed)``: the epoch the metrics come from, counted from 0 as checkpoint names count.
+
+        Known after ``fit`` only (a stand-alone validate/test reports the trainer's epoch, completed unknown).
+        """
+        if stage != "fit":
+            return int(trainer.current_epoch), None
+        # After fit, current_epoch is the number of epochs run (the index of the next one).
+        done = int(trainer.current_epoch)
+        last = self._val_epoch if self._val_epoch is not None else done - 1
+        return max(last, 0), done
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Remember the epoch of the latest validation during fit (the summary's metrics come from it)."""
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._val_epoch = int(trainer.current_epoch)
+
     @rank_zero_only
     def _write(self, trainer: L.Trainer, stage: str) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
         grouped = _group(metrics)
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        epoch, done = self._epochs(trainer, stage)
         payload: dict[str, Any] = {
             "stage": stage,
-            "epoch": trainer.current_epoch,
+            "epoch": epoch,
+            "epochs_completed": done,
             "global_step": trainer.global_step,
             "best_checkpoint": best,
             "metrics": grouped,
@@ -71,7 +92,8 @@ class MetricsSummary(Callback):
             payload["skipped_frames"] = skipped
         directory = self._directory(trainer)
         atomic_write_text(directory / f"{self.filename}.json", json.dumps(payload, indent=2, sort_keys=True))
-        lines = [f"# Metrics after {stage} (epoch {trainer.current_epoch}, step {trainer.global_step})", ""]
+        span = f"epoch {epoch} of 0..{done - 1}" if done else f"epoch {epoch}"
+        lines = [f"# Metrics after {stage} ({span}, step {trainer.global_step})", ""]
         if best:
             lines += [f"Best checkpoint: `{best}`", ""]
         for head, values in grouped.items():

@@ -136,6 +136,8 @@ class TemperatureScaling(Callback):
                 for note in self.last_fit.grid_notes:
                     log.warning("TemperatureScaling: %s", note)
         value = float(trainer.strategy.broadcast(value, src=0))
+        if getattr(pl_module, "calibrator", None) is not None:
+            pl_module.calibrator = None  # one global T replaces an earlier clustered/local calibrator
         with torch.no_grad():
             buffer.fill_(value)
         self.temperature = value
@@ -163,6 +165,9 @@ class TemperatureScaling(Callback):
         self.calibration_state = state
         self.calibrator = calibrator_from_state(state, where="TemperatureScaling")
         self.temperature = 1.0
+        if hasattr(pl_module, "calibrator"):
+            # The OOD segmenter applies it in its evaluation and prediction from now on (and saves it).
+            pl_module.calibrator = self.calibrator
         return 1.0
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sys
 
 from jsonargparse import ArgumentParser
 
 from synthrel_lightning.calibration import CalibrationReport, calibrate
 from synthrel_lightning.checkpoints import CheckpointError
-from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
-
-_RECIPE_ONLY = ("trainer", "optimizer", "lr_scheduler", "seed_everything", "weights_only")
-"""Sections of a training recipe (and of the config.yaml a fit run saves) that calibration reads past."""
+from synthrel_lightning.commands._parsing import function_parser, ignore_fit_only_keys, parse_kwargs
 
 
 def build_parser() -> ArgumentParser:
@@ -24,7 +21,7 @@ def build_parser() -> ArgumentParser:
         description=(
             "Fit one temperature on a named validation set for a checkpoint and write a calibrated copy. "
             "Reads the training recipe's model and data sections (or a fit run's config.yaml); its trainer, "
-            "optimizer, lr_scheduler, seed_everything and weights_only entries are accepted and ignored."
+            "optimizer, lr_scheduler, seed_everything and other fit-only entries are accepted and ignored."
         ),
         config_help="training recipe (YAML) with model and data",
         as_group=True,
@@ -33,8 +30,7 @@ def build_parser() -> ArgumentParser:
     parser.add_subclass_arguments(L.LightningModule, "model", required=True, help="the model, as in the recipe")
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True, help="the data, as in the recipe")
     parser.set_defaults({"model": {"class_path": "synthrel_lightning.models.OODSegmenter"}})
-    for ignored in _RECIPE_ONLY:
-        parser.add_argument(f"--{ignored}", type=Any, default=None, help="ignored (read from training recipes)")
+    ignore_fit_only_keys(parser, calibrate)
     return parser
 
 
@@ -50,4 +46,6 @@ def main(args: list[str] | None = None) -> CalibrationReport:
 
 
 if __name__ == "__main__":
-    main()
+    from synthrel_lightning.cli import main as cli_main
+
+    cli_main(["calibrate", *sys.argv[1:]])

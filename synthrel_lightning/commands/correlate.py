@@ -15,6 +15,8 @@ Example config::
     output_dir: outputs/correlate
 
 The exit status is 1 when a model failed (its error is in ``results.json`` and on stderr).
+With several devices (``trainer: {devices: 2, strategy: ddp}``), every process takes part in each
+evaluation and global rank 0 alone writes the results, correlations and plots and prints the report.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main(args: list[str] | None = None) -> StudyReport:
     init = instantiate(parser, cfg.clone().update([], "zoo"))
     kwargs = {name: init[name] for name in inspect.signature(run_study).parameters if name != "zoo"}
     report = run_study(zoo=zoo, **kwargs)
+    if not report.primary:
+        return report  # global rank 0 prints the report (once per run, not once per process)
     for line in report.lines():
         print(line)
     print(report.summary())
@@ -74,4 +78,6 @@ def main(args: list[str] | None = None) -> StudyReport:
 
 
 if __name__ == "__main__":
-    main()
+    from synthrel_lightning.cli import main as cli_main
+
+    cli_main(["correlate", *sys.argv[1:]])

@@ -8,11 +8,11 @@ offline engine: ``--engine synthrel_lightning.testing.TinyInpaintingEngine``.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Any
 
 from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
+from synthrel_lightning.ranks import global_rank
 from synthrel_lightning.synthesis.generate.run import generate
 
 __all__ = ["build_parser", "main"]
@@ -36,7 +36,7 @@ def main(args: list[str] | None = None) -> None:
         )
     cfg, kwargs = parse_kwargs(build_parser(), generate, argv)
     summary = generate(**kwargs)
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0:
+    if global_rank() == 0:  # once per run (LOCAL_RANK is 0 once per node or SLURM task)
         print(summary.report(), file=sys.stderr)
         if cfg.json:
             import json

@@ -2,7 +2,8 @@
 
 Options are those of :func:`synthrel_lightning.generators.controlnet_import.import_controlnet`, e.g.
 ``--checkpoint genval_cityscapes.ckpt --original_config cldm_v15.yaml --conditioning_channels 1
---encoding label_ids_1ch --out models/controlnet-cityscapes``.
+--encoding label_ids_1ch --out models/controlnet-cityscapes``; a ``.ckpt`` that pickles arbitrary
+objects loads only with ``--trust_checkpoint`` (files whose origin you trust).
 """
 
 from __future__ import annotations

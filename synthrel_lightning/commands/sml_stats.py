@@ -12,12 +12,11 @@ writes ``outputs/run/last_sml.ckpt`` (the checkpoint plus the statistics; ``ood_
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
-from synthrel_lightning.commands._parsing import function_parser, parse_kwargs
-
-IGNORED = ("trainer", "seed_everything", "optimizer", "lr_scheduler", "ckpt_path_fit")
+from synthrel_lightning.commands._parsing import function_parser, ignore_fit_only_keys, parse_kwargs
 
 
 def build_parser() -> Any:
@@ -32,8 +31,7 @@ def build_parser() -> Any:
         as_group=True,
         fail_untyped=False,
     )
-    for key in IGNORED:
-        parser.add_argument(f"--{key}", type=Any, default=None, help="ignored (part of fit configs)")
+    ignore_fit_only_keys(parser, write_sml_statistics)
     return parser
 
 
@@ -48,4 +46,6 @@ def main(args: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from synthrel_lightning.cli import main as cli_main
+
+    cli_main(["sml_stats", *sys.argv[1:]])

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from synthrel_lightning.correlation.statistics import FEW_MODELS, SYMBOLS
+from synthrel_lightning.correlation.statistics import FEW_MODELS, SYMBOLS, format_interval
 from synthrel_lightning.figures import new_figure
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,8 +29,9 @@ def correlation_label(c: Correlation) -> str:
     if not c.ok:
         return f"{symbol}: undefined ({c.status.replace('_', ' ')})"
     text = f"{symbol} = {c.coefficient:.2f}"
-    if c.ci_low is not None:
-        text += f", {c.ci:.0%} CI [{c.ci_low:.2f}, {c.ci_high:.2f}] ({_INTERVAL_NAMES.get(c.interval, c.interval)})"
+    if c.ci_low is not None and c.ci_high is not None:
+        interval = format_interval(c.ci_low, c.ci_high, digits=2)
+        text += f", {c.ci:.0%} CI {interval} ({_INTERVAL_NAMES.get(c.interval, c.interval)})"
     return text + f", p = {c.p_value:.2g}"
 
 

@@ -19,10 +19,13 @@ class ResultsStore:
     """``results.json`` (+ ``results.csv``) in ``output_dir``: per-model status, metrics or error; rewritten atomically.
 
     An existing ``results.json`` is read back, so a rerun can skip the models already done.
+    ``writable=False`` keeps records in memory only (the processes other than global rank 0
+    of a multi-process evaluation: one process writes the files).
     """
 
-    def __init__(self, output_dir: str | Path) -> None:
+    def __init__(self, output_dir: str | Path, writable: bool = True) -> None:
         self.dir = Path(output_dir)
+        self.writable = writable
         self.json_path = self.dir / "results.json"
         self.csv_path = self.dir / "results.csv"
         self.models: dict[str, dict[str, Any]] = {}
@@ -69,6 +72,8 @@ class ResultsStore:
 
     def save(self) -> None:
         """Rewrite results.json and results.csv (model, set, metric, value; failures as status rows)."""
+        if not self.writable:
+            return
         atomic_write_json(self.json_path, {"models": self.models})
         buf = io.StringIO()
         w = csv.writer(buf)

@@ -366,11 +366,27 @@ def correlate_pairs(
     return results
 
 
+def format_interval(low: float, high: float, digits: int = 3) -> str:
+    """``[low, high]`` with at least ``digits`` decimals and as many more as it takes to tell the ends apart.
+
+    An interval of width 0.0009 near 1 prints as ``[0.9991, 1.0000]``, never as ``[1.00, 1.00]``,
+    which reads as a certainty it is not; a single point is called undefined.
+    """
+    low, high = float(low), float(high)
+    if low == high:
+        return f"undefined (the interval is a single point, {low:g})"
+    width = abs(high - low)
+    places = max(digits, math.ceil(-math.log10(width)) if width < 1 else 0)
+    while places < 12 and f"{low:.{places}f}" == f"{high:.{places}f}":
+        places += 1
+    return f"[{low:.{places}f}, {high:.{places}f}]"
+
+
 def format_correlation(c: Correlation) -> str:
     """Human-readable one-liner, e.g. ``spearman rho=1.000 [-0.462, 1.000] p=0.0833 n=4``."""
     if not c.ok:
         return f"{c.method}: {c.message}"
-    ci = f" [{c.ci_low:.3f}, {c.ci_high:.3f}]" if c.ci_low is not None else ""
+    ci = f" {format_interval(c.ci_low, c.ci_high)}" if c.ci_low is not None and c.ci_high is not None else ""
     return f"{c.method} {SYMBOLS[c.method]}={c.coefficient:.3f}{ci} p={c.p_value:.3g} n={c.n}"
 
 
@@ -392,5 +408,6 @@ __all__ = [
     "few_models_warning",
     "fisher_z_interval",
     "format_correlation",
+    "format_interval",
     "p_value",
 ]

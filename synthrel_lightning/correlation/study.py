@@ -21,13 +21,18 @@ from synthrel_lightning.correlation.results import Metrics, ResultsStore
 from synthrel_lightning.correlation.statistics import METHODS, Correlation, format_correlation
 from synthrel_lightning.correlation.subsampling import subsampling_outputs
 from synthrel_lightning.correlation.zoo import ZooEntry
+from synthrel_lightning.ranks import global_rank
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class StudyReport:
-    """What a study computed and which files it wrote (``files``: kind -> paths)."""
+    """What a study computed and which files it wrote (``files``: kind -> paths).
+
+    ``primary`` is False on the processes other than global rank 0 of a multi-process run: they
+    took part in the evaluations only, and their report is empty.
+    """
 
     output_dir: Path
     results: dict[str, Metrics]
@@ -35,6 +40,7 @@ class StudyReport:
     curves: list[dict[str, Any]]
     failed: dict[str, str]
     files: dict[str, list[str]] = field(default_factory=dict)
+    primary: bool = True
 
     def lines(self) -> list[str]:
         """The correlation of each pair, one line per method (warnings included)."""
@@ -120,7 +126,13 @@ def run_study(
         root_dir=out / "models",
         trust_checkpoint=trust_checkpoint,
     )
-    store = run_zoo(zoo, evaluator, ResultsStore(out), retry_failed=retry_failed, progress=progress)
+    primary = global_rank() == 0
+    store = ResultsStore(out, writable=primary)
+    store = run_zoo(zoo, evaluator, store, retry_failed=retry_failed, progress=progress and primary)
+    if not primary:
+        # With several devices every process takes part in each evaluation; the correlations,
+        # plots, files and report are made once, by global rank 0.
+        return StudyReport(out, {}, [], [], {}, {}, primary=False)
     results = store.ok_metrics()
     log.info("correlate: correlating %d pairs over %d models", len(pairs), len(results))
     correlations = correlate_results(

@@ -38,7 +38,7 @@ _EXPORTS: dict[str, str] = {
     "FolderDataset": "synthrel_lightning.data.folder",
     "SegmentationDataModule": "synthrel_lightning.data.datamodule",
     "CityscapesOODDataModule": "synthrel_lightning.data.datamodule",
-    "DemoDataModule": "synthrel_lightning.data.datamodule",
+    "DemoDataModule": "synthrel_lightning.data.demo_datamodule",
 }
 
 __all__ = list(_EXPORTS)

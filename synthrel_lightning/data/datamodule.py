@@ -25,6 +25,7 @@ from synthrel_lightning.data.collate import collate_samples
 from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.data.sample import Sample
 from synthrel_lightning.data.sampler import EpochSampler
+from synthrel_lightning.labels import NUM_CLASSES, OOD_ID
 from synthrel_lightning.synthesis.mixing import OutlierMixer
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,22 @@ def _check_frames(dataset: Any) -> None:
     dataset.drop(bad)
 
 
+class RemapOOD:
+    """Collate samples (:func:`~synthrel_lightning.data.collate.collate_samples`), then relabel OOD pixels of ``label``.
+
+    Picklable, so DataLoader workers run it.
+    """
+
+    def __init__(self, value: int) -> None:
+        self.value = int(value)
+
+    def __call__(self, samples: Any) -> Any:
+        batch = collate_samples(samples)
+        label = batch["label"]
+        batch["label"] = label.masked_fill(label == OOD_ID, self.value)
+        return batch
+
+
 class SegmentationDataModule(L.LightningDataModule):
     """A training set (optionally mixed with synthetic outliers) and named evaluation sets.
 
@@ -79,6 +96,12 @@ class SegmentationDataModule(L.LightningDataModule):
             (see :class:`~synthrel_lightning.data.cache.DecodedCache`): the first epoch decodes
             and stores, later epochs skip PNG decoding. ``None`` (default) decodes every time.
         prefetch_factor: batches each DataLoader worker prepares ahead (``None``: PyTorch's default, 2).
+        remap_ood_to: the label OOD pixels carry in ``batch["label"]``. ``None`` (default) keeps
+            :data:`~synthrel_lightning.labels.OOD_ID` (254), which this package's losses and metrics
+            read; a module of your own whose loss ignores only void, e.g.
+            ``F.cross_entropy(..., ignore_index=255)``, would index class 254 and fail: give it
+            ``remap_ood_to=255`` (OOD pixels become void in ``label``; ``batch["ood"]`` still marks them).
+            Applies to every loader (training and evaluation).
 
     Transforms may emit uint8 images (``SegmentationTransform(output="uint8")``, e.g.
     ``normalize_on_device=True`` in the Cityscapes modules): :meth:`on_after_batch_transfer`
@@ -104,8 +127,15 @@ class SegmentationDataModule(L.LightningDataModule):
         seed: int | None = None,
         decoded_cache: str | Path | None = None,
         prefetch_factor: int | None = None,
+        remap_ood_to: int | None = None,
     ) -> None:
         super().__init__()
+        if remap_ood_to is not None and not (NUM_CLASSES <= int(remap_ood_to) <= 255 and int(remap_ood_to) != OOD_ID):
+            raise ValueError(
+                f"{type(self).__name__}: remap_ood_to must be None (keep {OOD_ID}) or a label outside the "
+                f"{NUM_CLASSES} classes (e.g. 255, void), got {remap_ood_to!r}"
+            )
+        self.remap_ood_to = None if remap_ood_to is None else int(remap_ood_to)
         if prefetch_factor is not None and int(prefetch_factor) < 1:
             raise ValueError(f"{type(self).__name__}: prefetch_factor must be >= 1 or None, got {prefetch_factor!r}")
         self.decoded_cache = None if decoded_cache is None else Path(decoded_cache).expanduser()
@@ -259,7 +289,7 @@ class SegmentationDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
-            collate_fn=collate_samples,
+            collate_fn=collate_samples if self.remap_ood_to is None else RemapOOD(self.remap_ood_to),
             drop_last=train and len(dataset) >= self.batch_size,  # type: ignore[arg-type]
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
@@ -341,7 +371,7 @@ class CityscapesOODDataModule(SegmentationDataModule):
             device by :meth:`on_after_batch_transfer` (4x fewer bytes through the worker queue and
             pinned memory, no float work in the workers); batches read straight from
             ``train_dataloader()`` then hold uint8 images.
-        decoded_cache / prefetch_factor: see :class:`SegmentationDataModule`.
+        decoded_cache / prefetch_factor / remap_ood_to: see :class:`SegmentationDataModule`.
     """
 
     name: str  # the Cityscapes-format set's name (LightningDataModule declares it optional)
@@ -374,6 +404,7 @@ class CityscapesOODDataModule(SegmentationDataModule):
         normalize_on_device: bool = False,
         decoded_cache: str | Path | None = None,
         prefetch_factor: int | None = None,
+        remap_ood_to: int | None = None,
     ) -> None:
         from synthrel_lightning.data.transforms import eval_transform as make_eval
         from synthrel_lightning.data.transforms import train_transform as make_train
@@ -397,6 +428,7 @@ class CityscapesOODDataModule(SegmentationDataModule):
             seed=seed,
             decoded_cache=decoded_cache,
             prefetch_factor=prefetch_factor,
+            remap_ood_to=remap_ood_to,
         )
         self.normalize_on_device = normalize_on_device
         self.root = Path(root)
@@ -438,75 +470,3 @@ class CityscapesOODDataModule(SegmentationDataModule):
             sets[f"{self.name}_objects"] = KeyedDataset(val, mixer=self.val_outliers, fixed_epoch=0)
         sets.update(self.extra_val_sets)
         self.val_sets = sets
-
-
-class DemoDataModule(CityscapesOODDataModule):
-    """The embedded demo: procedural street scenes in the Cityscapes layout, with procedural outliers.
-
-    ``prepare_data`` writes the scenes under ``root``, a folder the demo owns: it must be new,
-    empty or written by the demo before (it holds a ``.synthrel-demo.json`` marker); a folder
-    holding anything else — a real dataset — is refused and left untouched. An interrupted
-    write resumes.
-    """
-
-    def __init__(
-        self,
-        root: str | Path = "outputs/demo/cityscapes",
-        num_train: int = 64,
-        num_val: int = 16,
-        image_size: tuple[int, int] = (128, 256),
-        scene_seed: int = 0,
-        outliers: OutlierMixer | None = None,
-        val_outliers: OutlierMixer | None = None,
-        extra_val_sets: dict[str, Dataset] | None = None,
-        crop_size: tuple[int, int] = (128, 256),
-        scale_range: tuple[float, float] = (0.75, 1.5),
-        train_transform: Transform | None = None,
-        eval_transform: Transform | None = None,
-        batch_size: int = 8,
-        eval_batch_size: int = 8,
-        num_workers: int = 0,
-        pin_memory: bool = False,
-        predict_set: str | None = None,
-        predict_folder: str | Path | None = None,
-        seed: int | None = None,
-        normalize_on_device: bool = False,
-        decoded_cache: str | Path | None = None,
-        prefetch_factor: int | None = None,
-    ) -> None:
-        super().__init__(
-            root=root,
-            name="demo",
-            outliers=outliers,
-            val_outliers=val_outliers,
-            extra_val_sets=extra_val_sets,
-            crop_size=crop_size,
-            scale_range=scale_range,
-            train_transform=train_transform,
-            eval_transform=eval_transform,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            predict_set=predict_set,
-            predict_folder=predict_folder,
-            seed=seed,
-            normalize_on_device=normalize_on_device,
-            decoded_cache=decoded_cache,
-            prefetch_factor=prefetch_factor,
-        )
-        self.num_train = num_train
-        self.num_val = num_val
-        self.image_size = tuple(image_size)
-        self.scene_seed = scene_seed
-
-    def prepare_data(self) -> None:
-        """Write the procedural scenes (skipped for frames already on disk)."""
-        from synthrel_lightning.data.demo import write_demo_cityscapes
-
-        write_demo_cityscapes(self.root, self.num_train, self.num_val, self.image_size, self.scene_seed)  # type: ignore[arg-type]
-
-    def build_sets(self, stage: str | None = None) -> None:
-        """Write the scenes if needed (plain-loop users may skip prepare_data), then index them."""
-        self.prepare_data()
-        super().build_sets(stage)

@@ -51,6 +51,11 @@ class DeployableSegmenter(nn.Module):
                 raise TypeError(
                     f"DeployableSegmenter: {type(module).__name__} has no {attr!r}; expected an OODSegmenter"
                 )
+        if getattr(module, "calibrator", None) is not None:
+            raise ValueError(
+                "DeployableSegmenter: the module carries a clustered or local calibrator, which the exported graph "
+                "cannot hold; export a module calibrated with one temperature (calibrate --method ece_grid|nll)"
+            )
         segmenter, scorer, temperature = module.segmenter, module.scorer, module.temperature
         if not (isinstance(segmenter, nn.Module) and isinstance(scorer, OODScore) and isinstance(temperature, Tensor)):
             raise TypeError(

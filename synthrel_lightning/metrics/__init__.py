@@ -15,6 +15,7 @@ from synthrel_lightning.metrics.components import (
     ComponentMetrics,
     frame_component_stats,
 )
+from synthrel_lightning.metrics.misclassification import MisclassificationMetrics
 from synthrel_lightning.metrics.pixel import NotComputableError, PixelOODMetrics, pixel_ood_metrics
 from synthrel_lightning.metrics.segmentation import SegmentationIoU
 
@@ -23,6 +24,7 @@ __all__ = [
     "TRACK_SIZES",
     "CalibrationMetrics",
     "ComponentMetrics",
+    "MisclassificationMetrics",
     "NotComputableError",
     "PixelOODMetrics",
     "SegmentationIoU",

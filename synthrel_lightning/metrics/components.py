@@ -26,6 +26,15 @@ above it are the best-F1 prediction), so the components are those of the pixel
 metric's operating point; with ``inclusive=False`` pixels exactly at the threshold
 are left out, as in the official code.
 
+``aggregation="official"``: the benchmark's own comparison, ``score > threshold`` on the scores
+rounded to float16 (its score files) with the threshold rounded to float16 too (numpy compares a
+float16 array with a Python float in float16); use it with the ``best_f1_threshold`` of
+``PixelOODMetrics(aggregation="official")`` to reproduce the leaderboard's component numbers.
+
+A value that is NaN because no component of valid size exists (no ground-truth component of
+``min_gt_size`` pixels, no predicted one of ``min_pred_size`` pixels) comes with a warning,
+once per cause, that says so.
+
 The threshold: SMIYC uses the pixel-level best-F1 threshold, known only after a
 pass over the whole dataset. This metric is exact, so the threshold must be known
 before frames are scored. Three ways:
@@ -42,6 +51,7 @@ before frames are scored. Three ways:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -51,6 +61,7 @@ from torchmetrics import Metric
 
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.metrics._checks import check_binary_inputs
+from synthrel_lightning.metrics.official import check_aggregation
 
 SIOU_THRESHOLDS: tuple[float, ...] = tuple(float(t) for t in np.linspace(0.25, 0.75, 11, endpoint=True))
 """The 11 sIoU/PPV thresholds tau of the benchmark."""
@@ -164,9 +175,14 @@ class ComponentMetrics(Metric):
         inclusive: bool = True,
         ignore_index: int = VOID_ID,
         defer: bool = False,
+        aggregation: Literal["exact", "official"] = "exact",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.aggregation = check_aggregation(aggregation, "ComponentMetrics")
+        if aggregation == "official":
+            inclusive = False  # the benchmark predicts score > threshold on its float16 maps
+        self._warned_nan: set[str] = set()
         self.defer = bool(defer)
         self._pending: list[tuple[Tensor, Tensor]] = []
         if track not in TRACK_SIZES:
@@ -228,7 +244,10 @@ class ComponentMetrics(Metric):
     def _accumulate(self, scores: Tensor, target: Tensor) -> None:
         assert self.threshold is not None
         # threshold on the device; only the boolean masks travel to the CPU for scipy
-        pred = predicted_mask(scores, self.threshold, self.inclusive)
+        threshold = self.threshold
+        if self.aggregation == "official":  # float16 scores compared with the threshold in float16, as numpy does
+            scores, threshold = scores.half(), float(np.float16(threshold))
+        pred = predicted_mask(scores, threshold, self.inclusive)
         pred_np = pred.cpu().numpy()
         target_np = target.cpu().numpy()
         taus = np.asarray(SIOU_THRESHOLDS)
@@ -271,6 +290,7 @@ class ComponentMetrics(Metric):
             )
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.tp.device)
         n_gt, n_pred = self.n_gt.double(), self.n_pred.double()
+        self._explain_nan(int(n_gt), int(n_pred))
         denom = (2 * self.tp + self.fn + self.fp).double()
         f1 = torch.where(denom > 0, 2 * self.tp.double() / denom.clamp_min(1), nan)
         out = {
@@ -285,8 +305,28 @@ class ComponentMetrics(Metric):
                 out[f"f1_{pct}"] = f1[i]
         return out
 
+    def _explain_nan(self, n_gt: int, n_pred: int) -> None:
+        """Warn once per cause when a value is NaN because no component of valid size was found."""
+        causes = {
+            "gt": (
+                n_gt == 0,
+                f"no ground-truth OOD component of at least min_gt_size={self.min_gt_size} px (smaller ones are "
+                "void): siou, and the F1 values unless there are predicted components, are NaN",
+            ),
+            "pred": (
+                n_pred == 0,
+                f"no predicted component of at least min_pred_size={self.min_pred_size} px at threshold "
+                f"{self.threshold} (score {'>=' if self.inclusive else '>'} threshold): siou_pred and ppv are NaN",
+            ),
+        }
+        for key, (happened, reason) in causes.items():
+            if happened and key not in self._warned_nan:
+                self._warned_nan.add(key)
+                warnings.warn(f"ComponentMetrics ({self.track} track): {reason}", stacklevel=3)
+
     def extra_repr(self) -> str:
         return (
-            f"track={self.track!r}, threshold={self.threshold}, min_pred_size={self.min_pred_size}, "
+            f"aggregation={self.aggregation!r}, track={self.track!r}, "
+            f"threshold={self.threshold}, min_pred_size={self.min_pred_size}, "
             f"min_gt_size={self.min_gt_size}, inclusive={self.inclusive}, defer={self.defer}"
         )

@@ -20,24 +20,19 @@ score bin), so memory does not grow with the number of pixels, and computes
 exactly what the exact mode would on scores rounded to their bin. The bins need
 no score range and resolve every kind of score:
 
-* Each float64 score goes to one of 8 segments by its sign and magnitude
-  (``|s|`` in ``[0, 0.5)``, ``[0.5, 1)``, ``[1, 2)``, ``[2, inf)``) and is keyed
-  by its distance ``d`` to the segment's centre (0 or +-1; exact in floating
-  point): the float64 bit pattern of ``d``, a log-scale key. Probabilities that
-  saturate towards 0 or 1 (``sigmoid(20 z)``, softmax maxima) are resolved at
-  both ends, as are scores near -1; large magnitudes are keyed by ``|s|``.
-* Within each segment the bins are a window over the keys that occur (widened to
-  whole chunks of ``num_bins / 1024`` bins, so that it rarely moves), of width
-  ``2**e`` keys, with one ``e`` for all segments: the smallest ``e`` whose windows
-  hold all scores seen in ``num_bins`` bins (one extra bin per segment holds
-  ``d = 0``). The windows start at the first ``update`` and widen (``e`` grows,
-  merging bin pairs exactly) when later scores fall outside; an offset score
-  (``1e6 + z``) or a tiny or huge scale (``z * 1e-12``, ``z * 1e12``) gets the
-  whole bin budget over the range it occupies.
-* The state depends only on the scores seen, not on their order or on how they
-  were split into batches or processes: merging two states (``forward``, DDP
-  sync) widens both to the common ``e`` and adds the counts, which gives the
-  state a single process would have built from all the scores.
+Scores are keyed by their distance to a segment centre (8 segments by sign and magnitude), over
+windows fitted to the scores seen; merging states (``forward``, DDP sync) gives exactly the state one
+process would have built (the key and window rules: :mod:`synthrel_lightning.metrics.score_bins`).
+
+``aggregation="official"`` replaces both with the official benchmark's aggregation (768
+percentile bins per frame on float16 scores, merged over frames; see
+:mod:`synthrel_lightning.metrics.official`), to reproduce leaderboard numbers exactly.
+
+Binned mode switches to the exact sort on its own when the first scores (kept until both classes
+were seen) need finer bins than ``num_bins`` give (their resolution bound exceeds ``tolerance``,
+e.g. far-apart score clusters), warns once and gives the reason in ``exact_fallback``; see
+:mod:`synthrel_lightning.metrics._fallback`. Its CPU work runs on ``cpu_threads`` (1) intra-op
+threads (:mod:`synthrel_lightning.metrics._threads`).
 
 After ``compute()``, :attr:`PixelOODMetrics.resolution` holds the largest change
 of AUROC, AP, FPR95 and best F1 that any order (or tie) of the pixels sharing a
@@ -54,12 +49,16 @@ import math
 import warnings
 from typing import TYPE_CHECKING, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
 
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.metrics._checks import check_binary_inputs
+from synthrel_lightning.metrics._fallback import ExactFallback, keep_precision
+from synthrel_lightning.metrics._threads import cpu_threads
 from synthrel_lightning.metrics.functional import (
     best_f1,
     binary_curve_metrics,
@@ -67,6 +66,13 @@ from synthrel_lightning.metrics.functional import (
     curve_counts_from_histogram,
     curve_counts_from_scores,
     resolution_from_counts,
+)
+from synthrel_lightning.metrics.official import (
+    OFFICIAL_BINS,
+    check_aggregation,
+    official_curve,
+    official_frame_bins,
+    official_metrics,
 )
 from synthrel_lightning.metrics.score_bins import (
     INT32_MAX,
@@ -80,6 +86,7 @@ from synthrel_lightning.metrics.score_bins import (
     merge_states,
     ordered,
     score_keys,
+    segment_ranges,
     split_state,
     unordered,
 )
@@ -96,12 +103,7 @@ class NotComputableError(ValueError):
 def pixel_ood_metrics(scores: Tensor, target: Tensor, ignore_index: int = VOID_ID) -> dict[str, Tensor]:
     """Exact (sort-based) AUROC, AP, FPR95, best F1 and its threshold over all non-ignored pixels."""
     target, valid = check_binary_inputs(scores, target, ignore_index, "pixel_ood_metrics")
-    return _exact(_keep_precision(scores[valid]), target[valid] == 1, "pixel_ood_metrics")
-
-
-def _keep_precision(scores: Tensor) -> Tensor:
-    """float64 scores as they are, lower precisions as float32 (exact for float16 / bfloat16)."""
-    return scores if scores.dtype == torch.float64 else scores.float()
+    return _exact(keep_precision(scores[valid]), target[valid] == 1, "pixel_ood_metrics")
 
 
 def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
@@ -114,28 +116,7 @@ def _exact(scores: Tensor, positive: Tensor, who: str) -> dict[str, Tensor]:
     return binary_ood_metrics(scores, positive)
 
 
-def _segment_ranges(slot: Tensor, key: Tensor, segment: Tensor, empty: int) -> Tensor:
-    """Per segment, the smallest non-zero and the largest key of the pixels in each slot: ``(low..., high...)``.
-
-    ``slot`` (int64) indexes ``segment`` (the segment of each slot), one past its end for
-    ignored pixels; ``empty`` (the dtype's max) marks a segment without keys. A key 0
-    (a score at a segment centre) has a bin of its own, so windows start above it.
-    """
-    n = segment.numel()
-    low = torch.full((n + 1,), empty, dtype=key.dtype, device=key.device)
-    low.scatter_reduce_(0, slot, key, "amin")
-    if bool((low[:n] == 0).any()):
-        low.fill_(empty).scatter_reduce_(0, slot, torch.where(key > 0, key, empty), "amin")
-    high = torch.full((n + 1,), -1, dtype=key.dtype, device=key.device)
-    high.scatter_reduce_(0, slot, key, "amax")
-    seg_low = torch.full((SEGMENTS,), empty, dtype=key.dtype, device=key.device)
-    seg_high = torch.full((SEGMENTS,), -1, dtype=key.dtype, device=key.device)
-    seg_low.scatter_reduce_(0, segment, low[:n], "amin")
-    seg_high.scatter_reduce_(0, segment, high[:n], "amax")
-    return torch.cat([seg_low, seg_high])
-
-
-class PixelOODMetrics(Metric):
+class PixelOODMetrics(ExactFallback, Metric):
     """Streaming dataset-level AUROC / AP / FPR95 / best F1 for pixel OOD scores (higher = more OOD).
 
     ``update(scores, target)``: scores float ``(N, ...)``, target int of the same
@@ -144,7 +125,11 @@ class PixelOODMetrics(Metric):
     ``best_f1_threshold`` (``score >= threshold`` = predicted OOD; in binned mode the
     smallest score of the best bin). ``num_bins`` bounds the binned state
     (``2 * num_bins`` int64 counts: 16 MB at the default); ``tolerance``: the
-    binned resolution above which ``compute()`` warns. See the module docstring.
+    binned resolution above which ``compute()`` warns. ``aggregation="official"``: the
+    SegmentMeIfYouCan benchmark's own aggregation. ``fallback_pixels``: binned mode switches to
+    the exact sort (and says so in ``exact_fallback``) when its first scores need finer bins,
+    while the set holds at most that many pixels (0: never). ``cpu_threads``: intra-op threads of
+    the binned update on CPU tensors (``None``: torch's setting). See the module docstring.
     """
 
     is_differentiable = False
@@ -162,17 +147,33 @@ class PixelOODMetrics(Metric):
         num_bins: int = 1 << 20,
         ignore_index: int = VOID_ID,
         tolerance: float = 1e-4,
+        aggregation: Literal["exact", "official"] = "exact",
+        fallback_pixels: int = 1 << 25,
+        cpu_threads: int | None = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.fallback_pixels = int(fallback_pixels)
+        self.cpu_threads = cpu_threads
+        self.exact_fallback: str | None = None  # why the binned metric switched to the exact path, if it did
+        self._probe_pending = self.fallback_pixels > 0
+        self._fallback_active = False
+        self._kept_mantissa = 0  # the finest input precision among the kept scores
         if mode not in ("binned", "exact"):
             raise ValueError(f"PixelOODMetrics: mode must be 'binned' or 'exact', got {mode!r}")
-        self.mode = mode
+        self.aggregation = check_aggregation(aggregation, "PixelOODMetrics")
+        self.mode = "official" if aggregation == "official" else mode
         self.ignore_index = int(ignore_index)
         self.tolerance = float(tolerance)
         self.resolution: dict[str, float] | None = None
         self._warned = False
-        if mode == "binned":
+        if self.mode == "official":  # the benchmark's per-frame bins, concatenated over frames
+            self.num_bins = OFFICIAL_BINS
+            self.add_state("official_thresholds", default=[], dist_reduce_fx="cat")
+            self.add_state("official_counts", default=[], dist_reduce_fx="cat")
+            self.add_state("n_pos", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+            self.add_state("n_neg", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        elif mode == "binned":
             if num_bins < 64:
                 raise ValueError(f"PixelOODMetrics: num_bins must be >= 64, got {num_bins}")
             self.num_bins = int(num_bins)
@@ -181,8 +182,8 @@ class PixelOODMetrics(Metric):
                 [torch.zeros(2 * self.num_bins, dtype=torch.int64), torch.tensor(BinLayout.empty().header())]
             )
             self.add_state("hist", default=default, dist_reduce_fx=merge_states)
-        else:
-            self.num_bins = 0
+        if self.mode != "official":  # the exact mode's states; binned mode's exact fallback uses them too
+            self.num_bins = 0 if self.mode == "exact" else self.num_bins
             self.add_state("scores", default=[], dist_reduce_fx="cat")
             self.add_state("positives", default=[], dist_reduce_fx="cat")
             self.add_state("n_pos", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
@@ -192,21 +193,56 @@ class PixelOODMetrics(Metric):
     def update(self, scores: Tensor, target: Tensor) -> None:
         """Add a batch of score maps and their binary targets (0 in, 1 OOD, ignore_index skipped)."""
         target, valid = check_binary_inputs(scores, target, self.ignore_index, type(self).__name__)
-        if self.mode == "exact":
-            pos = target[valid] == 1
-            n_pos = pos.sum()
-            self.n_pos += n_pos
-            self.n_neg += pos.numel() - n_pos
-            self.scores.append(_keep_precision(scores[valid]))
-            self.positives.append(pos)
+        if self.mode == "official":
+            self._update_official(scores, target)
             return
-        mantissa = MANTISSA_BITS.get(scores.dtype, 52)
+        if self.mode == "exact":
+            self._update_exact(scores, target, valid)
+            return
+        with cpu_threads(scores.device, self.cpu_threads):
+            if self._probe_pending or self._fallback_active:
+                self._kept_mantissa = max(self._kept_mantissa, MANTISSA_BITS.get(scores.dtype, 52))
+                self._update_exact(scores, target, valid)  # kept until the probe decides, or in the fallback
+                if self._probe_pending:
+                    self._probe()
+                elif int(self.n_pos + self.n_neg) > self.fallback_pixels:
+                    self._end_fallback()
+                return
+            self._update_binned(scores, target, valid)
+
+    def reset(self) -> None:
+        """Clear the state; the next batch is probed again for the exact fallback."""
+        super().reset()
+        self._probe_pending = self.fallback_pixels > 0
+        self._fallback_active = False
+        self._kept_mantissa = 0  # the finest input precision among the kept scores
+
+    def _update_binned(self, scores: Tensor, target: Tensor, valid: Tensor, mantissa: int | None = None) -> None:
+        mantissa = mantissa or MANTISSA_BITS.get(scores.dtype, 52)
         if scores.dtype != torch.float64 and self._update_float32(scores.reshape(-1).float(), target, valid, mantissa):
             return
         top, key = score_keys(scores)
         # one slot per (top 12 bits, class); ignored pixels go to slot 8192 (masking would copy every pixel)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).long() * 4096, 8192)
         self._count64(key, slot, self._fit_batch(slot, key, mantissa))
+
+    def _update_official(self, scores: Tensor, target: Tensor) -> None:
+        """One set of benchmark bins per frame (each leading index of an (N, H, W) batch; an (H, W) map is one)."""
+        frames = zip(scores.reshape(-1, *scores.shape[-2:]), target.reshape(-1, *target.shape[-2:]))
+        for frame_scores, frame_target in frames if scores.ndim >= 2 else [(scores, target)]:
+            bins = official_frame_bins(frame_scores, frame_target, self.ignore_index)
+            if bins is None:
+                continue
+            thresholds, ood_counts, in_counts = (torch.from_numpy(b.copy()).to(self.n_pos.device) for b in bins)
+            self.official_thresholds.append(thresholds)
+            self.official_counts.append(torch.stack([ood_counts, in_counts], 1))
+            self.n_pos += ood_counts.sum()
+            self.n_neg += in_counts.sum()
+
+    def _official_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        thresholds = dim_zero_cat(self.official_thresholds).cpu().numpy()
+        counts = dim_zero_cat(self.official_counts).cpu().numpy()
+        return thresholds, counts[:, 0], counts[:, 1]
 
     def _update_float32(self, x: Tensor, target: Tensor, valid: Tensor, mantissa: int) -> bool:
         """The same binning on float32 scores with 32-bit arithmetic; False (nothing done) where it cannot apply.
@@ -220,7 +256,7 @@ class PixelOODMetrics(Metric):
         key = x.abs().sub_(TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
         slot = torch.where(valid.reshape(-1), top + target.reshape(-1).int() * 512, 1024)
         segment = TOP32_SEGMENT.to(device).repeat(2)
-        ranges = _segment_ranges(slot.long(), key, segment, INT32_MAX).cpu()
+        ranges = segment_ranges(slot.long(), key, segment, INT32_MAX).cpu()
         low32, high32 = ranges[:SEGMENTS].tolist(), ranges[SEGMENTS:].tolist()
         if any(lo < 1 << 23 and lo <= hi for lo, hi in zip(low32, high32)):
             return False  # subnormal distances: their float64 keys are not affine in the float32 ones
@@ -261,7 +297,7 @@ class PixelOODMetrics(Metric):
     def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> BinLayout:
         """Widen the layout to hold this batch's keys (moving the counts when it changes); the new layout."""
         segment = TOP_SEGMENT.to(key.device).repeat(2)
-        ranges = _segment_ranges(slot, key, segment, INT64_MAX).tolist()
+        ranges = segment_ranges(slot, key, segment, INT64_MAX).tolist()
         return self._widen(BinLayout(0, ranges[:SEGMENTS], ranges[SEGMENTS:], mantissa))
 
     def _widen(self, batch: BinLayout) -> BinLayout:
@@ -306,10 +342,22 @@ class PixelOODMetrics(Metric):
                 lo = mid
         return unordered(hi)
 
+    def _curve_counts(self) -> tuple[Tensor, Tensor]:
+        """Cumulative true / false positives at the descending thresholds (distinct scores or bins)."""
+        if self.mode == "official":
+            curve = official_curve(*self._official_arrays())
+            return torch.from_numpy(curve["tp"]), torch.from_numpy(curve["fp"])
+        if self._settled() == "exact":
+            scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
+            positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
+            tps, fps, _ = curve_counts_from_scores(scores, positives)
+        else:
+            tps, fps, _ = curve_counts_from_histogram(self._ascending_counts()[0])
+        return tps, fps
+
     def _pos_neg_counts(self) -> Tensor:
-        if self.mode == "binned":
-            return split_state(self.hist)[0].sum(1).flip(0)
-        return torch.stack([self.n_pos, self.n_neg])
+        kept = torch.stack([self.n_pos, self.n_neg])
+        return split_state(self.hist)[0].sum(1).flip(0) + kept if self.mode == "binned" else kept
 
     def is_computable(self) -> bool:
         """True when the data seen (on all processes) holds OOD and in-distribution pixels; collective in DDP."""
@@ -331,9 +379,13 @@ class PixelOODMetrics(Metric):
                 f"{type(self).__name__}: cannot compute AUROC/AP/FPR95 with {n_pos} OOD and {n_neg} "
                 "in-distribution pixels; both must be present (check is_computable() first)"
             )
-        if self.mode == "exact":
+        if self.mode == "official":
+            values = official_metrics(*self._official_arrays())
+            return {k: torch.tensor(v, dtype=torch.float64, device=self.n_pos.device) for k, v in values.items()}
+        if self._settled() == "exact":
             scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
             positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
+            self.resolution = None if self.mode == "exact" else dict.fromkeys(("auroc", "ap", "fpr95", "best_f1"), 0.0)
             return _exact(scores, positives, type(self).__name__)
         ordered, order, single, layout = self._ascending_counts()
         tps, fps, bins = curve_counts_from_histogram(ordered)
@@ -362,12 +414,7 @@ class PixelOODMetrics(Metric):
         states of all processes (collective under DDP).
         """
         with self.sync_context(should_sync=self._to_sync, should_unsync=self._should_unsync):
-            if self.mode == "exact":
-                scores = self.scores if isinstance(self.scores, Tensor) else torch.cat(self.scores)
-                positives = self.positives if isinstance(self.positives, Tensor) else torch.cat(self.positives)
-                tps, fps, _ = curve_counts_from_scores(scores, positives)
-            else:
-                tps, fps, _ = curve_counts_from_histogram(self._ascending_counts()[0])
+            tps, fps = self._curve_counts()
         if tps.numel() == 0 or tps[-1] == 0 or fps[-1] == 0:
             raise NotComputableError(f"{type(self).__name__}: curves need OOD and in-distribution pixels")
         summary = binary_curve_metrics(tps, fps)
@@ -396,4 +443,7 @@ class PixelOODMetrics(Metric):
         return fig, ax if ax is not None else (fig.axes[0], fig.axes[1])
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, num_bins={self.num_bins}, tolerance={self.tolerance}"
+        return (
+            f"mode={self.mode!r}, aggregation={self.aggregation!r}, num_bins={self.num_bins}, "
+            f"tolerance={self.tolerance}"
+        )

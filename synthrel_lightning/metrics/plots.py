@@ -35,9 +35,12 @@ def _root_figure(ax: Axes) -> Figure:
 def reliability_diagram(sums: Tensor, title: str | None = None, ax: Axes | None = None) -> tuple[Figure, Axes]:
     """Top-1 reliability diagram from equal-width bin sums ``(3, B)`` (count, confidence sum, correctness sum).
 
-    Per non-empty bin: the accuracy (blue bar) and the gap to the mean confidence (red
-    bar); empty bins get no bar. The share of pixels per bin is drawn as a grey step
-    line on a right-hand axis; the ECE and the pixel count are written on the plot.
+    Per non-empty bin: the accuracy (blue bar) and the gap between accuracy and mean confidence,
+    drawn so that it never covers the accuracy bar: above it, filled red, where the model is
+    over-confident (confidence > accuracy); inside it, as a green hatched outline, where it is
+    under-confident (accuracy > confidence). Empty bins get no bar. The share of pixels per bin
+    is drawn as a grey step line on a right-hand axis; the ECE and the pixel count are written
+    on the plot. Every colour drawn is in the legend.
     """
     sums = torch.as_tensor(sums, dtype=torch.float64).detach().cpu()
     count, conf, correct = sums[0], sums[1], sums[2]
@@ -55,17 +58,34 @@ def reliability_diagram(sums: Tensor, title: str | None = None, ax: Axes | None 
     else:
         fig = _root_figure(ax)
     ax.bar(left[filled], acc[filled], width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
-    ax.bar(
-        left[filled],
-        mean_conf[filled] - acc[filled],
-        bottom=acc[filled],
-        width=width,
-        align="edge",
-        edgecolor="tab:red",
-        color="tab:red",
-        alpha=0.3,
-        label="gap to confidence",
-    )
+    over = filled & (mean_conf > acc)
+    under = filled & (mean_conf < acc)
+    if over.any():
+        ax.bar(
+            left[over],
+            mean_conf[over] - acc[over],
+            bottom=acc[over],
+            width=width,
+            align="edge",
+            edgecolor="tab:red",
+            color="tab:red",
+            alpha=0.3,
+            label="gap, over-confident (confidence > accuracy)",
+        )
+    if under.any():
+        # Inside the accuracy bar: an outline with hatching only, so the bar's own colour stays visible.
+        ax.bar(
+            left[under],
+            acc[under] - mean_conf[under],
+            bottom=mean_conf[under],
+            width=width,
+            align="edge",
+            fill=False,
+            edgecolor="tab:green",
+            hatch="///",
+            linewidth=1.0,
+            label="gap, under-confident (accuracy > confidence)",
+        )
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
     share_ax = ax.twinx()
@@ -99,12 +119,31 @@ def _fmt(values: Mapping[str, Any], key: str) -> str | None:
     return None if math.isnan(value) else f"{value:.4f}"
 
 
+def _prevalence(curves: Mapping[str, Any]) -> float | None:
+    """The share of OOD pixels: ``curves["prevalence"]``, or the precision where the curves include every pixel.
+
+    At the threshold that takes every pixel (FPR = TPR = 1), precision is P / (P + N), the
+    prevalence; it is read there only when the ROC and precision-recall arrays come from the same
+    thresholds (recall equals TPR point by point), as in ``PixelOODMetrics.curves()``.
+    """
+    if curves.get("prevalence") is not None:
+        return float(curves["prevalence"])
+    fpr, tpr = np.asarray(curves.get("fpr", [])), np.asarray(curves.get("tpr", []))
+    recall, precision = np.asarray(curves.get("recall", [])), np.asarray(curves.get("precision", []))
+    aligned = fpr.size > 0 and fpr.shape == tpr.shape == recall.shape == precision.shape and np.allclose(recall, tpr)
+    if aligned and np.isclose(fpr[-1], 1.0) and np.isclose(tpr[-1], 1.0):
+        return float(precision[-1])
+    return None
+
+
 def roc_pr_figure(curves: Mapping[str, Any], title: str | None = None, axes: tuple[Axes, Axes] | None = None) -> Figure:
     """ROC and precision-recall curves side by side (in ``axes`` when given), from ``PixelOODMetrics.curves()``.
 
     AUROC and FPR95 (ROC legend and title) and AP (precision-recall legend and title)
     are read from ``curves``' ``auroc``, ``fpr95`` and ``ap`` entries when present
-    (``PixelOODMetrics.curves()`` gives the exact dataset-level values).
+    (``PixelOODMetrics.curves()`` gives the exact dataset-level values). The precision-recall
+    panel draws the no-skill baseline, precision = prevalence (Saito & Rehmsmeier, PLoS ONE 2015),
+    so an AP can be read against chance.
     """
     if axes is None:
         fig = new_figure((9.0, 4.0))
@@ -125,6 +164,12 @@ def roc_pr_figure(curves: Mapping[str, Any], title: str | None = None, axes: tup
         color="tab:orange",
         label=f"AP {ap}" if ap else "precision-recall",
     )
+    prevalence = _prevalence(curves)
+    if prevalence is not None:
+        # A detector without skill has precision = prevalence at every recall: AP near it is chance.
+        ax_pr.axhline(
+            prevalence, color="tab:gray", linewidth=1, linestyle="--", label=f"no skill (prevalence {prevalence:.4g})"
+        )
     ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
     ax_pr.set_title("precision-recall" + (f" (AP {ap})" if ap else ""), fontsize=10)
     for ax in (ax_roc, ax_pr):

@@ -195,6 +195,27 @@ class BinLayout:
         raise IndexError(index)
 
 
+def segment_ranges(slot: Tensor, key: Tensor, segment: Tensor, empty: int) -> Tensor:
+    """Per segment, the smallest non-zero and the largest key of the pixels in each slot: ``(low..., high...)``.
+
+    ``slot`` (int64) indexes ``segment`` (the segment of each slot), one past its end for
+    ignored pixels; ``empty`` (the dtype's max) marks a segment without keys. A key 0
+    (a score at a segment centre) has a bin of its own, so windows start above it.
+    """
+    n = segment.numel()
+    low = torch.full((n + 1,), empty, dtype=key.dtype, device=key.device)
+    low.scatter_reduce_(0, slot, key, "amin")
+    if bool((low[:n] == 0).any()):
+        low.fill_(empty).scatter_reduce_(0, slot, torch.where(key > 0, key, empty), "amin")
+    high = torch.full((n + 1,), -1, dtype=key.dtype, device=key.device)
+    high.scatter_reduce_(0, slot, key, "amax")
+    seg_low = torch.full((SEGMENTS,), empty, dtype=key.dtype, device=key.device)
+    seg_high = torch.full((SEGMENTS,), -1, dtype=key.dtype, device=key.device)
+    seg_low.scatter_reduce_(0, segment, low[:n], "amin")
+    seg_high.scatter_reduce_(0, segment, high[:n], "amax")
+    return torch.cat([seg_low, seg_high])
+
+
 def split_state(state: Tensor) -> tuple[Tensor, list[int]]:
     num_bins = (state.numel() - HEADER) // 2
     return state[: 2 * num_bins].view(2, num_bins), state[2 * num_bins :].tolist()

@@ -205,28 +205,59 @@ def detectron2_to_transformers(state: Mapping[str, Tensor], source: str = "check
     return out
 
 
+#: The level embeddings whose first dimension is a level count: (transformers key, config option, what it counts).
+LEVEL_EMBEDS = (
+    (
+        "model.pixel_level_module.decoder.level_embed",
+        "encoder_feature_levels",
+        "the pixel decoder's deformable encoder",
+    ),
+    ("model.transformer_module.level_embed.weight", "decoder_feature_levels", "the transformer decoder"),
+)
+
+
+def detectron2_feature_levels(state: Mapping[str, Tensor]) -> dict[str, int]:
+    """``encoder_feature_levels`` / ``decoder_feature_levels`` of a checkpoint, from its level embeddings.
+
+    ``state`` is in detectron2's names (``sem_seg_head.pixel_decoder.transformer.level_embed``,
+    ``sem_seg_head.predictor.level_embed.weight``) or transformers'; absent entries are left out.
+    """
+    names = {
+        "encoder_feature_levels": ("sem_seg_head.pixel_decoder.transformer.level_embed", LEVEL_EMBEDS[0][0]),
+        "decoder_feature_levels": ("sem_seg_head.predictor.level_embed.weight", LEVEL_EMBEDS[1][0]),
+    }
+    return {opt: int(state[k].shape[0]) for opt, keys in names.items() for k in keys if k in state}
+
+
+def _check_feature_levels(state: Mapping[str, Tensor], target: Mapping[str, Tensor], path: str | Path) -> None:
+    """A level count that differs from the model's is named with the option that sets it."""
+    for key, option, what in LEVEL_EMBEDS:
+        if key in state and key in target and state[key].shape[0] != target[key].shape[0]:
+            ours, theirs = tuple(target[key].shape), tuple(state[key].shape)
+            raise ValueError(
+                f"{path}: shape mismatch at {key!r}: checkpoint {theirs}, model {ours}; the checkpoint's {what} "
+                f"reads {theirs[0]} feature level(s), the model {ours[0]}: build it with {option}={theirs[0]}"
+            )
+
+
 def load_detectron2_mask2former(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a detectron2 Mask2Former/RbA checkpoint into a transformers ``Mask2FormerForUniversalSegmentation``.
 
     Every weight of ``model`` must be in the checkpoint with the same shape: the first missing or
     mismatching key is named (e.g. a ``decoder_layers`` or ``num_labels`` that differs from the
-    checkpoint's ``DEC_LAYERS`` / ``NUM_CLASSES``).
+    checkpoint's ``DEC_LAYERS`` / ``NUM_CLASSES``); level counts that differ (RbA's Swin checkpoints read
+    one level) name ``encoder_feature_levels`` / ``decoder_feature_levels`` (see
+    :mod:`~synthrel_lightning.models.mask2former_levels`).
     """
     state = detectron2_to_transformers(read_detectron2_state_dict(path), str(path))
     target = model.state_dict()
+    _check_feature_levels(state, target, path)
     for key, value in state.items():
         if key not in target:
             raise ValueError(f"{path}: checkpoint entry for {key!r} has no place in the model (is the config right?)")
         if tuple(value.shape) != tuple(target[key].shape):
-            hint = ""
-            if key.endswith("pixel_decoder.level_embed") or "pixel_level_module.decoder.level_embed" in key:
-                hint = (
-                    f"; the checkpoint's deformable encoder reads {value.shape[0]} feature level(s), transformers' "
-                    f"Mask2Former reads {target[key].shape[0]}"
-                )
             raise ValueError(
                 f"{path}: shape mismatch at {key!r}: checkpoint {tuple(value.shape)}, model {tuple(target[key].shape)}"
-                f"{hint}"
             )
     # transformers' Swin keeps a final norm the Mask2Former backbone never uses (it reads hidden_states_norms).
     unused = re.compile(r"swin\.layernorm\.(weight|bias)$")
@@ -238,6 +269,7 @@ def load_detectron2_mask2former(model: nn.Module, path: str | Path) -> nn.Module
 
 
 __all__ = [
+    "detectron2_feature_levels",
     "detectron2_to_transformers",
     "load_detectron2_mask2former",
     "map_detectron2_key",

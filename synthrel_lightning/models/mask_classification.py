@@ -142,6 +142,30 @@ def model_criterion_of(segmenter: nn.Module) -> Callable[[MaskClassificationOutp
     return None
 
 
+def load_swin_backbone(model: nn.Module, checkpoint: str) -> nn.Module:
+    """Copy a transformers Swin checkpoint's weights (``SwinModel`` / ``SwinForImageClassification``) into
+    a Mask2Former's Swin backbone; every backbone weight but the per-stage output norms must be there."""
+    from transformers import SwinModel
+
+    try:
+        swin = SwinModel.from_pretrained(checkpoint, add_pooling_layer=False)
+    except OSError as err:
+        raise ValueError(
+            f"backbone_checkpoint {checkpoint!r}: cannot load a transformers Swin checkpoint: {err}"
+        ) from err
+    target = model.model.pixel_level_module.encoder.swin
+    ours, theirs = target.state_dict(), swin.state_dict()
+    for key, value in ours.items():
+        if key not in theirs or tuple(theirs[key].shape) != tuple(value.shape):
+            found = tuple(theirs[key].shape) if key in theirs else "missing"
+            raise ValueError(
+                f"backbone_checkpoint {checkpoint!r}: {key!r} is {found}, the backbone needs {tuple(value.shape)} "
+                "(does backbone_config match the checkpoint's embed_dim, depths, num_heads, window_size?)"
+            )
+    target.load_state_dict(theirs, strict=True)
+    return model
+
+
 class _HFMaskClassifier(nn.Module):
     """Shared parts: the backbone's stride, wrapping a built model, loading errors."""
 
@@ -187,6 +211,17 @@ class HFMask2Former(_HFMaskClassifier):
         detectron2_checkpoint: with ``checkpoint`` None, weights of a Mask2Former/RbA checkpoint in
             detectron2's format (``.pkl``/``.pth`` with a ``"model"`` state dict), read without running
             pickled code (see :func:`~synthrel_lightning.models.detectron2_import.load_detectron2_mask2former`).
+        encoder_feature_levels: with ``config``, how many of the coarsest backbone levels the pixel
+            decoder's deformable encoder reads (default 3, transformers' Mask2Former; RbA's Swin models: 1,
+            its ``DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES: [res5]``).
+        decoder_feature_levels: with ``config``, how many scales the transformer decoder attends to
+            (default: ``encoder_feature_levels``, as RbA's code; the original Mask2Former code uses 3).
+            A ``checkpoint`` folder carries both in its ``config.json``
+            (see :class:`~synthrel_lightning.models.mask2former_levels.Mask2FormerLevelsForUniversalSegmentation`).
+        backbone_checkpoint: with ``config``, pretrained weights of the Swin backbone from a transformers
+            Swin checkpoint (hub id or folder, e.g. ``microsoft/swin-base-patch4-window12-384-in22k``, the
+            ImageNet-22k Swin-B that Mask2Former's ``swin_base_patch4_window12_384_22k.pkl`` converts); the
+            per-stage output norms stay newly initialized, as in Mask2Former's ``D2SwinTransformer``.
     """
 
     rba_trainable = ("class_predictor", "mask_embedder")
@@ -197,26 +232,49 @@ class HFMask2Former(_HFMaskClassifier):
         num_classes: int = 19,
         config: dict[str, Any] | None = None,
         detectron2_checkpoint: str | None = None,
+        encoder_feature_levels: int | None = None,
+        decoder_feature_levels: int | None = None,
+        backbone_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
-        from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+        from transformers import Mask2FormerConfig
+
+        from synthrel_lightning.models.mask2former_levels import Mask2FormerLevelsForUniversalSegmentation
 
         if checkpoint is None and config is None:
             raise ValueError("HFMask2Former: give a checkpoint id/folder or a config dict")
+        levels = {
+            k: int(v)
+            for k, v in (
+                ("encoder_feature_levels", encoder_feature_levels),
+                ("decoder_feature_levels", decoder_feature_levels),
+            )
+            if v is not None
+        }
         if checkpoint is not None:
+            extra = [*levels, *(["backbone_checkpoint"] if backbone_checkpoint is not None else [])]
+            if extra:
+                raise ValueError(
+                    f"HFMask2Former: {', '.join(extra)} apply to a config-built model (checkpoint=None); the "
+                    f"checkpoint {checkpoint!r} brings its own weights and config.json"
+                )
             self.model = self._load(
-                Mask2FormerForUniversalSegmentation,
+                Mask2FormerLevelsForUniversalSegmentation,
                 checkpoint,
                 "HFMask2Former",
                 num_labels=num_classes,
                 ignore_mismatched_sizes=True,
             )
         else:
-            cfg = {"use_pretrained_backbone": False, **(config or {})}
+            cfg = {"use_pretrained_backbone": False, **(config or {}), **levels}
             # num_labels: a PreTrainedConfig property its dataclass transform does not list as a field
             config_values = Mask2FormerConfig(num_labels=num_classes, **cfg)  # type: ignore[call-arg]
-            self.model = Mask2FormerForUniversalSegmentation(config_values)
+            self.model = Mask2FormerLevelsForUniversalSegmentation(config_values)
+            if backbone_checkpoint is not None:
+                load_swin_backbone(self.model, backbone_checkpoint)
         if detectron2_checkpoint is not None:
+            if backbone_checkpoint is not None:
+                raise ValueError("HFMask2Former: detectron2_checkpoint holds the backbone; drop backbone_checkpoint")
             if checkpoint is not None:
                 raise ValueError(
                     "HFMask2Former: give either checkpoint or detectron2_checkpoint (with config), not both"

@@ -20,10 +20,17 @@ from torch import Tensor, nn
 from synthrel_lightning.hub.pretrained import PretrainedMixin
 from synthrel_lightning.labels import NUM_CLASSES, TRAIN_ID_NAMES
 from synthrel_lightning.losses import CrossEntropy, LossTerm
+from synthrel_lightning.models.calibrated import CalibratedScores
 from synthrel_lightning.models.mask_classification import model_criterion_of, run_segmenter
 from synthrel_lightning.models.outputs import MaskClassificationOutput, class_scores_at, identify_output
+from synthrel_lightning.models.param_groups import ParamGroups
 from synthrel_lightning.models.set_evaluation import SetEvaluation
-from synthrel_lightning.models.set_metrics import DEFAULT_METRICS, MetricGroup, check_metric_groups
+from synthrel_lightning.models.set_metrics import (
+    DEFAULT_METRICS,
+    MetricGroup,
+    check_metric_groups,
+    check_ood_metric_mode,
+)
 from synthrel_lightning.models.setup import built_from_config, declared_output_kind, freeze_except
 from synthrel_lightning.scores.protocol import OODScore, OutputKind, StatefulScore
 from synthrel_lightning.scores.registry import ScoreName
@@ -46,7 +53,7 @@ def _weighted(terms: list[LossTerm], values: list[Tensor]) -> dict[str, Tensor]:
     return parts
 
 
-class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
+class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.LightningModule):
     """Semantic segmenter trained for reliability: in-distribution accuracy, OOD detection, calibration.
 
     Args:
@@ -73,15 +80,16 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         optimizer: optimizer factory (LightningCLI: ``class_path``/``init_args``).
         scheduler: optional learning-rate scheduler factory.
         scheduler_interval: ``"epoch"`` or ``"step"``.
-        metrics: metric groups every set computes (``segmentation``, ``calibration``, ``pixel_ood``,
-            ``components``); OOD groups only on sets with OOD labels.
+        metrics: metric groups every set computes (``segmentation``, ``calibration``, ``misclassification``,
+            ``pixel_ood``, ``components``); OOD groups only on sets with OOD labels.
         set_metrics: per-set overrides of ``metrics`` by set name.
         component_tracks: SMIYC size rules of the component metrics per set name (``anomaly``: default,
             or ``obstacle``).
         ood_protocol: ``"benchmark"`` (SMIYC: pixels pooled over the set, void left out) or ``"paper"``
             (AUROC/AP/FPR95 per image with void counted as negative, averaged over images; the pooled
             values are then logged as ``pooled_<metric>``).
-        ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics.
+        ood_metric_mode: ``"binned"`` (constant memory) or ``"exact"`` pixel OOD metrics, or ``"official"``
+            (the SegmentMeIfYouCan benchmark's per-frame percentile aggregation, as on its leaderboard).
         calibration_bins: bins of the top-1 ECE.
         val_set_names / test_set_names: names of the evaluation dataloaders, used in
             logged keys ``val/<name>/<metric>``; by default taken from the datamodule, else ``val_0``...
@@ -89,6 +97,8 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         summary: write ``metrics_summary.{json,md}`` after fit/validate/test.
         prediction_dir: where ``predict`` writes prediction and score maps (default ``<log_dir>/predictions``).
         compile_losses: compile the summed loss terms with ``torch.compile`` (CUDA only).
+        param_groups: optimizer parameter groups (learning-rate multipliers, weight decay of norms and
+            embeddings; :class:`~synthrel_lightning.models.param_groups.ParamGroups`); default one group.
     """
 
     def __init__(
@@ -115,6 +125,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         summary: bool = True,
         prediction_dir: str | None = None,
         compile_losses: bool = False,
+        param_groups: ParamGroups | None = None,
     ) -> None:
         super().__init__()
         if built_from_config():
@@ -122,7 +133,9 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
             # all of it, so load_from_checkpoint can rebuild the segmenter and loss terms.
             self.save_hyperparameters()
         else:
-            self.save_hyperparameters(ignore=["segmenter", "losses", "optimizer", "scheduler", "ood_score"])
+            self.save_hyperparameters(
+                ignore=["segmenter", "losses", "optimizer", "scheduler", "ood_score", "param_groups"]
+            )
             if isinstance(ood_score, str):
                 self.hparams["ood_score"] = ood_score
         self.segmenter = segmenter
@@ -170,6 +183,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
             freeze_except(self.segmenter, trainable, "OODSegmenter")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.param_groups = param_groups
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         self.scheduler_interval = scheduler_interval
@@ -189,7 +203,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         if ood_protocol not in ("benchmark", "paper"):
             raise ValueError(f"OODSegmenter: ood_protocol must be 'benchmark' or 'paper', got {ood_protocol!r}")
         self.ood_protocol = ood_protocol
-        self.ood_metric_mode = ood_metric_mode
+        self.ood_metric_mode = check_ood_metric_mode(ood_metric_mode, "OODSegmenter")
         self.calibration_bins = calibration_bins
         self.set_names: dict[str, list[str] | None] = {"val": val_set_names, "test": test_set_names}
         self.class_names = (
@@ -206,6 +220,7 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         self.compile_losses = bool(compile_losses)
         self._compiled_terms: Any = None
         self.register_buffer("temperature", torch.ones(()))
+        self.calibrator = None  # a clustered or local calibrator replaces ``temperature`` (CalibratedScores)
         # Evaluation metrics per (stage, set name), created on first use.
         self.eval_metrics = nn.ModuleDict()
         self._seen: dict[str, dict[str, bool]] = {}
@@ -268,8 +283,8 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
         return self.class_scores(self.segmenter_output(images), size or (images.shape[-2], images.shape[-1]))
 
     def forward(self, images: Tensor) -> Tensor:
-        """Temperature-scaled per-pixel class scores (B,K,H,W) at the input resolution."""
-        return self.raw_logits(images) / self.temperature
+        """Calibrated per-pixel class scores (B,K,H,W) at the input resolution."""
+        return self.calibrated_scores(images)[1]
 
     def set_ood_score(self, score: str | nn.Module) -> None:
         """Switch the OOD score used by evaluation and prediction (e.g. to compare scores on one model)."""
@@ -399,18 +414,20 @@ class OODSegmenter(SetEvaluation, PretrainedMixin, L.LightningModule):
     # ---------------------------------------------------------------- prediction
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Prediction (argmax train ids), OOD score map and frame names for a batch."""
-        logits = self(batch["image"])
+        logits, score = self.calibrated_scores_and_ood(batch["image"])
         return {
             "name": batch.get("name"),
             "prediction": logits.argmax(1).to(torch.uint8),
-            "score": self.score(logits).float(),
+            "score": score.float(),
         }
 
     # ----------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
         """The configured optimizer (and scheduler) over the trainable parameters."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        if self.param_groups is None:
+            optimizer = self.optimizer_factory([p for p in self.parameters() if p.requires_grad])
+        else:
+            optimizer = self.param_groups.apply(self.optimizer_factory(self.param_groups(self)))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

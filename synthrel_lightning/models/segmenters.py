@@ -48,13 +48,16 @@ class HFSegformer(nn.Module):
     """A transformers SegFormer, from a checkpoint id/folder or from config values.
 
     With ``checkpoint`` set, weights load through ``from_pretrained`` (the head is
-    re-initialised when its class count differs); otherwise ``config`` holds
-    ``SegformerConfig`` keyword arguments and the weights are random.
+    re-initialised when its class count differs); with only ``config`` (``SegformerConfig``
+    keyword arguments) the weights are random and nothing is downloaded; with neither,
+    :data:`DEFAULT_CHECKPOINT` (SegFormer-B0 fine-tuned on Cityscapes) loads.
     """
+
+    DEFAULT_CHECKPOINT = "nvidia/segformer-b0-finetuned-cityscapes-1024-1024"
 
     def __init__(
         self,
-        checkpoint: str | None = "nvidia/segformer-b0-finetuned-cityscapes-1024-1024",
+        checkpoint: str | None = None,
         num_classes: int = 19,
         config: dict[str, Any] | None = None,
     ) -> None:
@@ -62,11 +65,11 @@ class HFSegformer(nn.Module):
         from transformers import SegformerConfig, SegformerForSemanticSegmentation
 
         if checkpoint is None and config is None:
-            raise ValueError("HFSegformer: give a checkpoint id/folder or a config dict")
+            checkpoint = self.DEFAULT_CHECKPOINT
         if checkpoint is not None:
             try:
                 self.model = SegformerForSemanticSegmentation.from_pretrained(
-                    checkpoint, num_labels=num_classes, ignore_mismatched_sizes=True
+                    checkpoint, num_labels=num_classes, ignore_mismatched_sizes=True, **(config or {})
                 )
             except OSError as err:
                 raise ValueError(

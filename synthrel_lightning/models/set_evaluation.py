@@ -7,7 +7,7 @@ batch of a named set updates that set's metrics (built on first use by
 set's metrics are computed over the whole set and logged as ``<stage>/<set>/<metric>``; component-level
 metrics take a second pass over the set's loader at the set's best-F1 threshold of the pixel-level pass.
 
-The mixin reads what the module defines: ``raw_logits``, ``score``, ``temperature``, ``num_classes``,
+The mixin reads what the module defines: ``calibrated_scores_and_ood``, ``num_classes``,
 ``class_names``, ``ood_score``, the metric settings (``metric_groups``, ``set_metric_groups``,
 ``ood_metric_mode``, ``calibration_bins``, ``ood_protocol``, ``component_tracks``), ``set_names``,
 ``keep_evaluation_plots``, and the state it creates (``eval_metrics``, ``evaluation_plots``, ``_seen``,
@@ -47,7 +47,6 @@ class SetEvaluation(_ModuleBase):
     calibration_bins: int
     ood_protocol: Literal["benchmark", "paper"]
     component_tracks: dict[str, Literal["anomaly", "obstacle"]]
-    temperature: Tensor
     ood_score: str
     keep_evaluation_plots: bool
     eval_metrics: nn.ModuleDict
@@ -58,9 +57,9 @@ class SetEvaluation(_ModuleBase):
 
     if TYPE_CHECKING:
 
-        def raw_logits(self, images: Tensor, size: tuple[int, int] | None = None) -> Tensor: ...
-
-        def score(self, logits: Tensor) -> Tensor: ...
+        def calibrated_scores_and_ood(
+            self, images: Tensor, size: tuple[int, int] | None = None
+        ) -> tuple[Tensor, Tensor]: ...
 
     def set_name(self, stage: str, dataloader_idx: int) -> str:
         """The name of evaluation set ``dataloader_idx`` of ``stage`` (``val``/``test``)."""
@@ -99,9 +98,7 @@ class SetEvaluation(_ModuleBase):
         label, ood = batch.get("label"), batch.get("ood")
         shape = (label if label is not None else ood if ood is not None else images).shape
         size = (shape[-2], shape[-1])
-        raw = self.raw_logits(images, size)
-        logits = raw / self.temperature
-        score = self.score(logits)
+        logits, score = self.calibrated_scores_and_ood(images, size)
         for what, value in (("class scores", logits), ("OOD scores", score)):
             if not bool(torch.isfinite(value).all()):
                 raise FloatingPointError(
@@ -129,7 +126,7 @@ class SetEvaluation(_ModuleBase):
         seen = self._seen[key]
         label, ood = result.label, result.ood
         if label is not None and bool((label < self.num_classes).any()):
-            for group in ("segmentation", "calibration"):
+            for group in ("segmentation", "calibration", "misclassification"):
                 if group in metrics:
                     metrics[group].update(result.logits, label)
             seen["seg"] = True
@@ -193,6 +190,8 @@ class SetEvaluation(_ModuleBase):
             if flags[0] > 0:
                 if "segmentation" in metrics:
                     values.update(metrics["segmentation"].compute())
+                if "misclassification" in metrics:
+                    values.update(metrics["misclassification"].compute())
                 if "calibration" in metrics:
                     values.update(metrics["calibration"].compute())
                     if self.keep_evaluation_plots:

@@ -1,5 +1,10 @@
 """The metric groups computed per evaluation set.
 
+``misclassification`` (on sets with class labels): PRR as relis computes it, AURC and AUGRC as
+torch-uncertainty computes them (:class:`~synthrel_lightning.metrics.MisclassificationMetrics`,
+max-probability confidence of the temperature-scaled class scores), logged as ``prr``, ``aurc``,
+``augrc``.
+
 The component metrics (sIoU, PPV, mean F1) need the set's best-F1 threshold, known only after the
 whole set: :class:`~synthrel_lightning.models.OODSegmenter` runs a second pass over the set's loader
 at the end of the epoch instead of keeping per-pixel scores (which for Fishyscapes L&F at full size
@@ -13,12 +18,25 @@ from typing import Literal, get_args
 
 from torch import nn
 
-MetricGroup = Literal["segmentation", "calibration", "pixel_ood", "components"]
+MetricGroup = Literal["segmentation", "calibration", "misclassification", "pixel_ood", "components"]
 """Metric groups an evaluation set can compute."""
 
 METRIC_GROUPS: tuple[str, ...] = get_args(MetricGroup)
 DEFAULT_METRICS: tuple[str, ...] = METRIC_GROUPS
 """By default every set computes all groups (OOD groups only where it has OOD labels)."""
+
+
+OOD_METRIC_MODES: tuple[str, ...] = ("binned", "exact", "official")
+"""``binned`` / ``exact``: the exact definitions (constant-memory bins or every pixel kept); ``official``:
+the SegmentMeIfYouCan benchmark's own aggregation (per-frame percentile bins, its best-F1 threshold
+and ``>`` comparison), which reproduces leaderboard numbers."""
+
+
+def check_ood_metric_mode(mode: str, who: str) -> str:
+    """``mode`` if it is one of :data:`OOD_METRIC_MODES`; an error listing them otherwise."""
+    if mode not in OOD_METRIC_MODES:
+        raise ValueError(f"{who}: unknown ood_metric_mode {mode!r}; valid: {', '.join(OOD_METRIC_MODES)}")
+    return mode
 
 
 def check_metric_groups(groups: list[str], who: str) -> list[str]:
@@ -41,22 +59,41 @@ def build_set_metrics(
     track: Literal["anomaly", "obstacle"],
 ) -> nn.ModuleDict:
     """One metric module per group (``pixel_ood`` follows ``ood_protocol``)."""
-    from synthrel_lightning.metrics import CalibrationMetrics, ComponentMetrics, PixelOODMetrics, SegmentationIoU
+    from synthrel_lightning.metrics import (
+        CalibrationMetrics,
+        ComponentMetrics,
+        MisclassificationMetrics,
+        PixelOODMetrics,
+        SegmentationIoU,
+    )
 
+    check_ood_metric_mode(ood_metric_mode, "build_set_metrics")
+    official = ood_metric_mode == "official"
+    storage = "binned" if official else ood_metric_mode
     metrics = nn.ModuleDict()
     if "segmentation" in groups:
         metrics["segmentation"] = SegmentationIoU(num_classes=num_classes, class_names=class_names)
     if "calibration" in groups:
         metrics["calibration"] = CalibrationMetrics(num_bins=calibration_bins)
+    if "misclassification" in groups:
+        metrics["misclassification"] = MisclassificationMetrics(mode=storage)
     if "pixel_ood" in groups:
-        metrics["pixel_ood"] = PixelOODMetrics(mode=ood_metric_mode)
+        metrics["pixel_ood"] = PixelOODMetrics(mode=storage, aggregation="official" if official else "exact")
         if ood_protocol == "paper":
             from synthrel_lightning.models.paper_protocol import PerImageOODMetrics
 
             metrics["paper_ood"] = PerImageOODMetrics()
     if "components" in groups:
-        metrics["components"] = ComponentMetrics(track=track)
+        metrics["components"] = ComponentMetrics(track=track, aggregation="official" if official else "exact")
     return metrics
 
 
-__all__ = ["DEFAULT_METRICS", "METRIC_GROUPS", "MetricGroup", "build_set_metrics", "check_metric_groups"]
+__all__ = [
+    "DEFAULT_METRICS",
+    "METRIC_GROUPS",
+    "OOD_METRIC_MODES",
+    "check_ood_metric_mode",
+    "MetricGroup",
+    "build_set_metrics",
+    "check_metric_groups",
+]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import torch.multiprocessing as mp
 from lightning.pytorch.callbacks import Callback
 
@@ -220,10 +221,16 @@ class OutlierBankRefresh(Callback):
 
     def _log(self, pl_module: L.LightningModule, size: int) -> None:
         now = self.progress()
+        counts = [float(now["produced"]), float(now["failed"] + now["crashed_jobs"])]
+        trainer = pl_module.trainer
+        if self.all_ranks and trainer.world_size > 1:
+            # Every process runs its own jobs (and calls this at the same hooks): the run's counts are the sum.
+            total = trainer.strategy.reduce(torch.tensor(counts, dtype=torch.float64), reduce_op="sum")
+            counts = [float(v) for v in total]
         metrics = {
             f"train/{self.log_name}_size": float(size),
-            f"train/{self.log_name}_generated": float(now["produced"]),
-            f"train/{self.log_name}_failures": float(now["failed"] + now["crashed_jobs"]),
+            f"train/{self.log_name}_generated": counts[0],
+            f"train/{self.log_name}_failures": counts[1],
         }
         # Logged at epoch start and end; the counts only grow, so the epoch's value is the latest (max).
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, rank_zero_only=True, sync_dist=False, reduce_fx="max")
