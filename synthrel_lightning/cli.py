@@ -135,7 +135,8 @@ def main(args: list[str] | None = None) -> None:
     verbose = "--verbose" in args or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     args = [a for a in args if a != "--verbose"]
     if sub in TOOLS:
-        guarded(sub, lambda: _check_config_files(args[1:]) or import_module(TOOLS[sub]).main(args[1:]), verbose)
+        tool_args = args[1:]
+        guarded(sub, _after_config_check(tool_args, lambda: import_module(TOOLS[sub]).main(tool_args)), verbose)
         return
     if sub == "demo":
         print(
@@ -159,7 +160,8 @@ def main(args: list[str] | None = None) -> None:
     if from_argv:
         # LightningCLI reads sys.argv itself (and warns when given both).
         sys.argv = [sys.argv[0], *args]
-    guarded(args[0], lambda: _check_config_files(args[1:]) or run(None if from_argv else args), verbose)
+    run_args = args
+    guarded(args[0], _after_config_check(args[1:], lambda: run(None if from_argv else run_args)), verbose)
 
 
 class CommandError(SystemExit):
@@ -227,6 +229,16 @@ def guarded(sub: str, command: Callable[[], T], verbose: bool = False) -> T:
         cause, _ = _prefixed(sub, str(err) or type(err).__name__)
         _fail(cause, traceback.format_exc(), verbose)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _after_config_check(args: list[str], command: Callable[[], T]) -> Callable[[], T]:
+    """``command`` preceded by :func:`_check_config_files` on ``args`` (both inside one error path)."""
+
+    def checked() -> T:
+        _check_config_files(args)
+        return command()
+
+    return checked
 
 
 def _check_config_files(args: list[str]) -> None:

@@ -122,8 +122,9 @@ class RunConfig(SaveConfigCallback):
         configuration's top-level ``optimizer``).
         """
         pl_module._log_hyperparams = False
-        if trainer.datamodule is not None:
-            trainer.datamodule._log_hyperparams = False
+        datamodule = getattr(trainer, "datamodule", None)  # set by the Trainer at run time, not declared
+        if datamodule is not None:
+            datamodule._log_hyperparams = False
         if self.already_saved:
             return
         if trainer.is_global_zero:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
 import torch
@@ -24,6 +24,14 @@ from synthrel_lightning.calibration.clustered import RELIS_SEED
 from synthrel_lightning.data.named_sets import trainer_loader
 
 log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class _HoldsCalibrator(Protocol):
+    """A module that applies a clustered or local calibrator when it holds one (the OOD segmenter does)."""
+
+    calibrator: Calibrator | None
+
 
 _WHEN = ("fit_end", "validation_end")
 
@@ -136,7 +144,7 @@ class TemperatureScaling(Callback):
                 for note in self.last_fit.grid_notes:
                     log.warning("TemperatureScaling: %s", note)
         value = float(trainer.strategy.broadcast(value, src=0))
-        if getattr(pl_module, "calibrator", None) is not None:
+        if isinstance(pl_module, _HoldsCalibrator) and pl_module.calibrator is not None:
             pl_module.calibrator = None  # one global T replaces an earlier clustered/local calibrator
         with torch.no_grad():
             buffer.fill_(value)
@@ -165,7 +173,7 @@ class TemperatureScaling(Callback):
         self.calibration_state = state
         self.calibrator = calibrator_from_state(state, where="TemperatureScaling")
         self.temperature = 1.0
-        if hasattr(pl_module, "calibrator"):
+        if isinstance(pl_module, _HoldsCalibrator):
             # The OOD segmenter applies it in its evaluation and prediction from now on (and saves it).
             pl_module.calibrator = self.calibrator
         return 1.0

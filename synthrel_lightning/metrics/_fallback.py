@@ -11,6 +11,7 @@ scores, never in both, so the states of several processes merge like the metric'
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -19,14 +20,44 @@ from torchmetrics.utilities.data import dim_zero_cat
 from synthrel_lightning.metrics.functional import curve_counts_from_histogram, resolution_from_counts
 from synthrel_lightning.metrics.score_bins import split_state
 
+if TYPE_CHECKING:
+    from torchmetrics import Metric as _MetricBase
+
+    from synthrel_lightning.metrics.score_bins import BinLayout
+else:
+    _MetricBase = object
+
 
 def keep_precision(scores: Tensor) -> Tensor:
     """float64 scores as they are, lower precisions as float32 (exact for float16 / bfloat16)."""
     return scores if scores.dtype == torch.float64 else scores.float()
 
 
-class ExactFallback:
+class ExactFallback(_MetricBase):
     """Methods of the binned metric's exact fallback (see the module docstring)."""
+
+    # States and settings of the metric that mixes this in (PixelOODMetrics).
+    mode: str
+    hist: Tensor
+    scores: list[Tensor]
+    positives: list[Tensor]
+    n_pos: Tensor
+    n_neg: Tensor
+    num_bins: int
+    tolerance: float
+    fallback_pixels: int
+    exact_fallback: str | None
+    _kept_mantissa: int
+    _probe_pending: bool
+    _fallback_active: bool
+
+    if TYPE_CHECKING:
+
+        def _update_binned(
+            self, scores: Tensor, target: Tensor, valid: Tensor, mantissa: int | None = None
+        ) -> None: ...
+
+        def _ascending_counts(self) -> tuple[Tensor, Tensor, Tensor, BinLayout]: ...
 
     def _update_exact(self, scores: Tensor, target: Tensor, valid: Tensor) -> None:
         pos = target[valid] == 1
@@ -62,7 +93,9 @@ class ExactFallback:
         if bound <= self.tolerance:
             self._drop_kept()
             return
-        self.hist.copy_(self._defaults["hist"].to(self.hist.device))
+        default = self._defaults["hist"]
+        assert isinstance(default, Tensor)  # the binned state's default is a tensor
+        self.hist.copy_(default.to(self.hist.device))
         self._fallback_active = True
         self.exact_fallback = (
             f"the scores need finer bins than num_bins={self.num_bins} give (resolution bound {bound:.1e} > "

@@ -158,7 +158,7 @@ class MisclassificationMetrics(PixelOODMetrics):
         self.confidence = confidence
         self.label_ignore_index = int(ignore_index)
 
-    def update(self, logits: Tensor, labels: Tensor) -> None:  # type: ignore[override]
+    def update(self, logits: Tensor, labels: Tensor) -> None:
         """Add a batch of class scores and labels."""
         conf, target = confidence_and_errors(logits, labels, self.confidence, self.label_ignore_index)
         super().update(-conf, target)
@@ -175,7 +175,7 @@ class MisclassificationMetrics(PixelOODMetrics):
             torch.distributed.all_reduce(counts, group=self.process_group)
         return int(counts.sum()) >= 2
 
-    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+    def compute(self) -> dict[str, Tensor]:
         """``prr``, ``aurc``, ``augrc`` over all pixels seen (NaN where undefined)."""
         return selective_metrics_from_counts(*self._curve_counts())
 

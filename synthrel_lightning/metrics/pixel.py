@@ -136,6 +136,8 @@ class PixelOODMetrics(ExactFallback, Metric):
     higher_is_better = None
     full_state_update = False
     hist: Tensor  # binned mode
+    official_thresholds: list[Tensor]  # official aggregation
+    official_counts: list[Tensor]
     scores: list[Tensor]  # exact mode (a Tensor once synced across processes)
     positives: list[Tensor]
     n_pos: Tensor

@@ -180,7 +180,8 @@ class LevelsPixelDecoder(Mask2FormerPixelDecoder):
             maps.append(output_conv(current + up))
         return Mask2FormerPixelDecoderOutput(
             mask_features=self.mask_projection(maps[-1]),
-            multi_scale_features=tuple(maps[: self.num_output_levels]),
+            # transformers annotates this as tuple[Tensor] (one element) for a tuple of any length
+            multi_scale_features=tuple(maps[: self.num_output_levels]),  # type: ignore[arg-type]
             attentions=encoder_outputs.attentions,
         )
 

@@ -153,7 +153,8 @@ def load_swin_backbone(model: nn.Module, checkpoint: str) -> nn.Module:
         raise ValueError(
             f"backbone_checkpoint {checkpoint!r}: cannot load a transformers Swin checkpoint: {err}"
         ) from err
-    target = model.model.pixel_level_module.encoder.swin
+    hf: Any = model  # a transformers Mask2Former: its backbone is reached by attribute names
+    target = hf.model.pixel_level_module.encoder.swin
     ours, theirs = target.state_dict(), swin.state_dict()
     for key, value in ours.items():
         if key not in theirs or tuple(theirs[key].shape) != tuple(value.shape):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from synthrel_lightning.evaluation_result import EvaluationResult
 from synthrel_lightning.labels import VOID_ID
-from synthrel_lightning.models.set_metrics import build_set_metrics
+from synthrel_lightning.models.set_metrics import OODMetricMode, build_set_metrics
 
 if TYPE_CHECKING:
     from lightning import LightningModule as _ModuleBase
@@ -43,7 +43,7 @@ class SetEvaluation(_ModuleBase):
     set_metric_groups: dict[str, list[str]]
     num_classes: int
     class_names: list[str]
-    ood_metric_mode: Literal["binned", "exact"]
+    ood_metric_mode: OODMetricMode
     calibration_bins: int
     ood_protocol: Literal["benchmark", "paper"]
     component_tracks: dict[str, Literal["anomaly", "obstacle"]]

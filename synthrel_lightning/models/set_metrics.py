@@ -14,7 +14,7 @@ shared CPU): ``validate`` took 33-35 s without the component metrics and 34-45 s
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 from torch import nn
 
@@ -26,17 +26,18 @@ DEFAULT_METRICS: tuple[str, ...] = METRIC_GROUPS
 """By default every set computes all groups (OOD groups only where it has OOD labels)."""
 
 
-OOD_METRIC_MODES: tuple[str, ...] = ("binned", "exact", "official")
+OODMetricMode = Literal["binned", "exact", "official"]
+OOD_METRIC_MODES: tuple[str, ...] = get_args(OODMetricMode)
 """``binned`` / ``exact``: the exact definitions (constant-memory bins or every pixel kept); ``official``:
 the SegmentMeIfYouCan benchmark's own aggregation (per-frame percentile bins, its best-F1 threshold
 and ``>`` comparison), which reproduces leaderboard numbers."""
 
 
-def check_ood_metric_mode(mode: str, who: str) -> str:
+def check_ood_metric_mode(mode: str, who: str) -> OODMetricMode:
     """``mode`` if it is one of :data:`OOD_METRIC_MODES`; an error listing them otherwise."""
     if mode not in OOD_METRIC_MODES:
         raise ValueError(f"{who}: unknown ood_metric_mode {mode!r}; valid: {', '.join(OOD_METRIC_MODES)}")
-    return mode
+    return cast(OODMetricMode, mode)  # one of OOD_METRIC_MODES, checked above
 
 
 def check_metric_groups(groups: list[str], who: str) -> list[str]:
@@ -53,7 +54,7 @@ def build_set_metrics(
     groups: list[str],
     num_classes: int,
     class_names: list[str],
-    ood_metric_mode: Literal["binned", "exact"],
+    ood_metric_mode: OODMetricMode,
     calibration_bins: int,
     ood_protocol: str,
     track: Literal["anomaly", "obstacle"],
@@ -69,7 +70,7 @@ def build_set_metrics(
 
     check_ood_metric_mode(ood_metric_mode, "build_set_metrics")
     official = ood_metric_mode == "official"
-    storage = "binned" if official else ood_metric_mode
+    storage: Literal["binned", "exact"] = "exact" if ood_metric_mode == "exact" else "binned"
     metrics = nn.ModuleDict()
     if "segmentation" in groups:
         metrics["segmentation"] = SegmentationIoU(num_classes=num_classes, class_names=class_names)
