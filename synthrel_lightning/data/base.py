@@ -24,7 +24,7 @@ from synthrel_lightning.data.io import (
 from synthrel_lightning.data.qc_thresholds import QCFilter
 from synthrel_lightning.data.sample import Sample, SampleKey
 
-__all__ = ["Frame", "SkippedFrame", "SegmentationDataset", "Sample", "Transform", "OnError"]
+__all__ = ["Frame", "SkippedFrame", "SegmentationDataset", "Sample", "Transform", "OnError", "UnbuiltSet"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +48,16 @@ class SkippedFrame:
 
     name: str
     reason: str
+
+
+class UnbuiltSet(Dataset[Sample]):
+    """Stands for a named evaluation set until a datamodule indexes it in ``setup`` (its name is known before)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getitem__(self, index: object) -> Sample:
+        raise RuntimeError(f"evaluation set {self.name!r} is indexed in setup(); call setup() before reading it")
 
 
 class SegmentationDataset(Dataset[Sample]):

@@ -12,15 +12,15 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from synthrel_lightning.data.base import OnError, Transform
+from synthrel_lightning.data.base import OnError, Transform, UnbuiltSet
 from synthrel_lightning.data.collate import collate_samples
 from synthrel_lightning.data.keyed import KeyedDataset
 from synthrel_lightning.data.sample import Sample
@@ -326,26 +326,6 @@ class SegmentationDataModule(L.LightningDataModule):
         return self._loader(sets[name], train=False)
 
 
-T = TypeVar("T")
-
-
-def _pair(values: Sequence[T], what: str) -> tuple[T, T]:
-    """``values`` as a 2-tuple (a list from a YAML config too); a clear error for any other length."""
-    if len(values) != 2:
-        raise ValueError(f"CityscapesOODDataModule: {what} must hold 2 values, got {values!r}")
-    return values[0], values[1]
-
-
-class _Unbuilt(Dataset[Sample]):
-    """Stands for a named evaluation set until ``build_sets`` indexes it in ``setup`` (its name is known before)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __getitem__(self, index: Any) -> Sample:
-        raise RuntimeError(f"evaluation set {self.name!r} is indexed in setup(); call setup() before reading it")
-
-
 class CityscapesOODDataModule(SegmentationDataModule):
     """Cityscapes (official layout) for training/validation, mixed with synthetic outliers.
 
@@ -373,8 +353,6 @@ class CityscapesOODDataModule(SegmentationDataModule):
             ``train_dataloader()`` then hold uint8 images.
         decoded_cache / prefetch_factor / remap_ood_to: see :class:`SegmentationDataModule`.
     """
-
-    name: str  # the Cityscapes-format set's name (LightningDataModule declares it optional)
 
     def __init__(
         self,
@@ -410,15 +388,14 @@ class CityscapesOODDataModule(SegmentationDataModule):
         from synthrel_lightning.data.transforms import train_transform as make_train
 
         default_train = make_train(
-            crop_size=_pair(crop_size, "crop_size"),
-            scale_range=_pair(scale_range, "scale_range"),
+            crop_size=(crop_size[0], crop_size[1]),  # lists from a YAML config too
+            scale_range=(scale_range[0], scale_range[1]),
             output="uint8" if normalize_on_device else "float",
         )
         super().__init__(
             outliers=outliers,
             train_transform=train_transform or default_train,
-            eval_transform=eval_transform
-            or make_eval(size=None if eval_size is None else _pair(eval_size, "eval_size")),
+            eval_transform=eval_transform or make_eval(size=eval_size and (eval_size[0], eval_size[1])),
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_workers=num_workers,
@@ -432,7 +409,7 @@ class CityscapesOODDataModule(SegmentationDataModule):
         )
         self.normalize_on_device = normalize_on_device
         self.root = Path(root)
-        self.name = name
+        self.name: str = name  # LightningDataModule declares it optional
         self.train_split = train_split
         self.val_split = val_split
         self.val_outliers = val_outliers
@@ -445,8 +422,8 @@ class CityscapesOODDataModule(SegmentationDataModule):
             if key in (name, f"{name}_objects"):
                 raise ValueError(f"{type(self).__name__}: extra set name {key!r} collides with a built-in set name")
         self.val_sets = {
-            name: _Unbuilt(name),
-            **({f"{name}_objects": _Unbuilt(f"{name}_objects")} if val_outliers is not None else {}),
+            name: UnbuiltSet(name),
+            **({f"{name}_objects": UnbuiltSet(f"{name}_objects")} if val_outliers is not None else {}),
             **self.extra_val_sets,
         }
         self.test_sets = dict(self.extra_test_sets)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, overload
+from typing import Any, Literal
 
 import albumentations as A
 import albumentations.augmentations.pixel.functional as albu_pixel
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from synthrel_lightning.data.sample import Sample
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.seeding import derive_seed, worker_context
 
@@ -129,18 +128,8 @@ class SegmentationTransform:
         self.pipeline.set_random_seed(s & 0xFFFFFFFF)
         self._seeded_for = key
 
-    @overload
-    def __call__(self, sample: Sample, seed: int | None = None) -> Sample: ...
-
-    @overload
-    def __call__(self, sample: dict[str, Any], seed: int | None = None) -> dict[str, Any]: ...
-
-    def __call__(self, sample: Mapping[str, Any], seed: int | None = None) -> Sample | dict[str, Any]:
-        """Transform one sample dict (its random draws keyed by ``seed`` if given); returns a new dict of tensors.
-
-        A :class:`~synthrel_lightning.data.sample.Sample` gives one; a dict with fewer keys (an image to
-        predict on) gives a dict with the same keys.
-        """
+    def __call__(self, sample: Mapping[str, Any], seed: int | None = None) -> Any:
+        """Transform one sample dict (its random draws keyed by ``seed`` if given); returns a new dict of tensors."""
         if "image" not in sample:
             raise KeyError(f"SegmentationTransform: sample has no 'image' (keys: {sorted(sample)})")
         if seed is None:

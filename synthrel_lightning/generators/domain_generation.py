@@ -192,8 +192,7 @@ class DomainWorkItems(Dataset):
         self.ood_condition_id = int(ood_condition_id)
         self.protocol, self.num_samples = protocol, int(num_samples)
         kinds = {"shift": ["shift"], "joint": ["joint"], "both": ["shift", "joint"]}[sets]
-        # torch's Dataset declares no __len__; the map-style sets rendered here have one
-        n = len(source) if max_frames is None else min(len(source), int(max_frames))  # type: ignore[arg-type]
+        n = len(source) if max_frames is None else min(len(source), int(max_frames))  # type: ignore[arg-type]  # torch's Dataset declares no __len__
         if n == 0:
             raise ValueError("DomainWorkItems: the source set has no frames")
         all_items: list[tuple[int, str, str, tuple[int, float] | None]] = []
@@ -254,11 +253,9 @@ class DomainWorkItems(Dataset):
 
     def _paste_objects(self, label_ids: np.ndarray, train_ids: np.ndarray, domain: str, name: str) -> tuple[str, int]:
         """Paste one OOD object mask into both maps (in place); returns its name and the pixels it covers."""
-        if self.ood_objects is None:
-            raise ValueError("DomainWorkItems: joint sets paste OOD objects: pass ood_objects (an outlier source)")
         rng = numpy_generator(self.seed, "joint", domain, name)
         for _ in range(8):
-            entry = self.ood_objects.sample(rng)
+            entry = self.ood_objects.sample(rng) if self.ood_objects is not None else None  # set for joint sets
             place = self.placement.sample(train_ids, rng)
             if entry is None or place is None:
                 continue
@@ -348,8 +345,7 @@ class DomainDataModule(HostItemsDataModule):
     def _captions(self) -> dict[str, str]:
         if self.captions is None:
             return {}
-        # torch's Dataset declares no __len__; the map-style sets rendered here have one
-        n = len(self.source) if self.max_frames is None else min(len(self.source), int(self.max_frames))  # type: ignore[arg-type]
+        n = len(self.source) if self.max_frames is None else min(len(self.source), int(self.max_frames))  # type: ignore[arg-type]  # torch's Dataset declares no __len__
         names = [frame_name(self.source, i) or str(self.source[i].get("name", f"#{i}")) for i in range(n)]
         kwargs = {} if self.generic_caption is None else {"generic": self.generic_caption}
         by_name, self.missing_captions = CaptionFile.read(self.captions).lookup(

@@ -39,7 +39,7 @@ class ExactFallback(_MetricBase):
     # States and settings of the metric that mixes this in (PixelOODMetrics).
     mode: str
     hist: Tensor
-    scores: list[Tensor]
+    scores: list[Tensor]  # a Tensor once synced across processes
     positives: list[Tensor]
     n_pos: Tensor
     n_neg: Tensor

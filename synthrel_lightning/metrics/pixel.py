@@ -135,13 +135,8 @@ class PixelOODMetrics(ExactFallback, Metric):
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
-    hist: Tensor  # binned mode
-    official_thresholds: list[Tensor]  # official aggregation
+    official_thresholds: list[Tensor]  # official aggregation (the other states: see ExactFallback)
     official_counts: list[Tensor]
-    scores: list[Tensor]  # exact mode (a Tensor once synced across processes)
-    positives: list[Tensor]
-    n_pos: Tensor
-    n_neg: Tensor
 
     def __init__(
         self,

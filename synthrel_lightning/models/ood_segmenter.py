@@ -167,7 +167,7 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
             raise ValueError(f"OODSegmenter: model_criterion must be >= 0, got {model_criterion!r}")
         self.model_criterion = float(model_criterion)
         if loss_weights:
-            by_name = {term.name: term for term in self._loss_terms()}
+            by_name = {term.name: term for term in cast("list[LossTerm]", list(self.losses))}
             unknown = sorted(set(loss_weights) - set(by_name))
             if unknown:
                 raise ValueError(
@@ -334,10 +334,6 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
         return n
 
     # ------------------------------------------------------------------ training
-    def _loss_terms(self) -> list[LossTerm]:
-        """The terms of ``losses`` (each checked to be a LossTerm at construction)."""
-        return cast("list[LossTerm]", list(self.losses))
-
     def compute_losses(self, logits: Tensor, target: Tensor) -> dict[str, Tensor]:
         """The weighted total (``loss``) and each unweighted term (``loss_<name>``) on per-pixel logits.
 
@@ -347,7 +343,7 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
         """
         from synthrel_lightning.losses import check_target_values, evaluate_terms
 
-        terms = self._loss_terms()
+        terms = cast("list[LossTerm]", list(self.losses))  # each checked to be a LossTerm at construction
         if len(terms) > 1 and any(term.supports_stats for term in terms):
             if self.compile_losses and logits.is_cuda:
                 if self._compiled_terms is None:
@@ -378,7 +374,7 @@ class OODSegmenter(CalibratedScores, SetEvaluation, PretrainedMixin, L.Lightning
                 raise TypeError(f"OODSegmenter: the criterion of {type(self.segmenter).__name__} returned no loss")
             parts["loss_criterion"] = own
             total = own * self.model_criterion
-        terms = self._loss_terms()
+        terms = cast("list[LossTerm]", list(self.losses))  # each checked to be a LossTerm at construction
         if terms:
             layers = [output.class_scores(), *output.aux_class_scores()]
             values = [sum(term(scores, target) for scores in layers) for term in terms]
