@@ -142,11 +142,10 @@ def zoo_stage(ctx: StudyContext) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- registry
 def _stage_functions() -> dict[str, Callable[[StudyContext], dict[str, Any]]]:
-    from synthrel_lightning.study.qc_stage import qc_stage
-    from synthrel_lightning.study.report import report_stage
-
     from synthrel_lightning.study.analysis import calibration_stage, correlate_stage, finetune_stage
     from synthrel_lightning.study.evaluate import evaluate_stage
+    from synthrel_lightning.study.qc_stage import qc_stage
+    from synthrel_lightning.study.report import report_stage
 
     return {
         "sets": sets_stage,
