@@ -34,6 +34,7 @@ TOOLS: dict[str, str] = {
     "calibrate": "synthrel_lightning.commands.calibrate",
     "sml_stats": "synthrel_lightning.commands.sml_stats",
     "export_submission": "synthrel_lightning.commands.export_submission",
+    "study": "synthrel_lightning.commands.study",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
@@ -90,7 +91,8 @@ def _usage() -> str:
         "  domains                     render label maps in fog/night/rain/snow with a ControlNet (+ OOD objects)\n"
         "  caption                     caption the frames of a Cityscapes-layout split into a JSONL file\n"
         "  import_controlnet           convert an original-format ControlNet checkpoint for the domain generator\n"
-        "  export_submission           write score maps in the SegmentMeIfYouCan submission layout\n\n"
+        "  export_submission           write score maps in the SegmentMeIfYouCan submission layout\n"
+        "  study                       the paper's whole study (qc, zoo, correlation, calibration, fine-tuning, report)\n\n"
         "Options: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
         "Run any subcommand with --help for its options."
     )

@@ -93,6 +93,7 @@ class StudyContext:
     calibration: dict[str, Any] | None = None
     finetune: dict[str, Any] | None = None
     trainer: dict[str, Any] = field(default_factory=dict)
+    fit_args: list[str] = field(default_factory=list)
     correlation: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     progress: bool = True

@@ -122,13 +122,13 @@ def zoo_stage(ctx: StudyContext) -> dict[str, Any]:
             from synthrel_lightning.cli import DEMO_CONFIG
 
             config = str(DEMO_CONFIG)
-        key = config_hash(asdict(item), file_fingerprint(config, content=True))
+        key = config_hash(asdict(item), ctx.fit_args, file_fingerprint(config, content=True))
         record = ctx.cache.get("zoo", item.name, None, key)
         if record is not None and record.get("checkpoint") == file_fingerprint(entry.checkpoint):
             cached.append(item.name)
             continue
         try:
-            _call_tool(["fit", "--config", config, *item.args])
+            _call_tool(["fit", "--config", config, *item.args, *ctx.fit_args])
             if not Path(entry.checkpoint).is_file():
                 raise FileNotFoundError(f"fit ran but wrote no checkpoint at {entry.checkpoint}")
         except Exception as e:
