@@ -34,6 +34,7 @@ TOOLS: dict[str, str] = {
     "calibrate": "synthrel_lightning.commands.calibrate",
     "sml_stats": "synthrel_lightning.commands.sml_stats",
     "export_submission": "synthrel_lightning.commands.export_submission",
+    "qc": "synthrel_lightning.commands.qc",
     "study": "synthrel_lightning.commands.study",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
@@ -92,6 +93,7 @@ def _usage() -> str:
         "  caption                     caption the frames of a Cityscapes-layout split into a JSONL file\n"
         "  import_controlnet           convert an original-format ControlNet checkpoint for the domain generator\n"
         "  export_submission           write score maps in the SegmentMeIfYouCan submission layout\n"
+        "  qc                          score a synthetic set per frame (label faithfulness, object presence)\n"
         "  study                       the paper's whole study (qc, zoo, correlation, calibration, fine-tuning, report)\n\n"
         "Options: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
         "Run any subcommand with --help for its options."

@@ -22,6 +22,7 @@ from synthrel_lightning.data.io import (
     read_label,
 )
 from synthrel_lightning.data.sample import Sample, SampleKey
+from synthrel_lightning.qc.thresholds import QCFilter
 
 __all__ = ["Frame", "SkippedFrame", "SegmentationDataset", "Sample", "Transform", "OnError"]
 
@@ -64,6 +65,12 @@ class SegmentationDataset(Dataset[Sample]):
     recorded in :attr:`skipped` (with its reason) and logged as a warning. The check costs
     one decode of every frame: about 40 ms per 2048x1024 Cityscapes image + label on one core
     (the 2975 training frames: about 2 minutes, less with threads).
+
+    ``qc_filter`` serves a filtered view of a synthetic set: only the frames whose QC scores pass
+    its thresholds (a :class:`~synthrel_lightning.qc.QCFilter`, a mapping such as
+    ``{min_miou: 0.5, min_object_iou: 0.3}`` or ``"min_miou=0.5"``), read from the set's QC table
+    (see :mod:`synthrel_lightning.qc`); frames are never deleted. ``qc_report`` then tells what the
+    view keeps (per set, per class, per object). It applies before ``max_samples``.
     """
 
     has_semantics: ClassVar[bool] = True
@@ -77,6 +84,7 @@ class SegmentationDataset(Dataset[Sample]):
         transform: Transform | None = None,
         on_error: OnError = "raise",
         max_samples: int | None = None,
+        qc_filter: QCFilter | str | None = None,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"{type(self).__name__}: on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -89,6 +97,8 @@ class SegmentationDataset(Dataset[Sample]):
         self.on_error: OnError = on_error
         self.max_samples = None if max_samples is None else int(max_samples)
         self.skipped: list[SkippedFrame] = []
+        self.qc_filter = qc_filter
+        self.qc_report: dict | None = None
         if not self.root.is_dir():
             raise DatasetError(
                 f"{type(self).__name__}: dataset root {self.root} "
@@ -96,6 +106,10 @@ class SegmentationDataset(Dataset[Sample]):
                 + "; pass the folder that holds the dataset"
             )
         frames = self._index()
+        if qc_filter is not None:
+            from synthrel_lightning.qc.view import apply_qc_filter
+
+            frames = apply_qc_filter(self, frames, qc_filter)
         if self.max_samples is not None:
             frames = frames[: self.max_samples]
         if not frames:

@@ -8,6 +8,7 @@ import numpy as np
 from synthrel_lightning.data.base import Frame, OnError, Sample, SegmentationDataset, Transform, void_like
 from synthrel_lightning.data.io import PathLike, read_image
 from synthrel_lightning.labels import LABEL_IDS, LABEL_TO_TRAIN_ID, OOD_ID, OOD_NEGATIVE, OOD_POSITIVE, VOID_ID
+from synthrel_lightning.qc.thresholds import QCFilter
 
 __all__ = ["CityscapesDataset"]
 
@@ -49,10 +50,11 @@ class CityscapesDataset(SegmentationDataset):
         on_error: OnError = "raise",
         max_samples: int | None = None,
         labels: bool = True,
+        qc_filter: QCFilter | str | None = None,
     ) -> None:
         self.split = split
         self.labels = labels
-        super().__init__(root, transform=transform, on_error=on_error, max_samples=max_samples)
+        super().__init__(root, transform=transform, on_error=on_error, max_samples=max_samples, qc_filter=qc_filter)
 
     def _index(self) -> list[Frame]:
         layout = _LAYOUT.replace("{split}", self.split)

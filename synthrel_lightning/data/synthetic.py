@@ -24,6 +24,7 @@ from synthrel_lightning.labels import (
     VOID_ID,
     semantic_to_ood_target,
 )
+from synthrel_lightning.qc.thresholds import QCFilter
 
 __all__ = ["SyntheticFramesDataset"]
 
@@ -54,9 +55,10 @@ class SyntheticFramesDataset(SegmentationDataset):
         on_error: OnError = "raise",
         max_samples: int | None = None,
         verify_ood: bool = True,
+        qc_filter: QCFilter | str | None = None,
     ) -> None:
         self.verify_ood = bool(verify_ood)
-        super().__init__(root, transform=transform, on_error=on_error, max_samples=max_samples)
+        super().__init__(root, transform=transform, on_error=on_error, max_samples=max_samples, qc_filter=qc_filter)
 
     def _index(self) -> list[Frame]:
         self._require_dir("images", _LAYOUT)

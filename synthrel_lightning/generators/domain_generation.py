@@ -12,7 +12,8 @@ pixels conditioned as ``ood_condition_id`` (Cityscapes "unlabeled" by default, s
 ControlNet draws no Cityscapes class there) and named in the prompt; the ground truth marks
 them OOD (254). They are written as ``<out>/<domain>-ood`` in the layout of
 :class:`~synthrel_lightning.data.synthetic.SyntheticFramesDataset` (``images/<key>.png``,
-``labels/<key>_labelTrainIds.png``, ``labels/<key>_ood.png``).
+``labels/<key>_labelTrainIds.png``, ``labels/<key>_ood.png``, and ``labels/<key>_object.json``
+naming the pasted object, which ``qc`` re-detects).
 
 Items are seeded from (seed, kind, domain, frame name), so the output does not depend on
 the number of devices, and items whose files exist are skipped (resume).
@@ -30,7 +31,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import Dataset
 
-from synthrel_lightning.atomic import atomic_save_png
+from synthrel_lightning.atomic import atomic_save_png, atomic_write_json
 from synthrel_lightning.generators.captions import GENERIC_CAPTION, CaptionFile, MissingCaptions
 from synthrel_lightning.generators.domains import (
     DomainSample,
@@ -40,6 +41,7 @@ from synthrel_lightning.generators.domains import (
 )
 from synthrel_lightning.labels import LABEL_IDS, OOD_ID, label_ids_to_train_ids, semantic_to_ood_target
 from synthrel_lightning.predict_loop import BatchPredictionWriter, HostItemsDataModule, predict_trainer
+from synthrel_lightning.qc.presence import object_sidecar
 from synthrel_lightning.seeding import derive_seed, numpy_generator
 from synthrel_lightning.synthesis.generate import frame_name
 from synthrel_lightning.synthesis.names import path_within
@@ -348,6 +350,8 @@ class DomainWriter(BatchPredictionWriter):
                 )
             image_path, *label_paths = (Path(p) for p in item["paths"])
             if item["kind"] == "joint":
+                # The pasted object's name beside the label: QC re-detects the object by it.
+                atomic_write_json(object_sidecar(label_paths[0]), {"object": item["object"], "ood": True})
                 atomic_save_png(label_paths[0], item["label"])
                 atomic_save_png(label_paths[1], semantic_to_ood_target(item["label"]))
                 self.counts["joint"] += 1

@@ -6,9 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from synthrel_lightning.atomic import atomic_save_png
+from synthrel_lightning.atomic import atomic_save_png, atomic_write_json
 from synthrel_lightning.labels import semantic_to_ood_target
 from synthrel_lightning.predict_loop import BatchPredictionWriter
+from synthrel_lightning.qc.presence import object_sidecar
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.generate.items import WriteKind, bank_keys
 from synthrel_lightning.synthesis.names import path_within
@@ -35,7 +36,8 @@ class BankWriter(BatchPredictionWriter):
     """Commits accepted results to the outlier bank (objects and/or whole frames) and, optionally, evaluation PNGs.
 
     ``eval_dir`` receives ``images/<key>.png``, ``labels/<key>_labelTrainIds.png`` (train ids, OOD 254)
-    and ``labels/<key>_ood.png`` (0 in, 1 OOD, 255 void) for synthetic evaluation sets. The bank entries
+    ``labels/<key>_ood.png`` (0 in, 1 OOD, 255 void) and ``labels/<key>_object.json`` (the object's name,
+    which ``qc`` re-detects) for synthetic evaluation sets. The bank entries
     are written first and the PNGs after; an item counts as complete only when all exist, so a run
     killed between the two redoes the item. ``should_stop`` (polled after each batch) ends the loop
     with :class:`GenerationStopped` once the batch is written.
@@ -74,6 +76,8 @@ class BankWriter(BatchPredictionWriter):
         if self.eval_dir is not None:
             label = result.label_map(item.label)
             image_path, label_path, ood_path = eval_paths(self.eval_dir, item.key)
+            # The object's name beside the label: QC re-detects the object by it.
+            atomic_write_json(object_sidecar(label_path), {"object": item.object.name, "ood": item.object.is_ood})
             atomic_save_png(image_path, result.image)
             atomic_save_png(label_path, label)
             atomic_save_png(ood_path, semantic_to_ood_target(label))
