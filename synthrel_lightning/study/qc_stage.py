@@ -30,6 +30,7 @@ from synthrel_lightning.atomic import atomic_write_json
 from synthrel_lightning.correlation.pairs import slug
 from synthrel_lightning.correlation.zoo import ZooEntry
 from synthrel_lightning.study.context import StudyContext, build_component
+from synthrel_lightning.study.views import frame_names
 
 __all__ = ["contact_sheet", "qc_stage"]
 
@@ -69,7 +70,7 @@ def contact_sheet(dataset: Any, reference: Any, frames: list[tuple[str, float, s
     from synthrel_lightning.figures import save_figure
     from synthrel_lightning.labels import colorize_train_ids
 
-    names = [str(n) for n in dataset.names()]
+    names = frame_names(dataset) or []
     transform = eval_transform()
     fig = Figure(figsize=(9, 1.9 * len(frames)), constrained_layout=True)
     axes = fig.subplots(len(frames), 3, squeeze=False)
@@ -122,7 +123,7 @@ def qc_stage(ctx: StudyContext) -> dict[str, Any]:
                 masker=masker,
                 qc_dir=section.get("qc_dir") and Path(section["qc_dir"]) / slug(set_name),
             )
-            names = [str(n) for n in dataset.names()]
+            names = frame_names(dataset) or []
             kept = [names[i] for i in filtered_indices(dataset, thresholds, result.table)]
             report = filter_report(dataset, thresholds, result.table)
             filters[set_name] = {
