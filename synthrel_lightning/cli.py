@@ -94,7 +94,7 @@ def _usage() -> str:
         "  import_controlnet           convert an original-format ControlNet checkpoint for the domain generator\n"
         "  export_submission           write score maps in the SegmentMeIfYouCan submission layout\n"
         "  qc                          score a synthetic set per frame (label faithfulness, object presence)\n"
-        "  study                       the paper's whole study: qc, zoo, correlation, calibration, fine-tuning, report\n\n"
+        "  study                       the paper's study: qc, zoo, correlation, calibration, fine-tuning, report\n\n"
         "Options: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
         "Run any subcommand with --help for its options."
     )
