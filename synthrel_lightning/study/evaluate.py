@@ -100,15 +100,21 @@ class CachedEvaluator:
         except Exception as first:
             if len(names) == 1:
                 raise
+            combined = f"{type(first).__name__}: {first}"
             log.warning(
                 "study: %s: evaluation on %d sets failed (%s); retrying set by set", entry.name, len(names), first
             )
         errors: dict[str, str] = {}
+        succeeded = 0
         for name in names:
             try:
                 out.update(self._validate(entry, [name]))
+                succeeded += 1
             except Exception as e:  # one broken set must not hide the others
                 errors[name] = f"{type(e).__name__}: {e}"
+                # The same error on two sets alone as on all of them: the model is at fault, not a set.
+                if len(errors) == 2 and not succeeded and set(errors.values()) == {combined}:
+                    raise RuntimeError(combined) from e
         if len(errors) == len(names):
             raise RuntimeError(f"every set failed; first: {next(iter(errors.items()))}")
         self.set_failures[entry.name] = errors
