@@ -159,17 +159,37 @@ def _stage_functions() -> dict[str, Callable[[StudyContext], dict[str, Any]]]:
     }
 
 
+VOLATILE: frozenset[str] = frozenset({"seconds", "computed", "finished", "lightning_runs", "source"})
+"""Record fields that change from run to run without changing a result (timings, work counts)."""
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
 def _inputs(ctx: StudyContext, stage: str) -> Any:
-    """What a stage's result depends on; None: always run (the stage caches its items itself)."""
+    """What a stage's result depends on (timings left out); None: always run (the stage caches its items)."""
     out = ctx.output_dir
     if stage == "correlate":
-        return [_file_content(out / "evaluate" / "results.json"), [asdict(p) for p in ctx.pairs], ctx.correlation]
+        results = _scrub(_file_content(out / "evaluate" / "results.json"))
+        return [results, [asdict(p) for p in ctx.pairs], ctx.correlation]
     if stage == "report":
-        return [
-            ctx.report,
-            [read_record(ctx, s) and read_record(ctx, s).get("summary") for s in STAGES if s != "report"],
-            [file_fingerprint(p) for p in sorted(out.glob("*/*.json")) if p.parent.name not in ("stages", "report")],
+        outputs = [
+            "evaluate/results.json",
+            "evaluate/set_failures.json",
+            "correlate/correlations.json",
+            "calibration/calibration_study.json",
+            "finetune/finetune_table.json",
+            "qc/filters.json",
+            "qc/summaries.json",
         ]
+        # "cached" is the same result as the "ok" that made it.
+        records = [{"cached": "ok"}.get(st, st) for st in ((read_record(ctx, s) or {}).get("status") for s in STAGES)]
+        return [ctx.report, records, [_scrub(_file_content(out / f)) for f in outputs]]
     return None
 
 
