@@ -188,7 +188,9 @@ def _inputs(ctx: StudyContext, stage: str) -> Any:
             "qc/summaries.json",
         ]
         # "cached" is the same result as the "ok" that made it.
-        records = [{"cached": "ok"}.get(st, st) for st in ((read_record(ctx, s) or {}).get("status") for s in STAGES)]
+        records = [
+            {"cached": "ok"}.get(st, st) for st in ((read_record(ctx, s) or {}).get("status") for s in STAGES[:-1])
+        ]
         return [ctx.report, records, [_scrub(_file_content(out / f)) for f in outputs]]
     return None
 
