@@ -159,7 +159,7 @@ def _stage_functions() -> dict[str, Callable[[StudyContext], dict[str, Any]]]:
     }
 
 
-VOLATILE: frozenset[str] = frozenset({"seconds", "computed", "finished", "lightning_runs", "source"})
+VOLATILE: frozenset[str] = frozenset({"seconds", "computed", "finished", "updated", "lightning_runs", "source"})
 """Record fields that change from run to run without changing a result (timings, work counts)."""
 
 
