@@ -25,10 +25,10 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, TypeVar
 
+from synthrel_lightning.packaged import DEMO_CONFIG
+
 T = TypeVar("T")
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-"""The packaged demo configuration: ``demo`` runs it; ``--config demo`` names it."""
 
 TOOLS: dict[str, str] = {
     "generate": "synthrel_lightning.commands.generate",

@@ -34,6 +34,7 @@ def build_parser() -> Any:
         run_paper_study,
         description="Run the paper's study: sets, qc, zoo evaluation, correlation, calibration, fine-tuning, report.",
         config_help="YAML study configuration (or 'demo' for the packaged demo study)",
+        skip={"tool_runner"},
     )
 
 
@@ -64,6 +65,17 @@ def _collect_stages(args: list[str]) -> list[str]:
     return [*out, f"--stage=[{','.join(s.strip() for s in stages if s.strip())}]"] if stages else out
 
 
+def _run_tool_here(command: list[str]) -> None:
+    """Run a tool the study calls (``fit``, ``domains``...) in this process, as the command line would."""
+    from synthrel_lightning.cli import main as cli_main
+
+    try:
+        cli_main(list(command))
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise RuntimeError(f"`python -m synthrel_lightning {' '.join(command)}` exited with status {e.code}") from e
+
+
 def _fail(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -84,7 +96,7 @@ def main(args: list[str] | None = None) -> Any:
 
     kwargs["pairs"] = [Pair(**p) for p in kwargs.get("pairs") or []]
     try:
-        result = run_paper_study(**kwargs)
+        result = run_paper_study(**kwargs, tool_runner=_run_tool_here)
     except (ShardError, ValueError, FileNotFoundError) as e:
         _fail(f"study: {e}")
     print(result.summary())

@@ -7,6 +7,7 @@ folder, so a whole study (data it builds included) moves with ``--output_dir``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,8 @@ class StudyContext:
     correlation: dict[str, Any] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    tool_runner: Callable[[list[str]], None] | None = None
+    """How tools (``fit``, ``domains``...) run: the ``study`` command's own process, or (None) a subprocess."""
     _datamodule: Any = None
 
     @property

@@ -29,9 +29,9 @@ __all__ = ["run_finetune"]
 
 def run_finetune(ctx: StudyContext) -> dict[str, Any]:
     """Train, evaluate and tabulate the fine-tuning variants into ``<output>/finetune``."""
+    from synthrel_lightning.study.build_stages import zoo_stage
     from synthrel_lightning.study.evaluate import CachedEvaluator
     from synthrel_lightning.study.finetune_study import FINETUNE_METRICS, finetune_table
-    from synthrel_lightning.study.stages import zoo_stage
 
     section = dict(ctx.finetune or {})
     variants = dict(section.get("variants") or {})

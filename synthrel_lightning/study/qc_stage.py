@@ -106,7 +106,7 @@ def qc_stage(ctx: StudyContext) -> dict[str, Any]:
     masker = None
     if section.get("masker"):
         spec = dict(section["masker"])
-        from synthrel_lightning.study.stages import _import
+        from synthrel_lightning.study.records import import_class as _import
 
         masker = _import(spec["class_path"])(**dict(spec.get("init_args") or {}))
     thresholds = QCThresholds(**dict(section.get("thresholds") or {}))

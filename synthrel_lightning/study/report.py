@@ -56,8 +56,8 @@ def _read(path: Path) -> Any:
 
 def build_report_data(ctx: StudyContext) -> dict[str, Any]:
     """Gather the stage outputs the report shows (values unchanged) and draw its figures."""
+    from synthrel_lightning.study.records import STAGES, read_record
     from synthrel_lightning.study.report_figures import calibration_figure, pair_scatter_figure
-    from synthrel_lightning.study.stages import STAGES, read_record
 
     out = ctx.output_dir
     figures_dir = ctx.stage_dir("report") / "figures"

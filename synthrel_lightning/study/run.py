@@ -9,6 +9,7 @@ be done), and a later run without ``shard`` merges the shards.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def run_paper_study(
     shard: str | None = None,
     force: bool = False,
     progress: bool = True,
+    tool_runner: Callable[[list[str]], None] | None = None,
 ) -> StudyResult:
     """Run the paper's study: sets, qc, zoo evaluation, correlation, calibration, fine-tuning, report.
 
@@ -102,6 +104,8 @@ def run_paper_study(
         shard: ``i/n``: evaluate only shard ``i`` of ``n`` of the zoo (0-based; the evaluate stage only).
         force: rerun the named stages even when their inputs are unchanged (item caches still apply).
         progress: show progress bars.
+        tool_runner: how the tools the study calls (``fit``, ``domains``...) run: the ``study`` command runs
+            them in its own process; by default each runs as ``python -m synthrel_lightning <tool>``.
     """
     out = str(Path(output_dir))
     ctx = StudyContext(
@@ -121,6 +125,7 @@ def run_paper_study(
         correlation=dict(correlation or {}),
         report=dict(report or {}),
         progress=progress,
+        tool_runner=tool_runner,
     )
     names = [e.name for e in ctx.zoo]
     repeated = sorted({n for n in names if names.count(n) > 1})
