@@ -25,10 +25,10 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, TypeVar
 
+from synthrel_lightning.packaged import DEMO_CONFIG
+
 T = TypeVar("T")
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
-"""The packaged demo configuration: ``demo`` runs it; ``--config demo`` names it."""
 
 TOOLS: dict[str, str] = {
     "generate": "synthrel_lightning.commands.generate",
@@ -44,6 +44,7 @@ TOOLS: dict[str, str] = {
     "export_model": "synthrel_lightning.commands.export_model",
     "qc": "synthrel_lightning.commands.qc",
     "share_set": "synthrel_lightning.commands.share_set",
+    "study": "synthrel_lightning.commands.study",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
@@ -109,7 +110,8 @@ def _usage() -> str:
         "  export_model                export a trained segmenter as ONNX, TorchScript or a pretrained folder\n"
         "  qc                          score a synthetic set per frame (label faithfulness, object presence)\n"
         "  share_set                   export a set or outlier bank as a Hugging Face dataset; push; import\n"
-        "  import_mask2former          import a detectron2-format Mask2Former/RbA checkpoint (weights only)\n\n"
+        "  import_mask2former          import a detectron2-format Mask2Former/RbA checkpoint (weights only)\n"
+        "  study                       the paper's study: qc, zoo, correlation, calibration, fine-tuning, report\n\n"
         "Options: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
         "Run any subcommand with --help for its options."
     )

@@ -127,6 +127,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
         "figures",
         "labels",
         "module_spec",
+        "packaged",
         "paths",
         "png_check",
         "predict_loop",
