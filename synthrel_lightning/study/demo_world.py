@@ -24,6 +24,7 @@ import numpy as np
 
 from synthrel_lightning.atomic import atomic_save_png
 from synthrel_lightning.data.demo import write_demo_cityscapes
+from synthrel_lightning.data.sample import Sample
 from synthrel_lightning.labels import semantic_to_ood_target
 from synthrel_lightning.seeding import numpy_generator
 
@@ -47,7 +48,7 @@ class DemoScenes:
         return write_demo_cityscapes(self.root, self.num_train, self.num_val, self.size, self.seed)  # type: ignore[arg-type]
 
 
-def _val_frames(scenes: str, num_val: int, size: tuple[int, int], seed: int) -> list[dict]:
+def _val_frames(scenes: str, num_val: int, size: tuple[int, int], seed: int) -> list[Sample]:
     from synthrel_lightning.data.cityscapes import CityscapesDataset
 
     write_demo_cityscapes(scenes, 0, num_val, size, seed)
@@ -102,7 +103,7 @@ class DemoObjectsSet:
         from synthrel_lightning.synthesis import OutlierMixer, ProceduralObjectSource
 
         mixer = OutlierMixer(
-            ProceduralObjectSource(size_range=(12, 40), shapes=self.shapes, textures=self.textures),  # type: ignore[arg-type]
+            ProceduralObjectSource(size_range=(12, 40), shapes=self.shapes, textures=self.textures),
             probability=1.0,
             num_objects=(1, 2),
             seed=self.seed,

@@ -152,7 +152,7 @@ def render_markdown(data: dict[str, Any], figure_ref: Any = None) -> str:
         lines.append("")
     lines += ["## Finding 1: synthetic scores predict real scores", "", f"Paper: {data['paper']['correlation']}.", ""]
     rows = data["correlations"]
-    views = {}
+    views: dict[tuple[str, str, str, str], dict[bool, Any]] = {}
     for r in rows:
         base = r["synthetic"].removesuffix(QC_SUFFIX)
         views.setdefault((base, r["real"], r["metric"], r["method"]), {})[r["synthetic"].endswith(QC_SUFFIX)] = r
@@ -247,7 +247,8 @@ def render_markdown(data: dict[str, Any], figure_ref: Any = None) -> str:
 
 def _markdown_to_html(md: str, images: dict[str, str]) -> str:
     """A small converter for the report's own Markdown (headings, tables, lists, images, bold)."""
-    out, table = [], []
+    out: list[str] = []
+    table: list[str] = []
 
     def flush() -> None:
         if table:

@@ -78,7 +78,7 @@ def _inputs(ctx: StudyContext, stage: str) -> Any:
         ]
         # "cached" is the same result as the "ok" that made it.
         records = [
-            {"cached": "ok"}.get(st, st) for st in ((read_record(ctx, s) or {}).get("status") for s in STAGES[:-1])
+            "ok" if st == "cached" else st for st in ((read_record(ctx, s) or {}).get("status") for s in STAGES[:-1])
         ]
         return [ctx.report, records, [_scrub(read_json_file(out / f)) for f in outputs]]
     return None
