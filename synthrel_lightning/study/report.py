@@ -159,7 +159,7 @@ def render_markdown(data: dict[str, Any], figure_ref: Any = None) -> str:
     lines += _table(
         ["synthetic", "real", "metric", "method", "n", "unfiltered [CI]", "QC-filtered [CI]"],
         [
-            [b, real, m, meth, str((v.get(False) or v.get(True))["n"]), _interval(v.get(False)), _interval(v.get(True))]
+            [b, real, m, meth, str((v.get(False) or v[True])["n"]), _interval(v.get(False)), _interval(v.get(True))]
             for (b, real, m, meth), v in views.items()
         ],  # fmt: skip
     )
