@@ -25,7 +25,7 @@ lint: setup  ## ruff lint and format check, then the mypy type check of the pack
 SITE ?= site
 
 docs: setup  ## build the documentation site strictly (any warning fails) into $(SITE)/
-	$(VENV)/bin/mkdocs build --strict --quiet -d $(SITE)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet -d $(SITE)
 
 test: lint docs  ## lint, build the documentation strictly, then run the whole (offline, CPU) test suite, the slow tests included
 	$(PY) -m pytest -q -p no:cacheprovider

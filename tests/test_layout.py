@@ -245,12 +245,7 @@ def test_the_house_checks_catch_an_arrow_back_up_and_a_circle() -> None:
 
 # Modules still over the limit, each awaiting its split: none may grow, and one back under the
 # limit must leave this list.
-AWAITING_SPLIT: dict[str, int] = {
-    "data/transforms.py": 485,
-    "generators/domain_generation.py": 511,
-    "synthesis/bank.py": 505,
-    "synthesis/engine.py": 703,
-}
+AWAITING_SPLIT: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))

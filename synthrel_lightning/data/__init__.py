@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     "eval_transform": "synthrel_lightning.data.transforms",
     "denormalize": "synthrel_lightning.data.transforms",
     "normalize_images": "synthrel_lightning.data.transforms",
-    "RandomScaleCrop": "synthrel_lightning.data.transforms",
+    "RandomScaleCrop": "synthrel_lightning.data.augmentations",
     "DecodedCache": "synthrel_lightning.data.cache",
     "write_demo_cityscapes": "synthrel_lightning.data.demo",
     "KeyedDataset": "synthrel_lightning.data.keyed",

@@ -44,7 +44,7 @@ def _load_components(base_model: str) -> dict[str, Any]:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from synthrel_lightning.synthesis.engine import ModelLoadError
+    from synthrel_lightning.synthesis.pipeline_loading import ModelLoadError
 
     try:
         return {

@@ -29,7 +29,7 @@ from synthrel_lightning.generators.encodings import (
 )
 from synthrel_lightning.paths import check_name
 from synthrel_lightning.seeding import torch_generator
-from synthrel_lightning.synthesis.engine import _DTYPES, ModelLoadError
+from synthrel_lightning.synthesis.pipeline_loading import DTYPES, ModelLoadError
 from synthrel_lightning.synthesis.protocol import to_uint8
 
 __all__ = [
@@ -92,8 +92,8 @@ class DomainShiftGenerator:
         batch_size: int = 4,
         pipeline: Any = None,
     ) -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"DomainShiftGenerator dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"DomainShiftGenerator dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if not domains or isinstance(domains, str):
             raise ValueError(f"DomainShiftGenerator needs a list of domains (e.g. ['fog', 'night']), got {domains!r}")
         if "{domain}" not in prompt_template:
@@ -110,7 +110,7 @@ class DomainShiftGenerator:
         self.conditioning_scale = float(conditioning_scale)
         self.unet_lora = unet_lora
         self.device = resolve_device(device, who="DomainShiftGenerator")
-        self.dtype = _DTYPES[dtype]
+        self.dtype = DTYPES[dtype]
         if self.device.type == "cpu" and self.dtype == torch.float16:
             self.dtype = torch.float32
         self.batch_size = int(batch_size)

@@ -1,8 +1,10 @@
 """Synthetic outliers: where objects go, how they are made, the on-disk bank, and mixing them into training.
 
 Folders and modules: ``geometry`` (the Box type), ``placement`` (where objects go),
-``protocol`` (context crop, mask, paste-back), ``engine`` (Stable Diffusion inpainting),
-``object_masks``, ``vocabulary``, ``bank`` (the on-disk outlier bank), ``sources/`` (paste
+``protocol`` (context crop, mask, paste-back), ``engine`` (Stable Diffusion inpainting, with
+``frame_inpainting``, ``pipeline_loading`` and ``inpaint_result``),
+``object_masks``, ``vocabulary``, ``bank`` (the on-disk outlier bank, with
+``outlier_entry`` and ``entry_codec``), ``sources/`` (paste
 sources and :func:`fill_bank`), ``mixing`` (into training frames), ``refresh`` (background
 bank growth), ``generate/`` (the predict loop of ``python -m synthrel_lightning generate``),
 ``names`` (safe file names). Tiny offline pipelines live in :mod:`synthrel_lightning.testing`.

@@ -12,244 +12,47 @@ can write at once without a shared index or locks, and a killed writer leaves
 only temp files that are never served (:meth:`OutlierBank.cleanup_temp` removes
 them). Keys derived from the work item (:meth:`OutlierBank.make_key`) make an
 interrupted generation resumable: done items are skipped.
+
+This module holds the store; the entry type is in :mod:`~synthrel_lightning.synthesis.outlier_entry`, the
+file format (encoder, decoder, checksum) in :mod:`~synthrel_lightning.synthesis.entry_codec`.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import logging
 import os
-import struct
-import time
 import uuid
-import zipfile
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
 from synthrel_lightning.atomic import TEMP_PREFIX, abandoned_temp, create_temp
-from synthrel_lightning.labels import NUM_CLASSES, OOD_ID
+from synthrel_lightning.synthesis.entry_codec import (
+    FORMAT_VERSION,
+    CorruptEntryError,
+    decode_entry,
+    encode_entry,
+    read_writable,
+)
+from synthrel_lightning.synthesis.outlier_entry import OutlierEntry
 
-__all__ = ["OutlierEntry", "OutlierBank", "CorruptEntryError", "BankWriteError"]
+__all__ = ["OutlierEntry", "OutlierBank", "CorruptEntryError", "BankWriteError", "decode_entry", "encode_entry"]
 
 log = logging.getLogger(__name__)
 
 FORMAT = "synthrel-outlier-bank"
-FORMAT_VERSION = 2
 _TMP_PREFIX = TEMP_PREFIX
 _SUFFIX = ".entry"
 _LEGACY_SUFFIX = ".npz"  # format 1 entries (NumPy archives)
-_MAGIC = b"\x93SRBANK\x02"
-_HEADER = struct.Struct("<I")  # header length, after the magic
-
-
-class CorruptEntryError(RuntimeError):
-    """An entry file exists but cannot be decoded or fails its checksum."""
 
 
 class BankWriteError(OSError):
     """Writing an entry failed (disk full, permissions, ...); nothing was committed."""
-
-
-@dataclass
-class OutlierEntry:
-    """One synthetic outlier: an RGB crop, its soft object mask and provenance.
-
-    ``kind="object"`` entries are crops to paste; ``kind="frame"`` entries are whole
-    synthetic frames (``rgb`` the frame, ``alpha`` the object mask, ``label`` the
-    frame's semantic train ids if known), used to replace a real frame.
-    """
-
-    rgb: np.ndarray
-    alpha: np.ndarray
-    label_value: int = OOD_ID
-    name: str = ""
-    prompt: str = ""
-    source: str = ""
-    seed: int | None = None
-    model: str = ""
-    created: float = field(default_factory=time.time)
-    kind: Literal["object", "frame"] = "object"
-    label: np.ndarray | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.rgb = np.asarray(self.rgb)
-        if self.rgb.dtype != np.uint8 or self.rgb.ndim != 3 or self.rgb.shape[2] != 3:
-            raise ValueError(f"OutlierEntry.rgb must be uint8 (h, w, 3), got {self.rgb.dtype} {self.rgb.shape}")
-        alpha = np.asarray(self.alpha)
-        if alpha.shape != self.rgb.shape[:2]:
-            raise ValueError(f"OutlierEntry.alpha must be (h, w) = {self.rgb.shape[:2]}, got {alpha.shape}")
-        if alpha.dtype != np.uint8:
-            if alpha.dtype == bool:
-                alpha = alpha.astype(np.uint8) * 255
-            else:
-                a = alpha.astype(np.float32)
-                if a.size and (np.nanmin(a) < 0.0 or np.nanmax(a) > 1.0):
-                    raise ValueError("a float OutlierEntry.alpha must lie in [0, 1] (or pass uint8 0..255)")
-                alpha = np.round(np.nan_to_num(a) * 255.0).astype(np.uint8)
-        self.alpha = alpha
-        self.label_value = int(self.label_value)
-        if not (0 <= self.label_value < NUM_CLASSES or self.label_value == OOD_ID):
-            raise ValueError(
-                f"OutlierEntry.label_value must be a train id 0..{NUM_CLASSES - 1} or {OOD_ID} (OOD), "
-                f"got {self.label_value}"
-            )
-        if self.kind not in ("object", "frame"):
-            raise ValueError(f"OutlierEntry.kind must be 'object' or 'frame', got {self.kind!r}")
-        if self.label is not None:
-            self.label = np.asarray(self.label)
-            if self.label.shape != self.rgb.shape[:2] or self.label.dtype != np.uint8:
-                raise ValueError(
-                    f"OutlierEntry.label must be uint8 {self.rgb.shape[:2]}, got {self.label.dtype} {self.label.shape}"
-                )
-
-    @property
-    def is_ood(self) -> bool:
-        """True for OOD objects, False for in-distribution controls (a train id)."""
-        return self.label_value == OOD_ID
-
-    def alpha_float(self) -> np.ndarray:
-        """The soft mask as float32 in [0, 1]."""
-        return self.alpha.astype(np.float32) * (1.0 / 255.0)
-
-    def _meta(self) -> dict[str, Any]:
-        return {
-            "label_value": self.label_value,
-            "name": self.name,
-            "prompt": self.prompt,
-            "source": self.source,
-            "seed": self.seed,
-            "model": self.model,
-            "created": self.created,
-            "kind": self.kind,
-            "metadata": self.metadata,
-        }
-
-
-def _checksum(arrays: dict[str, np.ndarray], meta_json: str) -> str:
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.reshape(-1).view(np.uint8).data if a.size else b"")  # the raw bytes, without a copy
-    h.update(meta_json.encode("utf-8"))
-    return h.hexdigest()
-
-
-def encode_entry(entry: OutlierEntry, compress: bool = True, version: int = FORMAT_VERSION) -> bytes:
-    """Serialise an entry to self-checking bytes: the raw entry format (``version=2``) or an ``.npz`` (1)."""
-    arrays = {"rgb": entry.rgb, "alpha": entry.alpha}
-    if entry.label is not None:
-        arrays["label"] = entry.label
-    meta_json = json.dumps(entry._meta(), sort_keys=True, default=str)
-    checksum = _checksum(arrays, meta_json)
-    if version == 1:
-        buf = io.BytesIO()
-        save = np.savez_compressed if compress else np.savez
-        save(
-            buf,
-            **arrays,  # type: ignore[arg-type]  # numpy's stub: a ** mapping might hold allow_pickle
-            meta=np.frombuffer(meta_json.encode("utf-8"), dtype=np.uint8),
-            checksum=np.frombuffer(checksum.encode("ascii"), dtype=np.uint8),
-        )
-        return buf.getvalue()
-    if version != 2:
-        raise ValueError(f"outlier bank entry format version must be 1 or 2, got {version!r}")
-    layout = []
-    for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
-        layout.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "nbytes": a.nbytes})
-    payload = b"".join(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data for a in arrays.values())
-    if compress:
-        payload = zlib.compress(payload, 1)
-    header = json.dumps(
-        {"meta": meta_json, "arrays": layout, "codec": "zlib" if compress else "raw", "checksum": checksum}
-    ).encode("utf-8")
-    return b"".join((_MAGIC, _HEADER.pack(len(header)), header, payload))
-
-
-def _decode_raw(data: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], str, str]:
-    """Arrays (views of ``data``, no copy when uncompressed), metadata JSON and stored checksum of a raw entry."""
-    view = memoryview(data)
-    start = len(_MAGIC) + _HEADER.size
-    if len(view) < start:
-        raise ValueError(f"{len(view)} bytes is shorter than the entry header")
-    (n,) = _HEADER.unpack_from(view, len(_MAGIC))
-    if start + n > len(view):
-        raise ValueError(f"the header claims {n} bytes but the file ends {len(view) - start} bytes after its start")
-    header = json.loads(bytes(view[start : start + n]).decode("utf-8"))
-    payload = view[start + n :]
-    if header["codec"] == "zlib":
-        inflate = zlib.decompressobj()
-        raw = inflate.decompress(payload)
-        if not inflate.eof or inflate.unused_data:
-            raise ValueError("the compressed data is truncated or followed by extra bytes")
-        payload = memoryview(bytearray(raw))
-    elif header["codec"] != "raw":
-        raise ValueError(f"unknown codec {header['codec']!r}")
-    arrays: dict[str, np.ndarray] = {}
-    offset = 0
-    for spec in header["arrays"]:
-        dtype, shape, nbytes = np.dtype(spec["dtype"]), tuple(int(v) for v in spec["shape"]), int(spec["nbytes"])
-        if offset + nbytes > len(payload):
-            raise ValueError(f"array {spec['name']!r} runs past the end of the data (truncated file?)")
-        arrays[spec["name"]] = np.frombuffer(payload, dtype, count=nbytes // dtype.itemsize, offset=offset).reshape(
-            shape
-        )
-        offset += nbytes
-    if offset != len(payload):
-        raise ValueError(f"{len(payload) - offset} bytes of data after the last array")
-    return arrays, str(header["meta"]), str(header["checksum"])
-
-
-def decode_entry(data: bytes | bytearray | Path, origin: str = "<bytes>") -> OutlierEntry:
-    """Decode and verify an entry (either format); raises :class:`CorruptEntryError` naming ``origin``."""
-    try:
-        if isinstance(data, Path):
-            data = data.read_bytes()
-        if bytes(data[: len(_MAGIC)]) == _MAGIC:
-            arrays, meta_json, stored = _decode_raw(data)
-        else:
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                arrays = {k: z[k] for k in ("rgb", "alpha", "label") if k in z.files}
-                meta_json = z["meta"].tobytes().decode("utf-8")
-                stored = z["checksum"].tobytes().decode("ascii")
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        zipfile.BadZipFile,
-        UnicodeDecodeError,
-        zlib.error,
-    ) as e:
-        raise CorruptEntryError(
-            f"outlier bank entry {origin} is unreadable ({type(e).__name__}: {e}); delete it or regenerate"
-        ) from e
-    if _checksum(arrays, meta_json) != stored:
-        raise CorruptEntryError(f"outlier bank entry {origin} fails its checksum; delete it or regenerate")
-    meta = json.loads(meta_json)
-    return OutlierEntry(rgb=arrays["rgb"], alpha=arrays["alpha"], label=arrays.get("label"), **meta)
-
-
-def _read_writable(path: Path) -> bytearray:
-    """The bytes of ``path`` in a fresh writable buffer (arrays viewing it are writable, as NumPy's own)."""
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        buf = bytearray(size)
-        got = f.readinto(buf)
-        if got != size:
-            del buf[got:]
-        return buf
 
 
 class OutlierBank:
@@ -426,7 +229,7 @@ class OutlierBank:
         stem = self.root / self._shard(self._check_key(key)) / key
         for path in (stem.with_name(key + _SUFFIX), stem.with_name(key + _LEGACY_SUFFIX)):
             try:
-                data = _read_writable(path)
+                data = read_writable(path)
             except FileNotFoundError:
                 continue
             return decode_entry(data, origin=str(path))

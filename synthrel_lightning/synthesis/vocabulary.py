@@ -25,6 +25,7 @@ __all__ = [
     "load_vocabulary",
     "resolve_vocabulary",
     "article",
+    "as_vocabulary_entry",
 ]
 
 PAPER_OBJECTS: tuple[str, ...] = (
@@ -66,6 +67,15 @@ class VocabularyEntry:
 def article(word: str) -> str:
     """ "an" before a vowel letter, else "a" (by the object's first letter, as the paper's prompt does)."""
     return "an" if word.strip()[:1].lower() in "aeiou" and word.strip() else "a"
+
+
+def as_vocabulary_entry(obj: str | VocabularyEntry | dict) -> VocabularyEntry:
+    """``obj`` as an entry: an entry as is, a dict with "name" (and "label_value", "prompt"), a bare name (OOD)."""
+    if isinstance(obj, VocabularyEntry):
+        return obj
+    if isinstance(obj, dict):
+        return VocabularyEntry(obj["name"], int(obj.get("label_value", OOD_ID)), obj.get("prompt"))
+    return VocabularyEntry(str(obj))
 
 
 def default_vocabulary() -> list[VocabularyEntry]:
