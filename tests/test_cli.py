@@ -18,7 +18,9 @@ from synthrel_lightning.cli import DEMO_CONFIG, main
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(
-    p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith(("correlate", "generate", "caption", "zoo"))
+    p
+    for p in (REPO / "recipes").glob("*.yaml")
+    if not p.name.startswith(("correlate", "generate", "caption", "zoo", "paper_study"))
 )
 CORRELATE_RECIPES = sorted((REPO / "recipes").glob("correlate*.yaml"))
 TINY = [

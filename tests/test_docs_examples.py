@@ -175,6 +175,30 @@ def test_python_block_runs(block: Block, tmp_path: Path, monkeypatch: pytest.Mon
     exec(compile(code, f"{block}", "exec"), namespace)
 
 
+LAUNCHERS: dict[str, int] = {"srun": 0, "conda": 3}
+"""Launchers a command line may start with, and how many of their own words follow (``conda run -n env``)."""
+
+
+def _without_launcher(tokens: list[str]) -> list[str]:
+    """The command a line runs: environment assignments, ``srun``/``conda run -n x`` and ``torchrun ... -m`` removed.
+
+    ``torchrun <options> -m synthrel_lightning ...`` is checked as ``python -m synthrel_lightning ...``;
+    a path to an executable (``.venv/bin/wandb``) as its name.
+    """
+    out = list(tokens)
+    while out and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=\S*", out[0]):
+        out = out[1:]
+    if out and out[0] in LAUNCHERS:
+        out = out[1 + LAUNCHERS[out[0]] :]
+        while out and out[0].startswith("-"):
+            out = out[1:]
+    if out and out[0] == "torchrun" and "-m" in out:
+        out = ["python", *out[out.index("-m") :]]
+    if out and "/" in out[0] and out[0].split("/")[-1] in ("python", "wandb"):
+        out = [out[0].split("/")[-1], *out[1:]]
+    return out
+
+
 @pytest.mark.parametrize("block", BASH, ids=str)
 def test_bash_block_names_real_commands_options_and_files(block: Block) -> None:
     from synthrel_lightning.cli import TOOLS
@@ -183,6 +207,9 @@ def test_bash_block_names_real_commands_options_and_files(block: Block) -> None:
     pyproject = (REPO / "pyproject.toml").read_text(encoding="utf-8")
     problems: list[str] = []
     for tokens in _command_lines(block.text):
+        tokens = _without_launcher(tokens)
+        if not tokens:
+            continue
         head = tokens[0]
         if tokens[:3] == ["python", "-m", "synthrel_lightning"]:
             if len(tokens) == 3 or tokens[3] in ("--help", "-h"):
@@ -216,7 +243,7 @@ def test_bash_block_names_real_commands_options_and_files(block: Block) -> None:
         elif head == "wandb":
             if tokens[1] == "sweep" and not (REPO / tokens[2]).exists():
                 problems.append(f"{tokens[2]} does not exist")
-        elif head in ("export", "cd", "git", "mkdocs"):
+        elif head in ("export", "cd", "git", "mkdocs", "source", "sbatch"):
             continue
         else:
             problems.append(f"a command this test does not know how to check: {' '.join(tokens)}")

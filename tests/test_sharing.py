@@ -142,6 +142,7 @@ def test_a_shared_set_is_an_evaluation_set_of_a_datamodule_from_yaml(demo_root: 
                 "num_val": 4,
                 "image_size": [48, 80],
                 "eval_batch_size": 2,
+                "val_outliers": False,
                 "extra_val_sets": {
                     "shared": {
                         "class_path": "synthrel_lightning.sharing.HubFramesDataset",
