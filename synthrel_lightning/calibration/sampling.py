@@ -37,6 +37,18 @@ class FramePixels:
     index: int
 
 
+def labelled_pixels(targets: Tensor, num_classes: int, where: str) -> Tensor:
+    """Pixels with a class label (0..K-1); a ValueError naming ``where`` for values other than those, OOD, void."""
+    valid = (targets >= 0) & (targets < num_classes)
+    bad = ~valid & (targets != VOID_ID) & (targets != OOD_ID)
+    if bool(bad.any()):
+        raise ValueError(
+            f"{where}: target holds values {sorted(targets[bad].unique().tolist())[:10]} outside "
+            f"0..{num_classes - 1}, {OOD_ID} (OOD) and {VOID_ID} (void)"
+        )
+    return valid
+
+
 def check_pixels_per_image(value: PixelsPerImage, who: str = "fit_temperature") -> int | None:
     """The per-frame cap as an int, or ``None`` for ``"all"``; anything else is an error naming the value."""
     if value == "all":
@@ -103,13 +115,7 @@ def frame_pixels(
         if num_classes is not None and k != num_classes:
             raise ValueError(f"{where}: {k} classes, but earlier batches had {num_classes}")
         num_classes = k
-        valid = (targets >= 0) & (targets < k)
-        bad = ~valid & (targets != VOID_ID) & (targets != OOD_ID)
-        if bool(bad.any()):
-            raise ValueError(
-                f"{where}: target holds values {sorted(targets[bad].unique().tolist())[:10]} outside 0..{k - 1}, "
-                f"{OOD_ID} (OOD) and {VOID_ID} (void)"
-            )
+        valid = labelled_pixels(targets, k, where)
         for f in range(frames.shape[0]):
             positions = sample_positions(valid[f], cap, seed, index)
             z = frames[f].index_select(1, positions).t().float().contiguous()

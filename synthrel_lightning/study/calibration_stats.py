@@ -42,10 +42,10 @@ from synthrel_lightning.calibration.sampling import (
     DEFAULT_PIXELS_PER_IMAGE,
     PixelsPerImage,
     check_pixels_per_image,
+    labelled_pixels,
     sample_positions,
 )
 from synthrel_lightning.calibration.temperature import PAPER_GRID, temperature_grid
-from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.metrics.functional import ece_from_sums
 
 _LOG2E = math.log2(math.e)
@@ -277,13 +277,7 @@ class StatsAccumulator:
             raise ValueError(f"{self.where}: {k} classes, but earlier batches had {self._k}")
         self._k = k
         targets = targets.to(frames.device).long()
-        valid = (targets >= 0) & (targets < k)
-        bad = ~valid & (targets != VOID_ID) & (targets != OOD_ID)
-        if bool(bad.any()):
-            raise ValueError(
-                f"{self.where}: target holds values {sorted(targets[bad].unique().tolist())[:10]} outside "
-                f"0..{k - 1}, {OOD_ID} (OOD) and {VOID_ID} (void)"
-            )
+        valid = labelled_pixels(targets, k, self.where)
         for f in range(frames.shape[0]):
             pos = sample_positions(valid[f], self._cap, self.seed, self.frames)
             z = frames[f].index_select(1, pos).t().float().contiguous()
