@@ -20,9 +20,11 @@ score bin), so memory does not grow with the number of pixels, and computes
 exactly what the exact mode would on scores rounded to their bin. The bins need
 no score range and resolve every kind of score:
 
-Scores are keyed by their distance to a segment centre (8 segments by sign and magnitude), over
-windows fitted to the scores seen; merging states (``forward``, DDP sync) gives exactly the state one
-process would have built (the key and window rules: :mod:`synthrel_lightning.metrics.score_bins`).
+Scores are keyed by their distance to a segment centre (8 segments by sign and magnitude); each
+exponent range of that distance gets its own bins and resolution, fitted to the scores seen, so
+clusters of scores any distance apart are resolved alike. Merging states (``forward``, DDP sync)
+gives exactly the state one process would have built (the key and layout rules:
+:mod:`synthrel_lightning.metrics.score_bins`).
 
 ``aggregation="official"`` replaces both with the official benchmark's aggregation (768
 percentile bins per frame on float16 scores, merged over frames; see
@@ -30,7 +32,7 @@ percentile bins per frame on float16 scores, merged over frames; see
 
 Binned mode switches to the exact sort on its own when the first scores (kept until both classes
 were seen) need finer bins than ``num_bins`` give (their resolution bound exceeds ``tolerance``,
-e.g. far-apart score clusters), warns once and gives the reason in ``exact_fallback``; see
+e.g. score clusters within one factor-of-two range), warns once and gives the reason in ``exact_fallback``; see
 :mod:`synthrel_lightning.metrics._fallback`. Its CPU work runs on ``cpu_threads`` (1) intra-op
 threads (:mod:`synthrel_lightning.metrics._threads`).
 
@@ -75,18 +77,15 @@ from synthrel_lightning.metrics.official import (
     official_metrics,
 )
 from synthrel_lightning.metrics.score_bins import (
-    INT32_MAX,
-    INT64_MAX,
+    FINE,
     MANTISSA_BITS,
-    SEGMENTS,
-    TOP32_CENTRE,
-    TOP32_SEGMENT,
-    TOP_SEGMENT,
     BinLayout,
+    batch_ranges,
+    empty_header,
+    fine_groups,
     merge_states,
     ordered,
     score_keys,
-    segment_ranges,
     split_state,
     unordered,
 )
@@ -175,9 +174,7 @@ class PixelOODMetrics(ExactFallback, Metric):
                 raise ValueError(f"PixelOODMetrics: num_bins must be >= 64, got {num_bins}")
             self.num_bins = int(num_bins)
             # 2 x num_bins counts (row 0 in-distribution, row 1 OOD) in storage order, then the layout
-            default = torch.cat(
-                [torch.zeros(2 * self.num_bins, dtype=torch.int64), torch.tensor(BinLayout.empty().header())]
-            )
+            default = torch.cat([torch.zeros(2 * self.num_bins, dtype=torch.int64), torch.tensor(empty_header())])
             self.add_state("hist", default=default, dist_reduce_fx=merge_states)
         if self.mode != "official":  # the exact mode's states; binned mode's exact fallback uses them too
             self.num_bins = 0 if self.mode == "exact" else self.num_bins
@@ -215,13 +212,14 @@ class PixelOODMetrics(ExactFallback, Metric):
         self._kept_mantissa = 0  # the finest input precision among the kept scores
 
     def _update_binned(self, scores: Tensor, target: Tensor, valid: Tensor, mantissa: int | None = None) -> None:
-        mantissa = mantissa or MANTISSA_BITS.get(scores.dtype, 52)
-        if scores.dtype != torch.float64 and self._update_float32(scores.reshape(-1).float(), target, valid, mantissa):
-            return
         top, key = score_keys(scores)
-        # one slot per (top 12 bits, class); ignored pixels go to slot 8192 (masking would copy every pixel)
-        slot = torch.where(valid.reshape(-1), top + target.reshape(-1).long() * 4096, 8192)
-        self._count64(key, slot, self._fit_batch(slot, key, mantissa))
+        valid = valid.reshape(-1)
+        fine = torch.where(valid, fine_groups(top, key), FINE)  # ignored pixels: FINE
+        layout = self._widen(*batch_ranges(fine, key), mantissa or MANTISSA_BITS.get(scores.dtype, 52))
+        row = torch.where(valid, fine.add_(target.reshape(-1).long() * FINE), 2 * FINE)  # OOD pixels: second row
+        index = layout.storage_index(row, key)
+        # bincount without weights is deterministic on CUDA too
+        self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 1)[: 2 * self.num_bins]
 
     def _update_official(self, scores: Tensor, target: Tensor) -> None:
         """One set of benchmark bins per frame (each leading index of an (N, H, W) batch; an (H, W) map is one)."""
@@ -241,92 +239,43 @@ class PixelOODMetrics(ExactFallback, Metric):
         counts = dim_zero_cat(self.official_counts).cpu().numpy()
         return thresholds, counts[:, 0], counts[:, 1]
 
-    def _update_float32(self, x: Tensor, target: Tensor, valid: Tensor, mantissa: int) -> bool:
-        """The same binning on float32 scores with 32-bit arithmetic; False (nothing done) where it cannot apply.
+    def _layout(self, header: Tensor) -> BinLayout:
+        """The layout of a header (the last one is kept: most batches do not change it)."""
+        cached = getattr(self, "_layout_cache", None)
+        if cached is not None and cached[0].device == header.device and torch.equal(cached[0], header):
+            return cached[1]
+        layout = BinLayout.from_header(header, self.num_bins)
+        self._layout_cache = (header.clone(), layout)
+        return layout
 
-        For a normal float32 ``d`` the float64 key is ``key32 * 2**29 + 7 * 2**59``, so at a level
-        ``29 <= e <= 51`` the bin ``key64 >> e`` is ``(key32 >> (e - 29)) + 7 * 2**(59 - e)`` and a
-        distance 0 stays below every window.
-        """
-        device = x.device
-        top = (x.view(torch.int32) >> 23) & 511
-        key = x.abs().sub_(TOP32_CENTRE.to(device).index_select(0, top)).abs_().view(torch.int32)
-        slot = torch.where(valid.reshape(-1), top + target.reshape(-1).int() * 512, 1024)
-        segment = TOP32_SEGMENT.to(device).repeat(2)
-        ranges = segment_ranges(slot.long(), key, segment, INT32_MAX).cpu()
-        low32, high32 = ranges[:SEGMENTS].tolist(), ranges[SEGMENTS:].tolist()
-        if any(lo < 1 << 23 and lo <= hi for lo, hi in zip(low32, high32)):
-            return False  # subnormal distances: their float64 keys are not affine in the float32 ones
-        keys64 = ranges.view(torch.float32).double().view(torch.int64).tolist()
-        lows = [k if lo <= hi else INT64_MAX for k, lo, hi in zip(keys64[:SEGMENTS], low32, high32)]
-        highs = [k if hi >= 0 else -1 for k, hi in zip(keys64[SEGMENTS:], high32)]
-        new = self._widen(BinLayout(0, lows, highs, mantissa))
-        constant = 7 << (59 - new.e) if new.e <= 59 else 0
-        if not 29 <= new.e <= 51 or any(lo < constant for lo, w in zip(new.low, new.width) if w):
-            top64, key64 = score_keys(x)  # a layout the 32-bit keys cannot address: count with 64-bit keys
-            self._count64(key64, torch.where(valid.reshape(-1), top64 + target.reshape(-1).long() * 4096, 8192), new)
-            return True
-        low_of = torch.tensor([min(v - constant, INT32_MAX) for v in new.low] + [INT32_MAX], device=device)
-        start = torch.tensor(new.offset, device=device) + 1
-        low_of = torch.cat([low_of[segment], low_of[-1:]]).int()
-        start_of = torch.cat([start[segment], start.new_tensor([2 * self.num_bins + 1])])
-        start_of[512:1024] += self.num_bins  # OOD counts: the second row
-        index = (key >> (new.e - 29)).sub_(low_of.index_select(0, slot)).clamp_(min=-1)
-        index.add_(start_of.int().index_select(0, slot))
-        self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
-        return True
-
-    def _count64(self, key: Tensor, slot: Tensor, layout: BinLayout) -> None:
-        """Count 64-bit keys (slots of top 12 bits and class, 8192 ignored) into the fitted ``layout``."""
-        device = key.device
-        segment = TOP_SEGMENT.to(device).repeat(2)
-        low = torch.tensor(layout.low + [INT64_MAX], device=device)
-        start = torch.tensor(layout.offset, device=device) + 1
-        low_of = torch.cat([low[segment], low[-1:]])
-        start_of = torch.cat([start[segment], start.new_tensor([2 * self.num_bins + 1])])
-        start_of[4096:8192] += self.num_bins  # OOD counts: the second row
-        # the bin's storage index; keys below the window (d = 0, ignored pixels) go to the bin before it
-        index = (key >> layout.e).sub_(low_of.index_select(0, slot)).clamp_(min=-1)
-        index.add_(start_of.index_select(0, slot))
-        # bincount without weights is deterministic on CUDA too
-        self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 2)[: 2 * self.num_bins]
-
-    def _fit_batch(self, slot: Tensor, key: Tensor, mantissa: int) -> BinLayout:
-        """Widen the layout to hold this batch's keys (moving the counts when it changes); the new layout."""
-        segment = TOP_SEGMENT.to(key.device).repeat(2)
-        ranges = segment_ranges(slot, key, segment, INT64_MAX).tolist()
-        return self._widen(BinLayout(0, ranges[:SEGMENTS], ranges[SEGMENTS:], mantissa))
-
-    def _widen(self, batch: BinLayout) -> BinLayout:
-        """The stored layout widened (coarsened to fit) to hold ``batch``'s windows, counts moved; the new layout."""
+    def _widen(self, low: Tensor, high: Tensor, mantissa: int) -> BinLayout:
+        """The stored layout widened to hold a batch's key ranges, counts moved when its bins change; the new one."""
         counts, header = split_state(self.hist)
-        layout = BinLayout.from_header(header)
-        new = layout.union(batch).fitted(self.num_bins)
-        if new.header() != layout.header():
-            counts.copy_(layout.move(counts, new))
-            self.hist[2 * self.num_bins :] = torch.tensor(new.header(), device=self.hist.device)
+        new_header = torch.cat(
+            [header[:FINE].minimum(low), header[FINE : 2 * FINE].maximum(high), header[-1:].clamp_min(mantissa)]
+        )
+        if torch.equal(new_header, header):
+            return self._layout(header)
+        old, new = self._layout(header), self._layout(new_header)
+        if not old.same_bins(new):
+            counts.copy_(old.move(counts, new))
+        header.copy_(new_header)
         return new
 
     # ----------------------------------------------------------------- compute
     def _ascending_counts(self) -> tuple[Tensor, Tensor, Tensor, BinLayout]:
         """(2, U) counts of the used bins in ascending score order, their storage indices, single-value bins, layout."""
         counts, header = split_state(self.hist)
-        layout = BinLayout.from_header(header)
-        order, single = layout.ascending_order(counts.device)
-        ordered = counts[:, order]
-        # -0.0 (segment 3's d = 0 bin) and +0.0 (segment 4's) are one score
-        neg_zero = layout.width[0] + layout.width[1] + layout.width[2] + 3 + layout.width[3]
-        ordered[:, neg_zero + 1] += ordered[:, neg_zero]
-        ordered[:, neg_zero] = 0
-        return ordered, order, single, layout
+        layout = self._layout(header)
+        order = torch.arange(layout.total, device=counts.device)  # storage order is ascending score order
+        return counts[:, : layout.total], order, layout.single_valued(), layout
 
     def _threshold(self, storage_index: int, layout: BinLayout) -> float:
         """The smallest float64 score whose bin is at or above the storage bin ``storage_index``."""
         target = layout.rank_of_storage(storage_index)
 
         def at_or_above(value: float) -> bool:
-            top, key = score_keys(torch.tensor([value], dtype=torch.float64))
-            return layout.rank_of_key(int(TOP_SEGMENT[int(top)]), int(key)) >= target
+            return layout.rank_of_value(value, storage_index) >= target
 
         lo, hi = ordered(-math.inf) + 1, ordered(math.inf) - 1  # the finite floats
         if at_or_above(unordered(lo)):

@@ -1,13 +1,21 @@
-"""Order-preserving keys for float scores and the mergeable bin layouts of the binned pixel OOD metrics.
+"""Order-preserving keys for float scores and the mergeable bin layout of the binned pixel OOD metrics.
 
 A float64 score goes to one of 8 segments by its sign and magnitude (``|s|`` in
 ``[0, 0.5)``, ``[0.5, 1)``, ``[1, 2)``, ``[2, inf)``) and is keyed by the float64 bit
-pattern of its (exact) distance to the segment's centre (0 or 1): a log-scale key that
-resolves probabilities saturating at either end of ``[0, 1]``. A :class:`BinLayout`
-holds, per segment, a window of bins ``key >> e`` over the keys seen; layouts widen and
-coarsen exactly, so the states of :class:`~synthrel_lightning.metrics.pixel.PixelOODMetrics`
-built on different processes merge into the state one process would have built
-(:func:`merge_states`).
+pattern of its (exact) distance ``d`` to the segment's centre (0 or 1): a log-scale key that
+resolves probabilities saturating at either end of ``[0, 1]``.
+
+Each segment is cut into groups: its centre (``d = 0``, one bin) and one group per float64
+exponent of ``d``. Every occupied group gets the same number of bins ``W`` and a level ``e``
+of its own (bin = ``key >> e``) over a window fitted to the keys it has seen, so the
+resolution is chosen per exponent range: a cluster of scores far from the others
+(``1e6 + z`` beside ``z``) is resolved as finely as a cluster near 0. When more groups are
+occupied than ``num_bins`` allows (only with small ``num_bins``), groups span ``2**k``
+exponents.
+
+The layout is a function of the lowest and highest key seen per (segment, exponent), the
+state's header, and it only coarsens as they widen: states built in any order, batching or
+process split merge exactly into the state one process would have built (:func:`merge_states`).
 """
 
 from __future__ import annotations
@@ -23,8 +31,12 @@ SEGMENTS = 8  # segments in ascending score order
 ASCENDING = (False, False, True, False, True, False, True, True)
 CENTRE = (0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0)  # centre of |s| in each segment
 INT64_MAX = (1 << 63) - 1
-HEADER = 2 + 2 * SEGMENTS  # e, window low keys, window high keys, finest input precision
+GROUPS = 2049  # per segment: the centre (d = 0), then one group per float64 exponent of d
+FINE = SEGMENTS * GROUPS
+HEADER = 2 * FINE + 1  # lowest and highest key seen per (segment, exponent), finest input precision
 MANTISSA_BITS = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+MIN_WIDTH = 16  # groups span more exponents (k > 0) rather than hold fewer bins than this
+MAX_SPAN = 11  # 2**11 exponents: one group per segment
 
 
 def _top_tables() -> tuple[Tensor, Tensor]:
@@ -36,17 +48,8 @@ def _top_tables() -> tuple[Tensor, Tensor]:
 
 
 TOP_SEGMENT, TOP_CENTRE = _top_tables()
-
-
-def _top32_tables() -> tuple[Tensor, Tensor]:
-    """Segment and centre of each value of a float32's top 9 bits (sign and exponent)."""
-    magnitude = (torch.arange(256) - 125).clamp(0, 3)
-    segment = torch.cat([4 + magnitude, 3 - magnitude])
-    return segment, torch.tensor(CENTRE, dtype=torch.float32)[segment]
-
-
-TOP32_SEGMENT, TOP32_CENTRE = _top32_tables()
-INT32_MAX = (1 << 31) - 1
+_ASCENDING = torch.tensor(ASCENDING)
+_CENTRE_ONE = torch.tensor([c == 1.0 for c in CENTRE])
 
 
 def score_keys(scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,6 +59,16 @@ def score_keys(scores: Tensor) -> tuple[Tensor, Tensor]:
     top = (x.view(torch.int64) >> 52) & 4095
     d = x.abs().sub_(TOP_CENTRE.to(x.device).index_select(0, top)).abs_()
     return top, d.view(torch.int64)
+
+
+def fine_groups(top: Tensor, key: Tensor) -> Tensor:
+    """Fine group of each key: ``segment * GROUPS`` plus 0 at the centre, else 1 + the exponent of ``d``.
+
+    ``-0.0`` (segment 3's centre) is ``+0.0`` (segment 4's): one score.
+    """
+    group = TOP_SEGMENT.to(key.device).index_select(0, top).mul_(GROUPS)
+    group += (key >> 52).add_(1).mul_(key != 0)
+    return group.masked_fill_(group == 3 * GROUPS, 4 * GROUPS)
 
 
 def float_bits(value: float) -> int:
@@ -75,150 +88,151 @@ def unordered(index: int) -> float:
     return bits_float(index) if index >= 0 else -bits_float(-index - 1)
 
 
+def group_ranks(fine: Tensor, k: int) -> Tensor:
+    """Rank (ascending score order) of the group spanning ``2**k`` exponents that holds each fine group."""
+    segment, c = fine // GROUPS, fine % GROUPS
+    coarse = torch.where(c == 0, 0, ((c - 1) >> k) + 1)
+    return segment * GROUPS + torch.where(_ASCENDING.to(fine.device)[segment], coarse, GROUPS - 1 - coarse)
+
+
+def _fit_levels(low: Tensor, high: Tensor, usable: int) -> Tensor:
+    """Per group, the smallest level ``e`` at which its keys ``low..high`` span fewer than ``usable`` bins."""
+    e = torch.arange(64, device=low.device).unsqueeze(1)
+    fits = (high.unsqueeze(0) >> e) - (low.unsqueeze(0) >> e) < usable
+    return fits.int().argmax(0)  # e = 63 always fits: every key is below 2**63
+
+
 class BinLayout:
-    """Bin windows of the 8 segments at level ``e`` (bin = key >> e); an empty window has low > high."""
+    """The occupied groups, in ascending score order, with their levels, windows and storage offsets.
 
-    def __init__(self, e: int, low: list[int], high: list[int], mantissa: int = 0) -> None:
-        self.e, self.low, self.high = int(e), [int(v) for v in low], [int(v) for v in high]
-        self.mantissa = int(mantissa)  # mantissa bits of the most precise input dtype seen
-        self.width = [h - lo + 1 if h >= lo else 0 for lo, h in zip(self.low, self.high)]
-        self.offset, total = [], 0
-        for w in self.width:  # each segment: one bin for d = 0, then its window
-            self.offset.append(total)
-            total += 1 + w
-        self.total = total
+    Built from the header's key ranges (``low``/``high`` per fine group, an empty one has
+    ``high < 0``), the finest input precision and ``num_bins``; see the module docstring.
+    """
+
+    def __init__(self, low: Tensor, high: Tensor, mantissa: int, num_bins: int) -> None:
+        device = low.device
+        self.mantissa, self.num_bins = int(mantissa), int(num_bins)
+        fine = torch.nonzero(high >= 0).flatten()
+        level = torch.zeros_like(fine)  # the level of each fine group's group, at the span reached so far
+        for k in range(MAX_SPAN + 1):
+            ranks, inverse = torch.unique(group_ranks(fine, k), return_inverse=True)
+            coarse = ranks % GROUPS
+            centre = torch.where(_ASCENDING.to(device)[ranks // GROUPS], coarse, GROUPS - 1 - coarse) == 0
+            others = int((~centre).sum())
+            width = (self.num_bins - int(centre.sum())) // max(others, 1)
+            chunk = max(1, width // 16)
+            lows = torch.full_like(ranks, INT64_MAX).scatter_reduce_(0, inverse, low[fine], "amin")
+            highs = torch.full_like(ranks, -1).scatter_reduce_(0, inverse, high[fine], "amax")
+            # a group is never finer than its parts were at a smaller span: the layout only coarsens
+            floor = torch.zeros_like(ranks).scatter_reduce_(0, inverse, level, "amax")
+            e = torch.maximum(_fit_levels(lows, highs, max(width - chunk, 1)), floor)
+            level = e[inverse]
+            if width >= MIN_WIDTH or k == MAX_SPAN:
+                break
+        self.span, self.chunk = k, chunk
+        self.ranks, self.centre = ranks, centre
+        self.e = torch.where(centre, 0, e)
+        self.start = torch.where(centre, 0, (lows >> self.e) // chunk * chunk)
+        self.width = torch.where(centre, 1, width)
+        self.base = torch.cumsum(self.width, 0) - self.width
+        self.total = int(self.width.sum())
+        self.ascending = _ASCENDING.to(device)[ranks // GROUPS]
+        self._tables()
+
+    def _tables(self) -> None:
+        """Per (fine group, class) the storage index ``offset + sign * (key >> shift)``; the last entry: ignored.
+
+        Every fine group of an occupied group has an entry (a bin's lowest key may lie in an
+        exponent of its group that holds no score).
+        """
+        device = self.ranks.device
+        offset = torch.where(
+            self.centre,
+            self.base,
+            torch.where(self.ascending, self.base - self.start, self.base + self.width - 1 + self.start),
+        )
+        sign = torch.where(self.ascending, 1, -1).masked_fill_(self.centre, 0)
+        every = torch.arange(FINE, device=device)
+        ranks = group_ranks(every, self.span)
+        group = torch.searchsorted(self.ranks, ranks).clamp_(max=max(self.ranks.numel() - 1, 0))
+        member = (self.ranks[group] == ranks) if self.ranks.numel() else torch.zeros_like(every, dtype=torch.bool)
+        fine, group = every[member], group[member]
+        self.offset = torch.full((2 * FINE + 1,), 2 * self.num_bins, dtype=torch.int64, device=device)
+        self.sign = torch.zeros(2 * FINE + 1, dtype=torch.int64, device=device)
+        self.shift = torch.zeros(2 * FINE + 1, dtype=torch.int64, device=device)
+        for row in (0, 1):  # in-distribution counts, then OOD counts num_bins further
+            self.offset[fine + row * FINE] = offset[group] + row * self.num_bins
+            self.sign[fine + row * FINE] = sign[group]
+            self.shift[fine + row * FINE] = self.e[group]
 
     @classmethod
-    def empty(cls) -> BinLayout:
-        return cls(0, [INT64_MAX] * SEGMENTS, [-1] * SEGMENTS)
+    def from_header(cls, header: Tensor, num_bins: int) -> BinLayout:
+        return cls(header[:FINE], header[FINE : 2 * FINE], int(header[-1]), num_bins)
 
-    @classmethod
-    def from_header(cls, header: list[int]) -> BinLayout:
-        return cls(header[0], header[1 : 1 + SEGMENTS], header[1 + SEGMENTS : 1 + 2 * SEGMENTS], header[-1])
+    def same_bins(self, other: BinLayout) -> bool:
+        """Whether ``other`` stores every bin where this layout does (only the inputs' precision may differ)."""
+        mine, theirs = (self.ranks, self.e, self.start, self.width), (other.ranks, other.e, other.start, other.width)
+        return all(torch.equal(a, b) for a, b in zip(mine, theirs))
 
-    def header(self) -> list[int]:
-        return [self.e, *self.low, *self.high, self.mantissa]
+    def storage_index(self, fine: Tensor, key: Tensor) -> Tensor:
+        """Storage index (in-distribution row) of keys of the given fine groups (occupied or not: unclamped)."""
+        return self.offset[fine] + self.sign[fine] * (key >> self.shift[fine])
 
-    def coarsened(self, e: int) -> BinLayout:
-        k = e - self.e
-        return BinLayout(e, [v >> k for v in self.low], [v >> k for v in self.high], self.mantissa)
-
-    def union(self, other: BinLayout) -> BinLayout:
-        e = max(self.e, other.e)
-        a, b = self.coarsened(e), other.coarsened(e)
-        low = [min(x, y) for x, y in zip(a.low, b.low)]
-        return BinLayout(e, low, [max(x, y) for x, y in zip(a.high, b.high)], max(self.mantissa, other.mantissa))
-
-    def rounded(self, chunk: int) -> BinLayout:
-        """The windows widened outwards to multiples of ``2**chunk`` bins (so that they move rarely)."""
-        low = [(v >> chunk) << chunk for v in self.low]
-        high = [((h >> chunk) << chunk) + (1 << chunk) - 1 if h >= lo else h for lo, h in zip(self.low, self.high)]
-        return BinLayout(self.e, low, high, self.mantissa)
-
-    def fitted(self, num_bins: int) -> BinLayout:
-        """The finest coarsening of this layout, windows rounded to chunks, that fits in ``num_bins`` bins."""
-        chunk = max(0, num_bins.bit_length() - 11)  # 1024-bin chunks at the default 2**20 bins
-        layout = self.rounded(chunk)
-        while layout.total > num_bins:
-            layout = layout.coarsened(layout.e + 1).rounded(chunk)
-        return layout
-
-    def storage_map(self, new: BinLayout, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(old storage indices, new storage indices) of every bin of this layout in ``new`` (a coarsening)."""
-        k = new.e - self.e
-        src, dst = [], []
-        for s in range(SEGMENTS):
-            src.append(torch.tensor([self.offset[s]], device=device))
-            dst.append(torch.tensor([new.offset[s]], device=device))
-            if self.width[s]:
-                q = torch.arange(self.low[s], self.high[s] + 1, device=device)
-                src.append(torch.arange(self.width[s], device=device) + self.offset[s] + 1)
-                dst.append((q >> k) - new.low[s] + new.offset[s] + 1)
-        return torch.cat(src), torch.cat(dst)
-
-    def move(self, counts: Tensor, new: BinLayout) -> Tensor:
-        """``(2, num_bins)`` counts stored in this layout, stored in ``new`` (a widening or coarsening of it)."""
-        moved = torch.zeros_like(counts)
-        if new.e == self.e:  # windows only widened: shift each segment's block
-            for s in range(SEGMENTS):
-                moved[:, new.offset[s]] = counts[:, self.offset[s]]
-                if self.width[s]:
-                    begin = new.offset[s] + 1 + self.low[s] - new.low[s]
-                    old = self.offset[s] + 1
-                    moved[:, begin : begin + self.width[s]] = counts[:, old : old + self.width[s]]
-            return moved
-        src, dst = self.storage_map(new, counts.device)
-        return moved.index_add_(1, dst, counts[:, src])
-
-    def ascending_order(self, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Storage indices of the used bins in ascending score order, and which of them hold a single value."""
-        parts, single = [], []
-        for s in range(SEGMENTS):
-            window = torch.arange(self.width[s], device=device) + self.offset[s] + 1
-            centre = torch.tensor([self.offset[s]], device=device)
-            parts += [centre, window] if ASCENDING[s] else [window.flip(0), centre]
-            fine = self._single_valued(s, torch.arange(self.low[s], self.low[s] + self.width[s], device=device))
-            fine = fine if ASCENDING[s] else fine.flip(0)
-            ones = torch.ones_like(centre, dtype=torch.bool)
-            single += [ones, fine] if ASCENDING[s] else [fine, ones]
-        return torch.cat(parts), torch.cat(single)
-
-    def _single_valued(self, segment: int, q: Tensor) -> Tensor:
-        """Whether the window bins ``q`` of ``segment`` can hold only one value of the inputs' precision."""
-        if self.e <= 52 - self.mantissa:  # a bin is narrower than the inputs' spacing everywhere
-            return torch.ones_like(q, dtype=torch.bool)
-        if CENTRE[segment] == 0.0 or self.e >= 52:
-            return torch.zeros_like(q, dtype=torch.bool)
+    def single_valued(self) -> Tensor:
+        """Per storage bin: whether it can hold only one value of the inputs' precision."""
+        coarse = torch.where(self.ascending, self.ranks % GROUPS, GROUPS - 1 - self.ranks % GROUPS)
+        segment = self.ranks // GROUPS
         # d = |s| - 1 or 1 - |s|: multiples of the spacing of |s| near 1, whatever the size of d
-        spacing = -self.mantissa - (1 if segment in (2, 5) else 0)  # log2 of the spacing of |s|
-        # a bin of d in [2**x, 2**(x + 1)) is 2**(x + e - 52) wide: single while x <= spacing + 52 - e
-        first_too_wide = (spacing + 52 - self.e + 1 + 1023) << 52  # the key of 2**(x + 1)
-        return q < (first_too_wide >> self.e) if first_too_wide > 0 else torch.zeros_like(q, dtype=torch.bool)
+        spacing = -self.mantissa - torch.isin(segment, segment.new_tensor([2, 5])).long()
+        top_exponent = (coarse << self.span) - 1 - 1023  # the largest exponent of d in the group
+        single = (self.e <= 52 - self.mantissa) | self.centre
+        single |= _CENTRE_ONE.to(segment.device)[segment] & (top_exponent - 52 + self.e <= spacing)
+        return torch.repeat_interleave(single, self.width)
 
-    @staticmethod
-    def _rank(segment: int, centre: bool, q: int) -> tuple[int, int]:
-        if centre:
-            if segment == 3:  # -0.0 is +0.0
-                segment = 4
-            return segment, -1 if ASCENDING[segment] else INT64_MAX
-        return segment, q if ASCENDING[segment] else -q
-
-    def rank_of_key(self, segment: int, key: int) -> tuple[int, int]:
-        """Position of a score's (segment, key) in ascending score order, as a comparable pair."""
-        return self._rank(segment, key == 0, key >> self.e)
+    def rank_of_value(self, value: float, storage_target: int) -> tuple[int, int]:
+        """Position of ``value`` in ascending score order, comparable with :meth:`rank_of_storage`'s."""
+        top, key = score_keys(torch.tensor([value], dtype=torch.float64, device=self.offset.device))
+        fine = fine_groups(top, key)
+        rank = int(group_ranks(fine, self.span))
+        same = rank == self.rank_of_storage(storage_target)[0]
+        return rank, int(self.storage_index(fine, key)) if same else 0
 
     def rank_of_storage(self, index: int) -> tuple[int, int]:
-        """Position of the storage bin ``index`` in ascending score order, as a comparable pair."""
-        for s in range(SEGMENTS):
-            if index <= self.offset[s] + self.width[s]:
-                return self._rank(s, index == self.offset[s], self.low[s] + index - self.offset[s] - 1)
-        raise IndexError(index)
+        """Position of the storage bin ``index`` in ascending score order."""
+        group = int(torch.searchsorted(self.base, torch.tensor(index, device=self.base.device), right=True)) - 1
+        return int(self.ranks[group]), index
+
+    def move(self, counts: Tensor, new: BinLayout) -> Tensor:
+        """``(2, num_bins)`` counts stored in this layout, stored in ``new`` (a coarsening of it)."""
+        moved = torch.zeros_like(counts)
+        used = torch.nonzero(counts[:, : self.total].sum(0)).flatten()
+        if used.numel() == 0:
+            return moved
+        group = torch.searchsorted(self.base, used, right=True) - 1
+        local = used - self.base[group]
+        start = self.start[group]
+        q = torch.where(self.ascending[group], start + local, start + self.width[group] - 1 - local)
+        key = q << self.e[group]  # the lowest key of each bin: its bin in ``new`` holds the whole bin
+        segment = self.ranks[group] // GROUPS
+        fine = segment * GROUPS + torch.where(self.centre[group], 0, (key >> 52) + 1)
+        return moved.index_add_(1, new.storage_index(fine, key), counts[:, used])
 
 
-def segment_ranges(slot: Tensor, key: Tensor, segment: Tensor, empty: int) -> Tensor:
-    """Per segment, the smallest non-zero and the largest key of the pixels in each slot: ``(low..., high...)``.
-
-    ``slot`` (int64) indexes ``segment`` (the segment of each slot), one past its end for
-    ignored pixels; ``empty`` (the dtype's max) marks a segment without keys. A key 0
-    (a score at a segment centre) has a bin of its own, so windows start above it.
-    """
-    n = segment.numel()
-    low = torch.full((n + 1,), empty, dtype=key.dtype, device=key.device)
-    low.scatter_reduce_(0, slot, key, "amin")
-    if bool((low[:n] == 0).any()):
-        low.fill_(empty).scatter_reduce_(0, slot, torch.where(key > 0, key, empty), "amin")
-    high = torch.full((n + 1,), -1, dtype=key.dtype, device=key.device)
-    high.scatter_reduce_(0, slot, key, "amax")
-    seg_low = torch.full((SEGMENTS,), empty, dtype=key.dtype, device=key.device)
-    seg_high = torch.full((SEGMENTS,), -1, dtype=key.dtype, device=key.device)
-    seg_low.scatter_reduce_(0, segment, low[:n], "amin")
-    seg_high.scatter_reduce_(0, segment, high[:n], "amax")
-    return torch.cat([seg_low, seg_high])
+def empty_header() -> list[int]:
+    return [INT64_MAX] * FINE + [-1] * FINE + [0]
 
 
-def split_state(state: Tensor) -> tuple[Tensor, list[int]]:
+def batch_ranges(fine: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+    """Lowest and highest key per fine group of a batch (``fine == FINE``: ignored pixels); empty: high < 0."""
+    low = torch.full((FINE + 1,), INT64_MAX, dtype=torch.int64, device=key.device)
+    high = torch.full((FINE + 1,), -1, dtype=torch.int64, device=key.device)
+    return low.scatter_reduce_(0, fine, key, "amin")[:FINE], high.scatter_reduce_(0, fine, key, "amax")[:FINE]
+
+
+def split_state(state: Tensor) -> tuple[Tensor, Tensor]:
+    """``(2, num_bins)`` counts and the header of a flat binned state."""
     num_bins = (state.numel() - HEADER) // 2
-    return state[: 2 * num_bins].view(2, num_bins), state[2 * num_bins :].tolist()
+    return state[: 2 * num_bins].view(2, num_bins), state[2 * num_bins :]
 
 
 def merge_states(states: Tensor) -> Tensor:
@@ -226,13 +240,10 @@ def merge_states(states: Tensor) -> Tensor:
     states = states.reshape(states.shape[0], -1)
     num_bins = (states.shape[1] - HEADER) // 2
     parts = [split_state(state) for state in states]
-    layouts = [BinLayout.from_header(header) for _, header in parts]
-    merged = layouts[0]
-    for layout in layouts[1:]:
-        merged = merged.union(layout)
-    merged = merged.fitted(num_bins)
+    headers = torch.stack([header for _, header in parts])
+    header = torch.cat([headers[:, :FINE].amin(0), headers[:, FINE : 2 * FINE].amax(0), headers[:, -1:].amax(0)])
+    merged = BinLayout.from_header(header, num_bins)
     counts = torch.zeros(2, num_bins, dtype=torch.int64, device=states.device)
-    for (hist, _), layout in zip(parts, layouts):
-        counts += layout.move(hist, merged)
-    header = torch.tensor(merged.header(), dtype=torch.int64, device=states.device)
+    for hist, part in parts:
+        counts += BinLayout.from_header(part, num_bins).move(hist, merged)
     return torch.cat([counts.reshape(-1), header])
