@@ -213,10 +213,9 @@ class PixelOODMetrics(ExactFallback, Metric):
 
     def _update_binned(self, scores: Tensor, target: Tensor, valid: Tensor, mantissa: int | None = None) -> None:
         top, key = score_keys(scores)
-        valid = valid.reshape(-1)
-        fine = torch.where(valid, fine_groups(top, key), FINE)  # ignored pixels: FINE
-        layout = self._widen(*batch_ranges(fine, key), mantissa or MANTISSA_BITS.get(scores.dtype, 52))
-        row = torch.where(valid, fine.add_(target.reshape(-1).long() * FINE), 2 * FINE)  # OOD pixels: second row
+        # one row per (class, fine group): in-distribution, OOD (counted num_bins further), ignored (not counted)
+        row = fine_groups(top, key).add_(torch.where(valid.reshape(-1), target.reshape(-1).long(), 2).mul_(FINE))
+        layout = self._widen(*batch_ranges(row, key), mantissa or MANTISSA_BITS.get(scores.dtype, 52))
         index = layout.storage_index(row, key)
         # bincount without weights is deterministic on CUDA too
         self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 1)[: 2 * self.num_bins]

@@ -5,8 +5,8 @@ A float64 score goes to one of 8 segments by its sign and magnitude (``|s|`` in
 pattern of its (exact) distance ``d`` to the segment's centre (0 or 1): a log-scale key that
 resolves probabilities saturating at either end of ``[0, 1]``.
 
-Each segment is cut into groups: its centre (``d = 0``, one bin) and one group per float64
-exponent of ``d``. Every occupied group gets the same number of bins ``W`` and a level ``e``
+Each segment is cut into groups, one per float64 exponent of ``d`` (the centre ``d = 0`` goes
+with the subnormal distances, exponent 0). Every occupied group gets the same number of bins ``W`` and a level ``e``
 of its own (bin = ``key >> e``) over a window fitted to the keys it has seen, so the
 resolution is chosen per exponent range: a cluster of scores far from the others
 (``1e6 + z`` beside ``z``) is resolved as finely as a cluster near 0. When more groups are
@@ -31,7 +31,7 @@ SEGMENTS = 8  # segments in ascending score order
 ASCENDING = (False, False, True, False, True, False, True, True)
 CENTRE = (0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0)  # centre of |s| in each segment
 INT64_MAX = (1 << 63) - 1
-GROUPS = 2049  # per segment: the centre (d = 0), then one group per float64 exponent of d
+GROUPS = 2048  # per segment: one group per float64 exponent of d
 FINE = SEGMENTS * GROUPS
 HEADER = 2 * FINE + 1  # lowest and highest key seen per (segment, exponent), finest input precision
 MANTISSA_BITS = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
@@ -55,20 +55,15 @@ _CENTRE_ONE = torch.tensor([c == 1.0 for c in CENTRE])
 def score_keys(scores: Tensor) -> tuple[Tensor, Tensor]:
     """Top 12 bits (0..4095) and key (float64 bits of the distance to the centre) of each score, flat."""
     x = scores.reshape(-1)
-    x = x if x.dtype == torch.float64 else x.double()
+    x = x + 0.0 if x.dtype == torch.float64 else x.double().add_(0.0)  # -0.0 + 0.0 is +0.0: one score
     top = (x.view(torch.int64) >> 52) & 4095
     d = x.abs().sub_(TOP_CENTRE.to(x.device).index_select(0, top)).abs_()
     return top, d.view(torch.int64)
 
 
 def fine_groups(top: Tensor, key: Tensor) -> Tensor:
-    """Fine group of each key: ``segment * GROUPS`` plus 0 at the centre, else 1 + the exponent of ``d``.
-
-    ``-0.0`` (segment 3's centre) is ``+0.0`` (segment 4's): one score.
-    """
-    group = TOP_SEGMENT.to(key.device).index_select(0, top).mul_(GROUPS)
-    group += (key >> 52).add_(1).mul_(key != 0)
-    return group.masked_fill_(group == 3 * GROUPS, 4 * GROUPS)
+    """Fine group of each key: ``segment * GROUPS`` plus the exponent of ``d`` (its key's top bits)."""
+    return (TOP_SEGMENT * GROUPS).to(key.device).index_select(0, top).add_(key >> 52)
 
 
 def float_bits(value: float) -> int:
@@ -90,15 +85,18 @@ def unordered(index: int) -> float:
 
 def group_ranks(fine: Tensor, k: int) -> Tensor:
     """Rank (ascending score order) of the group spanning ``2**k`` exponents that holds each fine group."""
-    segment, c = fine // GROUPS, fine % GROUPS
-    coarse = torch.where(c == 0, 0, ((c - 1) >> k) + 1)
+    segment, coarse = fine // GROUPS, (fine % GROUPS) >> k
     return segment * GROUPS + torch.where(_ASCENDING.to(fine.device)[segment], coarse, GROUPS - 1 - coarse)
 
 
-def _fit_levels(low: Tensor, high: Tensor, usable: int) -> Tensor:
-    """Per group, the smallest level ``e`` at which its keys ``low..high`` span fewer than ``usable`` bins."""
+def _fit_levels(low: Tensor, high: Tensor, width: int, chunk: int) -> Tensor:
+    """Per group, the smallest level ``e`` whose window (starting at a multiple of ``chunk``) holds ``low..high``.
+
+    ``chunk`` is a power of two: with a smaller width (and chunk) or a wider range no smaller
+    level fits, so levels only grow as the layout does.
+    """
     e = torch.arange(64, device=low.device).unsqueeze(1)
-    fits = (high.unsqueeze(0) >> e) - (low.unsqueeze(0) >> e) < usable
+    fits = (high.unsqueeze(0) >> e) - ((low.unsqueeze(0) >> e) & -chunk) < width
     return fits.int().argmax(0)  # e = 63 always fits: every key is below 2**63
 
 
@@ -116,50 +114,42 @@ class BinLayout:
         level = torch.zeros_like(fine)  # the level of each fine group's group, at the span reached so far
         for k in range(MAX_SPAN + 1):
             ranks, inverse = torch.unique(group_ranks(fine, k), return_inverse=True)
-            coarse = ranks % GROUPS
-            centre = torch.where(_ASCENDING.to(device)[ranks // GROUPS], coarse, GROUPS - 1 - coarse) == 0
-            others = int((~centre).sum())
-            width = (self.num_bins - int(centre.sum())) // max(others, 1)
-            chunk = max(1, width // 16)
+            width = self.num_bins // max(ranks.numel(), 1)
+            chunk = 1 << max(0, (width // 16).bit_length() - 1)  # windows move by whole chunks
             lows = torch.full_like(ranks, INT64_MAX).scatter_reduce_(0, inverse, low[fine], "amin")
             highs = torch.full_like(ranks, -1).scatter_reduce_(0, inverse, high[fine], "amax")
             # a group is never finer than its parts were at a smaller span: the layout only coarsens
             floor = torch.zeros_like(ranks).scatter_reduce_(0, inverse, level, "amax")
-            e = torch.maximum(_fit_levels(lows, highs, max(width - chunk, 1)), floor)
+            e = torch.maximum(_fit_levels(lows, highs, width, chunk), floor)
             level = e[inverse]
             if width >= MIN_WIDTH or k == MAX_SPAN:
                 break
         self.span, self.chunk = k, chunk
-        self.ranks, self.centre = ranks, centre
-        self.e = torch.where(centre, 0, e)
-        self.start = torch.where(centre, 0, (lows >> self.e) // chunk * chunk)
-        self.width = torch.where(centre, 1, width)
+        self.ranks, self.e = ranks, e
+        self.start = (lows >> e) & -chunk
+        self.width = torch.full_like(ranks, width)
         self.base = torch.cumsum(self.width, 0) - self.width
         self.total = int(self.width.sum())
         self.ascending = _ASCENDING.to(device)[ranks // GROUPS]
         self._tables()
 
     def _tables(self) -> None:
-        """Per (fine group, class) the storage index ``offset + sign * (key >> shift)``; the last entry: ignored.
+        """Per (class, fine group) the storage index ``offset + sign * (key >> shift)``; class 2: ignored pixels.
 
         Every fine group of an occupied group has an entry (a bin's lowest key may lie in an
         exponent of its group that holds no score).
         """
         device = self.ranks.device
-        offset = torch.where(
-            self.centre,
-            self.base,
-            torch.where(self.ascending, self.base - self.start, self.base + self.width - 1 + self.start),
-        )
-        sign = torch.where(self.ascending, 1, -1).masked_fill_(self.centre, 0)
+        offset = torch.where(self.ascending, self.base - self.start, self.base + self.width - 1 + self.start)
+        sign = torch.where(self.ascending, 1, -1)
         every = torch.arange(FINE, device=device)
         ranks = group_ranks(every, self.span)
         group = torch.searchsorted(self.ranks, ranks).clamp_(max=max(self.ranks.numel() - 1, 0))
         member = (self.ranks[group] == ranks) if self.ranks.numel() else torch.zeros_like(every, dtype=torch.bool)
         fine, group = every[member], group[member]
-        self.offset = torch.full((2 * FINE + 1,), 2 * self.num_bins, dtype=torch.int64, device=device)
-        self.sign = torch.zeros(2 * FINE + 1, dtype=torch.int64, device=device)
-        self.shift = torch.zeros(2 * FINE + 1, dtype=torch.int64, device=device)
+        self.offset = torch.full((3 * FINE,), 2 * self.num_bins, dtype=torch.int64, device=device)
+        self.sign = torch.zeros(3 * FINE, dtype=torch.int64, device=device)
+        self.shift = torch.zeros(3 * FINE, dtype=torch.int64, device=device)
         for row in (0, 1):  # in-distribution counts, then OOD counts num_bins further
             self.offset[fine + row * FINE] = offset[group] + row * self.num_bins
             self.sign[fine + row * FINE] = sign[group]
@@ -174,9 +164,13 @@ class BinLayout:
         mine, theirs = (self.ranks, self.e, self.start, self.width), (other.ranks, other.e, other.start, other.width)
         return all(torch.equal(a, b) for a, b in zip(mine, theirs))
 
-    def storage_index(self, fine: Tensor, key: Tensor) -> Tensor:
-        """Storage index (in-distribution row) of keys of the given fine groups (occupied or not: unclamped)."""
-        return self.offset[fine] + self.sign[fine] * (key >> self.shift[fine])
+    def storage_index(self, row: Tensor, key: Tensor) -> Tensor:
+        """Storage index of keys in ``row = class * FINE + fine group`` (class 0 in-distribution, 1 OOD, 2 ignored).
+
+        For a fine group of no occupied group the index is meaningless; outside its window, unclamped.
+        """
+        shift = self.shift.index_select(0, row)
+        return self.offset.index_select(0, row).addcmul_(self.sign.index_select(0, row), key >> shift)
 
     def single_valued(self) -> Tensor:
         """Per storage bin: whether it can hold only one value of the inputs' precision."""
@@ -184,8 +178,8 @@ class BinLayout:
         segment = self.ranks // GROUPS
         # d = |s| - 1 or 1 - |s|: multiples of the spacing of |s| near 1, whatever the size of d
         spacing = -self.mantissa - torch.isin(segment, segment.new_tensor([2, 5])).long()
-        top_exponent = (coarse << self.span) - 1 - 1023  # the largest exponent of d in the group
-        single = (self.e <= 52 - self.mantissa) | self.centre
+        top_exponent = ((coarse + 1) << self.span) - 1 - 1023  # the largest exponent of d in the group
+        single = self.e <= 52 - self.mantissa
         single |= _CENTRE_ONE.to(segment.device)[segment] & (top_exponent - 52 + self.e <= spacing)
         return torch.repeat_interleave(single, self.width)
 
@@ -214,7 +208,7 @@ class BinLayout:
         q = torch.where(self.ascending[group], start + local, start + self.width[group] - 1 - local)
         key = q << self.e[group]  # the lowest key of each bin: its bin in ``new`` holds the whole bin
         segment = self.ranks[group] // GROUPS
-        fine = segment * GROUPS + torch.where(self.centre[group], 0, (key >> 52) + 1)
+        fine = segment * GROUPS + (key >> 52)
         return moved.index_add_(1, new.storage_index(fine, key), counts[:, used])
 
 
@@ -222,11 +216,11 @@ def empty_header() -> list[int]:
     return [INT64_MAX] * FINE + [-1] * FINE + [0]
 
 
-def batch_ranges(fine: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
-    """Lowest and highest key per fine group of a batch (``fine == FINE``: ignored pixels); empty: high < 0."""
-    low = torch.full((FINE + 1,), INT64_MAX, dtype=torch.int64, device=key.device)
-    high = torch.full((FINE + 1,), -1, dtype=torch.int64, device=key.device)
-    return low.scatter_reduce_(0, fine, key, "amin")[:FINE], high.scatter_reduce_(0, fine, key, "amax")[:FINE]
+def batch_ranges(row: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+    """Lowest and highest key per fine group of a batch's rows (see :meth:`BinLayout.storage_index`); empty: -1."""
+    low = torch.full((3 * FINE,), INT64_MAX, dtype=torch.int64, device=key.device).scatter_reduce_(0, row, key, "amin")
+    high = torch.full((3 * FINE,), -1, dtype=torch.int64, device=key.device).scatter_reduce_(0, row, key, "amax")
+    return low[:FINE].minimum(low[FINE : 2 * FINE]), high[:FINE].maximum(high[FINE : 2 * FINE])
 
 
 def split_state(state: Tensor) -> tuple[Tensor, Tensor]:
