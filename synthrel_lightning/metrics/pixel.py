@@ -82,10 +82,9 @@ from synthrel_lightning.metrics.score_bins import (
     BinLayout,
     batch_ranges,
     empty_header,
-    fine_groups,
+    groups_and_keys,
     merge_states,
     ordered,
-    score_keys,
     split_state,
     unordered,
 )
@@ -212,9 +211,9 @@ class PixelOODMetrics(ExactFallback, Metric):
         self._kept_mantissa = 0  # the finest input precision among the kept scores
 
     def _update_binned(self, scores: Tensor, target: Tensor, valid: Tensor, mantissa: int | None = None) -> None:
-        top, key = score_keys(scores)
+        fine, key = groups_and_keys(scores)
         # one row per (class, fine group): in-distribution, OOD (counted num_bins further), ignored (not counted)
-        row = fine_groups(top, key).add_(torch.where(valid.reshape(-1), target.reshape(-1).long(), 2).mul_(FINE))
+        row = fine.add_(torch.where(valid.reshape(-1), target.reshape(-1), 2), alpha=FINE)
         layout = self._widen(*batch_ranges(row, key), mantissa or MANTISSA_BITS.get(scores.dtype, 52))
         index = layout.storage_index(row, key)
         # bincount without weights is deterministic on CUDA too

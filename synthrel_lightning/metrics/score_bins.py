@@ -52,6 +52,17 @@ _ASCENDING = torch.tensor(ASCENDING)
 _CENTRE_ONE = torch.tensor([c == 1.0 for c in CENTRE])
 
 
+def _top32_tables() -> tuple[Tensor, Tensor]:
+    """Segment (times GROUPS) and centre of each value of a float32's top 9 bits (sign and exponent)."""
+    magnitude = (torch.arange(256) - 125).clamp(0, 3)
+    segment = torch.cat([4 + magnitude, 3 - magnitude])
+    return segment * GROUPS, torch.tensor(CENTRE, dtype=torch.float32)[segment]
+
+
+TOP32_GROUP, TOP32_CENTRE = _top32_tables()
+TOP_GROUP = TOP_SEGMENT * GROUPS
+
+
 def score_keys(scores: Tensor) -> tuple[Tensor, Tensor]:
     """Top 12 bits (0..4095) and key (float64 bits of the distance to the centre) of each score, flat."""
     x = scores.reshape(-1)
@@ -63,7 +74,23 @@ def score_keys(scores: Tensor) -> tuple[Tensor, Tensor]:
 
 def fine_groups(top: Tensor, key: Tensor) -> Tensor:
     """Fine group of each key: ``segment * GROUPS`` plus the exponent of ``d`` (its key's top bits)."""
-    return (TOP_SEGMENT * GROUPS).to(key.device).index_select(0, top).add_(key >> 52)
+    return TOP_GROUP.to(key.device).index_select(0, top).add_(key >> 52)
+
+
+def groups_and_keys(scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Fine group (``segment * GROUPS`` + the exponent of ``d``) and key of each score, flat.
+
+    float32 scores (and lower precisions, exactly as float32) take 32-bit arithmetic up to the
+    key: their distance to 0 or 1 is exact in float32 (Sterbenz' lemma near 1), so the key is
+    the one their float64 values get.
+    """
+    if scores.dtype == torch.float64:
+        top, key = score_keys(scores)
+        return fine_groups(top, key), key
+    x = scores.reshape(-1).float().add(0.0)  # a copy: -0.0 + 0.0 is +0.0
+    top = (x.view(torch.int32) >> 23) & 511
+    key = x.abs_().sub_(TOP32_CENTRE.to(x.device).index_select(0, top)).abs_().double().view(torch.int64)
+    return TOP32_GROUP.to(x.device).index_select(0, top).add_(key >> 52), key
 
 
 def float_bits(value: float) -> int:
