@@ -64,6 +64,8 @@ def _local(ns: Any) -> int:
     if result.best is not None:
         params = " ".join(f"--{k}={v}" for k, v in result.best.params.items())
         print(f"best: trial {result.best.index}, {result.metric} = {result.best.metric:.6g} ({result.goal}): {params}")
+        if ns.override:
+            print(f"  (each trial also ran with: {' '.join('--' + o.removeprefix('--') for o in ns.override)})")
     for trial in result.failed:
         print(f"failed: trial {trial.index}: {trial.error} (log: {trial.log})", file=sys.stderr)
     return 1 if result.failed else 0

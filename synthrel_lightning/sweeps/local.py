@@ -153,7 +153,7 @@ def _run_trial(trial: Trial, spec: SweepSpec, folder: Path, extra: list[str], en
     return trial
 
 
-def _write_tables(out: Path, spec: SweepSpec, seed: int, trials: list[Trial]) -> Trial | None:
+def _write_tables(out: Path, spec: SweepSpec, manifest: dict[str, Any], trials: list[Trial]) -> Trial | None:
     best = _best(trials, spec.goal)
     names = sorted({k for t in trials for k in t.params})
     buf = io.StringIO()
@@ -169,7 +169,8 @@ def _write_tables(out: Path, spec: SweepSpec, seed: int, trials: list[Trial]) ->
         "method": spec.method,
         "sampled_as": "random" if spec.method == "bayes" else spec.method,
         "metric": {"name": spec.metric, "goal": spec.goal},
-        "seed": seed,
+        "seed": manifest["seed"],
+        "overrides": manifest["overrides"],
         "interpreter": sys.executable,
         "finished": sum(t.status == "finished" for t in trials),
         "failed": sum(t.status == "failed" for t in trials),
@@ -220,7 +221,7 @@ def run_local_sweep(
             kept = Trial(**json.loads(record.read_text(encoding="utf-8")))
             if kept.params == trial.params:
                 trials[i] = kept
-    _write_tables(root, spec, seed, trials)
+    _write_tables(root, spec, manifest, trials)
     for i, trial in enumerate(trials):
         if trial.status == "finished":
             log.info("trial %d/%d: finished earlier, skipped", i + 1, len(trials))
@@ -229,7 +230,7 @@ def run_local_sweep(
         done = _run_trial(Trial(i, plan[i]), spec, folder, extra, env)
         atomic_write_json(folder / "trial.json", asdict(done))
         trials[i] = done
-        _write_tables(root, spec, seed, trials)
+        _write_tables(root, spec, manifest, trials)
         if done.status == "finished":
             log.info(
                 "trial %d/%d finished in %.1f s: %s = %s", i + 1, len(trials), done.seconds, spec.metric, done.metric
@@ -238,5 +239,5 @@ def run_local_sweep(
             log.warning(
                 "trial %d/%d failed (exit %s): %s (log: %s)", i + 1, len(trials), done.returncode, done.error, done.log
             )
-    best = _write_tables(root, spec, seed, trials)
+    best = _write_tables(root, spec, manifest, trials)
     return SweepResult(root, spec.metric, spec.goal, trials, best)
