@@ -251,3 +251,16 @@ def test_local_sweep_runs_the_demo_sweep_with_this_python_and_resumes(tmp_path: 
     again = run_local_sweep(ROOT / "recipes" / "sweeps" / "demo.yaml", out, runs=2, seed=0, overrides=overrides)
     assert [t.metric for t in again.trials] == metrics
     assert sorted(str(p) for p in out.rglob("*")) == before  # nothing ran again
+
+
+@pytest.mark.parametrize("config", [None, "recipes/sweeps/demo.yaml"], ids=["server", "file"])
+def test_the_agent_without_an_account_says_so_in_one_line(config, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for name in ("HOME", "WANDB_CONFIG_DIR", "WANDB_DIR", "NETRC"):
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    args = ["sweep", "--agent", "me/proj/abc123", "--count", "1", *(["--config", config] if config else [])]
+    with pytest.raises(CommandError) as err:
+        cli_main(args)
+    assert err.value.code == 2
+    assert str(err.value).startswith("sweep: the W&B agent needs a W&B account and the network: No API key")

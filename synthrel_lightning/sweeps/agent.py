@@ -93,7 +93,14 @@ def run_agent(
     The command of each run comes from ``config`` (a sweep file) when given, else from the sweep as
     registered on the server. Needs a W&B account (``wandb login``) and the network.
     """
-    spec = load_sweep(config) if config is not None else _server_sweep(sweep_id)
     import wandb
+    from wandb.errors import Error as WandbError
 
-    wandb.agent(sweep_id, function=trial_function(spec, overrides), count=count)
+    try:
+        spec = load_sweep(config) if config is not None else _server_sweep(sweep_id)
+        wandb.agent(sweep_id, function=trial_function(spec, overrides), count=count)
+    except WandbError as err:
+        raise ValueError(
+            f"the W&B agent needs a W&B account and the network: {err} "
+            "(a sweep runs without either: sweep --config <sweep.yaml> --out <folder>)"
+        ) from err

@@ -208,6 +208,8 @@ def run_local_sweep(
     env = trial_environment(wandb_mode)
     if spec.method == "bayes":
         log.info("method bayes: trials are drawn at random from the same distributions (no Bayesian model here)")
+    if spec.method == "grid" and runs is not None and runs > len(plan):
+        log.info("the grid has %d points: %d trials, not %d", len(plan), len(plan), runs)
     if "early_terminate" in spec.raw:
         log.info("early_terminate is not applied by the local runner: every trial runs to its end")
     root = Path(out)
