@@ -45,6 +45,7 @@ TOOLS: dict[str, str] = {
     "qc": "synthrel_lightning.commands.qc",
     "share_set": "synthrel_lightning.commands.share_set",
     "study": "synthrel_lightning.commands.study",
+    "sweep": "synthrel_lightning.commands.sweep",
 }
 """Subcommands that are not trainer methods, and the module whose ``main(args)`` runs each."""
 
@@ -111,7 +112,8 @@ def _usage() -> str:
         "  qc                          score a synthetic set per frame (label faithfulness, object presence)\n"
         "  share_set                   export a set or outlier bank as a Hugging Face dataset; push; import\n"
         "  import_mask2former          import a detectron2-format Mask2Former/RbA checkpoint (weights only)\n"
-        "  study                       the paper's study: qc, zoo, correlation, calibration, fine-tuning, report\n\n"
+        "  study                       the paper's study: qc, zoo, correlation, calibration, fine-tuning, report\n"
+        "  sweep                       run a wandb sweep file here (no account), or a W&B agent with this Python\n\n"
         "Options: --verbose (or SYNTHREL_VERBOSE=1) shows full error reports. "
         "Run any subcommand with --help for its options."
     )

@@ -146,7 +146,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     # the OOD segmenter LightningModule
     ("models",),
     # applications over models: quality control, studies, sharing sets, deployment
-    ("qc", "study", "sharing", "deploy"),
+    ("qc", "study", "sharing", "deploy", "sweeps"),
     # the command line and test helpers
     ("commands", "cli", "trainer_cli", "__main__", "testing"),
 )
