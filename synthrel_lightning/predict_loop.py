@@ -10,6 +10,7 @@ process killed, crashed, or never started) into :class:`ProcessGroupLost`, a one
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -155,7 +156,11 @@ def _with_timeout(
     if name == "auto":
         several = expected_processes(accelerator, devices, num_nodes) > 1
         on_xla = accelerator in ("tpu", "xla") or (accelerator == "auto" and XLAAccelerator.is_available())
-        return DDPStrategy(timeout=timeout) if several and not on_xla else strategy
+        if not several or on_xla:
+            return strategy
+        # As Lightning's own choice for "auto": fork in an interactive session (a notebook), else a new process.
+        interactive = hasattr(sys, "ps1") or bool(sys.flags.interactive)
+        return DDPStrategy(start_method="fork" if interactive else "popen", timeout=timeout)
     entry = StrategyRegistry[name] if name in StrategyRegistry else None
     if entry is not None and entry["strategy"] is DDPStrategy:
         return DDPStrategy(**entry["init_params"], timeout=timeout)
