@@ -32,7 +32,7 @@ from synthrel_lightning.predict_loop import (
 from synthrel_lightning.synthesis.bank import OutlierBank
 
 REPO = Path(__file__).resolve().parents[1]
-ITEMS = 12  # 6 per process
+ITEMS = 8  # 4 per process
 _LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
 
