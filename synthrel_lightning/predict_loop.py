@@ -2,20 +2,35 @@
 
 :class:`HostItemsDataModule` serves ``self.items`` (listed in ``setup``) as list batches in a fixed
 order, :class:`BatchPredictionWriter` writes each batch's predictions as it comes, and
-:func:`predict_trainer` builds the logger-free, checkpoint-free Trainer that runs them.
+:func:`predict_trainer` builds the logger-free, checkpoint-free Trainer that runs them, with a bounded wait for the
+other processes of a multi-process run; :func:`peers_lost_as` turns the failure of that process group (a
+process killed, crashed, or never started) into :class:`ProcessGroupLost`, a one-line user-facing error.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["BatchPredictionWriter", "HostItemsDataModule", "collate_list", "predict_trainer"]
+__all__ = [
+    "BatchPredictionWriter",
+    "HostItemsDataModule",
+    "ProcessGroupLost",
+    "collate_list",
+    "describe_failure",
+    "expected_processes",
+    "is_process_group_failure",
+    "peers_lost_as",
+    "predict_trainer",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +98,19 @@ def predict_trainer(
     callbacks: list[L.Callback] | None = None,
     progress: bool = True,
     limit_predict_batches: int | float | None = None,
+    process_group_timeout_s: float | None = None,
 ) -> L.Trainer:
-    """A Trainer for a generation predict loop: no logger, no checkpoints, no model summary."""
+    """A Trainer for a generation predict loop: no logger, no checkpoints, no model summary.
+
+    ``process_group_timeout_s``: how long a process waits for the others at one collective step
+    (joining at start-up, the barrier after setup, the final gather of counts) before it fails; None keeps
+    Lightning's default (30 min). It applies to the DDP strategies (``"ddp"``, ``"ddp_spawn"``, ...)
+    and to ``"auto"`` when more than one process is expected; other strategies keep their own.
+    """
     return L.Trainer(
         accelerator=accelerator,
         devices=devices,
-        strategy=strategy,
+        strategy=_with_timeout(strategy, accelerator, devices, num_nodes, process_group_timeout_s),
         num_nodes=num_nodes,
         callbacks=callbacks,
         logger=False,
@@ -97,3 +119,117 @@ def predict_trainer(
         enable_model_summary=False,
         limit_predict_batches=limit_predict_batches,
     )
+
+
+def expected_processes(accelerator: str, devices: int | str | list[int], num_nodes: int = 1) -> int:
+    """How many processes Lightning starts for ``devices`` on ``num_nodes`` nodes (all GPUs for "auto"/-1)."""
+    per_node: int
+    if isinstance(devices, (list, tuple)):
+        per_node = len(devices)
+    elif isinstance(devices, str) and devices.strip() not in ("auto", "-1"):
+        text = devices.strip()
+        per_node = len([d for d in text.split(",") if d.strip()]) if "," in text else int(text)
+    elif isinstance(devices, int) and devices != -1:
+        per_node = devices
+    elif accelerator in ("auto", "gpu", "cuda"):
+        from lightning.fabric.accelerators.cuda import num_cuda_devices
+
+        per_node = max(1, num_cuda_devices())
+    else:
+        per_node = 1
+    return per_node * max(1, int(num_nodes))
+
+
+def _with_timeout(
+    strategy: Any, accelerator: str, devices: int | str | list[int], num_nodes: int, timeout_s: float | None
+) -> Any:
+    """``strategy`` as a DDP strategy object whose process group times out after ``timeout_s`` (where it is one)."""
+    if timeout_s is None or not isinstance(strategy, str):
+        return strategy
+    if timeout_s <= 0:
+        raise ValueError(f"process_group_timeout_s must be > 0 seconds, got {timeout_s}")
+    from lightning.pytorch.accelerators import XLAAccelerator
+    from lightning.pytorch.strategies import DDPStrategy, StrategyRegistry
+
+    timeout = timedelta(seconds=float(timeout_s))
+    name = strategy.strip().lower()
+    if name == "auto":
+        several = expected_processes(accelerator, devices, num_nodes) > 1
+        on_xla = accelerator in ("tpu", "xla") or (accelerator == "auto" and XLAAccelerator.is_available())
+        if not several or on_xla:
+            return strategy
+        # As Lightning's own choice for "auto": fork in an interactive session (a notebook), else a new process.
+        interactive = hasattr(sys, "ps1") or bool(sys.flags.interactive)
+        return DDPStrategy(start_method="fork" if interactive else "popen", timeout=timeout)
+    entry = StrategyRegistry[name] if name in StrategyRegistry else None
+    if entry is not None and entry["strategy"] is DDPStrategy:
+        return DDPStrategy(**entry["init_params"], timeout=timeout)
+    log.warning(
+        "process_group_timeout_s=%s applies to the DDP strategies ('auto', 'ddp', 'ddp_spawn', ...); strategy %r "
+        "keeps its own process-group timeout",
+        timeout_s,
+        strategy,
+    )
+    return strategy
+
+
+class ProcessGroupLost(ConnectionError):
+    """The other processes of a multi-process run were lost (killed, crashed, never started, or too slow).
+
+    A :class:`ConnectionError`, so the command line reports it in one line with exit status 2.
+    """
+
+
+_TRANSPORT_SIGNS = (
+    "third_party/gloo",
+    "connection closed by peer",
+    "connection reset by peer",
+    "nccl error",
+    "ncclremoteerror",
+    "ncclsystemerror",
+    "watchdog caught collective operation timeout",
+)
+"""Words of the errors gloo and NCCL raise as a plain RuntimeError when a peer is gone or a collective timed out."""
+
+
+def is_process_group_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) is a failure of the distributed process group itself.
+
+    That is a ``torch.distributed.DistError`` (store, network or backend error) or a RuntimeError that
+    gloo/NCCL raise when a peer closed its connection or a collective timed out, not an error of the work.
+    """
+    import torch.distributed as dist
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, dist.DistError):
+            return True
+        if isinstance(current, RuntimeError) and any(s in str(current).lower() for s in _TRANSPORT_SIGNS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def describe_failure(err: BaseException) -> str:
+    """The first line of a process-group error, without the source-file prefix gloo puts first."""
+    text = str(err).strip().split("\n")[0]
+    if text.startswith("[") and "] " in text:
+        text = text.split("] ", 1)[1]
+    text = text.split(" This is typically caused by")[0].strip().rstrip(".")
+    return f"{type(err).__name__}: {text[:300]}"
+
+
+@contextmanager
+def peers_lost_as(message: Callable[[BaseException], str]) -> Iterator[None]:
+    """Re-raise a process-group failure in the block as :class:`ProcessGroupLost` with ``message(err)``.
+
+    Any other error passes through unchanged.
+    """
+    try:
+        yield
+    except Exception as err:
+        if not is_process_group_failure(err):
+            raise
+        raise ProcessGroupLost(message(err)) from err

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
+import lightning as L
 from torch.utils.data import Dataset
 
-from synthrel_lightning.predict_loop import predict_trainer
+from synthrel_lightning.predict_loop import describe_failure, peers_lost_as, predict_trainer
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.engine import InpaintingEngine
 from synthrel_lightning.synthesis.generate.datamodule import GenerationDataModule
@@ -45,6 +47,7 @@ def generate(
     num_nodes: int = 1,
     limit_predict_batches: int | float | None = None,
     progress: bool = True,
+    process_group_timeout_s: float = 600.0,
 ) -> GenerationSummary:
     """Inpaint objects into ``source`` frames and store them in the outlier bank at ``bank``; returns the summary.
 
@@ -53,9 +56,12 @@ def generate(
     ``controls``: Cityscapes class names inpainted as in-distribution controls (their train ids);
     ``write``: store object crops, whole synthetic frames (evaluation sets) or both;
     ``eval_dir``: also write each frame as PNGs of an evaluation set;
-    ``max_item_retries``: tries of an item alone after its batch raised, before it counts as failed.
+    ``max_item_retries``: tries of an item alone after its batch raised, before it counts as failed;
+    ``process_group_timeout_s``: on several processes, how long one waits for the others (at start-up and
+    for the final counts) before it fails.
     SIGTERM/SIGINT stop the run after the current batch; a rerun resumes, redoing any item with a
-    missing output.
+    missing output. When a process of a multi-process run is lost, the others end with
+    :class:`~synthrel_lightning.predict_loop.ProcessGroupLost` naming what they wrote; a rerun resumes.
     """
     engine = engine if engine is not None else InpaintingEngine()
     vocab = resolve_vocabulary(vocabulary, controls or ())
@@ -68,13 +74,15 @@ def generate(
     bar = GenerationProgress(writer, enabled=progress)
     trainer = predict_trainer(
         accelerator, devices, strategy, num_nodes, [writer, bar], progress=False,
-        limit_predict_batches=limit_predict_batches,
+        limit_predict_batches=limit_predict_batches, process_group_timeout_s=process_group_timeout_s,
     )  # fmt: skip
+    lost = _lost_message(trainer, writer, process_group_timeout_s)
     with stop:
         try:
-            trainer.predict(
-                InpaintGenerationModule(engine, max_item_retries), datamodule=datamodule, return_predictions=False
-            )
+            with peers_lost_as(lost):
+                trainer.predict(
+                    InpaintGenerationModule(engine, max_item_retries), datamodule=datamodule, return_predictions=False
+                )
         except GenerationStopped:
             log.warning("generate: stopped by %s; the items written so far are complete", stop.received)
         finally:
@@ -87,7 +95,8 @@ def generate(
         "engine": dict(engine.stats),
         "mask": dict(engine.masker.stats),
     }
-    merged = gather(local)
+    with peers_lost_as(lost):
+        merged = gather(local)
     counts = merged["counts"]
     return GenerationSummary(
         bank=str(bank),
@@ -105,3 +114,18 @@ def generate(
         engine=merged["engine"],
         mask=merged["mask"],
     )
+
+
+def _lost_message(trainer: L.Trainer, writer: BankWriter, timeout_s: float) -> Callable[[BaseException], str]:
+    """The one-line report of a process whose peers were lost: the cause, what it wrote, how to resume."""
+
+    def message(err: BaseException) -> str:
+        counts = ", ".join(f"{n} {what}" for what, n in writer.counts.items())
+        return (
+            f"generate: process {trainer.global_rank} of {trainer.world_size} lost the other processes of the run "
+            f"({describe_failure(err)}; one was killed, crashed, never started or did not answer within "
+            f"process_group_timeout_s={timeout_s:g} s). This process wrote {counts}; every completed item is on "
+            "disk; rerun the same command to resume."
+        )
+
+    return message
