@@ -336,8 +336,9 @@ def test_not_computable_without_both_classes(mode: str) -> None:
 @pytest.mark.parametrize(
     "case", ["energy", "sigmoid(20z)", "1-sigmoid(20z)", "-max_softmax", "subnormal", "narrow", "coarse"]
 )
-def test_float32_path_counts_like_the_float64_keys(case: str) -> None:
-    # float32 scores are binned with 32-bit keys; the counts and layout are those of their float64 values
+def test_float32_path_counts_like_the_float64_keys(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # float32 scores are binned with 32-bit keys: the state is the one the 64-bit keys give the same
+    # scores, and their values are those of the float64 copies (bins no finer than float32 lose nothing)
     num_bins = 64 if case == "coarse" else 1 << 20
     if case == "subnormal":
         scores, target = torch.randn(5000).abs() * 1e-39, (torch.rand(5000) < 0.3).long()
@@ -347,19 +348,47 @@ def test_float32_path_counts_like_the_float64_keys(case: str) -> None:
         scores, target = score_kind("max_logit 10z" if case == "coarse" else case, n=50_000)
         scores = scores.float()
     target[:100] = 255
-    fast, wide = (
-        PixelOODMetrics(fallback_pixels=0, num_bins=num_bins),
-        PixelOODMetrics(fallback_pixels=0, num_bins=num_bins),
-    )
+    fast, wide, slow = (PixelOODMetrics(fallback_pixels=0, num_bins=num_bins) for _ in range(3))
+    used = []
+    original = PixelOODMetrics._update_float32
+    monkeypatch.setattr(PixelOODMetrics, "_update_float32", lambda m, *a: used.append(original(m, *a)) or used[-1])
     for s, t in zip(scores.chunk(3), target.chunk(3)):
         fast.update(s, t)
         wide.update(s.double(), t)
-    assert torch.equal(fast.hist[:-1], wide.hist[:-1])  # all but the inputs' precision
+    monkeypatch.setattr(PixelOODMetrics, "_update_float32", lambda m, *a: False)  # 64-bit keys only
+    for s, t in zip(scores.chunk(3), target.chunk(3)):
+        slow.update(s, t)
+    assert torch.equal(fast.hist, slow.hist)
+    # the 32-bit keys did the work, except where they cannot (subnormal distances)
+    assert used == [case != "subnormal"] * 3
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         exact = pixel_ood_metrics(scores, target)
-        out = fast.compute()
+        out, out_wide = fast.compute(), wide.compute()
+    if case != "coarse":  # 64 bins: both coarse, on different windows
+        assert {k: float(v) for k, v in out.items()} == {k: float(v) for k, v in out_wide.items()}
     assert abs(float(out["auroc"]) - float(exact["auroc"])) <= fast.resolution["auroc"] + 1e-12
+
+
+def test_mixed_precisions_give_one_state_in_any_order() -> None:
+    # float32 batches are binned no finer than float32; a later float64 batch refines those bins exactly
+    a, ta = score_kind("sigmoid(20z)", n=30_000, seed=1)
+    b, tb = score_kind("1e6+z float64", n=30_000, seed=2)
+    c, tc = score_kind("bfloat16 sigmoid(5z)", n=30_000, seed=3)
+    batches = [(a.float(), ta), (b, tb), (c, tc)]
+    states = []
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2]):
+        metric = PixelOODMetrics(fallback_pixels=0)
+        for i in order:
+            metric.update(*batches[i])
+        states.append(metric.hist)
+    assert all(torch.equal(states[0], state) for state in states[1:])
+    parts = [PixelOODMetrics(fallback_pixels=0) for _ in batches]
+    for part, batch in zip(parts, batches):
+        part.update(*batch)
+    parts[0].merge_state(parts[1])
+    parts[0].merge_state(parts[2])
+    assert torch.equal(parts[0].hist, states[0])
 
 
 def clusters(centres: list[float], n: int = 100_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,6 +60,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 from synthrel_lightning.labels import VOID_ID
 from synthrel_lightning.metrics._checks import check_binary_inputs
 from synthrel_lightning.metrics._fallback import ExactFallback, keep_precision
+from synthrel_lightning.metrics._float32_bins import float32_keys, ranges32, storage_tables32
 from synthrel_lightning.metrics._threads import cpu_threads
 from synthrel_lightning.metrics.functional import (
     best_f1,
@@ -211,11 +212,31 @@ class PixelOODMetrics(ExactFallback, Metric):
         self._kept_mantissa = 0  # the finest input precision among the kept scores
 
     def _update_binned(self, scores: Tensor, target: Tensor, valid: Tensor, mantissa: int | None = None) -> None:
-        fine, key = groups_and_keys(scores)
+        mantissa = mantissa or MANTISSA_BITS.get(scores.dtype, 52)
         # one row per (class, fine group): in-distribution, OOD (counted num_bins further), ignored (not counted)
-        row = fine.add_(torch.where(valid.reshape(-1), target.reshape(-1), 2), alpha=FINE)
-        layout = self._widen(*batch_ranges(row, key), mantissa or MANTISSA_BITS.get(scores.dtype, 52))
-        index = layout.storage_index(row, key)
+        code = torch.where(valid.reshape(-1), target.reshape(-1), 2)
+        if scores.dtype != torch.float64 and self._update_float32(scores, code, mantissa):
+            return
+        fine, key = groups_and_keys(scores)
+        row = fine.add_(code, alpha=FINE)
+        layout = self._widen(*batch_ranges(row, key), mantissa)
+        self._count(layout.storage_index(row, key))
+
+    def _update_float32(self, scores: Tensor, code: Tensor, mantissa: int) -> bool:
+        """The same binning with 32-bit keys (:mod:`~synthrel_lightning.metrics._float32_bins`); False if it cannot."""
+        fine, key = float32_keys(scores)
+        row = fine.add_(code.to(torch.int32), alpha=FINE)
+        ranges = ranges32(row, key)
+        if ranges is None:
+            return False
+        tables = storage_tables32(self._widen(*ranges, mantissa), ranges[1] >= 0)
+        if tables is None:
+            return False
+        offset, sign, shift = (table.index_select(0, row) for table in tables)
+        self._count(offset.addcmul_(sign, key >> shift))
+        return True
+
+    def _count(self, index: Tensor) -> None:
         # bincount without weights is deterministic on CUDA too
         self.hist[: 2 * self.num_bins] += torch.bincount(index, minlength=2 * self.num_bins + 1)[: 2 * self.num_bins]
 

@@ -127,11 +127,19 @@ def _fit_levels(low: Tensor, high: Tensor, width: int, chunk: int) -> Tensor:
     return fits.int().argmax(0)  # e = 63 always fits: every key is below 2**63
 
 
+def _three_bits(n: int) -> int:
+    """``n`` rounded down to its 3 leading binary digits."""
+    drop = max(0, n.bit_length() - 3)
+    return (n >> drop) << drop
+
+
 class BinLayout:
     """The occupied groups, in ascending score order, with their levels, windows and storage offsets.
 
     Built from the header's key ranges (``low``/``high`` per fine group, an empty one has
-    ``high < 0``), the finest input precision and ``num_bins``; see the module docstring.
+    ``high < 0``), the finest input precision and ``num_bins``; see the module docstring. No
+    level is finer than the inputs' precision (``e >= 52 - mantissa``): every value of a coarser
+    dtype is then the lowest key of its bin, so a later finer dtype refines its bins exactly.
     """
 
     def __init__(self, low: Tensor, high: Tensor, mantissa: int, num_bins: int) -> None:
@@ -141,13 +149,13 @@ class BinLayout:
         level = torch.zeros_like(fine)  # the level of each fine group's group, at the span reached so far
         for k in range(MAX_SPAN + 1):
             ranks, inverse = torch.unique(group_ranks(fine, k), return_inverse=True)
-            width = self.num_bins // max(ranks.numel(), 1)
+            width = _three_bits(self.num_bins // max(ranks.numel(), 1))  # changes only now and then
             chunk = 1 << max(0, (width // 16).bit_length() - 1)  # windows move by whole chunks
             lows = torch.full_like(ranks, INT64_MAX).scatter_reduce_(0, inverse, low[fine], "amin")
             highs = torch.full_like(ranks, -1).scatter_reduce_(0, inverse, high[fine], "amax")
             # a group is never finer than its parts were at a smaller span: the layout only coarsens
             floor = torch.zeros_like(ranks).scatter_reduce_(0, inverse, level, "amax")
-            e = torch.maximum(_fit_levels(lows, highs, width, chunk), floor)
+            e = torch.maximum(_fit_levels(lows, highs, width, chunk), floor).clamp_(min=52 - self.mantissa)
             level = e[inverse]
             if width >= MIN_WIDTH or k == MAX_SPAN:
                 break
@@ -226,6 +234,8 @@ class BinLayout:
     def move(self, counts: Tensor, new: BinLayout) -> Tensor:
         """``(2, num_bins)`` counts stored in this layout, stored in ``new`` (a coarsening of it)."""
         moved = torch.zeros_like(counts)
+        if self._move_blocks(counts, new, moved):
+            return moved
         used = torch.nonzero(counts[:, : self.total].sum(0)).flatten()
         if used.numel() == 0:
             return moved
@@ -237,6 +247,23 @@ class BinLayout:
         segment = self.ranks[group] // GROUPS
         fine = segment * GROUPS + (key >> 52)
         return moved.index_add_(1, new.storage_index(fine, key), counts[:, used])
+
+    def _move_blocks(self, counts: Tensor, new: BinLayout, moved: Tensor) -> bool:
+        """Where every group keeps its level and window start (groups added, widths changed): copy blocks."""
+        if self.ranks.numel() == 0 or self.span != new.span:
+            return self.ranks.numel() == 0
+        position = torch.searchsorted(new.ranks, self.ranks).clamp_(max=new.ranks.numel() - 1)
+        kept = new.ranks[position] == self.ranks
+        if not bool((kept & (new.e[position] == self.e) & (new.start[position] == self.start)).all()):
+            return False
+        rows = zip(self.base.tolist(), self.width.tolist(), self.ascending.tolist(), position.tolist())
+        new_base, new_width = new.base.tolist(), new.width.tolist()
+        for base, width, ascending, j in rows:
+            size = min(width, new_width[j])  # the scores seen lie in both windows
+            source = base if ascending else base + width - size  # descending: counted from the window's end
+            target = new_base[j] if ascending else new_base[j] + new_width[j] - size
+            moved[:, target : target + size] = counts[:, source : source + size]
+        return True
 
 
 def empty_header() -> list[int]:
