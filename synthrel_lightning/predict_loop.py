@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "describe_failure",
     "expected_processes",
     "is_process_group_failure",
+    "lost_peers_message",
     "peers_lost_as",
     "predict_trainer",
 ]
@@ -233,3 +234,23 @@ def peers_lost_as(message: Callable[[BaseException], str]) -> Iterator[None]:
         if not is_process_group_failure(err):
             raise
         raise ProcessGroupLost(message(err)) from err
+
+
+def lost_peers_message(
+    command: str, trainer: L.Trainer, counts: Callable[[], Mapping[str, int]], timeout_s: float
+) -> Callable[[BaseException], str]:
+    """The one-line report of a process whose peers were lost: the cause, what it wrote, how to resume.
+
+    ``counts`` gives this process's counts when the failure is reported (e.g. ``{"done": 3, ...}``).
+    """
+
+    def message(err: BaseException) -> str:
+        wrote = ", ".join(f"{n} {what}" for what, n in counts().items())
+        return (
+            f"{command}: process {trainer.global_rank} of {trainer.world_size} lost the other processes of the run "
+            f"({describe_failure(err)}; one was killed, crashed, never started or did not answer within "
+            f"process_group_timeout_s={timeout_s:g} s). This process wrote {wrote}; every completed item is on "
+            "disk; rerun the same command to resume."
+        )
+
+    return message

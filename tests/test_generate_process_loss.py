@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -30,16 +27,9 @@ from synthrel_lightning.predict_loop import (
     predict_trainer,
 )
 from synthrel_lightning.synthesis.bank import OutlierBank
+from tests._process_group import error_line, finish, free_port, launch_rank
 
-REPO = Path(__file__).resolve().parents[1]
 ITEMS = 8  # 4 per process
-_LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(tmp_path: Path, cityscapes_mini: Path) -> Path:
@@ -64,35 +54,7 @@ def _config(tmp_path: Path, cityscapes_mini: Path) -> Path:
 
 
 def _launch(rank: int, port: int, cfg: Path, *extra: str) -> subprocess.Popen:
-    """Process ``rank`` of 2, started as Lightning's launcher starts its processes (LOCAL_RANK, MASTER_PORT)."""
-    env = {k: v for k, v in os.environ.items() if k not in _LAUNCHER_VARIABLES and not k.startswith("SLURM_")}
-    env.update(
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        WANDB_MODE="offline",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-        WORLD_SIZE="2",
-    )
-    cmd = [sys.executable, "-m", "synthrel_lightning", "generate", "--config", str(cfg), "--json", "true", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    try:
-        return proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-
-
-def _error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert lines, stderr[-3000:]
-    return lines[0]
+    return launch_rank(rank, port, ["generate", "--config", str(cfg), "--json", "true", *extra])
 
 
 def _counts(line: str) -> dict[str, int]:
@@ -106,7 +68,7 @@ def test_a_killed_process_leaves_the_survivor_a_clear_error_and_a_rerun_complete
     tmp_path: Path, cityscapes_mini: Path
 ) -> None:
     cfg, bank = _config(tmp_path, cityscapes_mini), tmp_path / "bank"
-    port = _free_port()
+    port = free_port()
     survivor, victim = _launch(0, port, cfg), _launch(1, port, cfg)
     try:
         deadline = time.monotonic() + 300
@@ -116,7 +78,7 @@ def test_a_killed_process_leaves_the_survivor_a_clear_error_and_a_rerun_complete
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        _, err = _finish(survivor, timeout=120)
+        _, err = finish(survivor, timeout=120)
     finally:
         for proc in (survivor, victim):
             if proc.poll() is None:
@@ -124,7 +86,7 @@ def test_a_killed_process_leaves_the_survivor_a_clear_error_and_a_rerun_complete
             proc.communicate()
     assert survivor.returncode == 2, err[-3000:]
     assert time.monotonic() - killed < 120
-    line = _error_line(err)
+    line = error_line(err)
     # The cause first, in one line: who lost whom and why, what this process wrote, how to resume.
     assert line.startswith("error: generate: process 0 of 2 lost the other processes of the run"), line
     assert "Connection closed by peer" in line or "Connection reset by peer" in line, line
@@ -139,9 +101,9 @@ def test_a_killed_process_leaves_the_survivor_a_clear_error_and_a_rerun_complete
     assert written.verify() == []
     assert counts["done"] <= len(written) < ITEMS - counts["rejected"]
     # Rerunning the same command resumes: the complete items are skipped, the others done, none twice.
-    port = _free_port()
+    port = free_port()
     reruns = [_launch(rank, port, cfg) for rank in (0, 1)]
-    (out, err0), (_, err1) = [_finish(proc, timeout=300) for proc in reruns]
+    (out, err0), (_, err1) = [finish(proc, timeout=300) for proc in reruns]
     assert [proc.returncode for proc in reruns] == [0, 0], (err0[-3000:], err1[-3000:])
     final = json.loads(out)
     assert final["skipped"] == len(written) and final["failed"] == 0 and final["pending"] == 0
@@ -155,11 +117,11 @@ def test_a_killed_process_leaves_the_survivor_a_clear_error_and_a_rerun_complete
 def test_a_process_that_never_joins_fails_the_other_after_the_timeout(tmp_path: Path, cityscapes_mini: Path) -> None:
     cfg = _config(tmp_path, cityscapes_mini)
     started = time.monotonic()
-    alone = _launch(0, _free_port(), cfg, "--process_group_timeout_s", "5")
-    _, err = _finish(alone, timeout=180)
+    alone = _launch(0, free_port(), cfg, "--process_group_timeout_s", "5")
+    _, err = finish(alone, timeout=180)
     assert alone.returncode == 2, err[-3000:]
     assert time.monotonic() - started < 180  # not Lightning's default 30 min
-    line = _error_line(err)
+    line = error_line(err)
     assert line.startswith("error: generate: process 0 of 2 lost the other processes of the run (DistStoreError"), line
     assert "process_group_timeout_s=5 s" in line and "never started" in line, line
     assert _counts(line) == {"done": 0, "rejected": 0, "failed": 0, "unplaceable": 0}, line
@@ -194,7 +156,7 @@ def test_expected_processes(accelerator: str, devices, num_nodes: int, n: int) -
 def test_a_store_timeout_is_a_process_group_failure_and_other_errors_pass_through() -> None:
     import torch.distributed as dist
 
-    store = dist.TCPStore("127.0.0.1", _free_port(), 1, True, timeout=timedelta(seconds=0.3))
+    store = dist.TCPStore("127.0.0.1", free_port(), 1, True, timeout=timedelta(seconds=0.3))
     with pytest.raises(ProcessGroupLost, match="lost: DistStoreError") as lost:
         with peers_lost_as(lambda err: f"lost: {type(err).__name__}"):
             store.get("a key no process ever sets")

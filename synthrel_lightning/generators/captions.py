@@ -25,7 +25,13 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from synthrel_lightning.predict_loop import BatchPredictionWriter, HostItemsDataModule, predict_trainer
+from synthrel_lightning.predict_loop import (
+    BatchPredictionWriter,
+    HostItemsDataModule,
+    lost_peers_message,
+    peers_lost_as,
+    predict_trainer,
+)
 
 __all__ = [
     "GENERIC_CAPTION",
@@ -332,15 +338,25 @@ def caption_split(
     num_nodes: int = 1,
     limit_predict_batches: int | float | None = None,
     progress: bool = True,
+    process_group_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
-    """Caption every frame of the Cityscapes-layout ``root``/``split`` into the JSONL ``out``, skipping done frames."""
+    """Caption every frame of the Cityscapes-layout ``root``/``split`` into the JSONL ``out``, skipping done frames.
+
+    ``process_group_timeout_s``: on several processes, how long one waits for the others before it
+    fails with :class:`~synthrel_lightning.predict_loop.ProcessGroupLost`, naming what it wrote.
+    """
     if Path(out).resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"caption: out {out!r} lies inside the dataset folder {root!r}; write captions elsewhere")
     captioner = captioner if captioner is not None else Captioner()
     datamodule = CaptionDataModule(root, split, out, max_frames, batch_size, num_workers)
     writer = CaptionWriter(out)
-    trainer = predict_trainer(accelerator, devices, strategy, num_nodes, [writer], progress, limit_predict_batches)
-    trainer.predict(captioner, datamodule=datamodule, return_predictions=False)
+    trainer = predict_trainer(
+        accelerator, devices, strategy, num_nodes, [writer], progress, limit_predict_batches, process_group_timeout_s
+    )
+    with peers_lost_as(
+        lost_peers_message("caption", trainer, lambda: {"written": writer.written}, process_group_timeout_s)
+    ):
+        trainer.predict(captioner, datamodule=datamodule, return_predictions=False)
     assert datamodule.items is not None
     return {
         "written": writer.written,

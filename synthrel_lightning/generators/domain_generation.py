@@ -30,7 +30,13 @@ from synthrel_lightning.generators.domain_items import (
 )
 from synthrel_lightning.generators.domains import GENVAL_PROMPT_TEMPLATE, DomainSample, DomainShiftGenerator
 from synthrel_lightning.labels import semantic_to_ood_target
-from synthrel_lightning.predict_loop import BatchPredictionWriter, HostItemsDataModule, predict_trainer
+from synthrel_lightning.predict_loop import (
+    BatchPredictionWriter,
+    HostItemsDataModule,
+    lost_peers_message,
+    peers_lost_as,
+    predict_trainer,
+)
 from synthrel_lightning.synthesis.generate import frame_name
 from synthrel_lightning.synthesis.sidecar import object_sidecar
 from synthrel_lightning.synthesis.sources import OutlierSource
@@ -208,6 +214,7 @@ def generate_domains(
     num_nodes: int = 1,
     limit_predict_batches: int | float | None = None,
     progress: bool = True,
+    process_group_timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Render ``source`` label maps in each of ``generator.domains``; write ``<out>/<domain>`` (Cityscapes layout).
 
@@ -219,7 +226,9 @@ def generate_domains(
     name); a frame missing from it is an error unless ``on_missing_caption="generic"`` (then the
     generator's caption is used, and counted). ``sets``: "shift",
     "joint" (with OOD objects from ``ood_objects``, written to ``<out>/<domain>-ood``) or "both".
-    Items whose files exist are skipped, so an interrupted run resumes.
+    Items whose files exist are skipped, so an interrupted run resumes. ``process_group_timeout_s``:
+    on several processes, how long one waits for the others before it fails with
+    :class:`~synthrel_lightning.predict_loop.ProcessGroupLost`, naming what it wrote.
     """
     generator = generator if generator is not None else DomainShiftGenerator()
     check_protocol(protocol)
@@ -238,8 +247,11 @@ def generate_domains(
         generator.caption, sets, ood_objects, ood_condition_id, batch_size, num_workers, protocol, num_samples,
     )  # fmt: skip
     writer = DomainWriter()
-    trainer = predict_trainer(accelerator, devices, strategy, num_nodes, [writer], progress, limit_predict_batches)
-    trainer.predict(DomainGenerationModule(generator), datamodule=datamodule, return_predictions=False)
+    trainer = predict_trainer(
+        accelerator, devices, strategy, num_nodes, [writer], progress, limit_predict_batches, process_group_timeout_s
+    )
+    with peers_lost_as(lost_peers_message("domains", trainer, lambda: writer.counts, process_group_timeout_s)):
+        trainer.predict(DomainGenerationModule(generator), datamodule=datamodule, return_predictions=False)
     assert datamodule.items is not None
     return dict(
         writer.counts,

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
-import lightning as L
 from torch.utils.data import Dataset
 
-from synthrel_lightning.predict_loop import describe_failure, peers_lost_as, predict_trainer
+from synthrel_lightning.predict_loop import lost_peers_message, peers_lost_as, predict_trainer
 from synthrel_lightning.synthesis.bank import OutlierBank
 from synthrel_lightning.synthesis.engine import InpaintingEngine
 from synthrel_lightning.synthesis.generate.datamodule import GenerationDataModule
@@ -76,7 +74,7 @@ def generate(
         accelerator, devices, strategy, num_nodes, [writer, bar], progress=False,
         limit_predict_batches=limit_predict_batches, process_group_timeout_s=process_group_timeout_s,
     )  # fmt: skip
-    lost = _lost_message(trainer, writer, process_group_timeout_s)
+    lost = lost_peers_message("generate", trainer, lambda: writer.counts, process_group_timeout_s)
     with stop:
         try:
             with peers_lost_as(lost):
@@ -114,18 +112,3 @@ def generate(
         engine=merged["engine"],
         mask=merged["mask"],
     )
-
-
-def _lost_message(trainer: L.Trainer, writer: BankWriter, timeout_s: float) -> Callable[[BaseException], str]:
-    """The one-line report of a process whose peers were lost: the cause, what it wrote, how to resume."""
-
-    def message(err: BaseException) -> str:
-        counts = ", ".join(f"{n} {what}" for what, n in writer.counts.items())
-        return (
-            f"generate: process {trainer.global_rank} of {trainer.world_size} lost the other processes of the run "
-            f"({describe_failure(err)}; one was killed, crashed, never started or did not answer within "
-            f"process_group_timeout_s={timeout_s:g} s). This process wrote {counts}; every completed item is on "
-            "disk; rerun the same command to resume."
-        )
-
-    return message
