@@ -50,3 +50,24 @@ def error_line(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert lines, stderr[-3000:]
     return lines[0]
+
+
+def lost_peers_line_of_a_lone_process(argv: list[str], command: str, timeout_s: int = 5) -> str:
+    """Run ``argv`` as process 0 of 2 with the other never started; its one error line (checked: exit 2, in time).
+
+    The line must name the command, the store timeout and ``process_group_timeout_s``, and end with the
+    resume hint; callers check what it says the process wrote.
+    """
+    import time
+
+    started = time.monotonic()
+    alone = launch_rank(0, free_port(), [*argv, "--process_group_timeout_s", str(timeout_s)])
+    _, err = finish(alone, timeout=180)
+    assert alone.returncode == 2, err[-3000:]
+    assert time.monotonic() - started < 180  # not Lightning's default 30 minutes
+    line = error_line(err)
+    lead = f"error: {command}: process 0 of 2 lost the other processes of the run (DistStoreError"
+    assert line.startswith(lead), line
+    assert f"process_group_timeout_s={timeout_s} s" in line and "never started" in line, line
+    assert line.endswith("rerun the same command to resume."), line
+    return line

@@ -156,23 +156,12 @@ def test_a_caption_process_that_never_joins_fails_the_other_after_the_timeout(
     tmp_path: Path, tiny_blip: Path, demo_root: Path
 ) -> None:
     # process 0 of 2, the other never starts: a one-line error after the timeout, not a 30-minute wait
-    import time
+    from tests._process_group import lost_peers_line_of_a_lone_process
 
-    from tests._process_group import error_line, finish, free_port, launch_rank
-
-    out = tmp_path / "captions.jsonl"
     argv = [
-        "caption", "--root", str(demo_root), "--out", str(out), "--split", "train", "--batch_size", "2",
-        "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--progress", "false",
+        "caption", "--root", str(demo_root), "--out", str(tmp_path / "captions.jsonl"), "--split", "train",
+        "--batch_size", "2", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--progress", "false",
         "--captioner", "synthrel_lightning.generators.Captioner", "--captioner.model", str(tiny_blip),
-        "--process_group_timeout_s", "5",
     ]  # fmt: skip
-    started = time.monotonic()
-    alone = launch_rank(0, free_port(), argv)
-    _, err = finish(alone, timeout=180)
-    assert alone.returncode == 2, err[-3000:]
-    assert time.monotonic() - started < 180
-    line = error_line(err)
-    assert line.startswith("error: caption: process 0 of 2 lost the other processes of the run (DistStoreError"), line
-    assert "process_group_timeout_s=5 s" in line and "0 written" in line, line
-    assert line.endswith("rerun the same command to resume."), line
+    line = lost_peers_line_of_a_lone_process(argv, "caption")
+    assert "This process wrote 0 written;" in line, line

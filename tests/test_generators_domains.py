@@ -409,19 +409,10 @@ def test_a_domains_process_that_never_joins_fails_the_other_after_the_timeout(
     tmp_path: Path, cityscapes_mini: Path, tiny_controlnet: Path
 ) -> None:
     # process 0 of 2, the other never starts: a one-line error after the timeout, not a 30-minute wait
-    import time
-
-    from tests._process_group import error_line, finish, free_port, launch_rank
+    from tests._process_group import lost_peers_line_of_a_lone_process
 
     out = tmp_path / "synthetic_domains"
     cfg = write_config(tmp_path / "domains.yaml", out, cityscapes_mini, tiny_controlnet, devices=2, strategy="ddp")
-    started = time.monotonic()
-    alone = launch_rank(0, free_port(), ["domains", "--config", str(cfg), "--process_group_timeout_s", "5"])
-    _, err = finish(alone, timeout=180)
-    assert alone.returncode == 2, err[-3000:]
-    assert time.monotonic() - started < 180
-    line = error_line(err)
-    assert line.startswith("error: domains: process 0 of 2 lost the other processes of the run (DistStoreError"), line
-    assert "process_group_timeout_s=5 s" in line and "0 written, 0 joint" in line, line
-    assert line.endswith("rerun the same command to resume."), line
+    line = lost_peers_line_of_a_lone_process(["domains", "--config", str(cfg)], "domains")
+    assert "This process wrote 0 written, 0 joint;" in line, line
     assert not out.exists() or not list(out.rglob("*.png"))
