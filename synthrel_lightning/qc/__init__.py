@@ -40,8 +40,7 @@ reads its view; the object-name file beside a frame's label is :mod:`synthrel_li
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from synthrel_lightning._lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "run_qc": "synthrel_lightning.qc.run",
@@ -66,12 +65,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
