@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from synthrel_lightning.metrics.score_bins import CENTRE, FINE, GROUPS, INT64_MAX, BinLayout
+from synthrel_lightning.metrics.score_bins import FINE, GROUPS, INT64_MAX, TOP_CENTRE, TOP_SEGMENT, BinLayout
 
 SHIFT = 29  # float64 minus float32 mantissa bits
 EXPONENT_OFFSET = 896  # float64 minus float32 exponent bias
@@ -22,12 +22,13 @@ INT32_MAX = (1 << 31) - 1
 
 def _tables() -> tuple[Tensor, Tensor]:
     """Fine group of each (score's top 9 bits, distance's float32 exponent), and the centre per top 9 bits."""
-    top = torch.arange(512).unsqueeze(1)
-    exponent = torch.arange(256).unsqueeze(0)
-    magnitude = ((top & 255) - 125).clamp(0, 3)  # |s| < 0.5, [0.5, 1), [1, 2), >= 2
-    segment = torch.where(top < 256, 4 + magnitude, 3 - magnitude)
-    group = segment * GROUPS + torch.where(exponent > 0, exponent + EXPONENT_OFFSET, 0)
-    return group.reshape(-1).int(), torch.tensor(CENTRE, dtype=torch.float32)[segment[:, 0]]
+    top = torch.arange(512)
+    exponent = top & 255  # a float32 of exponent e > 0 has the float64 exponent e + 896; 0 stays below 1
+    top64 = ((top >> 8) << 11) | torch.where(exponent > 0, exponent + EXPONENT_OFFSET, 0)
+    segment = TOP_SEGMENT.index_select(0, top64)
+    d_exponent = torch.arange(256)
+    group = segment.unsqueeze(1) * GROUPS + torch.where(d_exponent > 0, d_exponent + EXPONENT_OFFSET, 0)
+    return group.reshape(-1).int(), TOP_CENTRE.index_select(0, top64).float()
 
 
 GROUP32, CENTRE32 = _tables()

@@ -165,15 +165,7 @@ class MisclassificationMetrics(PixelOODMetrics):
 
     def is_computable(self) -> bool:
         """True when at least two labelled pixels were seen (on all processes); collective in DDP."""
-        counts = self._pos_neg_counts().clone()
-        if (
-            not self._is_synced
-            and torch.distributed.is_available()
-            and torch.distributed.is_initialized()
-            and torch.distributed.get_world_size(self.process_group) > 1
-        ):
-            torch.distributed.all_reduce(counts, group=self.process_group)
-        return int(counts.sum()) >= 2
+        return int(self._counts_on_all_processes().sum()) >= 2
 
     def compute(self) -> dict[str, Tensor]:
         """``prr``, ``aurc``, ``augrc`` over all pixels seen (NaN where undefined)."""

@@ -294,7 +294,7 @@ class PixelOODMetrics(ExactFallback, Metric):
         target = layout.rank_of_storage(storage_index)
 
         def at_or_above(value: float) -> bool:
-            return layout.rank_of_value(value, storage_index) >= target
+            return layout.rank_of_value(value, target) >= target
 
         lo, hi = ordered(-math.inf) + 1, ordered(math.inf) - 1  # the finite floats
         if at_or_above(unordered(lo)):
@@ -324,8 +324,8 @@ class PixelOODMetrics(ExactFallback, Metric):
         kept = torch.stack([self.n_pos, self.n_neg])
         return split_state(self.hist)[0].sum(1).flip(0) + kept if self.mode == "binned" else kept
 
-    def is_computable(self) -> bool:
-        """True when the data seen (on all processes) holds OOD and in-distribution pixels; collective in DDP."""
+    def _counts_on_all_processes(self) -> Tensor:
+        """(OOD, in-distribution) pixel counts summed over the processes (collective in DDP)."""
         counts = self._pos_neg_counts().clone()
         if (
             not self._is_synced
@@ -334,7 +334,11 @@ class PixelOODMetrics(ExactFallback, Metric):
             and torch.distributed.get_world_size(self.process_group) > 1
         ):
             torch.distributed.all_reduce(counts, group=self.process_group)
-        return bool((counts > 0).all())
+        return counts
+
+    def is_computable(self) -> bool:
+        """True when the data seen (on all processes) holds OOD and in-distribution pixels; collective in DDP."""
+        return bool((self._counts_on_all_processes() > 0).all())
 
     def compute(self) -> dict[str, Tensor]:
         """Dataset-level ``auroc``, ``ap``, ``fpr95``, ``best_f1``, ``best_f1_threshold``."""

@@ -52,14 +52,6 @@ _ASCENDING = torch.tensor(ASCENDING)
 _CENTRE_ONE = torch.tensor([c == 1.0 for c in CENTRE])
 
 
-def _top32_tables() -> tuple[Tensor, Tensor]:
-    """Segment (times GROUPS) and centre of each value of a float32's top 9 bits (sign and exponent)."""
-    magnitude = (torch.arange(256) - 125).clamp(0, 3)
-    segment = torch.cat([4 + magnitude, 3 - magnitude])
-    return segment * GROUPS, torch.tensor(CENTRE, dtype=torch.float32)[segment]
-
-
-TOP32_GROUP, TOP32_CENTRE = _top32_tables()
 TOP_GROUP = TOP_SEGMENT * GROUPS
 
 
@@ -78,19 +70,9 @@ def fine_groups(top: Tensor, key: Tensor) -> Tensor:
 
 
 def groups_and_keys(scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Fine group (``segment * GROUPS`` + the exponent of ``d``) and key of each score, flat.
-
-    float32 scores (and lower precisions, exactly as float32) take 32-bit arithmetic up to the
-    key: their distance to 0 or 1 is exact in float32 (Sterbenz' lemma near 1), so the key is
-    the one their float64 values get.
-    """
-    if scores.dtype == torch.float64:
-        top, key = score_keys(scores)
-        return fine_groups(top, key), key
-    x = scores.reshape(-1).float().add(0.0)  # a copy: -0.0 + 0.0 is +0.0
-    top = (x.view(torch.int32) >> 23) & 511
-    key = x.abs_().sub_(TOP32_CENTRE.to(x.device).index_select(0, top)).abs_().double().view(torch.int64)
-    return TOP32_GROUP.to(x.device).index_select(0, top).add_(key >> 52), key
+    """Fine group (``segment * GROUPS`` + the exponent of ``d``) and key of each score, flat."""
+    top, key = score_keys(scores)
+    return fine_groups(top, key), key
 
 
 def float_bits(value: float) -> int:
@@ -218,12 +200,12 @@ class BinLayout:
         single |= _CENTRE_ONE.to(segment.device)[segment] & (top_exponent - 52 + self.e <= spacing)
         return torch.repeat_interleave(single, self.width)
 
-    def rank_of_value(self, value: float, storage_target: int) -> tuple[int, int]:
-        """Position of ``value`` in ascending score order, comparable with :meth:`rank_of_storage`'s."""
+    def rank_of_value(self, value: float, target: tuple[int, int]) -> tuple[int, int]:
+        """Position of ``value`` in ascending score order, comparable with ``target`` (:meth:`rank_of_storage`'s)."""
         top, key = score_keys(torch.tensor([value], dtype=torch.float64, device=self.offset.device))
         fine = fine_groups(top, key)
         rank = int(group_ranks(fine, self.span))
-        same = rank == self.rank_of_storage(storage_target)[0]
+        same = rank == target[0]
         return rank, int(self.storage_index(fine, key)) if same else 0
 
     def rank_of_storage(self, index: int) -> tuple[int, int]:
