@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,60 @@ def save_tiny_pipeline(folder: str | os.PathLike[str], kind: str = "inpaint", se
     else:
         raise ValueError(f"save_tiny_pipeline: kind must be 'inpaint' or 'controlnet', got {kind!r}")
     return folder
+
+
+def tiny_swin_config(depths: Sequence[int] = (1, 1, 1, 1), num_heads: Sequence[int] = (1, 1, 1, 1)) -> dict[str, Any]:
+    """A tiny transformers Swin backbone config (4 stages, as in Mask2Former's and OneFormer's checkpoints)."""
+    return {
+        "model_type": "swin",
+        "embed_dim": 16,
+        "depths": list(depths),
+        "num_heads": list(num_heads),
+        "window_size": 4,
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+    }
+
+
+def tiny_mask2former_config(
+    decoder_layers: int = 2, encoder_layers: int = 1, swin: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments of a tiny ``Mask2FormerConfig`` with the real model's structure (Swin, 8 queries)."""
+    return {
+        "backbone_config": swin if swin is not None else tiny_swin_config(),
+        "hidden_dim": 32,
+        "mask_feature_size": 32,
+        "feature_size": 32,
+        "num_queries": 8,
+        "encoder_layers": encoder_layers,
+        "decoder_layers": decoder_layers,
+        "encoder_feedforward_dim": 32,
+        "dim_feedforward": 32,
+        "num_attention_heads": 2,
+        "train_num_points": 64,
+    }
+
+
+def tiny_oneformer_config(decoder_layers: int = 2) -> dict[str, Any]:
+    """Keyword arguments of a tiny ``OneFormerConfig`` with the real model's structure (Swin, text encoder)."""
+    return {
+        "backbone_config": tiny_swin_config(),
+        "hidden_dim": 32,
+        "mask_dim": 32,
+        "conv_dim": 32,
+        "num_queries": 8,
+        "encoder_layers": 1,
+        "decoder_layers": decoder_layers,
+        "encoder_feedforward_dim": 32,
+        "dim_feedforward": 32,
+        "num_attention_heads": 2,
+        "train_num_points": 64,
+        "task_seq_len": 8,
+        "text_encoder_width": 32,
+        "text_encoder_num_layers": 1,
+        "text_encoder_context_length": 8,
+        "text_encoder_proj_layers": 1,
+        "text_encoder_n_ctx": 2,
+    }
 
 
 def build_tiny_owlv2(seed: int = 0, image_size: int = 64) -> tuple[Any, Any]:

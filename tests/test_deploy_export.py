@@ -10,20 +10,9 @@ import torch
 
 from synthrel_lightning.deploy import DeployableSegmenter, ExportError, export_segmenter
 from synthrel_lightning.models import HFMask2Former, OODSegmenter, TinySegmenter
+from synthrel_lightning.testing import tiny_mask2former_config
 
-SWIN = {
-    "model_type": "swin",
-    "embed_dim": 16,
-    "depths": [1, 1, 1, 1],
-    "num_heads": [1, 1, 1, 1],
-    "window_size": 4,
-    "out_features": ["stage1", "stage2", "stage3", "stage4"],
-}
-MASK2FORMER = {
-    "backbone_config": SWIN, "hidden_dim": 32, "mask_feature_size": 32, "feature_size": 32, "num_queries": 8,
-    "encoder_layers": 1, "decoder_layers": 2, "encoder_feedforward_dim": 32, "dim_feedforward": 32,
-    "num_attention_heads": 2,
-}  # fmt: skip
+MASK2FORMER = tiny_mask2former_config(decoder_layers=2)
 
 
 def _per_pixel(score: str = "energy") -> OODSegmenter:

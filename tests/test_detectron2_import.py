@@ -19,30 +19,11 @@ import pytest
 import torch
 
 from synthrel_lightning.models import HFMask2Former, OODSegmenter
+from synthrel_lightning.testing import tiny_mask2former_config, tiny_swin_config
 
 K = 5
-SWIN = {
-    "model_type": "swin",
-    "embed_dim": 16,
-    "depths": [1, 2, 1, 1],
-    "num_heads": [1, 2, 1, 1],
-    "window_size": 4,
-    "out_features": ["stage1", "stage2", "stage3", "stage4"],
-}
 # RbA's one-decoder-layer Mask2Former: DEC_LAYERS 2 (one layer plus the learnable queries' loss).
-CONFIG = {
-    "backbone_config": SWIN,
-    "hidden_dim": 32,
-    "mask_feature_size": 32,
-    "feature_size": 32,
-    "num_queries": 8,
-    "encoder_layers": 2,
-    "decoder_layers": 2,
-    "encoder_feedforward_dim": 32,
-    "dim_feedforward": 32,
-    "num_attention_heads": 2,
-    "train_num_points": 64,
-}
+CONFIG = tiny_mask2former_config(decoder_layers=2, encoder_layers=2, swin=tiny_swin_config((1, 2, 1, 1), (1, 2, 1, 1)))
 
 # transformers name -> original Mask2Former name (the inverse of the importer, written independently)
 INVERSE = [

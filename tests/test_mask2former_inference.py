@@ -15,48 +15,11 @@ import torch.nn.functional as F
 
 from synthrel_lightning.labels import OOD_ID, VOID_ID
 from synthrel_lightning.models import HFMask2Former, HFOneFormer, OODSegmenter
+from synthrel_lightning.testing import tiny_mask2former_config, tiny_oneformer_config
 
 K = 5
-SWIN = {
-    "model_type": "swin",
-    "embed_dim": 16,
-    "depths": [1, 1, 1, 1],
-    "num_heads": [1, 1, 1, 1],
-    "window_size": 4,
-    "out_features": ["stage1", "stage2", "stage3", "stage4"],
-}
-MASK2FORMER = {
-    "backbone_config": SWIN,
-    "hidden_dim": 32,
-    "mask_feature_size": 32,
-    "feature_size": 32,
-    "num_queries": 8,
-    "encoder_layers": 1,
-    "decoder_layers": 2,
-    "encoder_feedforward_dim": 32,
-    "dim_feedforward": 32,
-    "num_attention_heads": 2,
-    "train_num_points": 64,
-}
-ONEFORMER = {
-    "backbone_config": SWIN,
-    "hidden_dim": 32,
-    "mask_dim": 32,
-    "conv_dim": 32,
-    "num_queries": 8,
-    "encoder_layers": 1,
-    "decoder_layers": 2,
-    "encoder_feedforward_dim": 32,
-    "dim_feedforward": 32,
-    "num_attention_heads": 2,
-    "train_num_points": 64,
-    "task_seq_len": 8,
-    "text_encoder_width": 32,
-    "text_encoder_num_layers": 1,
-    "text_encoder_context_length": 8,
-    "text_encoder_proj_layers": 1,
-    "text_encoder_n_ctx": 2,
-}
+MASK2FORMER = tiny_mask2former_config(decoder_layers=2)
+ONEFORMER = tiny_oneformer_config(decoder_layers=2)
 
 
 def _rba_inference(model, image: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
