@@ -23,7 +23,8 @@ from synthrel_lightning.testing import tiny_mask2former_config, tiny_swin_config
 
 K = 5
 # RbA's one-decoder-layer Mask2Former: DEC_LAYERS 2 (one layer plus the learnable queries' loss).
-CONFIG = tiny_mask2former_config(decoder_layers=2, encoder_layers=2, swin=tiny_swin_config((1, 2, 1, 1), (1, 2, 1, 1)))
+SWIN = tiny_swin_config(depths=(1, 2, 1, 1), num_heads=(1, 2, 1, 1))
+CONFIG = tiny_mask2former_config(decoder_layers=2, encoder_layers=2, swin=SWIN)
 
 # transformers name -> original Mask2Former name (the inverse of the importer, written independently)
 INVERSE = [
